@@ -1,0 +1,155 @@
+"""Upsampling: ``nn.Upsample``/``F.interpolate`` (nearest, linear family, bicubic), PixelShuffle.
+
+Index maps follow PyTorch's kernels; the float arithmetic of the kernel is
+reproduced for the real output length and checked to be periodic, otherwise
+the result is ``unknown`` rather than a guess.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rfscope import rf
+from rfscope.context import OpContext, Unsupported
+from rfscope.ops import local
+from rfscope.registry import Registry
+from rfscope.state import TensorRF
+
+
+def _scale(n_in: int, n_out: int, scale_factor: float | None, align_corners: bool, recompute: bool | None) -> float:
+    if align_corners:
+        return (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    if scale_factor is not None and not recompute:
+        return 1.0 / scale_factor
+    return n_in / n_out
+
+
+def _taps(mode: str, n_in: int, n_out: int, scale: float, align_corners: bool) -> list[list[int]]:
+    """Input indices each output index reads (weights that are exactly zero dropped)."""
+    o = np.arange(n_out, dtype=np.float32)
+    sc = np.float32(scale)
+    out: list[list[int]] = []
+    if mode == "nearest":
+        src = np.floor(o * sc).astype(np.int64)
+        return [[min(int(s), n_in - 1)] for s in src]
+    if mode == "nearest-exact":
+        src = np.floor((o + np.float32(0.5)) * sc).astype(np.int64)
+        return [[min(int(s), n_in - 1)] for s in src]
+    if align_corners:
+        real = o * sc
+    else:
+        real = sc * (o + np.float32(0.5)) - np.float32(0.5)
+    if mode in ("linear", "bilinear", "trilinear"):
+        if not align_corners:
+            real = np.maximum(real, np.float32(0))
+        for r in real:
+            i0 = int(np.floor(r))
+            lam = float(r - np.float32(i0))
+            taps = [min(i0, n_in - 1)]
+            if lam != 0.0 and i0 + 1 <= n_in - 1:
+                taps.append(i0 + 1)
+            out.append(sorted(set(taps)))
+        return out
+    if mode == "bicubic":
+        for r in real:
+            i0 = int(np.floor(r))
+            t = float(r - np.float32(i0))
+            if t == 0.0:
+                cand = [i0]
+            else:
+                cand = [i0 - 1, i0, i0 + 1, i0 + 2]
+            out.append(sorted({min(max(c, 0), n_in - 1) for c in cand}))
+        return out
+    raise Unsupported(f"interpolation mode {mode!r}")
+
+
+def interp_axis(a: rf.Axis, taps: list[list[int]], n_in: int) -> rf.Axis:
+    """Fit a periodic map to explicit per-output taps and apply it; raise if not periodic."""
+    n_out = len(taps)
+    r = Fraction(n_in, n_out)
+    base_p, base_s = r.denominator, r.numerator
+    if base_p > rf.MAX_PERIOD:
+        raise Unsupported("scale too irregular to be periodic")
+    # Check periodicity away from the borders, where PyTorch clamps indices.
+    lo, hi = min(2 * base_p, n_out), max(n_out - 2 * base_p, 0)
+    for i in range(lo, hi - base_p):
+        shifted = [t + base_s for t in taps[i]]
+        if taps[i + base_p] != shifted:
+            raise Unsupported("float rounding of the scale makes the index map non-periodic")
+    # Interior pattern, extended periodically (the infinite-lattice convention).
+    ref = max(0, (n_out // 2) // base_p * base_p)
+    if ref + base_p > n_out:
+        ref = 0
+    pattern = [list(taps[ref + ph]) for ph in range(min(base_p, n_out))]
+    shift0 = (ref // base_p) * base_s
+
+    def deps(i: int) -> list[int]:
+        m, ph = divmod(i, base_p)
+        return [t - shift0 + m * base_s for t in pattern[ph]]
+
+    return rf.resample(a, deps, base_p, base_s)
+
+
+def _interp_params(ctx: OpContext) -> tuple[str, Any, bool, bool | None]:
+    m = ctx.module
+    if m is not None:
+        mode = m.mode
+        sf = m.scale_factor
+        ac = bool(m.align_corners) if m.align_corners is not None else False
+        rec = getattr(m, "recompute_scale_factor", None)
+    else:
+        mode = ctx.arg(3, "mode", "nearest")
+        sf = ctx.arg(2, "scale_factor", None)
+        ac_v = ctx.arg(4, "align_corners", None)
+        ac = bool(ac_v) if ac_v is not None else False
+        rec = ctx.arg(5, "recompute_scale_factor", None)
+    return mode, sf, ac, rec
+
+
+def _interp_rf(ctx: OpContext) -> TensorRF:
+    mode, sf, ac, rec = _interp_params(ctx)
+    if mode == "area":
+        raise Unsupported("mode 'area' (adaptive average pooling) not supported in interpolate")
+    x, out = ctx.in_shape(0), ctx.out_shape
+    n = len(x) - 2
+    fns = {}
+    for i in range(n):
+        d = 2 + i
+        s_i = None
+        if sf is not None:
+            s_i = float(sf[i] if isinstance(sf, (tuple, list)) else sf)
+        scale = _scale(x[d], out[d], s_i, ac, rec)
+        taps = _taps(mode, x[d], out[d], scale, ac)
+        fns[d] = (lambda a, taps=taps, ni=x[d]: interp_axis(a, taps, ni))
+    return local(ctx, fns)
+
+
+def _interp_macs(ctx: OpContext) -> int:
+    mode, *_ = _interp_params(ctx)
+    per = {"nearest": 0, "nearest-exact": 0, "linear": 2, "bilinear": 4, "trilinear": 8, "bicubic": 16}
+    return math.prod(ctx.out_shape) * per.get(mode, 0)
+
+
+def _shuffle_rf(ctx: OpContext) -> TensorRF:
+    r = int(ctx.module.upscale_factor) if ctx.module is not None else int(ctx.arg(1, "upscale_factor"))
+    return local(ctx, {-1: lambda a: rf.resample(a, lambda i: [i // r], r, 1),
+                       -2: lambda a: rf.resample(a, lambda i: [i // r], r, 1)})
+
+
+def _unshuffle_rf(ctx: OpContext) -> TensorRF:
+    r = int(ctx.module.downscale_factor) if ctx.module is not None else int(ctx.arg(1, "downscale_factor"))
+    return local(ctx, {-1: lambda a: rf.conv(a, r, r), -2: lambda a: rf.conv(a, r, r)})
+
+
+def register(reg: Registry) -> None:
+    reg.add("interpolate", (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+                            F.interpolate, F.upsample),
+            rf=_interp_rf, macs=_interp_macs)
+    reg.add("pixel_shuffle", (nn.PixelShuffle, F.pixel_shuffle), rf=_shuffle_rf)
+    reg.add("pixel_unshuffle", (nn.PixelUnshuffle, F.pixel_unshuffle), rf=_unshuffle_rf)

@@ -1,0 +1,31 @@
+"""rfscope: what every layer of a PyTorch model can see, before training.
+
+>>> import torch.nn as nn, rfscope
+>>> net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 3))
+>>> r = rfscope.analyze(net, input_shape=(1, 3, 64, 64)).rf("2")
+>>> r.size, r.stride
+((7, 7), (Fraction(2, 1), Fraction(2, 1)))
+"""
+
+from .api import AnalysisInputError, analyze
+from .context import OpContext, Unsupported
+from .registry import Method, Plugin, PluginError, Registry, default_registry
+from .report import Report, UnknownNameError
+from .result import RF, AxisInfo
+
+__all__ = [
+    "analyze",
+    "Report",
+    "RF",
+    "AxisInfo",
+    "Plugin",
+    "Method",
+    "Registry",
+    "default_registry",
+    "OpContext",
+    "Unsupported",
+    "PluginError",
+    "AnalysisInputError",
+    "UnknownNameError",
+]
+__version__ = "0.1.0"

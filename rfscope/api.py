@@ -1,0 +1,90 @@
+"""``rfscope.analyze``: trace, propagate shapes, run the plugins, build the report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from .analysis import run_plugins
+from .registry import Registry, default_registry
+from .report import Report, build_graph
+from .trace import meta_copy, propagate_shapes, trace
+
+__all__ = ["analyze", "AnalysisInputError"]
+
+
+class AnalysisInputError(ValueError):
+    """The arguments to :func:`analyze` are malformed."""
+
+
+def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError) as e:
+        raise AnalysisInputError(f"input_shape must be a sequence of ints, got {input_shape!r}") from e
+    if len(shape) < 3:
+        raise AnalysisInputError(
+            f"input_shape {shape} needs at least 3 dims (N, C, *spatial), e.g. (1, 3, 224, 224)"
+        )
+    if any(s <= 0 for s in shape):
+        raise AnalysisInputError(f"input_shape {shape} has a zero or negative size")
+    return shape
+
+
+def analyze(
+    model: torch.nn.Module,
+    input_shape: Sequence[int] | None = None,
+    *,
+    example_inputs: Sequence[Any] | None = None,
+    strict: bool = False,
+    registry: Registry | None = None,
+    leaf_modules: Iterable[str] = (),
+) -> Report:
+    """Trace ``model`` and compute the receptive field of every node.
+
+    Give either ``input_shape`` (``(N, C, *spatial)``) or ``example_inputs`` (a
+    tuple of tensors, one per ``forward`` argument; only their shapes and dtypes
+    are used).  The model is analysed on a meta-device copy in eval mode and is
+    never modified.  ``strict=True`` raises on any op without a plugin.
+
+    >>> import torch.nn as nn, rfscope
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3))
+    >>> rfscope.analyze(net, input_shape=(1, 3, 32, 32)).rf("3").size
+    (8, 8)
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise AnalysisInputError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if example_inputs is None:
+        if input_shape is None:
+            raise AnalysisInputError("give input_shape=(N, C, H, W) or example_inputs=(tensor, ...)")
+        shape = _check_shape(input_shape)
+        example_inputs = (torch.empty(shape, device="meta"),)
+    else:
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        example_inputs = tuple(example_inputs)
+        first = next((x for x in example_inputs if isinstance(x, torch.Tensor)), None)
+        if first is None:
+            raise AnalysisInputError("example_inputs holds no tensor")
+        shape = _check_shape(first.shape) if first.dim() >= 3 else tuple(first.shape)
+    reg = registry if registry is not None else default_registry()
+    reg.ensure_loaded()
+    copy = meta_copy(model)
+    gm = trace(copy, reg, leaf_modules)
+    propagate_shapes(gm, example_inputs)
+    input_size = tuple(shape[2:]) if len(shape) >= 3 else ()
+    records, unsupported, errors = run_plugins(gm, reg, input_size, strict=strict)
+    modules: dict[str, str] = {}
+    for n in gm.graph.nodes:
+        if n.op in ("placeholder", "output", "get_attr"):
+            continue
+        if not isinstance(n.meta.get("val"), torch.Tensor):
+            continue
+        for key in (n.meta.get("nn_module_stack") or {}):
+            modules[key] = n.name
+        if n.op == "call_module":
+            modules.setdefault(str(n.target), n.name)
+    graph = build_graph(records, input_size)
+    return Report(tuple(shape), records, modules, graph, gm, unsupported, errors)

@@ -1,0 +1,127 @@
+"""Command line: ``rfscope analyze model.py[:attr] --input-shape 3,224,224``.
+
+Exit status: 0 fine, 1 a finding of severity ``error`` (``--check-init``), 2 bad input.
+Errors are one line; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+__all__ = ["main", "parse_shape", "CliError"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(click.ClickException):
+    """A one-line user error; exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"rfscope: error: {self.format_message()}", err=True)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"3,224,224"`` (no batch dim) -> ``(1, 3, 224, 224)``."""
+    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError as e:
+        raise CliError(f"--input-shape {text!r} is not a comma-separated list of ints, e.g. 3,224,224") from e
+    if len(dims) < 2:
+        raise CliError(f"--input-shape {text!r} needs channels and at least one spatial size, e.g. 3,224,224")
+    if any(d <= 0 for d in dims):
+        raise CliError(f"--input-shape {text!r} has a zero or negative size")
+    return (1, *dims)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn known exceptions into one-line errors (exit 2) unless ``--debug``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(kwargs.get("debug"))
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:
+            if debug:
+                raise
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            from .analysis import StrictError
+            from .api import AnalysisInputError
+            from .loader import LoadError
+            from .registry import PluginError
+            from .report import UnknownNameError
+            from .trace import TraceError
+
+            known = (LoadError, AnalysisInputError, TraceError, UnknownNameError, StrictError, PluginError,
+                     OSError, ValueError)
+            if not isinstance(e, known):
+                msg = f"internal error ({type(e).__name__}: {msg}); rerun with --debug and report it"
+            raise CliError(msg) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rfscope")
+def main() -> None:
+    """rfscope: receptive fields, counts and init checks for PyTorch models."""
+
+
+def _load(target: str, input_shape: str | None) -> tuple[Any, tuple[int, ...] | None, tuple[Any, ...] | None]:
+    from .loader import load_model
+
+    lm = load_model(target)
+    shape = parse_shape(input_shape) if input_shape else lm.input_shape
+    ex = None if input_shape else lm.example_inputs
+    if shape is None and ex is None:
+        raise CliError(
+            f"no input shape: pass --input-shape C,H,W (e.g. 3,224,224) or define input_shape in {lm.source}"
+        )
+    return lm.model, shape, ex
+
+
+@main.command()
+@click.argument("target")
+@click.option("--input-shape", "input_shape", help="C,H,W (or C,L / C,D,H,W) without the batch dim.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--node", "nodes", multiple=True, help="Report only this module path or node (repeatable).")
+@click.option("--leaf", "leaves", multiple=True, help="Keep this submodule path opaque (repeatable).")
+@click.option("--strict", is_flag=True, help="Fail (exit 2) on any op without a plugin.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ...], leaves: tuple[str, ...],
+            strict: bool, debug: bool) -> None:
+    """Trace TARGET (model.py[:attr], module.path:attr, torchvision:NAME) and print per-layer RFs."""
+    from .api import analyze as run
+
+    model, shape, ex = _load(target, input_shape)
+    report = run(model, shape, example_inputs=ex, strict=strict, leaf_modules=leaves)
+    for n in nodes:
+        report.node_name(n)  # fail early on unknown names
+    if fmt == "json":
+        if nodes:
+            d = report.to_dict()
+            keep = {report.node_name(n) for n in nodes}
+            d["nodes"] = [x for x in d["nodes"] if x["name"] in keep]
+            d["modules"] = {k: v for k, v in d["modules"].items() if v["node"] in keep and k in nodes}
+            import json
+
+            click.echo(json.dumps(d, indent=2))
+        else:
+            click.echo(report.to_json())
+    else:
+        click.echo(report.table(list(nodes) if nodes else None))
+
+
+def run() -> None:  # pragma: no cover - console entry
+    sys.exit(main())

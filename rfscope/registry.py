@@ -1,0 +1,201 @@
+"""The plugin registry: per-operation rules keyed by the real fx targets.
+
+A target is a module class (matched through its MRO), a function object
+(``torch.conv2d``, ``F.max_pool2d``, ``operator.add``) or a tensor method name
+given as ``Method("view")``.  Built-in plugins and third-party ones both arrive
+through the entry-point group ``rfscope.plugins``: each entry point names a
+callable ``register(registry)``.
+
+>>> import torch.nn as nn
+>>> reg = Registry()
+>>> reg.register(Plugin("my-identity", (nn.Identity,), rf=lambda ctx: ctx.first))
+>>> reg.lookup_module(nn.Identity()).name
+'my-identity'
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .context import OpContext
+
+__all__ = ["Method", "Plugin", "Registry", "PluginError", "default_registry", "ENTRY_POINT_GROUP"]
+
+ENTRY_POINT_GROUP = "rfscope.plugins"
+_BUILTIN_PREFIX = "rfscope.plugins"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A tensor method target, as in an fx ``call_method`` node (``x.view(...)``)."""
+
+    name: str
+
+
+class PluginError(RuntimeError):
+    """A plugin is malformed, registered twice, or raised while analysing a node."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """One rule set for one family of operations.
+
+    ``rf(ctx)`` returns the output's :class:`~rfscope.state.TensorRF` (or a tuple of
+    them for multi-output ops); ``macs(ctx)`` the multiply-accumulates of the call.
+    Either may be ``None``.  ``override=True`` replaces an earlier registration
+    for the same targets instead of raising.
+    """
+
+    name: str
+    targets: tuple[Any, ...]
+    rf: Callable[[OpContext], Any] | None = None
+    macs: Callable[[OpContext], int] | None = None
+    override: bool = False
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def _key_name(t: Any) -> str:
+    if isinstance(t, Method):
+        return f"Tensor.{t.name}"
+    mod = getattr(t, "__module__", None) or ""
+    name = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
+    return f"{mod}.{name}" if mod else name
+
+
+class Registry:
+    """Maps fx targets to plugins."""
+
+    def __init__(self) -> None:
+        self._by_target: dict[Any, Plugin] = {}
+        self._loaded = False
+        self.load_errors: list[str] = []
+
+    # -- registration -------------------------------------------------
+    def register(self, plugin: Plugin) -> Plugin:
+        """Add ``plugin``; a second plugin for the same target is an error unless it overrides."""
+        if not plugin.targets:
+            raise PluginError(f"plugin {plugin.name!r} names no targets")
+        for t in plugin.targets:
+            if isinstance(t, str):
+                raise PluginError(
+                    f"plugin {plugin.name!r}: target {t!r} is a string; use Method({t!r}) for "
+                    "tensor methods, or the module class / function object itself"
+                )
+            old = self._by_target.get(t)
+            if old is not None and old.name != plugin.name and not plugin.override:
+                raise PluginError(
+                    f"plugin {plugin.name!r} registers {_key_name(t)}, already handled by "
+                    f"{old.name!r}; pass override=True to replace it"
+                )
+        for t in plugin.targets:
+            self._by_target[t] = plugin
+        return plugin
+
+    def add(
+        self,
+        name: str,
+        targets: Iterable[Any],
+        *,
+        rf: Callable[[OpContext], Any] | None = None,
+        macs: Callable[[OpContext], int] | None = None,
+        override: bool = False,
+    ) -> Plugin:
+        """Shorthand for ``register(Plugin(name, tuple(targets), rf, macs, override))``."""
+        return self.register(Plugin(name, tuple(targets), rf, macs, override))
+
+    def unregister(self, name: str) -> None:
+        for t, p in list(self._by_target.items()):
+            if p.name == name:
+                del self._by_target[t]
+
+    # -- lookup -------------------------------------------------------
+    def lookup_module(self, module: Any) -> Plugin | None:
+        """Plugin for a module's class, found through its MRO.
+
+        A subclass that overrides ``forward`` does not inherit its parent's plugin
+        (torchvision's ``LayerNorm2d`` permutes before normalising): it is traced
+        through instead, unless a plugin names it.
+        """
+        self.ensure_loaded()
+        return self._lookup_class(type(module))
+
+    def _lookup_class(self, cls: type) -> Plugin | None:
+        for c in cls.__mro__:
+            p = self._by_target.get(c)
+            if p is not None:
+                return p
+            if "forward" in c.__dict__:
+                return None
+        return None
+
+    def lookup(self, target: Any) -> Plugin | None:
+        self.ensure_loaded()
+        try:
+            return self._by_target.get(target)
+        except TypeError:  # unhashable target
+            return None
+
+    def has_module_class(self, cls: type) -> bool:
+        self.ensure_loaded()
+        return self._lookup_class(cls) is not None
+
+    def plugins(self) -> list[Plugin]:
+        self.ensure_loaded()
+        seen: dict[str, Plugin] = {}
+        for p in self._by_target.values():
+            seen.setdefault(p.name, p)
+        return list(seen.values())
+
+    # -- entry points -------------------------------------------------
+    def ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            self.load_entry_points()
+
+    def load_entry_points(self) -> None:
+        """Load built-in plugins, then third-party ones (unless RFSCOPE_DISABLE_PLUGIN_AUTOLOAD=1).
+
+        A third-party entry point that fails to load is warned about and skipped.
+        """
+        eps = list(entry_points(group=ENTRY_POINT_GROUP))
+        builtin = [ep for ep in eps if ep.value.startswith(_BUILTIN_PREFIX)]
+        if not builtin:  # running from a source tree that was never installed
+            from importlib import import_module
+
+            from . import _builtin_names
+
+            for mod in _builtin_names.MODULES:
+                import_module(f"{_BUILTIN_PREFIX}.{mod}").register(self)
+        else:
+            for ep in sorted(builtin, key=lambda e: e.name):
+                ep.load()(self)
+        if os.environ.get("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0"):
+            return
+        for ep in sorted((e for e in eps if e not in builtin), key=lambda e: e.name):
+            try:
+                ep.load()(self)
+            except Exception as e:  # noqa: BLE001 - a broken third-party plugin must not break us
+                msg = (
+                    f"rfscope: skipping plugin entry point {ep.name!r} ({ep.value}): "
+                    f"{type(e).__name__}: {e}. Set RFSCOPE_DISABLE_PLUGIN_AUTOLOAD=1 to skip "
+                    "all third-party plugins."
+                )
+                self.load_errors.append(msg)
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+
+
+_DEFAULT: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry used when ``analyze`` is not given one."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Registry()
+    return _DEFAULT

@@ -1,0 +1,194 @@
+"""The analysis result: a networkx graph plus per-node and per-module receptive fields."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import networkx as nx
+import torch.fx as fx
+
+from .analysis import NodeRecord
+from .result import RF
+from .state import TensorRF
+
+__all__ = ["Report", "UnknownNameError"]
+
+
+class UnknownNameError(KeyError):
+    """``report.rf(name)`` was given neither a module path nor a node name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _fmt(x: Fraction | int | None) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, Fraction) and x.denominator != 1:
+        return f"{x.numerator}/{x.denominator}"
+    return str(int(x))
+
+
+def _fmt_dims(xs: Any) -> str:
+    return "x".join(_fmt(x) for x in xs)
+
+
+@dataclass
+class Report:
+    """What :func:`rfscope.analyze` returns.
+
+    ``graph`` is a :class:`networkx.DiGraph` with one node per fx node and the
+    attributes ``op``, ``target``, ``module``, ``module_class``, ``shape``, ``rf``
+    (an :class:`~rfscope.result.RF` or ``None``) and ``record``.
+    """
+
+    input_shape: tuple[int, ...]
+    records: dict[str, NodeRecord]
+    modules: dict[str, str]
+    graph: nx.DiGraph
+    gm: fx.GraphModule
+    unsupported: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    trace_path: str = "symbolic_trace"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        """Spatial extent of the input."""
+        return tuple(self.input_shape[2:])
+
+    def node_name(self, name: str) -> str:
+        """Resolve a module path (its call's output) or fx node name to an fx node name."""
+        if name in self.modules:
+            return self.modules[name]
+        if name in self.records:
+            return name
+        if name in ("output", ""):
+            return self.output_node
+        close = [m for m in self.modules if m.endswith(name) or name in m][:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `rfscope analyze` lists the layers"
+        raise UnknownNameError(f"{name!r} is neither a module path nor a node of the traced graph{hint}")
+
+    @property
+    def output_node(self) -> str:
+        out = [r for r in self.records.values() if r.op == "output"][0]
+        return out.inputs[0] if out.inputs else out.name
+
+    def rf(self, name: str = "output", local: bool = False) -> RF:
+        """Receptive field of a module's output (by module path) or of an fx node.
+
+        ``local=True`` gives, for a ``global`` RF, the RF through spatially local
+        paths only (``None``-free: raises if there is none).
+        """
+        rec = self.records[self.node_name(name)]
+        st = rec.state
+        if not isinstance(st, TensorRF):
+            raise ValueError(f"{name!r} is not a tensor that depends on the input")
+        r = RF.from_state(st, self.input_size)
+        if local and r.status == "global":
+            if r.local is None:
+                raise ValueError(f"{name!r} is global and has no spatially local path")
+            return r.local
+        return r
+
+    def node_rf(self, rec: NodeRecord) -> RF | None:
+        return RF.from_state(rec.state, self.input_size) if isinstance(rec.state, TensorRF) else None
+
+    # ------------------------------------------------------------------
+    def layers(self) -> list[NodeRecord]:
+        """Nodes worth a table row: calls whose output is a tensor that depends on the input."""
+        return [
+            r for r in self.records.values()
+            if r.op not in ("output", "get_attr") and isinstance(r.state, TensorRF)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready report (see README, 'JSON output')."""
+        nodes = []
+        for r in self.records.values():
+            if r.op == "output":
+                continue
+            rf = self.node_rf(r)
+            d: dict[str, Any] = {
+                "name": r.name,
+                "op": r.op,
+                "target": r.target,
+                "module": r.module,
+                "shape": list(r.shape) if r.shape is not None else None,
+                "rf": rf.to_dict() if rf is not None else None,
+            }
+            for k, v in self.extras.get("node_fields", {}).get(r.name, {}).items():
+                d[k] = v
+            nodes.append(d)
+        modules = {}
+        for m, nname in self.modules.items():
+            rec = self.records[nname]
+            rf = self.node_rf(rec)
+            modules[m] = {"node": nname, "rf": rf.to_dict() if rf is not None else None}
+        out: dict[str, Any] = {
+            "input_shape": list(self.input_shape),
+            "trace": self.trace_path,
+            "nodes": nodes,
+            "modules": modules,
+            "output": self.output_node,
+            "unsupported": self.unsupported,
+            "errors": self.errors,
+        }
+        for k, v in self.extras.get("top_level", {}).items():
+            out[k] = v
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def table(self, nodes: list[str] | None = None) -> str:
+        """A plain-text per-layer table."""
+        rows = [("layer", "op", "output shape", "RF size", "stride", "padding", "status")]
+        recs = self.layers() if nodes is None else [self.records[self.node_name(n)] for n in nodes]
+        for r in recs:
+            rf = self.node_rf(r)
+            if rf is None:
+                continue
+            if rf.status == "unknown":
+                size = stride = pad = "?"
+            elif rf.status == "global" and rf.local is None:
+                size, stride, pad = "all", "-", "-"
+            else:
+                size, stride, pad = _fmt_dims(rf.size), _fmt_dims(rf.stride), _fmt_dims(rf.padding)
+            status = rf.status
+            if rf.status == "global" and rf.local is not None:
+                status = f"global (local {_fmt_dims(rf.local.size)})"
+            if rf.status == "unknown" and rf.reason:
+                status = f"unknown: {rf.reason}"
+            rows.append(
+                (r.label, r.target, "x".join(map(str, r.shape or ())), size, stride, pad, status)
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        lines = []
+        for i, row in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+        if self.unsupported:
+            lines.append("")
+            lines.append("unsupported (reported as unknown): " + ", ".join(self.unsupported))
+        for e in self.errors:
+            lines.append(f"error: {e}")
+        return "\n".join(lines)
+
+
+def build_graph(records: dict[str, NodeRecord], input_size: tuple[int, ...]) -> nx.DiGraph:
+    g = nx.DiGraph()
+    for r in records.values():
+        rf = RF.from_state(r.state, input_size) if isinstance(r.state, TensorRF) else None
+        g.add_node(
+            r.name, op=r.op, target=r.target, module=r.module, module_class=r.module_class,
+            shape=r.shape, rf=rf, record=r,
+        )
+        for a in r.inputs:
+            g.add_edge(a, r.name)
+    return g

@@ -1,0 +1,113 @@
+"""Trace a model into an fx graph and propagate shapes on the meta device.
+
+The user's model is never touched: tracing runs on a structural copy whose
+parameters and buffers are meta tensors (tied tensors stay tied), so analysis
+costs the same at 224² or 4096² and works for models built on ``meta``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .registry import Registry
+
+__all__ = ["meta_copy", "RFTracer", "trace", "propagate_shapes", "TraceError"]
+
+
+class TraceError(RuntimeError):
+    """The model could not be traced or its shapes could not be propagated."""
+
+
+def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A structural copy of ``model`` with every parameter and buffer on ``meta``.
+
+    Tensor identity is preserved: a weight tied in two places is one meta tensor.
+    The copy is put in eval mode (BatchNorm uses running statistics).
+    """
+    memo: dict[int, Any] = {}
+    for t in list(model.parameters()):
+        memo[id(t)] = torch.nn.Parameter(
+            torch.empty_like(t, device="meta"), requires_grad=t.requires_grad
+        )
+    for b in list(model.buffers()):
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    # Hooks belong to the user; the copy must not run them.
+    cp = copy.deepcopy(model, memo)
+    for m in cp.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"):
+            d = getattr(m, attr, None)
+            if d:
+                d.clear()
+    cp.eval()
+    return cp
+
+
+class RFTracer(fx.Tracer):
+    """Keeps every module class that has a plugin (and user-named paths) as a leaf."""
+
+    def __init__(self, registry: Registry, leaf_modules: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.registry = registry
+        self.leaf_paths = set(leaf_modules)
+
+    def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_paths:
+            return True
+        if self.registry.has_module_class(type(m)):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def trace(
+    model: torch.nn.Module, registry: Registry, leaf_modules: Iterable[str] = ()
+) -> fx.GraphModule:
+    tracer = RFTracer(registry, leaf_modules)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:
+        raise TraceError(f"torch.fx could not trace the model: {type(e).__name__}: {e}") from e
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+class _MetaProp(fx.Interpreter):
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            out = super().run_node(n)
+        except Exception as e:
+            where = n.meta.get("nn_module_stack")
+            mod = next(reversed(where.values()))[0] if where else None
+            loc = f" in module {mod!r}" if mod else ""
+            raise TraceError(
+                f"shape propagation failed at node {n.name!r}{loc} ({_target_name(n)}): "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
+        n.meta["val"] = out
+        return out
+
+
+def _target_name(n: fx.Node) -> str:
+    t = n.target
+    if isinstance(t, str):
+        return t
+    return getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty_like(x, device="meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _to_meta(v) for k, v in x.items()}
+    return x
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    """Run ``gm`` on meta tensors, storing each node's value in ``node.meta['val']``."""
+    with torch.no_grad():
+        _MetaProp(gm).run(*[_to_meta(x) for x in example_inputs])
