@@ -63,7 +63,7 @@ def conv_geometry(ctx: OpContext) -> dict[str, Any]:
             left: Sequence[int] = (0,) * n
         elif pad == "same":
             # PyTorch puts the extra pixel on the right/bottom.
-            left = tuple((di * (ki - 1)) // 2 for ki, di in zip(k, d))
+            left = tuple((di * (ki - 1)) // 2 for ki, di in zip(k, d, strict=False))
         else:
             raise Unsupported(f"padding={pad!r}")
     else:

@@ -67,7 +67,9 @@ def _matmul_macs(ctx: OpContext) -> int:
 
 def _bilinear_rf(ctx: OpContext) -> TensorRF:
     m = elementwise(ctx, "bilinear")
-    return make_global(m.with_dims(list(m.dims)), axes_of([m.dims[-1]]), keep_local=False) if m.dims[-1] is not None else m
+    if m.dims[-1] is None:
+        return m
+    return make_global(m, axes_of([m.dims[-1]]), keep_local=False)
 
 
 def register(reg: Registry) -> None:

@@ -4,6 +4,8 @@ local RF, reported as ``local``.  LayerNorm over channels only is pointwise."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -21,7 +23,8 @@ def _group_rf(ctx: OpContext) -> TensorRF:
 def _layer_rf(ctx: OpContext) -> TensorRF:
     st = ctx.first
     if ctx.module is not None:
-        n = len(ctx.module.normalized_shape)
+        m: Any = ctx.module
+        n = len(m.normalized_shape)
     else:
         shp = ctx.arg(1, "normalized_shape")
         n = 1 if isinstance(shp, int) else len(shp)

@@ -31,7 +31,8 @@ def shift(a: rf.Axis, left: int) -> rf.Axis:
 
 def _pads(ctx: OpContext) -> tuple[int, ...]:
     if ctx.module is not None:
-        return tuple(int(p) for p in ctx.module.padding)  # (left, right, top, bottom, ...)
+        m: Any = ctx.module
+        return tuple(int(p) for p in m.padding)  # (left, right, top, bottom, ...)
     p = ctx.arg(1, "pad")
     return tuple(int(x) for x in p)
 

@@ -10,10 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rfscope import rf
-from rfscope.context import OpContext, Unsupported
+from rfscope.context import OpContext
 from rfscope.ops import local, reduce_dims
 from rfscope.registry import Registry
-from rfscope.state import TensorRF
 
 
 def _tup(v: Any, n: int) -> tuple[int, ...]:
@@ -25,17 +24,17 @@ def _tup(v: Any, n: int) -> tuple[int, ...]:
     return t * n if len(t) == 1 else t
 
 
-_MAX = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
-_AVG = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
-_LP = {nn.LPPool1d: 1, nn.LPPool2d: 2}
-_ADA = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+_MAX: dict[Any, int] = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
+_AVG: dict[Any, int] = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
+_LP: dict[Any, int] = {nn.LPPool1d: 1, nn.LPPool2d: 2}
+_ADA: dict[Any, int] = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
         nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3}
 
-_F_MAX = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3,
+_F_MAX: dict[Any, int] = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3,
           F.max_pool1d_with_indices: 1, F.max_pool2d_with_indices: 2, F.max_pool3d_with_indices: 3}
-_F_AVG = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
-_F_LP = {F.lp_pool1d: 1, F.lp_pool2d: 2}
-_F_ADA = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3,
+_F_AVG: dict[Any, int] = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
+_F_LP: dict[Any, int] = {F.lp_pool1d: 1, F.lp_pool2d: 2}
+_F_ADA: dict[Any, int] = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3,
           F.adaptive_max_pool1d: 1, F.adaptive_max_pool2d: 2, F.adaptive_max_pool3d: 3}
 try:  # present in recent torch
     _F_LP[F.lp_pool3d] = 3
@@ -45,7 +44,8 @@ except AttributeError:  # pragma: no cover
 
 
 def pool_geometry(ctx: OpContext) -> dict[str, Any]:
-    m, t = ctx.module, ctx.node.target
+    m: Any = ctx.module
+    t: Any = ctx.node.target
     if m is not None:
         n = next(v for c, v in {**_MAX, **_AVG, **_LP}.items() if isinstance(m, c))
         k = _tup(m.kernel_size, n)

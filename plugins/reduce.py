@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,7 +28,8 @@ def _reduce_rf(ctx: OpContext) -> object:
 
 def _softmax_rf(ctx: OpContext) -> TensorRF:
     st = ctx.first
-    dim = ctx.module.dim if ctx.module is not None else ctx.arg(1, "dim")
+    m: Any = ctx.module
+    dim = m.dim if m is not None else ctx.arg(1, "dim")
     if dim is None:
         return global_over(st, range(len(st.dims)), keep_local=False)
     return global_over(st, [int(dim)], keep_local=True)

@@ -26,7 +26,7 @@ def _parts(tag: DimTag, size: int) -> list[tuple[int | None, int]]:
 
 def reshape_tags(in_shape: Sequence[int], out_shape: Sequence[int], tags: Sequence[DimTag]) -> list[DimTag]:
     """Tags of a reshape's output dims, or raise Unsupported when a spatial dim is cut."""
-    ins = [(t, s) for t, s in zip(tags, in_shape) if s != 1]
+    ins = [(t, s) for t, s in zip(tags, in_shape, strict=False) if s != 1]
     outs = [j for j, s in enumerate(out_shape) if s != 1]
     res: list[DimTag] = [None] * len(out_shape)
     i = 0
@@ -61,7 +61,7 @@ def reshape_tags(in_shape: Sequence[int], out_shape: Sequence[int], tags: Sequen
         # split: the output sizes must regroup the flattened parts exactly
         sizes = [out_shape[j] for j in gj]
         pos = 0
-        for j, sz in zip(gj, sizes):
+        for j, sz in zip(gj, sizes, strict=False):
             acc: list[tuple[int | None, int]] = []
             prod = 1
             while prod < sz and pos < len(parts):
@@ -115,7 +115,7 @@ def _movedim_rf(ctx: OpContext) -> TensorRF:
     dst = [norm_dim(d, nd) for d in dst]
     rest = [d for d in perm if d not in src]
     order: list[int | None] = [None] * nd
-    for s, d in zip(src, dst):
+    for s, d in zip(src, dst, strict=False):
         order[d] = s
     it = iter(rest)
     full = [o if o is not None else next(it) for o in order]
@@ -152,7 +152,7 @@ def _expand_rf(ctx: OpContext) -> TensorRF:
     shp, out = ctx.in_shape(0), ctx.out_shape
     off = len(out) - len(shp)
     axes = list(st.axes)
-    for i, (t, s) in enumerate(zip(st.dims, shp)):
+    for i, (t, s) in enumerate(zip(st.dims, shp, strict=False)):
         if isinstance(t, int) and s == 1 and out[off + i] != 1 and isinstance(axes[t], rf.Axis):
             axes[t] = rf.select(axes[t], 0)  # type: ignore[arg-type]
     return TensorRF(tuple([None] * off + list(st.dims)), tuple(axes), st.reason, st.scrambled)
@@ -231,7 +231,7 @@ def _cat_rf(ctx: OpContext) -> TensorRF:
         return merge(sts, dims, f"stack {ctx.node.name}")
     dims = list(ref.dims)
     tag = None
-    for s, v in zip(tensors, values):
+    for s, _v in zip(tensors, values, strict=False):
         if isinstance(s, TensorRF) and s.dims[d] is not None:
             tag = s.dims[d]
     if tag is None:

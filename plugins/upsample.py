@@ -97,7 +97,7 @@ def interp_axis(a: rf.Axis, taps: list[list[int]], n_in: int) -> rf.Axis:
 
 
 def _interp_params(ctx: OpContext) -> tuple[str, Any, bool, bool | None]:
-    m = ctx.module
+    m: Any = ctx.module
     if m is not None:
         mode = m.mode
         sf = m.scale_factor
@@ -137,13 +137,15 @@ def _interp_macs(ctx: OpContext) -> int:
 
 
 def _shuffle_rf(ctx: OpContext) -> TensorRF:
-    r = int(ctx.module.upscale_factor) if ctx.module is not None else int(ctx.arg(1, "upscale_factor"))
+    m: Any = ctx.module
+    r = int(m.upscale_factor) if ctx.module is not None else int(ctx.arg(1, "upscale_factor"))
     return local(ctx, {-1: lambda a: rf.resample(a, lambda i: [i // r], r, 1),
                        -2: lambda a: rf.resample(a, lambda i: [i // r], r, 1)})
 
 
 def _unshuffle_rf(ctx: OpContext) -> TensorRF:
-    r = int(ctx.module.downscale_factor) if ctx.module is not None else int(ctx.arg(1, "downscale_factor"))
+    m: Any = ctx.module
+    r = int(m.downscale_factor) if ctx.module is not None else int(ctx.arg(1, "downscale_factor"))
     return local(ctx, {-1: lambda a: rf.conv(a, r, r), -2: lambda a: rf.conv(a, r, r)})
 
 

@@ -185,7 +185,8 @@ def run_plugins(
                 except Unsupported:
                     macs = None
                 except Exception as e:  # noqa: BLE001
-                    msg = f"plugin {plugin.name!r} failed counting MACs at node {n.name!r} ({tname}): {type(e).__name__}: {e}"
+                    msg = (f"plugin {plugin.name!r} failed counting MACs at node {n.name!r} ({tname}): "
+                           f"{type(e).__name__}: {e}")
                     if strict:
                         raise PluginError(msg) from e
                     errors.append(msg)
@@ -259,5 +260,5 @@ def _check(st: Any, val: Any, plugin: Plugin, n: fx.Node) -> None:
     elif isinstance(val, (list, tuple)):
         if not isinstance(st, tuple) or len(st) != len(val):
             raise TypeError("returned a state that does not match the output tuple")
-        for s, v in zip(st, val):
+        for s, v in zip(st, val, strict=False):
             _check(s, v, plugin, n)

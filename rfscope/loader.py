@@ -148,8 +148,8 @@ def load_model(target: str) -> LoadedModel:
                 model = fn(weights=None)
             except Exception as e:
                 raise LoadError(f"building torchvision.models.{attr} failed: {type(e).__name__}: {e}") from e
-            shape = (1, 3, 299, 299) if attr.startswith("inception") else (1, 3, 224, 224)
-            return LoadedModel(model, target, shape)
+            tv_shape: tuple[int, ...] = (1, 3, 299, 299) if attr.startswith("inception") else (1, 3, 224, 224)
+            return LoadedModel(model, target, tv_shape)
         try:
             mod = importlib.import_module(path_part)
         except ImportError as e:

@@ -64,7 +64,7 @@ def elementwise(ctx: OpContext, what: str = "merge") -> TensorRF:
         if isinstance(states, TensorRF) and isinstance(values, torch.Tensor):
             operands.append((states, tuple(int(s) for s in values.shape)))
         elif isinstance(states, (list, tuple)) and isinstance(values, (list, tuple)):
-            for s, v in zip(states, values):
+            for s, v in zip(states, values, strict=False):
                 collect(s, v)
 
     collect(ctx.args, ctx.arg_values)

@@ -159,7 +159,7 @@ class Report:
                 size, stride, pad = "all", "-", "-"
             else:
                 size, stride, pad = _fmt_dims(rf.size), _fmt_dims(rf.stride), _fmt_dims(rf.padding)
-            status = rf.status
+            status: str = rf.status
             if rf.status == "global" and rf.local is not None:
                 status = f"global (local {_fmt_dims(rf.local.size)})"
             if rf.status == "unknown" and rf.reason:
@@ -170,7 +170,7 @@ class Report:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         lines = []
         for i, row in enumerate(rows):
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
         if self.unsupported:

@@ -82,7 +82,7 @@ class RF:
     def window(self, index: Sequence[int]) -> tuple[tuple[int, int], ...]:
         """Inclusive pixel bounds ``(lo, hi)`` that unit ``index`` sees, per dimension."""
         out = []
-        for d, i in zip(self.dims, index):
+        for d, i in zip(self.dims, index, strict=False):
             if d.exact is None:
                 raise ValueError(f"RF is {self.status}; no per-unit window")
             w = d.exact.window(i)
@@ -92,7 +92,7 @@ class RF:
     def pixels(self, index: Sequence[int]) -> tuple[list[int], ...]:
         """Exact pixels (holes excluded) unit ``index`` sees, per dimension."""
         out = []
-        for d, i in zip(self.dims, index):
+        for d, i in zip(self.dims, index, strict=False):
             if d.exact is None:
                 raise ValueError(f"RF is {self.status}; no per-unit window")
             out.append(d.exact.window(i).pixels())
@@ -128,7 +128,7 @@ class RF:
         infos: list[AxisInfo] = []
         local_infos: list[AxisInfo] = []
         has_local = True
-        for a, ext in zip(st.axes, input_size):
+        for a, ext in zip(st.axes, input_size, strict=False):
             if isinstance(a, Global):
                 loc = a.local
                 infos.append(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Union
+from typing import Literal, TypeAlias
 
 from .rf import IDENTITY, Axis, MisalignedError
 from .rf import union as _union_axis
@@ -53,7 +53,7 @@ class Merged:
 
 
 #: Per tensor dimension: ``None`` (batch/channel/feature), an input axis index, or :class:`Merged`.
-DimTag = Union[None, int, Merged]
+DimTag: TypeAlias = "None | int | Merged"
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Global:
     local: Axis | None = None
 
 
-AxisState = Union[Axis, Global]
+AxisState: TypeAlias = "Axis | Global"
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,8 @@ def unknown(dims: Sequence[DimTag], reason: str) -> TensorRF:
 
 def input_rf(ndim: int, n_spatial: int) -> TensorRF:
     """State of a model input laid out as ``(N, C, *spatial)``."""
-    dims: list[DimTag] = [None] * (ndim - n_spatial) + list(range(n_spatial))
+    dims: list[DimTag] = [None] * (ndim - n_spatial)
+    dims.extend(range(n_spatial))
     return TensorRF(tuple(dims), tuple(IDENTITY for _ in range(n_spatial)))
 
 
