@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .analysis import run_plugins
+from .diagnostics import diagnose
 from .registry import Registry, default_registry
 from .report import Report, build_graph
 from .trace import meta_copy, propagate_shapes, trace
@@ -87,4 +88,6 @@ def analyze(
         if n.op == "call_module":
             modules.setdefault(str(n.target), n.name)
     graph = build_graph(records, input_size)
-    return Report(tuple(shape), records, modules, graph, gm, unsupported, errors)
+    report = Report(tuple(shape), records, modules, graph, gm, unsupported, errors)
+    report.warnings = diagnose(report)
+    return report

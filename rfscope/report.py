@@ -54,6 +54,8 @@ class Report:
     errors: list[str] = field(default_factory=list)
     trace_path: str = "symbolic_trace"
     extras: dict[str, Any] = field(default_factory=dict)
+    #: design warnings (:class:`rfscope.diagnostics.DesignWarning`): gridding, checkerboard
+    warnings: list[Any] = field(default_factory=list)
 
     # ------------------------------------------------------------------
     @property
@@ -137,6 +139,7 @@ class Report:
             "output": self.output_node,
             "unsupported": self.unsupported,
             "errors": self.errors,
+            "warnings": [w.to_dict() for w in self.warnings],
         }
         for k, v in self.extras.get("top_level", {}).items():
             out[k] = v
@@ -178,6 +181,9 @@ class Report:
             lines.append("unsupported (reported as unknown): " + ", ".join(self.unsupported))
         for e in self.errors:
             lines.append(f"error: {e}")
+        if self.warnings:
+            lines.append("")
+            lines.extend(str(w) for w in self.warnings)
         return "\n".join(lines)
 
 

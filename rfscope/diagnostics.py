@@ -1,0 +1,224 @@
+"""Design warnings computed from an analysed graph (gridding, checkerboard).
+
+Each check reads the exact per-axis RF that the analysis already computed and the
+geometry of the layer that caused the problem, so a warning always names the layer
+and carries the numbers that prove it (``evidence``):
+
+* ``gridding``: a dilated conv (or dilated max-pool) whose output units see only a
+  lattice of their bounding box (coverage < 1).  Rates sharing a factor (2,2,2)
+  leave holes; hybrid rates (1,2,5) do not (Wang et al. 2018).  One warning per
+  chain of holey dilated layers, at its deepest layer.
+* ``checkerboard``: a transposed conv whose kernel is not divisible by its stride
+  gives its output phases different numbers of taps (uneven overlap, the cause of
+  checkerboard artifacts; Odena, Dumoulin, Olah 2016).  k=4/s=2 and
+  resize-then-conv are even and not reported.
+
+>>> import torch.nn as nn, rfscope
+>>> net = nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=2, dilation=2) for _ in range(3)])
+>>> [w.id for w in rfscope.analyze(net, input_shape=(1, 8, 32, 32)).warnings]
+['gridding']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .rf import holes
+
+if TYPE_CHECKING:
+    from .report import Report
+
+__all__ = ["DesignWarning", "diagnose", "transposed_taps"]
+
+#: Holes listed in a warning's evidence per dimension (the count is always exact).
+MAX_LISTED_HOLES = 256
+
+
+@dataclass(frozen=True)
+class DesignWarning:
+    """One design finding: ``id`` (``"gridding"``, ``"checkerboard"``), the fx ``node``,
+    its module path (``layer``), a one-line ``message`` and JSON-ready ``evidence``."""
+
+    id: str
+    node: str
+    layer: str
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "node": self.node, "layer": self.layer, "message": self.message,
+                "evidence": self.evidence}
+
+    def __str__(self) -> str:
+        return f"warning [{self.id}] {self.layer}: {self.message}"
+
+
+def _tup(v: Any, n: int) -> tuple[int, ...] | None:
+    if isinstance(v, int):
+        return (v,) * n
+    if isinstance(v, (tuple, list)) and all(isinstance(x, int) for x in v):
+        t = tuple(v)
+        return t * n if len(t) == 1 else t
+    return None
+
+
+_F_CONV = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+_F_CONVT = {F.conv_transpose1d: 1, F.conv_transpose2d: 2, F.conv_transpose3d: 3}
+
+
+def _arg(n: fx.Node, i: int, name: str, default: Any) -> Any:
+    return n.args[i] if i < len(n.args) else n.kwargs.get(name, default)
+
+
+def _geometry(n: fx.Node, gm: fx.GraphModule) -> dict[str, Any] | None:
+    """Kernel/stride/padding/dilation of a conv, transposed conv or dilated max-pool node."""
+    if n.op == "call_module":
+        m = gm.get_submodule(str(n.target))
+        if isinstance(m, nn.modules.conv._ConvNd):
+            nd = len(m.kernel_size)
+            pad = m.padding if isinstance(m.padding, tuple) else (0,) * nd
+            return dict(kind="conv_transpose" if m.transposed else "conv", k=tuple(m.kernel_size),
+                        s=tuple(m.stride), p=tuple(pad), d=tuple(m.dilation))
+        if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
+            nd = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(m)]
+            k, d = _tup(m.kernel_size, nd), _tup(m.dilation, nd)
+            s = _tup(m.stride if m.stride is not None else m.kernel_size, nd)
+            p = _tup(m.padding, nd)
+            if k is None or d is None or s is None or p is None:
+                return None
+            return dict(kind="pool", k=k, s=s, p=p, d=d)
+        return None
+    if n.op != "call_function":
+        return None
+    t = n.target
+    w = _arg(n, 1, "weight", None)
+    val = w.meta.get("val") if isinstance(w, fx.Node) else None
+    if t in _F_CONV or t in _F_CONVT:
+        if val is None:
+            return None
+        nd = val.dim() - 2
+        k = tuple(int(x) for x in val.shape[2:])
+        s = _tup(_arg(n, 3, "stride", 1), nd)
+        p = _tup(_arg(n, 4, "padding", 0), nd) or (0,) * nd
+        d = _tup(_arg(n, 7, "dilation", 1) if t in _F_CONVT else _arg(n, 5, "dilation", 1), nd)
+        if s is None or d is None:
+            return None
+        return dict(kind="conv_transpose" if t in _F_CONVT else "conv", k=k, s=s, p=p, d=d)
+    return None
+
+
+def transposed_taps(k: int, s: int, p: int = 0, d: int = 1) -> tuple[int, ...]:
+    """Number of kernel taps that reach each output phase of a 1-D transposed conv.
+
+    Output ``o`` receives tap ``t`` from input ``(o + p - t*d) / s`` when that is an integer.
+
+    >>> transposed_taps(3, 2), transposed_taps(4, 2), transposed_taps(2, 2)
+    ((2, 1), (2, 2), (1, 1))
+    """
+    return tuple(sum(1 for t in range(k) if (o + p - t * d) % s == 0) for o in range(s))
+
+
+def _num(x: Fraction) -> float | int:
+    return int(x) if x.denominator == 1 else float(x)
+
+
+def _gridding(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarning]:
+    holey: dict[str, dict[str, Any]] = {}
+    for rec in report.layers():
+        n = fx_nodes.get(rec.name)
+        if n is None:
+            continue
+        g = _geometry(n, report.gm)
+        if g is None or g["kind"] == "conv_transpose" or all(d == 1 for d in g["d"]):
+            continue
+        rf = report.node_rf(rec)
+        if rf is None or rf.status != "exact":
+            continue
+        cov = rf.coverage
+        if all(c is None or c >= 1 for c in cov):
+            continue
+        holey[rec.name] = dict(rec=rec, geom=g, rf=rf)
+    out: list[DesignWarning] = []
+    graph: nx.DiGraph = report.graph
+    for name, info in holey.items():
+        if nx.descendants(graph, name) & holey.keys():
+            continue  # reported with the deepest layer of its chain
+        chain = [c for c in report.records if c in (nx.ancestors(graph, name) & holey.keys())] + [name]
+        rec, rf = info["rec"], info["rf"]
+        dims_holes: list[list[int]] = []
+        n_holes: list[int] = []
+        seen: list[tuple[int, int]] = []  # (pixels seen, bounding box) of the worst phase, per dim
+        for ax in rf.dims:
+            a = ax.exact
+            if a is None:
+                dims_holes.append([])
+                n_holes.append(0)
+                seen.append((0, 0))
+                continue
+            ph = min((i for i in range(a.period) if not a.windows[i].empty),
+                     key=lambda i, a=a: Fraction(a.windows[i].count, a.windows[i].size))
+            h = holes(a, ph)
+            n_holes.append(len(h))
+            dims_holes.append(h[:MAX_LISTED_HOLES])
+            seen.append((a.windows[ph].count, a.windows[ph].size))
+        rates = [list(holey[c]["geom"]["d"]) for c in chain]
+        layers = [holey[c]["rec"].label for c in chain]
+        cov = [_num(c) if c is not None else None for c in rf.coverage]
+        i0 = next((i for i, c in enumerate(n_holes) if c), 0)
+        first = dims_holes[i0][:8]
+        more = "..." if n_holes[i0] > len(first) else ""
+        msg = (f"dilated convs leave holes (gridding): units see {seen[i0][0]} of the {seen[i0][1]} pixels of "
+               f"their RF along spatial dim {i0} (holes at offsets {', '.join(map(str, first))}{more}); "
+               f"dilation rates {','.join(str(r[i0]) for r in rates)} skip pixels no earlier layer fills: use "
+               "rates without a common factor such as 1,2,5 (rfscope.design.dilation_schedule)")
+        out.append(DesignWarning(
+            "gridding", name, rec.label, msg,
+            {"rf_size": list(rf.size), "coverage": cov, "holes": dims_holes, "n_holes": n_holes,
+             "chain": layers, "dilations": rates},
+        ))
+    return out
+
+
+def _checkerboard(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarning]:
+    out: list[DesignWarning] = []
+    for rec in report.layers():
+        n = fx_nodes.get(rec.name)
+        if n is None:
+            continue
+        g = _geometry(n, report.gm)
+        if g is None or g["kind"] != "conv_transpose":
+            continue
+        taps = [transposed_taps(k, s, p, d) for k, s, p, d in zip(g["k"], g["s"], g["p"], g["d"], strict=False)]
+        uneven = [i for i, t in enumerate(taps) if len(set(t)) > 1]
+        if not uneven:
+            continue
+        rf = report.node_rf(rec)
+        sizes: Sequence[Any] = rf.sizes if rf is not None else ()
+        i = uneven[0]
+        msg = (f"uneven overlap (checkerboard artifacts): kernel {g['k'][i]} is not divisible by stride "
+               f"{g['s'][i]} (taps per output phase along dim {i}: {', '.join(map(str, taps[i]))}"
+               + (f"; RF size per phase: {', '.join(map(str, sizes[i]))}" if sizes and sizes[i] else "") + ")"
+               + f"; use a kernel divisible by the stride (e.g. k={2 * g['s'][i]}, s={g['s'][i]}) "
+               "or resize-then-conv")
+        out.append(DesignWarning(
+            "checkerboard", rec.name, rec.label, msg,
+            {"kernel": list(g["k"]), "stride": list(g["s"]), "taps_per_phase": [list(t) for t in taps],
+             "phase_sizes": [list(s) if s is not None else None for s in sizes]},
+        ))
+    return out
+
+
+def diagnose(report: Report) -> list[DesignWarning]:
+    """All design warnings for an analysed model, in graph order."""
+    fx_nodes = {n.name: n for n in report.gm.graph.nodes}
+    found = _gridding(report, fx_nodes) + _checkerboard(report, fx_nodes)
+    order = {name: i for i, name in enumerate(report.records)}
+    return sorted(found, key=lambda w: order.get(w.node, 0))
