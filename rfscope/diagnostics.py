@@ -163,15 +163,15 @@ def _gridding(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarnin
                 n_holes.append(0)
                 seen.append((0, 0))
                 continue
-            ph = min((i for i in range(a.period) if not a.windows[i].empty),
-                     key=lambda i, a=a: Fraction(a.windows[i].count, a.windows[i].size))
+            phases = [i for i in range(a.period) if not a.windows[i].empty]
+            ph = min(phases, key=lambda i: a.windows[i].count / a.windows[i].size)
             h = holes(a, ph)
             n_holes.append(len(h))
             dims_holes.append(h[:MAX_LISTED_HOLES])
             seen.append((a.windows[ph].count, a.windows[ph].size))
         rates = [list(holey[c]["geom"]["d"]) for c in chain]
         layers = [holey[c]["rec"].label for c in chain]
-        cov = [_num(c) if c is not None else None for c in rf.coverage]
+        cov_json = [_num(c) if c is not None else None for c in rf.coverage]
         i0 = next((i for i, c in enumerate(n_holes) if c), 0)
         first = dims_holes[i0][:8]
         more = "..." if n_holes[i0] > len(first) else ""
@@ -181,7 +181,7 @@ def _gridding(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarnin
                "rates without a common factor such as 1,2,5 (rfscope.design.dilation_schedule)")
         out.append(DesignWarning(
             "gridding", name, rec.label, msg,
-            {"rf_size": list(rf.size), "coverage": cov, "holes": dims_holes, "n_holes": n_holes,
+            {"rf_size": list(rf.size), "coverage": cov_json, "holes": dims_holes, "n_holes": n_holes,
              "chain": layers, "dilations": rates},
         ))
     return out
