@@ -1,0 +1,600 @@
+"""Graphviz diagrams of an analysed model: :func:`to_dot` (pure) and :func:`render`.
+
+One box per fx node (or, with ``depth``, per module call below that depth),
+labelled with its op, module path, output shape, RF size and stride per
+dimension and parameters; filled by RF size relative to the input on a
+sequential colour map.  ``global`` nodes have a double border, ``unknown`` ones
+are grey and dashed (the reason in the tooltip); the node where an unknown RF
+*arises* (not the ones that inherit it) has a red border, and a misaligned
+merge is labelled so and its incoming edges are red.  Module calls are nested
+clusters, from ``nn_module_stack``.
+
+Rendering uses Graphviz's ``dot`` program when it is on ``PATH``; the ``.dot``
+source is always written, so a diagram can be rendered elsewhere.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .analysis import NodeRecord
+from .result import RF
+from .state import TensorRF
+
+if TYPE_CHECKING:
+    from .report import Report
+
+__all__ = [
+    "to_dot",
+    "render",
+    "check_path",
+    "find_dot",
+    "Rendered",
+    "RendererNotFoundError",
+    "IMAGE_FORMATS",
+    "SOURCE_SUFFIXES",
+    "RF_BINS",
+]
+
+#: Suffixes rendered through ``dot -T<suffix>``.
+IMAGE_FORMATS = ("svg", "png", "pdf")
+#: Suffixes that are written as DOT source only.
+SOURCE_SUFFIXES = ("dot", "gv")
+
+INSTALL_HINT = "install Graphviz (apt-get install graphviz, or pip install graphviz-pure)"
+
+#: Upper bounds of the colour classes of ``max over dims of RF size / input size``
+#: with their fill colours (ColorBrewer YlGnBu, light to dark) and text colours.
+RF_BINS: tuple[tuple[Fraction, str, str, str], ...] = (
+    (Fraction(1, 32), "#ffffd9", "black", "< 1/32"),
+    (Fraction(1, 16), "#edf8b1", "black", "1/32 – 1/16"),
+    (Fraction(1, 8), "#c7e9b4", "black", "1/16 – 1/8"),
+    (Fraction(1, 4), "#7fcdbb", "black", "1/8 – 1/4"),
+    (Fraction(1, 2), "#41b6c4", "black", "1/4 – 1/2"),
+    (Fraction(1, 1), "#1d91c0", "white", "1/2 – 1"),
+    (Fraction(10**9), "#225ea8", "white", "≥ 1 (whole input)"),
+)
+GLOBAL_FILL = "#fdd49e"
+GLOBAL_BORDER = "#d7301f"
+UNKNOWN_FILL = "#eeeeee"
+ALARM = "#cb181d"
+EDGE = "#636363"
+FONT = "Helvetica"
+CLUSTER_FILLS = ("#f7f7f7", "#ececec")
+
+
+class RendererNotFoundError(OSError):
+    """An image format was asked for and Graphviz's ``dot`` is not on ``PATH``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What :func:`render` wrote: the DOT source and, unless only DOT was asked for, the image."""
+
+    source: Path
+    image: Path | None
+    renderer: str | None
+
+    @property
+    def message(self) -> str:
+        """One line for the user (the CLI prints it)."""
+        if self.image is not None:
+            return f"wrote {self.image} (source {self.source})"
+        if self.renderer is not None:
+            return f"wrote {self.source} (render it with: dot -Tsvg {self.source} -o {self.source.with_suffix('.svg')})"
+        return f"wrote {self.source}; no Graphviz 'dot' on PATH to render it: {INSTALL_HINT}"
+
+
+# ----------------------------------------------------------------------------- text helpers
+def quote(s: str) -> str:
+    """A DOT double-quoted string (ids, tooltips): backslashes, quotes and newlines escaped."""
+    s = s.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "").replace("\n", "\\n")
+    return f'"{s}"'
+
+
+def _h(s: str) -> str:
+    """Text inside an HTML-like label."""
+    return html.escape(s, quote=True)
+
+
+def _num(x: Fraction | int | None) -> str:
+    if x is None:
+        return "?"
+    if isinstance(x, Fraction) and x.denominator != 1:
+        return f"{x.numerator}/{x.denominator}"
+    return str(int(x))
+
+
+def _dims(xs: Iterable[Any]) -> str:
+    return "×".join(_num(x) for x in xs)
+
+
+def _count(n: int) -> str:
+    if n < 1000:
+        return str(n)
+    if n < 10**6:
+        return f"{n / 1e3:.1f}k"
+    if n < 10**9:
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e9:.2f}G"
+
+
+def _short(s: str, n: int = 44) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _sizes(rf: RF) -> str:
+    """Per-dim size; ``a–b`` where it depends on the phase (fractional strides)."""
+    out = []
+    for d, ph in zip(rf.dims, rf.sizes, strict=False):
+        if ph is not None and min(ph) != max(ph):
+            out.append(f"{min(ph)}–{max(ph)}")
+        else:
+            out.append(str(d.size))
+    return "×".join(out)
+
+
+def _param_count(x: Any) -> int | None:
+    """Accept an int, or an object/mapping with ``total`` (another module's richer count)."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int):
+        return x
+    if isinstance(x, Mapping) and isinstance(x.get("total"), int):
+        return int(x["total"])
+    total = getattr(x, "total", None)
+    return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+
+# ----------------------------------------------------------------------------- model structure
+def _cls_name(c: Any) -> str:
+    if isinstance(c, type):
+        return c.__qualname__
+    return str(c).rsplit(".", 1)[-1].strip("'>")
+
+
+@dataclass
+class _Unit:
+    """One drawn box: an fx node, or a collapsed module call."""
+
+    id: str
+    clusters: tuple[str, ...]
+    rec: NodeRecord | None  # the node (or the module's output node)
+    module_key: str | None = None  # set for collapsed modules
+    members: list[str] = field(default_factory=list)
+
+
+class _Builder:
+    def __init__(self, report: Report, depth: int | None, rankdir: str) -> None:
+        if depth is not None and depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        rd = rankdir.upper()
+        if rd not in ("TB", "LR"):
+            raise ValueError(f"rankdir must be TB or LR, got {rankdir!r}")
+        self.report = report
+        self.depth = depth
+        self.rankdir = rd
+        self.stacks: dict[str, list[str]] = {}
+        self.classes: dict[str, str] = {}
+        for n in report.gm.graph.nodes:
+            st = n.meta.get("nn_module_stack") or {}
+            self.stacks[n.name] = list(st.keys())
+            for k, v in st.items():
+                self.classes.setdefault(k, _cls_name(v[1]) if isinstance(v, tuple) and len(v) > 1 else "")
+        self._param_cache: dict[str, int | None] = {}
+
+    # -- what is drawn
+    def drawn(self, rec: NodeRecord) -> bool:
+        if rec.op in ("placeholder", "output"):
+            return True
+        return rec.op != "get_attr" and isinstance(rec.state, TensorRF)
+
+    def passthrough(self, rec: NodeRecord) -> bool:
+        """Not drawn, but carries tensors (tuple outputs): edges are contracted through it."""
+        st = rec.state
+        return isinstance(st, (tuple, list)) and any(isinstance(s, TensorRF) for s in _flat(st))
+
+    def units(self) -> tuple[dict[str, _Unit], dict[str, str]]:
+        units: dict[str, _Unit] = {}
+        of: dict[str, str] = {}
+        for rec in self.report.records.values():
+            if not self.drawn(rec):
+                continue
+            stack = self.stacks.get(rec.name, [])
+            own = stack[:-1] if rec.op == "call_module" and stack else stack
+            if self.depth is not None and len(own) >= self.depth:
+                key = stack[self.depth - 1]
+                uid = "mod:" + key
+                if uid not in units:
+                    out = self.report.modules.get(key)
+                    units[uid] = _Unit(uid, tuple(stack[: self.depth - 1]), None, key)
+                    if out is not None:
+                        units[uid].rec = self.report.records[out]
+                u = units[uid]
+                u.members.append(rec.name)
+                if u.rec is None or (self.report.modules.get(key) is None):
+                    u.rec = rec  # the last member in graph order stands for the output
+                of[rec.name] = uid
+            else:
+                units[rec.name] = _Unit(rec.name, tuple(own), rec)
+                of[rec.name] = rec.name
+        return units, of
+
+    def sources(self, name: str, of: Mapping[str, str], seen: set[str] | None = None) -> list[str]:
+        """Drawn nodes feeding ``name``, looking through tuple-valued nodes."""
+        seen = set() if seen is None else seen
+        out: list[str] = []
+        for a in self.report.records[name].inputs:
+            if a in seen:
+                continue
+            seen.add(a)
+            if a in of:
+                out.append(a)
+            elif self.passthrough(self.report.records[a]):
+                out.extend(self.sources(a, of, seen))
+        return out
+
+    def module_params(self, key: str) -> int | None:
+        if key not in self._param_cache:
+            path = key.split("@", 1)[0]
+            try:
+                mod = self.report.gm.get_submodule(path)
+                self._param_cache[key] = sum(p.numel() for p in mod.parameters())
+            except AttributeError:
+                self._param_cache[key] = None
+        return self._param_cache[key]
+
+    def node_params(self, rec: NodeRecord) -> int | None:
+        p = _param_count(getattr(rec, "params", None))
+        if p is None and rec.op == "call_module" and rec.call:
+            p = self.module_params(rec.call)
+        return p
+
+    # -- status helpers
+    def rf(self, rec: NodeRecord | None) -> RF | None:
+        return self.report.node_rf(rec) if rec is not None else None
+
+    def inherited(self, rec: NodeRecord) -> bool:
+        """Unknown because an input already was (same reason)."""
+        st = rec.state
+        if not isinstance(st, TensorRF) or st.why is None:
+            return False
+        for a in rec.inputs:
+            ins = self.report.records[a].state
+            for s in _flat(ins):
+                if isinstance(s, TensorRF) and s.why == st.why:
+                    return True
+        return False
+
+    def misaligned(self, rec: NodeRecord | None) -> bool:
+        if rec is None or not isinstance(rec.state, TensorRF):
+            return False
+        why = rec.state.why
+        return why is not None and "misaligned" in why and not self.inherited(rec)
+
+    # -- labels
+    def rf_rows(self, rf: RF | None, inherited: bool) -> list[str]:
+        if rf is None:
+            return []
+        if rf.status == "unknown":
+            why = rf.reason or "unknown"
+            if inherited:
+                return ["RF unknown (from an input)"]
+            return ["RF unknown", _short(why)]
+        if rf.status == "global":
+            rows = ["RF global (sees the whole input)"]
+            if rf.local is not None:
+                rows.append(f"local RF {_sizes(rf.local)}, stride {_dims(rf.local.stride)}")
+            return rows
+        rows = [f"RF {_sizes(rf)}, stride {_dims(rf.stride)}"]
+        cov = [c for c in rf.coverage if c is not None]
+        if cov and min(cov) < 1:
+            rows.append(f"coverage {_dims(rf.coverage)} (holes)")
+        return rows
+
+    def fill(self, rf: RF | None) -> tuple[str, str]:
+        if rf is None:
+            return "#ffffff", "black"
+        if rf.status == "unknown":
+            return UNKNOWN_FILL, "black"
+        if rf.status == "global":
+            return GLOBAL_FILL, "black"
+        ext = self.report.input_size
+        frac = max((Fraction(s, e) for s, e in zip(rf.size, ext, strict=False) if e > 0), default=Fraction(0))
+        for hi, col, text, _ in RF_BINS:
+            if frac < hi:
+                return col, text
+        return RF_BINS[-1][1], RF_BINS[-1][2]
+
+    def label(self, title: str, sub: str, rows: list[str], params: int | None, text: str,
+              alarm: str | None = None) -> str:
+        grey = "#444444" if text == "black" else "#f0f0f0"
+        cells = [f'<TR><TD><B>{_h(title)}</B></TD></TR>']
+        if sub:
+            cells.append(f'<TR><TD><FONT POINT-SIZE="9" COLOR="{grey}">{_h(sub)}</FONT></TD></TR>')
+        if alarm:
+            cells.append(f'<TR><TD><FONT COLOR="{ALARM}"><B>{_h(alarm)}</B></FONT></TD></TR>')
+        for r in rows:
+            cells.append(f'<TR><TD><FONT POINT-SIZE="10">{_h(r)}</FONT></TD></TR>')
+        if params:
+            cells.append(f'<TR><TD><FONT POINT-SIZE="9" COLOR="{grey}">{_h(_count(params))} params</FONT></TD></TR>')
+        inner = "".join(cells)
+        font = "" if text == "black" else f' COLOR="{text}"'
+        table = f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{inner}</TABLE>'
+        return f"<<FONT{font}>{table}</FONT>>" if font else f"<{table}>"
+
+    def node_stmt(self, u: _Unit) -> str:
+        rec = u.rec
+        shape = "×".join(map(str, rec.shape)) if rec is not None and rec.shape else ""
+        attrs: dict[str, str] = {}
+        if rec is not None and rec.op in ("placeholder", "output") and u.module_key is None:
+            title = "input" if rec.op == "placeholder" else "output"
+            sub = rec.name if rec.op == "placeholder" else ""
+            rows = [shape] if shape else []
+            attrs["label"] = self.label(title, sub, rows, None, "black")
+            attrs["shape"] = "box"
+            attrs["style"] = '"rounded,filled"'
+            attrs["fillcolor"] = quote("#ffffff")
+            attrs["color"] = quote("#252525")
+            return f"{quote(u.id)} [{_attrs(attrs)}];"
+        rf = self.rf(rec)
+        if u.module_key is not None:
+            key = u.module_key
+            title = self.classes.get(key) or "module"
+            sub = f"{key}  ({len(u.members)} ops)"
+            params = self.module_params(key)
+        else:
+            assert rec is not None
+            if rec.op == "call_module":
+                title = rec.target
+                sub = rec.call or rec.module or rec.name
+            else:
+                title = _op_name(rec)
+                sub = rec.label
+            params = self.node_params(rec)
+        recs = [self.report.records[m] for m in u.members] if u.members else [rec]
+        mis = any(self.misaligned(r) for r in recs)
+        origin = any(
+            r is not None and isinstance(r.state, TensorRF) and r.state.why is not None and not self.inherited(r)
+            for r in recs
+        )
+        rows = ([shape] if shape else []) + self.rf_rows(rf, not origin)
+        fill, text = self.fill(rf)
+        attrs["label"] = self.label(title, sub, rows, params, text, "misaligned merge" if mis else None)
+        attrs["fillcolor"] = quote(fill)
+        style = ["filled"]
+        tooltip = [f"{sub}: {title}"]
+        if u.module_key is not None:
+            attrs["shape"] = "box3d"
+            tooltip.append(f"collapsed module call, {len(u.members)} ops")
+        else:
+            attrs["shape"] = "box"
+            style.insert(0, "rounded")
+        if rf is not None and rf.status == "global":
+            attrs["color"] = quote(GLOBAL_BORDER)
+            attrs["peripheries"] = "2"
+            tooltip.append("global: every unit sees the whole input")
+        elif rf is not None and rf.status == "unknown":
+            tooltip.append(f"unknown: {rf.reason}")
+            if not origin:
+                style.append("dashed")
+                attrs["color"] = quote("#969696")
+            else:
+                attrs["color"] = quote(ALARM)
+                attrs["penwidth"] = "2"
+                if not mis:
+                    style.append("dashed")
+        else:
+            attrs["color"] = quote("#525252")
+        attrs["style"] = quote(",".join(style))
+        attrs["tooltip"] = quote(" | ".join(tooltip))
+        return f"{quote(u.id)} [{_attrs(attrs)}];"
+
+    def cluster_label(self, key: str) -> str:
+        cls = self.classes.get(key, "")
+        txt = f"<B>{_h(key)}</B>" + (f" : {_h(cls)}" if cls else "")
+        p = self.module_params(key)
+        if p:
+            txt += f' <FONT COLOR="#636363">· {_h(_count(p))} params</FONT>'
+        return f"<{txt}>"
+
+    def legend(self) -> list[str]:
+        ins = self.report.input_size
+        rows = [
+            '<TR><TD COLSPAN="2"><B>RF size / input size</B></TD></TR>',
+            f'<TR><TD COLSPAN="2"><FONT POINT-SIZE="9">largest over dims; input {_h("×".join(map(str, ins)))}'
+            "</FONT></TD></TR>",
+        ]
+        for _, col, _text, name in RF_BINS:
+            rows.append(f'<TR><TD BGCOLOR="{col}" WIDTH="18" BORDER="1"> </TD><TD ALIGN="LEFT">{_h(name)}</TD></TR>')
+        rows.append(f'<TR><TD BGCOLOR="{GLOBAL_FILL}" BORDER="1" COLOR="{GLOBAL_BORDER}"> </TD>'
+                    '<TD ALIGN="LEFT">global (whole input)</TD></TR>')
+        rows.append(f'<TR><TD BGCOLOR="{UNKNOWN_FILL}" BORDER="1" COLOR="{ALARM}"> </TD>'
+                    '<TD ALIGN="LEFT">unknown (reason in label)</TD></TR>')
+        table = ('<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="2" CELLPADDING="2">'
+                 + "".join(rows) + "</TABLE>")
+        return [
+            "subgraph cluster_legend {",
+            '  label=""; style="rounded"; color="#bdbdbd";',
+            f'  "legend" [shape=plaintext, fontsize=10, label=<{table}>];',
+            "}",
+        ]
+
+    # -- whole graph
+    def build(self) -> str:
+        units, of = self.units()
+        lines = [
+            "digraph rfscope {",
+            f'  graph [rankdir={self.rankdir}, newrank=true, fontname="{FONT}", fontsize=11, '
+            'nodesep=0.25, ranksep=0.3, pad=0.2, bgcolor="white"];',
+            f'  node [fontname="{FONT}", fontsize=10, margin="0.08,0.04", penwidth=1];',
+            f'  edge [color="{EDGE}", arrowsize=0.6, penwidth=1];',
+        ]
+        lines += ["  " + s for s in self.legend()]
+        # cluster tree, in first-appearance order
+        children: dict[tuple[str, ...], list[str]] = {}
+        members: dict[tuple[str, ...], list[_Unit]] = {}
+        for u in units.values():
+            members.setdefault(u.clusters, []).append(u)
+            for i in range(len(u.clusters)):
+                parent, child = u.clusters[:i], u.clusters[i]
+                lst = children.setdefault(parent, [])
+                if child not in lst:
+                    lst.append(child)
+        counter = [0]
+
+        def emit(path: tuple[str, ...], indent: str) -> None:
+            for u in members.get(path, []):
+                lines.append(indent + self.node_stmt(u))
+            for child in children.get(path, []):
+                counter[0] += 1
+                sub = (*path, child)
+                fill = CLUSTER_FILLS[(len(sub) - 1) % len(CLUSTER_FILLS)]
+                lines.append(f"{indent}subgraph cluster_{counter[0]} {{")
+                lines.append(f'{indent}  label={self.cluster_label(child)}; labeljust="l"; fontsize=10;')
+                lines.append(f'{indent}  style="rounded,filled"; fillcolor="{fill}"; color="#bdbdbd"; '
+                             f"tooltip={quote(child)};")
+                emit(sub, indent + "  ")
+                lines.append(f"{indent}}}")
+
+        emit((), "  ")
+        edges: dict[tuple[str, str], bool] = {}
+        for rec in self.report.records.values():
+            if rec.name not in of:
+                continue
+            dst = of[rec.name]
+            bad = self.misaligned(rec)
+            for a in self.sources(rec.name, of):
+                src = of[a]
+                if src != dst:
+                    edges[(src, dst)] = edges.get((src, dst), False) or bad
+        for (s, d), bad in edges.items():
+            extra = f' [color="{ALARM}", penwidth=2, tooltip="misaligned merge input"]' if bad else ""
+            lines.append(f"  {quote(s)} -> {quote(d)}{extra};")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+def _flat(x: Any) -> list[Any]:
+    if isinstance(x, (tuple, list)):
+        return [s for v in x for s in _flat(v)]
+    return [x]
+
+
+def _attrs(d: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def _op_name(rec: NodeRecord) -> str:
+    t = rec.target
+    for pre in ("operator.", "Tensor.", "torch.nn.functional.", "torch."):
+        if t.startswith(pre):
+            return t[len(pre):]
+    return t
+
+
+# ----------------------------------------------------------------------------- public API
+def to_dot(report: Report, depth: int | None = None, rankdir: str = "TB") -> str:
+    """DOT source of ``report``'s graph.
+
+    ``depth`` collapses every module call nested deeper than ``depth`` calls into
+    one box per module call at that depth (its aggregate RF is the RF of the
+    module's output, its parameters those of the module), so large models stay
+    readable; ``None`` draws every node.  ``rankdir`` is ``"TB"`` or ``"LR"``.
+    """
+    return _Builder(report, depth, rankdir).build()
+
+
+def find_dot() -> str | None:
+    """Path of Graphviz's ``dot`` on ``PATH``, or ``None``."""
+    return shutil.which("dot")
+
+
+def check_path(path: str | os.PathLike[str]) -> tuple[Path, str]:
+    """Validate an output path before any work; returns ``(path, format)``.
+
+    Raises ``ValueError`` for an unsupported suffix and ``OSError`` for a missing
+    or unwritable directory (one-line messages that say what to do).
+    """
+    p = Path(path)
+    fmt = p.suffix.lower().lstrip(".")
+    if fmt not in IMAGE_FORMATS + SOURCE_SUFFIXES:
+        allowed = ", ".join("." + s for s in IMAGE_FORMATS + SOURCE_SUFFIXES)
+        raise ValueError(f"diagram path {str(p)!r} must end in one of {allowed}")
+    d = p.parent if str(p.parent) else Path(".")
+    if not d.is_dir():
+        raise FileNotFoundError(f"diagram directory {str(d)!r} does not exist; create it first")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise PermissionError(f"diagram directory {str(d)!r} is not writable")
+    if p.exists() and (p.is_dir() or not os.access(p, os.W_OK)):
+        raise PermissionError(f"cannot write diagram {str(p)!r}")
+    return p, fmt
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".rfscope-", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render(
+    report: Report,
+    path: str | os.PathLike[str],
+    depth: int | None = None,
+    rankdir: str = "TB",
+    dot: str | None = None,
+) -> Rendered:
+    """Write the diagram to ``path`` (``.svg``, ``.png``, ``.pdf``, ``.dot`` or ``.gv``).
+
+    The DOT source is always written (``path`` itself for ``.dot``/``.gv``,
+    otherwise next to the image with the suffix ``.dot``).  Images are made by
+    ``dot`` (``dot=`` overrides the one found on ``PATH``); when there is none,
+    the source is written and :class:`RendererNotFoundError` is raised.  Files
+    are replaced atomically, so a failure leaves nothing half-written.
+    """
+    p, fmt = check_path(path)
+    src = p if fmt in SOURCE_SUFFIXES else p.with_suffix(".dot")
+    text = to_dot(report, depth=depth, rankdir=rankdir)
+    exe = dot if dot is not None else find_dot()
+    if fmt not in SOURCE_SUFFIXES and src.exists() and src.is_dir():
+        raise PermissionError(f"cannot write diagram source {str(src)!r}")
+    _write_atomic(src, text.encode("utf-8"))
+    if fmt in SOURCE_SUFFIXES:
+        return Rendered(src, None, exe)
+    if exe is None:
+        raise RendererNotFoundError(
+            f"wrote {src} but cannot make {p}: no Graphviz 'dot' on PATH; {INSTALL_HINT}, "
+            f"or render the .dot elsewhere (dot -T{fmt} {src} -o {p})"
+        )
+    fd, tmp = tempfile.mkstemp(prefix=".rfscope-", suffix=p.suffix, dir=p.parent)
+    os.close(fd)
+    cmd = [exe, f"-T{fmt}", "-o", tmp, str(src)]
+    if fmt == "png":
+        cmd.insert(1, "-Gdpi=110")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            msg = (proc.stderr.strip().splitlines() or ["no message"])[0]
+            raise OSError(f"dot failed to render {p} (exit {proc.returncode}): {msg}; the source is in {src}")
+        os.replace(tmp, p)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return Rendered(src, p, exe)
