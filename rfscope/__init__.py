@@ -7,8 +7,10 @@
 ((7, 7), (Fraction(2, 1), Fraction(2, 1)))
 """
 
+from . import design
 from .api import AnalysisInputError, analyze
 from .context import OpContext, Unsupported
+from .diagnostics import DesignWarning
 from .registry import Method, Plugin, PluginError, Registry, default_registry
 from .report import Report, UnknownNameError
 from .result import RF, AxisInfo
@@ -27,5 +29,7 @@ __all__ = [
     "PluginError",
     "AnalysisInputError",
     "UnknownNameError",
+    "design",
+    "DesignWarning",
 ]
 __version__ = "0.1.0"
