@@ -43,6 +43,12 @@ class NodeRecord:
     inputs: list[str] = field(default_factory=list)
     #: module call key from ``nn_module_stack`` (``"b@1"`` for the second call of ``b``)
     call: str | None = None
+    #: parameter elements first counted at this node (``None``: uses no parameter); see rfscope.counting
+    params: int | None = None
+    #: parameters this node uses that an earlier node counted: name -> that node
+    shared: dict[str, str] = field(default_factory=dict)
+    #: convolution anatomy, primary kind then flags (``["depthwise", "dilated"]``); ``None`` if not a conv
+    conv_kind: list[str] | None = None
 
     @property
     def label(self) -> str:

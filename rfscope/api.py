@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .analysis import run_plugins
+from .counting import count
 from .diagnostics import diagnose
 from .registry import Registry, default_registry
 from .report import Report, build_graph
@@ -42,6 +43,7 @@ def analyze(
     strict: bool = False,
     registry: Registry | None = None,
     leaf_modules: Iterable[str] = (),
+    check_init: bool = False,
 ) -> Report:
     """Trace ``model`` and compute the receptive field of every node.
 
@@ -49,6 +51,8 @@ def analyze(
     tuple of tensors, one per ``forward`` argument; only their shapes and dtypes
     are used).  The model is analysed on a meta-device copy in eval mode and is
     never modified.  ``strict=True`` raises on any op without a plugin.
+    ``check_init=True`` also runs :func:`rfscope.check_init` (needs real weights)
+    and stores its findings in ``report.findings``.
 
     >>> import torch.nn as nn, rfscope
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3))
@@ -90,4 +94,9 @@ def analyze(
     graph = build_graph(records, input_size)
     report = Report(tuple(shape), records, modules, graph, gm, unsupported, errors)
     report.warnings = diagnose(report)
+    count(report, copy, reg)
+    if check_init:
+        from .initcheck import check_init as _check_init
+
+        _check_init(model, example_inputs=example_inputs, report=report)
     return report

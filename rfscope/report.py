@@ -100,6 +100,26 @@ class Report:
     def node_rf(self, rec: NodeRecord) -> RF | None:
         return RF.from_state(rec.state, self.input_size) if isinstance(rec.state, TensorRF) else None
 
+    # -- counts and init findings (rfscope.counting, rfscope.initcheck) --
+    @property
+    def summary(self) -> Any:
+        """Whole-model :class:`rfscope.counting.Summary` (params, buffers, MACs)."""
+        return self.extras["counting"].summary
+
+    @property
+    def separable_blocks(self) -> list[Any]:
+        """Depthwise-separable blocks (:class:`rfscope.counting.SeparableBlock`)."""
+        return list(self.extras["counting"].separable_blocks)
+
+    def module_params(self, path: str) -> Any:
+        """:class:`rfscope.counting.ParamCount` of the submodule at ``path`` (``""``: the model)."""
+        return self.extras["counting"].module_params(path)
+
+    @property
+    def findings(self) -> list[Any] | None:
+        """Init-check findings (``analyze(..., check_init=True)``), else ``None``."""
+        return self.extras.get("findings")
+
     # ------------------------------------------------------------------
     def layers(self) -> list[NodeRecord]:
         """Nodes worth a table row: calls whose output is a tensor that depends on the input."""
@@ -150,7 +170,9 @@ class Report:
 
     def table(self, nodes: list[str] | None = None) -> str:
         """A plain-text per-layer table."""
-        rows = [("layer", "op", "output shape", "RF size", "stride", "padding", "status")]
+        from .counting import fmt_count
+
+        rows = [("layer", "op", "output shape", "params", "MACs", "RF size", "stride", "padding", "status")]
         recs = self.layers() if nodes is None else [self.records[self.node_name(n)] for n in nodes]
         for r in recs:
             rf = self.node_rf(r)
@@ -168,7 +190,9 @@ class Report:
             if rf.status == "unknown" and rf.reason:
                 status = f"unknown: {rf.reason}"
             rows.append(
-                (r.label, r.target, "x".join(map(str, r.shape or ())), size, stride, pad, status)
+                (r.label, r.target, "x".join(map(str, r.shape or ())),
+                 "shared" if r.shared and not r.params else fmt_count(r.params),
+                 fmt_count(r.macs), size, stride, pad, status)
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         lines = []
@@ -176,6 +200,11 @@ class Report:
             lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+        if "counting" in self.extras:
+            sm = self.summary
+            lines.append("")
+            lines.append(f"params {sm.params_total:,} (trainable {sm.params_trainable:,}, frozen "
+                         f"{sm.params_frozen:,}), buffers {sm.buffers:,}, MACs {sm.macs:,}")
         if self.unsupported:
             lines.append("")
             lines.append("unsupported (reported as unknown): " + ", ".join(self.unsupported))

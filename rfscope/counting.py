@@ -1,0 +1,401 @@
+"""Parameter and MAC counts, convolution anatomy and depthwise-separable blocks.
+
+Counting runs on the analysis graph (``report.gm``) and the meta copy of the
+model, which keeps tensor identity: a weight tied in two places, or a module
+called twice, is *one* parameter tensor.  It is counted at the first node that
+uses it; later uses list it in ``NodeRecord.shared`` (parameter name -> the node
+that counted it) and add nothing.
+
+* A ``call_module`` node uses all parameters of its (leaf) module.
+* A ``get_attr`` parameter (functional models: ``F.conv2d(x, self.w)``) is
+  counted at the first node downstream of it that depends on the model input, so
+  ``F.conv2d(x, standardize(self.w))`` counts ``w`` at the conv.
+* MACs come from the plugins' ``macs(ctx)`` on the propagated (meta) shapes; a
+  node whose MACs cannot be counted is listed in ``summary.macs_unknown``.
+
+Convolution anatomy (``NodeRecord.conv_kind``) is a list: a primary kind, then
+flags.  Primary: ``depthwise`` (``groups == C_in > 1``), ``grouped``
+(``1 < groups != C_in``), ``pointwise`` (``groups == 1``, every kernel size 1),
+``standard`` (``groups == 1``, some kernel size > 1).  Flags: ``pointwise``
+(after ``depthwise``/``grouped`` with a 1x1 kernel), ``dilated`` (dilation > 1
+on a dimension whose kernel is > 1), ``transposed``.  For a transposed conv
+``C_in`` is ``weight.shape[0]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .registry import Registry, default_registry
+from .state import TensorRF
+
+if TYPE_CHECKING:
+    from .analysis import NodeRecord
+    from .report import Report
+
+__all__ = [
+    "ParamCount",
+    "Summary",
+    "SeparableBlock",
+    "Counts",
+    "count",
+    "conv_kind",
+    "fmt_count",
+]
+
+_CONV_FUNCS = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
+               F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+               torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d)
+
+#: Single-input, channel-preserving ops allowed between a depthwise and a pointwise conv.
+_BETWEEN_MODULES: tuple[type, ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+)
+_BETWEEN_FUNCS: tuple[Any, ...] = (
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.batch_norm, F.dropout,
+    torch.relu, torch.sigmoid, torch.tanh,
+)
+_BETWEEN_METHODS = ("relu", "sigmoid", "tanh", "contiguous")
+
+
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamCount:
+    """Parameter and buffer element counts of a module, each tensor counted once."""
+
+    total: int
+    trainable: int
+    frozen: int
+    buffers: int
+    #: MACs of the nodes inside the module (all its calls), from the analysis.
+    macs: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"params_total": self.total, "params_trainable": self.trainable,
+                "params_frozen": self.frozen, "buffers": self.buffers, "macs": self.macs}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Whole-model totals.
+
+    ``params_unused`` counts parameters that no traced node uses (modules that
+    ``forward`` never calls); they are still part of ``params_total``.
+    ``macs_unknown`` names nodes whose cost is not in ``macs`` (ops without a
+    plugin, or calls a plugin could not count), so ``macs`` is a lower bound
+    when it is not empty.
+    """
+
+    params_total: int
+    params_trainable: int
+    params_frozen: int
+    buffers: int
+    macs: int
+    params_unused: int = 0
+    macs_unknown: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params_total": self.params_total, "params_trainable": self.params_trainable,
+                "params_frozen": self.params_frozen, "buffers": self.buffers, "macs": self.macs,
+                "params_unused": self.params_unused, "macs_unknown": list(self.macs_unknown)}
+
+
+@dataclass(frozen=True)
+class SeparableBlock:
+    """A depthwise k×k conv feeding (through norm/activation only) a pointwise 1×1 conv.
+
+    ``params`` counts the two convolutions' weights (biases and norm layers
+    excluded, as in the textbook formula); ``standard_params`` is ``prod(k)·C_in·C_out``,
+    the weights of one standard conv with the same kernel and channels.
+    ``formula_ratio`` is ``m·(1/C_out + 1/prod(k))`` (``m`` the depth multiplier,
+    usually 1: ``1/C_out + 1/k²``).  MACs are those of the two nodes against the
+    standard conv producing the pointwise conv's output.
+    """
+
+    depthwise: str
+    pointwise: str
+    via: tuple[str, ...]
+    kernel: tuple[int, ...]
+    c_in: int
+    c_out: int
+    multiplier: int
+    params: int
+    standard_params: int
+    macs: int | None
+    standard_macs: int | None
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params / self.standard_params
+
+    @property
+    def macs_ratio(self) -> float | None:
+        if self.macs is None or not self.standard_macs:
+            return None
+        return self.macs / self.standard_macs
+
+    @property
+    def formula_ratio(self) -> float:
+        return self.multiplier * (1 / self.c_out + 1 / math.prod(self.kernel))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"depthwise": self.depthwise, "pointwise": self.pointwise, "via": list(self.via),
+                "kernel": list(self.kernel), "c_in": self.c_in, "c_out": self.c_out,
+                "multiplier": self.multiplier, "params": self.params,
+                "standard_params": self.standard_params, "params_ratio": self.params_ratio,
+                "formula_ratio": self.formula_ratio, "macs": self.macs,
+                "standard_macs": self.standard_macs, "macs_ratio": self.macs_ratio}
+
+
+@dataclass
+class Counts:
+    """Everything :func:`count` computed; kept in ``report.extras['counting']``."""
+
+    summary: Summary
+    separable_blocks: list[SeparableBlock]
+    model: nn.Module
+    records: dict[str, NodeRecord] = field(repr=False)
+
+    def module_params(self, path: str) -> ParamCount:
+        """Counts for the submodule at ``path`` (``""`` is the whole model)."""
+        try:
+            mod = self.model.get_submodule(path)
+        except AttributeError as e:
+            raise KeyError(f"{path!r} is not a submodule path of the model") from e
+        total, trainable, _ = _param_totals(mod.parameters())
+        buffers = sum(b.numel() for b in _unique(mod.buffers()))
+        macs = sum(r.macs or 0 for r in self.records.values()
+                   if path == "" or (r.module is not None and (r.module == path or r.module.startswith(path + "."))))
+        return ParamCount(total, trainable, total - trainable, buffers, macs)
+
+
+# ---------------------------------------------------------------------------
+def fmt_count(n: int | None) -> str:
+    """``1234567 -> '1.23M'``; ``None -> '-'``."""
+    if n is None:
+        return "-"
+    for div, suf in ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suf}"
+    return str(n)
+
+
+def _unique(ts: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    seen: dict[int, torch.Tensor] = {}
+    for t in ts:
+        seen.setdefault(id(t), t)
+    return list(seen.values())
+
+
+def _param_totals(ps: Iterable[torch.Tensor]) -> tuple[int, int, int]:
+    u = _unique(ps)
+    total = sum(p.numel() for p in u)
+    trainable = sum(p.numel() for p in u if p.requires_grad)
+    return total, trainable, len(u)
+
+
+def _conv_geometry(n: fx.Node, gm: fx.GraphModule) -> dict[str, Any] | None:
+    """Geometry of a conv node (module or functional), or ``None`` if it is not a conv."""
+    module: Any = None
+    if n.op == "call_module":
+        module = gm.get_submodule(str(n.target))
+        if not isinstance(module, nn.modules.conv._ConvNd):
+            return None
+    elif not (n.op == "call_function" and n.target in _CONV_FUNCS):
+        return None
+    from rfscope.plugins.conv import conv_geometry  # the conv plugin's own reading of the call
+
+    from .context import OpContext
+
+    def val(a: Any) -> Any:
+        return a.meta.get("val") if isinstance(a, fx.Node) else a
+
+    ctx = OpContext(n, module, (), {}, tuple(val(a) for a in n.args),
+                    {k: val(v) for k, v in n.kwargs.items()}, n.meta.get("val"), ())
+    try:
+        return conv_geometry(ctx)
+    except Exception:  # noqa: BLE001 - anatomy is best effort; the RF plugin reports errors
+        return None
+
+
+def conv_kind(g: dict[str, Any]) -> list[str]:
+    """Primary kind then flags (see the module docstring) from :func:`conv_geometry`'s dict."""
+    ws = g["weight_shape"]
+    groups = int(g["groups"])
+    c_in = int(ws[0]) if g["transposed"] else int(ws[1]) * groups
+    one = all(k == 1 for k in g["k"])
+    if groups > 1 and groups == c_in:
+        kind = ["depthwise"]
+    elif groups > 1:
+        kind = ["grouped"]
+    else:
+        kind = ["pointwise" if one else "standard"]
+    if groups > 1 and one:
+        kind.append("pointwise")
+    if any(d > 1 and k > 1 for d, k in zip(g["d"], g["k"], strict=False)):
+        kind.append("dilated")
+    if g["transposed"]:
+        kind.append("transposed")
+    return kind
+
+
+def _first_data_consumer(n: fx.Node, records: dict[str, NodeRecord]) -> fx.Node:
+    """First node (graph order) downstream of ``n`` whose value depends on the input."""
+    found: list[fx.Node] = []
+    stack = list(n.users)
+    seen: set[fx.Node] = set()
+    while stack:
+        u = stack.pop()
+        if u in seen:
+            continue
+        seen.add(u)
+        rec = records.get(u.name)
+        if u.op == "output":
+            continue
+        if rec is not None and isinstance(rec.state, TensorRF):
+            found.append(u)
+        else:
+            stack.extend(u.users)
+    if not found:
+        return n
+    order = {x: i for i, x in enumerate(n.graph.nodes)}
+    return min(found, key=lambda x: order[x])
+
+
+def _attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def count(report: Report, model: nn.Module, registry: Registry | None = None) -> Counts:
+    """Annotate ``report`` (records, JSON fields) with counts; ``model`` is the meta copy."""
+    reg = registry if registry is not None else default_registry()
+    with_macs = {p.name for p in reg.plugins() if p.macs is not None}
+    gm = report.gm
+    records = report.records
+    names: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), name)
+    # Which parameters does each node use?
+    uses: dict[str, list[torch.Tensor]] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            uses.setdefault(n.name, []).extend(gm.get_submodule(str(n.target)).parameters())
+        elif n.op == "get_attr":
+            t = _attr(gm, str(n.target))
+            if isinstance(t, nn.Parameter):
+                names.setdefault(id(t), str(n.target))
+                uses.setdefault(_first_data_consumer(n, records).name, []).append(t)
+    counted: dict[int, str] = {}
+    for n in gm.graph.nodes:
+        rec = records.get(n.name)
+        if rec is None:
+            continue
+        ps = uses.get(n.name)
+        if ps:
+            new = 0
+            for t in _unique(ps):
+                if id(t) in counted:
+                    rec.shared[names.get(id(t), "?")] = counted[id(t)]
+                else:
+                    counted[id(t)] = n.name
+                    new += t.numel()
+            rec.params = new
+        g = _conv_geometry(n, gm)
+        if g is not None:
+            rec.conv_kind = conv_kind(g)
+            report.extras.setdefault("_geometry", {})[n.name] = g
+    total, trainable, _ = _param_totals(model.parameters())
+    used = sum(p.numel() for p in _unique(model.parameters()) if id(p) in counted)
+    buffers = sum(b.numel() for b in _unique(model.buffers()))
+    macs = sum(r.macs or 0 for r in records.values())
+    unknown = tuple(r.name for r in records.values()
+                    if r.op in ("call_module", "call_function", "call_method") and r.macs is None
+                    and r.shape is not None and (r.plugin is None or r.plugin in with_macs))
+    summary = Summary(total, trainable, total - trainable, buffers, macs, total - used, unknown)
+    blocks = _separable_blocks(report, gm)
+    counts = Counts(summary, blocks, model, records)
+    report.extras["counting"] = counts
+    fields = report.extras.setdefault("node_fields", {})
+    for r in records.values():
+        if r.op == "output":
+            continue
+        d = fields.setdefault(r.name, {})
+        d["params"] = r.params
+        d["macs"] = r.macs
+        d["conv_kind"] = r.conv_kind
+        if r.shared:
+            d["shared"] = dict(r.shared)
+    top = report.extras.setdefault("top_level", {})
+    top["summary"] = summary.to_dict()
+    top["separable_blocks"] = [b.to_dict() for b in blocks]
+    report.extras.pop("_geometry", None)
+    return counts
+
+
+def _between(n: fx.Node, gm: fx.GraphModule) -> bool:
+    if n.op == "call_module":
+        return isinstance(gm.get_submodule(str(n.target)), _BETWEEN_MODULES)
+    if n.op == "call_function":
+        return n.target in _BETWEEN_FUNCS
+    if n.op == "call_method":
+        return n.target in _BETWEEN_METHODS
+    return False
+
+
+def _separable_blocks(report: Report, gm: fx.GraphModule) -> list[SeparableBlock]:
+    geo: dict[str, dict[str, Any]] = report.extras.get("_geometry", {})
+    nodes = {n.name: n for n in gm.graph.nodes}
+    blocks: list[SeparableBlock] = []
+    for name, g in geo.items():
+        rec = report.records[name]
+        if g["transposed"] or not rec.conv_kind or rec.conv_kind[0] != "depthwise":
+            continue
+        c_in = int(g["groups"])
+        c_mid = int(g["weight_shape"][0])
+        # Follow single-input, channel-preserving ops to pointwise convs.
+        stack: list[tuple[fx.Node, tuple[str, ...]]] = [(u, ()) for u in nodes[name].users]
+        while stack:
+            u, via = stack.pop()
+            ug = geo.get(u.name)
+            urec = report.records.get(u.name)
+            if ug is not None and urec is not None and urec.conv_kind == ["pointwise"] \
+                    and int(ug["weight_shape"][1]) == c_mid and u.args and _data_arg_chain(u):
+                c_out = int(ug["weight_shape"][0])
+                kprod = math.prod(g["k"])
+                params = math.prod(g["weight_shape"]) + math.prod(ug["weight_shape"])
+                std_macs = None
+                out = urec.shape
+                if out is not None and len(out) >= 2:
+                    std_macs = math.prod(out) * c_in * kprod
+                macs = (rec.macs + urec.macs) if rec.macs is not None and urec.macs is not None else None
+                blocks.append(SeparableBlock(
+                    name, u.name, via, tuple(g["k"]), c_in, c_out, c_mid // c_in, params,
+                    kprod * c_in * c_out, macs, std_macs))
+            elif _between(u, gm) and len([a for a in u.all_input_nodes if _is_data(a, report)]) == 1:
+                stack.extend((w, (*via, u.name)) for w in u.users)
+    blocks.sort(key=lambda b: list(nodes).index(b.depthwise))
+    return blocks
+
+
+def _data_arg_chain(u: fx.Node) -> bool:
+    return isinstance(u.args[0], fx.Node)
+
+
+def _is_data(n: fx.Node, report: Report) -> bool:
+    rec = report.records.get(n.name)
+    return rec is not None and isinstance(rec.state, TensorRF)
