@@ -59,10 +59,14 @@ def _mha_macs(ctx: OpContext) -> int:
     q = ctx.in_shape(0)
     k = ctx.in_shape(1)
     e = m.embed_dim
-    L = q[1] if m.batch_first else q[0]
-    S = k[1] if m.batch_first else k[0]
-    n = q[0] if m.batch_first else q[1]
-    return n * (L * e * e + 2 * S * e * e + 2 * L * S * e + L * e * e)
+    if len(q) == 2:  # unbatched (L, E)
+        n, L, S = 1, q[0], k[0]
+    else:
+        L = q[1] if m.batch_first else q[0]
+        S = k[1] if m.batch_first else k[0]
+        n = q[0] if m.batch_first else q[1]
+    # q/k/v projections (k and v may have kdim/vdim features), QK^T and AV, output projection
+    return n * (L * e * e + S * m.kdim * e + S * m.vdim * e + 2 * L * S * e + L * e * e)
 
 
 def register(reg: Registry) -> None:
