@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from .fastshape import fast_module_output
 from .registry import Registry
 
 __all__ = ["meta_copy", "RFTracer", "trace", "propagate_shapes", "TraceError"]
@@ -21,6 +22,9 @@ __all__ = ["meta_copy", "RFTracer", "trace", "propagate_shapes", "TraceError"]
 
 class TraceError(RuntimeError):
     """The model could not be traced or its shapes could not be propagated."""
+
+    #: module path being traced when symbolic tracing failed (None when unknown)
+    module: str | None = None
 
 
 def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -70,7 +74,10 @@ def trace(
     try:
         graph = tracer.trace(model)
     except Exception as e:
-        raise TraceError(f"torch.fx could not trace the model: {type(e).__name__}: {e}") from e
+        err = TraceError(f"torch.fx could not trace the model: {type(e).__name__}: {e}")
+        # the module being traced when it failed (fx leaves its stack as it was): see rfscope.fallback
+        err.module = next(reversed(tracer.module_stack.values()))[0] if tracer.module_stack else None
+        raise err from e
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
@@ -88,6 +95,11 @@ class _MetaProp(fx.Interpreter):
             ) from e
         n.meta["val"] = out
         return out
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        # BatchNorm, LayerNorm, Linear... skip their slow Python meta kernels (see fastshape)
+        out = fast_module_output(self.fetch_attr(target), args, kwargs)
+        return out if out is not None else super().call_module(target, args, kwargs)
 
 
 def _target_name(n: fx.Node) -> str:

@@ -1,0 +1,85 @@
+"""Overhead over tracing: full ``rfscope.analyze`` vs ``torch.fx.symbolic_trace`` alone.
+
+``analyze`` = meta copy + trace + shape propagation on meta + every plugin + report
+(networkx graph, module map).  The bare trace is what any fx-based tool pays at
+least.  Target: analyze <= 2x the bare trace for every model.  Models are built
+(weights=None) outside the timing; the two are timed alternately in one process.
+
+    python benchmarks/overhead.py [--reps 5] [--models resnet50,vit_b_16] [--profile resnet50]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+import torchvision
+
+import rfscope
+from _common import interleave, median, parser, table, write
+
+MODELS = [
+    "resnet50", "resnet152", "inception_v3", "mobilenet_v3_large", "efficientnet_b7",
+    "convnext_base", "vit_b_16", "swin_t", "regnet_y_32gf",
+]
+TARGET = 2.0
+
+
+def build(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    kw: dict = {"weights": None}
+    size = 224
+    if name == "inception_v3":
+        kw.update(aux_logits=False, init_weights=False)
+        size = 299
+    return getattr(torchvision.models, name)(**kw), (1, 3, size, size)
+
+
+def profile(name: str) -> None:
+    from pyinstrument import Profiler
+
+    m, shape = build(name)
+    rfscope.analyze(m, input_shape=shape)
+    p = Profiler(interval=0.0005)
+    p.start()
+    for _ in range(5):
+        rfscope.analyze(m, input_shape=shape)
+    p.stop()
+    print(p.output_text(unicode=False, color=False))
+
+
+def main() -> None:
+    ap = parser(__doc__, "overhead.json")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--profile", default=None, help="print a pyinstrument profile of one model and exit")
+    a = ap.parse_args()
+    if a.profile:
+        profile(a.profile)
+        return
+    rows = []
+    for name in a.models.split(","):
+        m, shape = build(name)
+        t = interleave(
+            {
+                "trace": lambda m=m: fx.symbolic_trace(m),
+                "analyze": lambda m=m, s=shape: rfscope.analyze(m, input_shape=s),
+            },
+            reps=a.reps,
+        )
+        rep = rfscope.analyze(m, input_shape=shape)
+        tr, an = median(t["trace"]), median(t["analyze"])
+        row = {
+            "model": name, "nodes": len(rep.records), "trace_s": tr, "analyze_s": an,
+            "ratio": an / tr, "met": an / tr <= TARGET, "output_rf": rep.rf().status,
+        }
+        rows.append(row)
+        print(table([row], list(row)).splitlines()[-1], flush=True)
+        del m, rep
+    cols = ["model", "nodes", "trace_s", "analyze_s", "ratio", "met"]
+    print()
+    print(table(rows, cols))
+    worst = max(r["ratio"] for r in rows)
+    print(f"\nworst ratio {worst:.2f} (target <= {TARGET}): {'met' if worst <= TARGET else 'NOT met'}")
+    write(a.out, {"benchmark": "overhead", "target": TARGET, "reps": a.reps, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
