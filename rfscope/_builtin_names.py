@@ -1,6 +1,6 @@
 """Built-in plugin modules, loaded directly when rfscope runs from an uninstalled tree."""
 
 MODULES = (
-    "attention", "conv", "linear", "norm", "pad", "pointwise", "pool", "reduce", "shape",
+    "aten", "attention", "capsule", "conv", "linear", "norm", "pad", "pointwise", "pool", "reduce", "shape",
     "torchvision_ops", "upsample",
 )
