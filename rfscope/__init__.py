@@ -7,10 +7,11 @@
 ((7, 7), (Fraction(2, 1), Fraction(2, 1)))
 """
 
-from . import design
+from . import design, export
 from .api import AnalysisInputError, analyze
 from .context import OpContext, Unsupported
 from .diagnostics import DesignWarning
+from .export import RendererNotFoundError
 from .registry import Method, Plugin, PluginError, Registry, default_registry
 from .report import Report, UnknownNameError
 from .result import RF, AxisInfo
@@ -31,5 +32,7 @@ __all__ = [
     "UnknownNameError",
     "design",
     "DesignWarning",
+    "export",
+    "RendererNotFoundError",
 ]
 __version__ = "0.1.0"

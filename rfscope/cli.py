@@ -97,13 +97,24 @@ def _load(target: str, input_shape: str | None) -> tuple[Any, tuple[int, ...] | 
 @click.option("--node", "nodes", multiple=True, help="Report only this module path or node (repeatable).")
 @click.option("--leaf", "leaves", multiple=True, help="Keep this submodule path opaque (repeatable).")
 @click.option("--strict", is_flag=True, help="Fail (exit 2) on any op without a plugin.")
+@click.option("--diagram", type=click.Path(dir_okay=False),
+              help="Also write a Graphviz diagram: out.svg, .png, .pdf (needs `dot`), .dot or .gv.")
+@click.option("--depth", type=click.IntRange(min=1), help="Diagram: collapse module calls nested deeper than N.")
+@click.option("--rankdir", type=click.Choice(["TB", "LR"], case_sensitive=False), default="TB",
+              show_default=True, help="Diagram: top-to-bottom or left-to-right.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
 def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ...], leaves: tuple[str, ...],
-            strict: bool, debug: bool) -> None:
+            strict: bool, diagram: str | None, depth: int | None, rankdir: str, debug: bool) -> None:
     """Trace TARGET (model.py[:attr], module.path:attr, torchvision:NAME) and print per-layer RFs."""
     from .api import analyze as run
 
+    if diagram is not None:
+        from .export import check_path
+
+        check_path(diagram)  # fail before the analysis
+    elif depth is not None:
+        raise CliError("--depth only applies to a diagram: add --diagram out.svg")
     model, shape, ex = _load(target, input_shape)
     report = run(model, shape, example_inputs=ex, strict=strict, leaf_modules=leaves)
     for n in nodes:
@@ -121,6 +132,10 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
             click.echo(report.to_json())
     else:
         click.echo(report.table(list(nodes) if nodes else None))
+    if diagram is not None:
+        from .export import render
+
+        click.echo(render(report, diagram, depth=depth, rankdir=rankdir).message, err=True)
 
 
 def run() -> None:  # pragma: no cover - console entry

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .analysis import NodeRecord
+from .counting import fmt_count
 from .result import RF
 from .state import TensorRF
 
@@ -61,10 +62,10 @@ RF_BINS: tuple[tuple[Fraction, str, str, str], ...] = (
     (Fraction(1, 4), "#7fcdbb", "black", "1/8 – 1/4"),
     (Fraction(1, 2), "#41b6c4", "black", "1/4 – 1/2"),
     (Fraction(1, 1), "#1d91c0", "white", "1/2 – 1"),
-    (Fraction(10**9), "#225ea8", "white", "≥ 1 (whole input)"),
+    (Fraction(10**9), "#225ea8", "white", "≥ 1 (larger than input)"),
 )
 GLOBAL_FILL = "#fdd49e"
-GLOBAL_BORDER = "#d7301f"
+GLOBAL_BORDER = "#d94801"
 UNKNOWN_FILL = "#eeeeee"
 ALARM = "#cb181d"
 EDGE = "#636363"
@@ -119,16 +120,6 @@ def _num(x: Fraction | int | None) -> str:
 
 def _dims(xs: Iterable[Any]) -> str:
     return "×".join(_num(x) for x in xs)
-
-
-def _count(n: int) -> str:
-    if n < 1000:
-        return str(n)
-    if n < 10**6:
-        return f"{n / 1e3:.1f}k"
-    if n < 10**9:
-        return f"{n / 1e6:.2f}M"
-    return f"{n / 1e9:.2f}G"
 
 
 def _short(s: str, n: int = 44) -> str:
@@ -248,20 +239,30 @@ class _Builder:
         return out
 
     def module_params(self, key: str) -> int | None:
+        """Parameters of the module of call ``key``, each tensor once (``report.module_params``)."""
         if key not in self._param_cache:
             path = key.split("@", 1)[0]
+            count: int | None
             try:
-                mod = self.report.gm.get_submodule(path)
-                self._param_cache[key] = sum(p.numel() for p in mod.parameters())
-            except AttributeError:
-                self._param_cache[key] = None
+                count = _param_count(self.report.module_params(path))
+            except (AttributeError, KeyError):  # a report without counts: the traced copy
+                try:
+                    count = sum(p.numel() for p in self.report.gm.get_submodule(path).parameters())
+                except AttributeError:
+                    count = None
+            self._param_cache[key] = count
         return self._param_cache[key]
 
-    def node_params(self, rec: NodeRecord) -> int | None:
+    def node_params(self, rec: NodeRecord) -> str | None:
+        """``"9.22K params"``, ``"params shared with conv1"`` or ``None``."""
         p = _param_count(getattr(rec, "params", None))
-        if p is None and rec.op == "call_module" and rec.call:
-            p = self.module_params(rec.call)
-        return p
+        shared = getattr(rec, "shared", None) or {}
+        if p:
+            return f"{fmt_count(p)} params"
+        if shared:
+            owners = sorted(set(shared.values()))
+            return "params shared with " + ", ".join(owners[:2]) + (" …" if len(owners) > 2 else "")
+        return None
 
     # -- status helpers
     def rf(self, rec: NodeRecord | None) -> RF | None:
@@ -319,7 +320,7 @@ class _Builder:
                 return col, text
         return RF_BINS[-1][1], RF_BINS[-1][2]
 
-    def label(self, title: str, sub: str, rows: list[str], params: int | None, text: str,
+    def label(self, title: str, sub: str, rows: list[str], params: str | None, text: str,
               alarm: str | None = None) -> str:
         grey = "#444444" if text == "black" else "#f0f0f0"
         cells = [f'<TR><TD><B>{_h(title)}</B></TD></TR>']
@@ -330,7 +331,7 @@ class _Builder:
         for r in rows:
             cells.append(f'<TR><TD><FONT POINT-SIZE="10">{_h(r)}</FONT></TD></TR>')
         if params:
-            cells.append(f'<TR><TD><FONT POINT-SIZE="9" COLOR="{grey}">{_h(_count(params))} params</FONT></TD></TR>')
+            cells.append(f'<TR><TD><FONT POINT-SIZE="9" COLOR="{grey}">{_h(params)}</FONT></TD></TR>')
         inner = "".join(cells)
         font = "" if text == "black" else f' COLOR="{text}"'
         table = f'<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{inner}</TABLE>'
@@ -355,7 +356,8 @@ class _Builder:
             key = u.module_key
             title = self.classes.get(key) or "module"
             sub = f"{key}  ({len(u.members)} ops)"
-            params = self.module_params(key)
+            p = self.module_params(key)
+            params = f"{fmt_count(p)} params" if p else None
         else:
             assert rec is not None
             if rec.op == "call_module":
@@ -403,13 +405,14 @@ class _Builder:
         attrs["tooltip"] = quote(" | ".join(tooltip))
         return f"{quote(u.id)} [{_attrs(attrs)}];"
 
-    def cluster_label(self, key: str) -> str:
+    def cluster_label(self, key: str, parent: str | None) -> str:
         cls = self.classes.get(key, "")
-        txt = f"<B>{_h(key)}</B>" + (f" : {_h(cls)}" if cls else "")
+        name = key[len(parent) + 1:] if parent and key.startswith(parent + ".") else key
+        txt = f"<B>{_h(name)}</B>" + (f" : {_h(cls)}" if cls else "")
         p = self.module_params(key)
         if p:
-            txt += f' <FONT COLOR="#636363">· {_h(_count(p))} params</FONT>'
-        return f"<{txt}>"
+            txt += f' <FONT COLOR="#636363">· {_h(fmt_count(p))} params</FONT>'
+        return txt
 
     def legend(self) -> list[str]:
         ins = self.report.input_size
@@ -454,23 +457,6 @@ class _Builder:
                 lst = children.setdefault(parent, [])
                 if child not in lst:
                     lst.append(child)
-        counter = [0]
-
-        def emit(path: tuple[str, ...], indent: str) -> None:
-            for u in members.get(path, []):
-                lines.append(indent + self.node_stmt(u))
-            for child in children.get(path, []):
-                counter[0] += 1
-                sub = (*path, child)
-                fill = CLUSTER_FILLS[(len(sub) - 1) % len(CLUSTER_FILLS)]
-                lines.append(f"{indent}subgraph cluster_{counter[0]} {{")
-                lines.append(f'{indent}  label={self.cluster_label(child)}; labeljust="l"; fontsize=10;')
-                lines.append(f'{indent}  style="rounded,filled"; fillcolor="{fill}"; color="#bdbdbd"; '
-                             f"tooltip={quote(child)};")
-                emit(sub, indent + "  ")
-                lines.append(f"{indent}}}")
-
-        emit((), "  ")
         edges: dict[tuple[str, str], bool] = {}
         for rec in self.report.records.values():
             if rec.name not in of:
@@ -481,6 +467,45 @@ class _Builder:
                 src = of[a]
                 if src != dst:
                     edges[(src, dst)] = edges.get((src, dst), False) or bad
+        preds: dict[str, list[str]] = {}
+        for s, d in edges:
+            preds.setdefault(d, []).append(s)
+        counter = [0]
+        # TB: a cluster's title is a plaintext node beside its first entry node, because dot
+        # draws edges over cluster labels; LR: edges enter from the side, labels are fine.
+        headers = self.rankdir == "TB"
+
+        def emit(path: tuple[str, ...], indent: str) -> str | None:
+            """Emit the members and sub-clusters of ``path``; return the id of its top node."""
+            anchor: str | None = None
+            for u in members.get(path, []):
+                lines.append(indent + self.node_stmt(u))
+                ps = preds.get(u.id, [])
+                if anchor is None and (not ps or any(units[p].clusters[: len(path)] != path for p in ps)):
+                    anchor = quote(u.id)
+            for child in children.get(path, []):
+                counter[0] += 1
+                sub = (*path, child)
+                fill = CLUSTER_FILLS[(len(sub) - 1) % len(CLUSTER_FILLS)]
+                title = self.cluster_label(child, path[-1] if path else None)
+                lines.append(f"{indent}subgraph cluster_{counter[0]} {{")
+                lines.append(f'{indent}  style="rounded,filled"; fillcolor="{fill}"; color="#bdbdbd"; '
+                             f"tooltip={quote(child)};")
+                if headers:
+                    hid = quote(f"hdr:{counter[0]}")
+                    lines.append(f'{indent}  label=""; {hid} [shape=plaintext, margin="0.04,0", height=0.2, '
+                                 f"fontsize=10, label=<{title}>];")
+                    inner = emit(sub, indent + "  ")
+                    if inner is not None:
+                        lines.append(f"{indent}  {{rank=same; {hid}; {inner};}}")
+                    anchor = anchor or hid
+                else:
+                    lines.append(f'{indent}  label=<{title}>; labeljust="l"; fontsize=10;')
+                    emit(sub, indent + "  ")
+                lines.append(f"{indent}}}")
+            return anchor
+
+        emit((), "  ")
         for (s, d), bad in edges.items():
             extra = f' [color="{ALARM}", penwidth=2, tooltip="misaligned merge input"]' if bad else ""
             lines.append(f"  {quote(s)} -> {quote(d)}{extra};")
@@ -499,6 +524,9 @@ def _attrs(d: Mapping[str, str]) -> str:
 
 
 def _op_name(rec: NodeRecord) -> str:
+    name = getattr(rec.target_obj, "__name__", None)
+    if isinstance(name, str) and name:
+        return name
     t = rec.target
     for pre in ("operator.", "Tensor.", "torch.nn.functional.", "torch."):
         if t.startswith(pre):
@@ -535,6 +563,8 @@ def check_path(path: str | os.PathLike[str]) -> tuple[Path, str]:
         allowed = ", ".join("." + s for s in IMAGE_FORMATS + SOURCE_SUFFIXES)
         raise ValueError(f"diagram path {str(p)!r} must end in one of {allowed}")
     d = p.parent if str(p.parent) else Path(".")
+    if d.exists() and not d.is_dir():
+        raise NotADirectoryError(f"diagram directory {str(d)!r} is not a directory")
     if not d.is_dir():
         raise FileNotFoundError(f"diagram directory {str(d)!r} does not exist; create it first")
     if not os.access(d, os.W_OK | os.X_OK):

@@ -168,6 +168,19 @@ class Report:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
+    def to_dot(self, depth: int | None = None, rankdir: str = "TB") -> str:
+        """Graphviz DOT source of the analysed graph (see :func:`rfscope.export.to_dot`)."""
+        from .export import to_dot
+
+        return to_dot(self, depth=depth, rankdir=rankdir)
+
+    def render(self, path: Any, depth: int | None = None, rankdir: str = "TB") -> Any:
+        """Write a diagram (``.svg``/``.png``/``.pdf`` via ``dot``, or ``.dot``/``.gv``); see
+        :func:`rfscope.export.render`."""
+        from .export import render
+
+        return render(self, path, depth=depth, rankdir=rankdir)
+
     def table(self, nodes: list[str] | None = None) -> str:
         """A plain-text per-layer table."""
         from .counting import fmt_count
@@ -213,6 +226,9 @@ class Report:
         if self.warnings:
             lines.append("")
             lines.extend(str(w) for w in self.warnings)
+        if self.trace_path != "symbolic_trace":  # a fallback tracer was used (rfscope.fallback)
+            why = self.extras.get("top_level", {}).get("trace_fallback")
+            lines.append(f"trace: {self.trace_path}" + (f" ({why})" if why else ""))
         return "\n".join(lines)
 
 
