@@ -1,0 +1,12 @@
+"""Gradient probes: exact validation of the static RF and the effective receptive field.
+
+- :func:`validate` runs a linearised float64 copy of the analysed graph and checks
+  every probed unit's gradient support against the static windows (REFERENCE §3).
+- :func:`erf` measures the effective receptive field of the model as given
+  (Luo et al. 2016) with RepLKNet's area-ratio metrics (REFERENCE §4).
+"""
+
+from .exact import AxisMeasure, NodeCheck, Validation, validate
+from .graph import ProbeError
+
+__all__ = ["validate", "Validation", "NodeCheck", "AxisMeasure", "ProbeError"]

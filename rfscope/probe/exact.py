@@ -1,0 +1,415 @@
+"""Exact validation of the static RF with a gradient oracle (REFERENCE §3).
+
+The analysed graph is run on a linearised float64 copy (:mod:`rfscope.probe.linear`)
+with an all-ones input; the non-zero support of d(unit)/d(input) is the unit's
+exact RF, clipped to the input.  Probed units per node and axis: the first, the
+last two (they give stride and padding even when the RF is larger than the
+input) and a central run of ``period + 1`` units (every phase of a fractional
+stride, plus one step).  Each probe is one batch row, so a chunk of rows costs one
+forward and one input-only backward.  A node *agrees* when every probed unit's
+measured support equals the static window(s) clipped to the input, pixel for
+pixel (holes included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from itertools import zip_longest
+from typing import Any
+
+import torch
+
+from ..api import analyze
+from ..registry import Registry
+from ..report import Report
+from ..result import RF
+from ..rf import Axis
+from ..state import TensorRF
+from .graph import ProbeError, materialise, select_outputs
+from .linear import constant_param, linearise
+from .runtime import exact_kernels, resolve_device
+from .units import axis_extents, default_layout, unit_mask
+
+__all__ = ["validate", "Validation", "NodeCheck", "AxisMeasure"]
+
+
+@dataclass(frozen=True)
+class AxisMeasure:
+    """What the probe measured along one input axis (``None``: not measurable at this input size).
+
+    ``full`` is True when every probed unit saw the whole axis (a global RF).
+    """
+
+    size: int | None
+    stride: Fraction | None
+    padding: Fraction | None
+    full: bool = False
+
+
+@dataclass
+class NodeCheck:
+    """One probed node: the static RF, the measurement and the verdict.
+
+    ``verdict`` is ``"agree"``, ``"disagree"`` (``detail`` names the first
+    mismatching unit), or ``"measured"`` when the static RF is unknown (the
+    measurement is then the answer).
+    """
+
+    node: str
+    label: str
+    static: RF
+    measured: tuple[AxisMeasure, ...]
+    verdict: str
+    detail: str = ""
+    units: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        def num(x: Fraction | None) -> float | int | None:
+            if x is None:
+                return None
+            return int(x) if x.denominator == 1 else float(x)
+
+        return {
+            "node": self.node,
+            "label": self.label,
+            "static": self.static.to_dict(),
+            "measured": {
+                "size": [m.size for m in self.measured],
+                "stride": [num(m.stride) for m in self.measured],
+                "padding": [num(m.padding) for m in self.measured],
+                "global": [m.full for m in self.measured],
+            },
+            "verdict": self.verdict,
+            "detail": self.detail,
+            "units_probed": self.units,
+        }
+
+
+@dataclass
+class Validation:
+    """Result of :func:`validate`: one :class:`NodeCheck` per probed node."""
+
+    input_shape: tuple[int, ...]
+    device: str
+    dtype: str
+    checks: list[NodeCheck] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No probed node disagrees with the static analysis."""
+        return all(c.verdict != "disagree" for c in self.checks)
+
+    def __getitem__(self, name: str) -> NodeCheck:
+        for c in self.checks:
+            if name in (c.node, c.label):
+                return c
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_shape": list(self.input_shape),
+            "device": self.device,
+            "dtype": self.dtype,
+            "ok": self.ok,
+            "nodes": [c.to_dict() for c in self.checks],
+            "notes": self.notes,
+        }
+
+    def table(self) -> str:
+        """Plain-text table: static vs probe size/stride/padding and the verdict."""
+        rows = [("layer", "static size", "probe size", "static stride", "probe stride",
+                 "static pad", "probe pad", "verdict")]
+        for c in self.checks:
+            s = c.static
+            if s.status == "unknown":
+                ss = st = sp = "?"
+            else:
+                ss = "x".join("all" if d.exact is None else str(d.size) for d in s.dims)
+                st = "x".join("-" if d.exact is None else _f(d.stride) for d in s.dims)
+                sp = "x".join("-" if d.exact is None else _f(d.padding) for d in s.dims)
+            ms = "x".join("all" if m.full else ("?" if m.size is None else str(m.size)) for m in c.measured)
+            mt = "x".join("-" if m.full else _f(m.stride) for m in c.measured)
+            mp = "x".join("-" if m.full else _f(m.padding) for m in c.measured)
+            verdict = c.verdict if not c.detail else f"{c.verdict}: {c.detail}"
+            rows.append((c.label, ss, ms, st, mt, sp, mp, verdict))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        lines = [f"gradient probe, input {'x'.join(map(str, self.input_shape))}, {self.dtype} on {self.device}"]
+        for i, r in enumerate(rows):
+            lines.append("  ".join(a.ljust(w) for a, w in zip(r, widths, strict=False)) + "  " + r[-1])
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 7)
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _f(x: Fraction | None) -> str:
+    if x is None:
+        return "?"
+    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
+
+
+# ----------------------------------------------------------------------------- unit choice
+def _central_run(m: int, period: int, run: int) -> list[int]:
+    c = (m - 1) // 2
+    c -= c % period
+    return [i for i in range(c, c + run) if 0 <= i < m]
+
+
+def _axis_units(m: int, period: int, run: int, border: bool) -> list[int]:
+    want = _central_run(m, period, run)
+    if border:
+        want = want + [0, m - 1 - period, m - 1]
+    out: list[int] = []
+    for i in want:
+        if 0 <= i < m and i not in out:
+            out.append(i)
+    return out
+
+
+def _static_pixels(axis: Axis | None, index: int, n: int) -> tuple[torch.Tensor, bool]:
+    """Static support along one axis clipped to the input, and whether it lies inside the input."""
+    v = torch.zeros(n, dtype=torch.bool)
+    if axis is None:  # global along this axis
+        v[:] = True
+        return v, True
+    w = axis.window(index)
+    for p in w.pixels():
+        if 0 <= p < n:
+            v[p] = True
+    return v, w.empty or (w.lo >= 0 and w.hi <= n - 1)
+
+
+def _span(v: torch.Tensor) -> tuple[int, int] | None:
+    idx = torch.nonzero(v).flatten()
+    if idx.numel() == 0:
+        return None
+    return int(idx[0]), int(idx[-1])
+
+
+def _measure_axis(spans: dict[int, tuple[int, int] | None], n: int, period: int) -> AxisMeasure:
+    """Size, stride and padding from the central run (``period + 1`` units from a phase-0 unit).
+
+    Only supports that stay clear of both borders count: a unit whose computation
+    reaches into padding sees less than its RF.
+    """
+    q = max(1, period)
+    if not spans:
+        return AxisMeasure(None, None, None)
+    c = min(spans)
+    ok = {i: s for i, s in spans.items() if s is not None and s[0] > 0 and s[1] < n - 1}
+    sizes = [hi - lo + 1 for i, (lo, hi) in ok.items() if i < c + q]
+    size = max(sizes) if len(sizes) == min(q, len(spans)) else None
+    if c in ok and c + q in ok:
+        step = ok[c + q][0] - ok[c][0]
+        return AxisMeasure(size, Fraction(step, q), Fraction((c // q) * step - ok[c][0]))
+    return AxisMeasure(size, None, None)
+
+
+# ----------------------------------------------------------------------------- growth
+def _needed_size(report: Report, names: Sequence[str]) -> list[int]:
+    """Per axis, an input extent at which every probed node's central units avoid the border."""
+    need = list(report.input_size)
+    for name in names:
+        rf = report.rf(name)
+        if rf.status == "unknown":
+            continue
+        for a, d in enumerate(rf.dims):
+            ax = d.exact
+            if ax is None:
+                continue
+            r, p, st = ax.size, int(ax.padding), ax.step
+            need[a] = max(need[a], 2 * max(p + 2 * st, r - p + 2 * st) + 2)
+    return need
+
+
+# ----------------------------------------------------------------------------- main entry
+def _default_nodes(report: Report) -> list[str]:
+    out: list[str] = []
+    for path, node in report.modules.items():
+        if "." not in path and node not in out and isinstance(report.records[node].state, TensorRF):
+            out.append(node)
+    last = report.output_node
+    if last in report.records and isinstance(report.records[last].state, TensorRF) and last not in out:
+        out.append(last)
+    return out
+
+
+def _label(report: Report, node: str, asked: str | None) -> str:
+    if asked is not None:
+        return asked
+    for path, n in report.modules.items():
+        if n == node:
+            return path
+    return node
+
+
+def validate(
+    model: torch.nn.Module,
+    report: Report | None = None,
+    nodes: Sequence[str] | None = None,
+    input_shape: Sequence[int] | None = None,
+    *,
+    registry: Registry | None = None,
+    leaf_modules: Sequence[str] = (),
+    device: str | torch.device = "auto",
+    dtype: torch.dtype = torch.float64,
+    batch_size: int = 8,
+    grow: bool = True,
+    max_size: int = 2048,
+    border: bool = True,
+) -> Validation:
+    """Check the static RF of ``nodes`` (module paths or node names) with a gradient oracle.
+
+    Without ``report`` the model is analysed at ``input_shape`` (``(N, C, *spatial)``),
+    grown (``grow=True``, up to ``max_size``) until the central units of every probed
+    node avoid the border.  With ``report`` its input size is used as is (windows are
+    compared clipped to the input; numbers the clipping hides show as ``?``).
+    ``nodes=None`` probes the top-level modules and the output.  ``dtype`` float64 is
+    the safe default (deep corners underflow in float32).  ``border=False`` probes only
+    the central units (cheaper).  The model is never touched.
+
+    >>> import torch.nn as nn, rfscope
+    >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.ReLU(), nn.MaxPool2d(2))
+    >>> rfscope.probe.validate(net, input_shape=(1, 1, 32, 32), device="cpu").ok
+    True
+    """
+    dev = resolve_device(device)
+    notes: list[str] = []
+    if report is None:
+        if input_shape is None:
+            raise ProbeError("give report= or input_shape=(N, C, *spatial)")
+        report = analyze(model, input_shape, registry=registry, leaf_modules=leaf_modules)
+        names = [report.node_name(n) for n in nodes] if nodes else _default_nodes(report)
+        for _ in range(4):
+            if not grow:
+                break
+            need = [min(max_size, x) for x in _needed_size(report, names)]
+            if need == list(report.input_size):
+                break
+            shape = (*report.input_shape[:2], *need)
+            report = analyze(model, shape, registry=registry, leaf_modules=leaf_modules)
+            names = [report.node_name(n) for n in nodes] if nodes else _default_nodes(report)
+        if grow and any(x >= max_size for x in report.input_size):
+            notes.append(f"input capped at {max_size}; some units touch the border")
+    names = [report.node_name(n) for n in nodes] if nodes else _default_nodes(report)
+    asked = list(nodes) if nodes else [None] * len(names)
+    placeholders = [n for n in report.gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise ProbeError(f"the probe handles single-input models; this one takes {len(placeholders)} inputs")
+    size = report.input_size
+    nsp = len(size)
+
+    # rows: (node position, per-axis unit index)
+    rows: list[tuple[int, dict[int, int]]] = []
+    layouts: list[tuple[Any, ...]] = []
+    central_runs: list[dict[int, list[int]]] = []
+    for k, name in enumerate(names):
+        rec = report.records[name]
+        st = rec.state
+        if not isinstance(st, TensorRF) or rec.shape is None:
+            raise ProbeError(f"node {name!r} is not a tensor that depends on the input")
+        shape = rec.shape
+        dims = st.dims if len(st.dims) == len(shape) else default_layout(len(shape), nsp)
+        layouts.append(tuple(dims))
+        rf = report.rf(name)
+        ext = axis_extents(dims, shape)
+        per_axis: list[list[int]] = []
+        runs: dict[int, list[int]] = {}
+        for a in range(nsp):
+            if a not in ext:
+                per_axis.append([0])
+                continue
+            exact = rf.dims[a].exact if rf.status != "unknown" else None
+            q = exact.period if exact is not None else 1
+            run = q + 1 if exact is not None else (2 if rf.status == "global" else 4)
+            runs[a] = _central_run(ext[a], q, run)
+            per_axis.append(_axis_units(ext[a], q, run, border))
+        central_runs.append(runs)
+        for combo in zip_longest(*per_axis):
+            idx = {a: (c if c is not None else per_axis[a][0]) for a, c in enumerate(combo)}
+            rows.append((k, {a: i for a, i in idx.items() if a in ext}))
+
+    gm = materialise(report.gm, model, device=dev, dtype=dtype, param_fn=constant_param)
+    linearise(gm)
+    select_outputs(gm, names)
+    supports: list[torch.Tensor] = []
+    tiny = float("inf")
+    in_shape = tuple(report.input_shape[1:])
+    with exact_kernels(dev):
+        for s in range(0, len(rows), max(1, batch_size)):
+            chunk = rows[s:s + batch_size]
+            x = torch.ones((len(chunk), *in_shape), dtype=dtype, device=dev, requires_grad=True)
+            outs = gm(x)
+            obj = x.new_zeros(())
+            for k in sorted({r[0] for r in chunk}):
+                out = outs[k]
+                if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != len(chunk):
+                    raise ProbeError(f"node {names[k]!r} has no batch dimension; the probe needs one")
+                bs = [b for b, r in enumerate(chunk) if r[0] == k]
+                masks = torch.stack([
+                    unit_mask(layouts[k], out.shape, chunk[b][1], dtype=dtype, device=dev) for b in bs])
+                obj = obj + (out[bs] * masks).sum()
+            (g,) = torch.autograd.grad(obj, x)
+            g = g.detach().abs()
+            pos = g[g > 0]
+            if pos.numel():
+                tiny = min(tiny, float(pos.min()))
+            supports.extend(list((g != 0).any(1).cpu()))  # (B, *spatial): any input channel
+    finfo = torch.finfo(dtype)
+    if tiny < finfo.tiny * 1e6:
+        notes.append(f"smallest contribution {tiny:.3g} is near {dtype} underflow; rerun in float64")
+
+    checks: list[NodeCheck] = []
+    for k, name in enumerate(names):
+        rf = report.rf(name)
+        my = [(idx, supports[b]) for b, (kk, idx) in enumerate(rows) if kk == k]
+        verdict, detail = "agree", ""
+        if rf.status == "unknown":
+            verdict = "measured"
+        else:
+            interior_rows = 0
+            for idx, sup in my:
+                vecs, inside = zip(*(_static_pixels(rf.dims[a].exact, idx.get(a, 0), size[a])
+                                     for a in range(nsp)), strict=True)
+                exp = vecs[0]
+                for v in vecs[1:]:
+                    exp = exp.unsqueeze(-1) & v
+                interior = all(inside)
+                interior_rows += interior
+                # a unit touching the border may see less than its window (padding feeds it zeros)
+                bad = not torch.equal(exp, sup) if interior else bool((sup & ~exp).any())
+                if bad:
+                    verdict = "disagree"
+                    for a in range(nsp):
+                        proj = sup if nsp == 1 else sup.movedim(a, 0).flatten(1).any(1)
+                        if not torch.equal(proj, vecs[a]):
+                            detail = (f"axis {a} unit {idx.get(a, 0)}: static {_span(vecs[a])} "
+                                      f"vs probe {_span(proj)}")
+                            break
+                    else:
+                        detail = f"unit {idx}: support is not the static product window"
+                    break
+            if verdict == "agree" and not interior_rows:
+                verdict = "partial"
+                detail = "every probed unit touches the border (only containment checked); grow the input"
+        measured: list[AxisMeasure] = []
+        for a in range(nsp):
+            spans: dict[int, tuple[int, int] | None] = {}
+            full = True
+            run = central_runs[k].get(a, [0])
+            for idx, sup in my:
+                proj = sup if nsp == 1 else sup.movedim(a, 0).flatten(1).any(1)
+                full = full and bool(proj.all())
+                if idx.get(a, 0) in run:
+                    spans.setdefault(idx.get(a, 0), _span(proj))
+            ax = rf.dims[a].exact if rf.status != "unknown" else None
+            if full and ax is None:
+                measured.append(AxisMeasure(size[a], None, None, True))
+            else:
+                measured.append(_measure_axis(spans, size[a], ax.period if ax is not None else 1))
+        checks.append(NodeCheck(name, _label(report, name, asked[k]), rf, tuple(measured), verdict, detail,
+                                len(my)))
+    return Validation(tuple(report.input_shape), str(dev), str(dtype).replace("torch.", ""), checks, notes)

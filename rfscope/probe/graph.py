@@ -1,0 +1,109 @@
+"""Turn the analysed (meta) fx graph into a runnable copy whose outputs are chosen nodes.
+
+Both probes run the graph rfscope analysed (``report.gm``), so node names are
+exactly the report's.  The copy gets real tensors: the user's weights (ERF) or
+positive constants (exact validation, see :mod:`rfscope.probe.linear`).  The
+user's model is only read.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.fx as fx
+
+__all__ = ["ProbeError", "materialise", "select_outputs"]
+
+
+class ProbeError(ValueError):
+    """The probe cannot run on this model/input; the message says why and what to do."""
+
+
+ParamFn = Callable[[str, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def _qual(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def materialise(
+    gm_meta: fx.GraphModule,
+    model: torch.nn.Module,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    param_fn: ParamFn | None = None,
+) -> fx.GraphModule:
+    """A real copy of ``gm_meta`` on ``device``: floating tensors in ``dtype``, eval mode.
+
+    Parameters come from ``model`` (same qualified names) unless ``param_fn(name,
+    meta_param, user_param)`` supplies a value; buffers always come from ``model``.
+    Tied tensors stay tied.  Parameters never require grad (input-only gradients).
+    """
+    gm = copy.deepcopy(gm_meta)
+    src_p = dict(model.named_parameters(remove_duplicate=False))
+    src_b = dict(model.named_buffers(remove_duplicate=False))
+    made: dict[int, torch.Tensor] = {}
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        if t.is_floating_point():
+            return t.to(device=device, dtype=dtype, copy=True)
+        return t.to(device=device, copy=True)
+
+    for mname, mod in gm.named_modules():
+        for pname, p in list(mod._parameters.items()):
+            if p is None:
+                continue
+            key = id(p)
+            if key not in made:
+                qual = _qual(mname, pname)
+                user = src_p.get(qual)
+                if param_fn is not None:
+                    val = param_fn(qual, p, user)
+                elif user is None:
+                    raise ProbeError(f"parameter {qual!r} of the traced graph is not in the model")
+                else:
+                    val = user
+                made[key] = torch.nn.Parameter(convert(val), requires_grad=False)
+            mod._parameters[pname] = made[key]  # type: ignore[assignment]
+        for bname, b in list(mod._buffers.items()):
+            if b is None:
+                continue
+            key = id(b)
+            if key not in made:
+                qual = _qual(mname, bname)
+                user_b = src_b.get(qual)
+                if user_b is None:
+                    if b.is_meta:
+                        raise ProbeError(f"buffer {qual!r} of the traced graph is not in the model")
+                    user_b = b
+                if user_b.is_meta:
+                    raise ProbeError(f"buffer {qual!r} is on the meta device; build the model on a real device")
+                made[key] = convert(user_b)
+            mod._buffers[bname] = made[key]
+        for aname, v in list(vars(mod).items()):
+            if isinstance(v, torch.Tensor) and not isinstance(v, torch.nn.Parameter):
+                if v.is_meta:
+                    raise ProbeError(
+                        f"tensor attribute {_qual(mname, aname)!r} is on the meta device; "
+                        "the probe needs real values"
+                    )
+                setattr(mod, aname, convert(v))
+    gm.eval()
+    return gm
+
+
+def select_outputs(gm: fx.GraphModule, names: Sequence[str]) -> fx.GraphModule:
+    """Make ``gm`` return the values of the nodes ``names`` (a tuple), dropping unused work."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    missing = [n for n in names if n not in nodes]
+    if missing:
+        raise ProbeError(f"node(s) {', '.join(missing)} not in the traced graph")
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    out.args = (tuple(nodes[n] for n in names),)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
