@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -12,7 +13,9 @@ from .counting import count
 from .diagnostics import diagnose
 from .registry import Registry, default_registry
 from .report import Report, build_graph
-from .trace import meta_copy, propagate_shapes, trace
+from .state import TensorRF
+from .fallback import trace_model
+from .trace import meta_copy, propagate_shapes
 
 __all__ = ["analyze", "AnalysisInputError"]
 
@@ -44,6 +47,8 @@ def analyze(
     registry: Registry | None = None,
     leaf_modules: Iterable[str] = (),
     check_init: bool = False,
+    trace: str = "auto",
+    weights: str | os.PathLike[str] | None = None,
 ) -> Report:
     """Trace ``model`` and compute the receptive field of every node.
 
@@ -53,6 +58,11 @@ def analyze(
     never modified.  ``strict=True`` raises on any op without a plugin.
     ``check_init=True`` also runs :func:`rfscope.check_init` (needs real weights)
     and stores its findings in ``report.findings``.
+    ``trace``: ``"auto"`` (``symbolic_trace``, then ``torch.export``, then ``make_fx``
+    on the example input; see :mod:`rfscope.fallback`), or one of ``"symbolic_trace"``,
+    ``"export"``, ``"make_fx"`` to force a path; ``report.trace_path`` says which was used.
+    ``weights``: a state-dict checkpoint loaded (``weights_only=True``) into a copy of the
+    model first (:func:`rfscope.weights.load_weights`).
 
     >>> import torch.nn as nn, rfscope
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3))
@@ -74,10 +84,14 @@ def analyze(
         if first is None:
             raise AnalysisInputError("example_inputs holds no tensor")
         shape = _check_shape(first.shape) if first.dim() >= 3 else tuple(first.shape)
+    if weights is not None:
+        from .weights import load_weights
+
+        model = load_weights(model, weights)
     reg = registry if registry is not None else default_registry()
     reg.ensure_loaded()
     copy = meta_copy(model)
-    gm = trace(copy, reg, leaf_modules)
+    gm, trace_path, trace_why = trace_model(model, reg, example_inputs, leaf_modules, trace, copy=copy)
     propagate_shapes(gm, example_inputs)
     input_size = tuple(shape[2:]) if len(shape) >= 3 else ()
     records, unsupported, errors = run_plugins(gm, reg, input_size, strict=strict)
@@ -85,14 +99,16 @@ def analyze(
     for n in gm.graph.nodes:
         if n.op in ("placeholder", "output", "get_attr"):
             continue
-        if not isinstance(n.meta.get("val"), torch.Tensor):
-            continue
+        if not isinstance(n.meta.get("val"), torch.Tensor) or not isinstance(records[n.name].state, TensorRF):
+            continue  # e.g. batch-norm statistics in ATen graphs: not the module's output
         for key in (n.meta.get("nn_module_stack") or {}):
             modules[key] = n.name
         if n.op == "call_module":
             modules.setdefault(str(n.target), n.name)
     graph = build_graph(records, input_size)
-    report = Report(tuple(shape), records, modules, graph, gm, unsupported, errors)
+    report = Report(tuple(shape), records, modules, graph, gm, unsupported, errors, trace_path=trace_path)
+    if trace_why is not None:
+        report.extras.setdefault("top_level", {})["trace_fallback"] = trace_why
     report.warnings = diagnose(report)
     count(report, copy, reg)
     if check_init:

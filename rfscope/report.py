@@ -234,8 +234,9 @@ class Report:
 
 def build_graph(records: dict[str, NodeRecord], input_size: tuple[int, ...]) -> nx.DiGraph:
     g = nx.DiGraph()
+    memo: dict[TensorRF, RF] = {}  # equal states give equal (immutable) RFs; most nodes share a few
     for r in records.values():
-        rf = RF.from_state(r.state, input_size) if isinstance(r.state, TensorRF) else None
+        rf = _rf_memo(memo, r.state, input_size) if isinstance(r.state, TensorRF) else None
         g.add_node(
             r.name, op=r.op, target=r.target, module=r.module, module_class=r.module_class,
             shape=r.shape, rf=rf, record=r,
@@ -243,3 +244,13 @@ def build_graph(records: dict[str, NodeRecord], input_size: tuple[int, ...]) -> 
         for a in r.inputs:
             g.add_edge(a, r.name)
     return g
+
+
+def _rf_memo(memo: dict[TensorRF, RF], st: TensorRF, input_size: tuple[int, ...]) -> RF:
+    try:
+        rf = memo.get(st)
+    except TypeError:  # a plugin put something unhashable in the state
+        return RF.from_state(st, input_size)
+    if rf is None:
+        rf = memo[st] = RF.from_state(st, input_size)
+    return rf

@@ -7,13 +7,13 @@ costs the same at 224² or 4096² and works for models built on ``meta``.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 
+from .fastcopy import deepcopy_modules
 from .fastshape import fast_module_output
 from .registry import Registry
 
@@ -41,7 +41,7 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     for b in list(model.buffers()):
         memo[id(b)] = torch.empty_like(b, device="meta")
     # Hooks belong to the user; the copy must not run them.
-    cp = copy.deepcopy(model, memo)
+    cp = deepcopy_modules(model, memo)  # copy.deepcopy, minus its per-module overhead
     for m in cp.modules():
         for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"):
             d = getattr(m, attr, None)

@@ -1,0 +1,310 @@
+"""Tracing paths for models ``torch.fx.symbolic_trace`` cannot handle.
+
+``trace_model`` tries, in order (``mode="auto"``):
+
+1. ``symbolic_trace`` on the meta copy (module-level graph, plugin classes kept as leaves);
+2. ``torch.export`` on a meta copy: Python control flow on *shapes* is resolved for the
+   given input shape; the ATen graph is functionalised and analysed by ``plugins/aten.py``;
+3. ``make_fx`` in real mode on a deep copy of the model run on the example input (random
+   values when only a shape is given): control flow on tensor *values* follows the path
+   that input takes, so the graph -- and the report -- is specialised to that input.
+
+The user's model is never run or modified: paths 1-2 use meta copies, path 3 a deep copy.
+Module paths in ATen graphs come from ``nn_module_stack`` meta, rewritten to the keys
+the symbolic tracer uses (``"block"``, ``"block@1"`` for its second call).
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import os
+import traceback
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .registry import Registry
+from .trace import TraceError, meta_copy, trace
+
+__all__ = ["TRACE_MODES", "PATH_NAMES", "trace_model", "trace_export", "trace_make_fx", "failure_site"]
+
+#: values of ``analyze(..., trace=)``
+TRACE_MODES = ("auto", "symbolic_trace", "export", "make_fx")
+#: what ``Report.trace_path`` says for each path
+PATH_NAMES = {
+    "symbolic_trace": "symbolic_trace",
+    "export": "torch.export",
+    "make_fx": "make_fx (specialised to the example input)",
+}
+_PLUGIN_DOCS = "README, 'Writing a plugin'"
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return f"{type(e).__name__}: {s.splitlines()[0] if s else ''}".rstrip(": ")
+
+
+def failure_site(e: BaseException) -> str | None:
+    """``file:line `code` `` of the innermost frame of ``e`` outside torch and rfscope."""
+    exc: BaseException | None = e
+    while exc is not None and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if exc is None or exc.__traceback__ is None:
+        return None
+    torch_dir = os.path.dirname(torch.__file__)
+    own_dir = os.path.dirname(os.path.abspath(__file__))
+    site = None
+    for fr in traceback.extract_tb(exc.__traceback__):
+        f = os.path.abspath(fr.filename)
+        if f.startswith(torch_dir) or f.startswith(own_dir) or "<" in fr.filename:
+            continue
+        site = f"{os.path.basename(fr.filename)}:{fr.lineno}" + (f" `{fr.line.strip()}`" if fr.line else "")
+    return site
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty_like(x, device="meta")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_meta(v) for v in x)
+    return x
+
+
+def _to_real(x: Any) -> Any:
+    """A real tensor for an example input: a clone of a real one, random values for a meta one."""
+    if isinstance(x, torch.Tensor):
+        if x.device.type != "meta":
+            return x.detach().clone()
+        if x.is_floating_point() or x.is_complex():
+            return torch.randn(x.shape, dtype=x.dtype)
+        return torch.zeros(x.shape, dtype=x.dtype)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_real(v) for v in x)
+    return x
+
+
+def _module_types(model: torch.nn.Module) -> dict[str, type]:
+    return {name: type(m) for name, m in model.named_modules()}
+
+
+def _normalise_stacks(gm: fx.GraphModule, types: dict[str, type]) -> None:
+    """Rewrite ``nn_module_stack`` to ``{call key: (path, class)}`` as ``symbolic_trace`` writes it."""
+    for n in gm.graph.nodes:
+        stack = n.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        new: dict[str, tuple[str, Any]] = {}
+        for key, val in stack.items():
+            path = val[0] if isinstance(val, tuple) else str(val)
+            if not path:
+                continue  # the root module
+            suffix = ""
+            if "@" in key and key.rsplit("@", 1)[1].isdigit():
+                suffix = "@" + key.rsplit("@", 1)[1]
+            new[path + suffix] = (path, types.get(path, val[1] if isinstance(val, tuple) else None))
+        n.meta["nn_module_stack"] = new
+
+
+def _drop_asserts(gm: fx.GraphModule) -> None:
+    """Remove nodes with no users that produce no value (guards, runtime asserts)."""
+    for n in reversed(list(gm.graph.nodes)):
+        if n.op == "call_module" and not n.users:
+            gm.graph.erase_node(n)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+
+
+def _aliasing_hazard(gm: fx.GraphModule) -> bool:
+    """Whether an in-place op mutates a tensor read again later or an alias (view) of another tensor.
+
+    The ATen plugins treat ``add_`` like ``add``, which is exact only when the mutated
+    tensor is not read again afterwards through another node; otherwise the graph must be
+    functionalised first (slower, so only when needed).
+    """
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for n in gm.graph.nodes:
+        schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
+        if schema is None or not schema.is_mutable:
+            continue
+        for i, arg in enumerate(schema.arguments):
+            if arg.alias_info is None or not arg.alias_info.is_write:
+                continue
+            x = n.args[i] if i < len(n.args) else n.kwargs.get(arg.name)
+            if not isinstance(x, fx.Node):
+                continue
+            if any(order[u] > order[n] for u in x.users if u is not n):
+                return True
+            src = getattr(x.target, "_schema", None) if x.op == "call_function" else None
+            if src is not None and any(r.alias_info is not None and not r.alias_info.is_write for r in src.returns):
+                return True  # a view: its base changes too (in-place ops' results are checked at that op)
+            if x.op == "placeholder":
+                return True
+    return False
+
+
+def trace_export(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
+    """``torch.export`` a meta copy of ``model``; returns the functional ATen graph."""
+    cp = meta_copy(model)
+    types = _module_types(cp)
+    ep = torch.export.export(cp, tuple(_to_meta(x) for x in example_inputs), strict=False)
+    gm = ep.module()
+    if _aliasing_hazard(gm):
+        gm = ep.run_decompositions({}).module()
+    assert isinstance(gm, fx.GraphModule)
+    _drop_asserts(gm)
+    _normalise_stacks(gm, types)
+    return gm
+
+
+def _stack_hooks(model: torch.nn.Module, calls: dict[str, int]) -> list[Any]:
+    """Forward hooks that keep ``torch.fx.traceback.current_meta['nn_module_stack']`` up to date.
+
+    ``calls`` counts each module's calls (``"block@1"`` is the second); clear it between traces.
+    """
+    import torch.fx.traceback as fxt
+
+    handles = []
+
+    def pre(name: str, m: torch.nn.Module) -> Any:
+        def hook(mod: torch.nn.Module, args: Any) -> None:
+            k = calls.get(name, 0)
+            calls[name] = k + 1
+            cur = dict(fxt.current_meta.get("nn_module_stack") or {})
+            cur[name if k == 0 else f"{name}@{k}"] = (name, type(m))
+            fxt.current_meta["nn_module_stack"] = cur
+
+        return hook
+
+    def post(name: str) -> Any:
+        def hook(mod: torch.nn.Module, args: Any, out: Any) -> None:
+            cur = dict(fxt.current_meta.get("nn_module_stack") or {})
+            if cur:
+                cur.popitem()
+            fxt.current_meta["nn_module_stack"] = cur
+
+        return hook
+
+    for name, m in model.named_modules():
+        if name:
+            handles.append(m.register_forward_pre_hook(pre(name, m)))
+            handles.append(m.register_forward_hook(post(name)))
+    return handles
+
+
+def _clear_hooks(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                     "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+            d = getattr(m, attr, None)
+            if d:
+                d.clear()
+
+
+def _meta_attrs(gm: fx.GraphModule) -> None:
+    """Replace every tensor the graph holds (constants lifted by make_fx) by a meta tensor."""
+    for mod in gm.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None:
+                mod._parameters[name] = torch.nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+        for name, b in list(mod._buffers.items()):
+            if b is not None:
+                mod._buffers[name] = torch.empty_like(b, device="meta")
+        for name, v in list(vars(mod).items()):
+            if isinstance(v, torch.Tensor):
+                setattr(mod, name, torch.empty_like(v, device="meta"))
+
+
+def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
+    """Trace the path the example input takes through a deep copy of ``model`` (real tensors)."""
+    import torch.fx.traceback as fxt
+    from torch.func import functionalize
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    if any(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()]):
+        raise TraceError("make_fx runs the model on real tensors, but the model is on the meta device")
+    cp = _copy.deepcopy(model)
+    _clear_hooks(cp)
+    cp.eval()
+    types = _module_types(cp)
+    inputs = tuple(_to_real(x) for x in example_inputs)
+    calls: dict[str, int] = {}
+    _stack_hooks(cp, calls)
+    with torch.no_grad(), fxt.preserve_node_meta():
+        gm = make_fx(cp, tracing_mode="real")(*inputs)
+        if _aliasing_hazard(gm):
+            calls.clear()
+            gm = make_fx(functionalize(cp, remove="mutations_and_views"), tracing_mode="real")(*inputs)
+    _meta_attrs(gm)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    _normalise_stacks(gm, types)
+    return gm
+
+
+def _explain(err: TraceError, tried: list[str]) -> str:
+    mod = getattr(err, "module", None)
+    site = failure_site(err)
+    where = (f" in module {mod!r}" if mod else "") + (f" at {site}" if site else "")
+    cause = err.__cause__
+    what = _first_line(cause) if cause is not None else str(err)
+    fix = []
+    if mod:
+        fix.append(f"keep that module opaque with leaf_modules=[{mod!r}] / --leaf {mod}")
+    fix.append("give example_inputs (the model input that the forward expects)")
+    fix.append(f"or write a plugin for it ({_PLUGIN_DOCS})")
+    also = f"; {'; '.join(tried)}" if tried else ""
+    return f"cannot trace the model: torch.fx failed{where}: {what}{also}. Fix: {', '.join(fix)}"
+
+
+def trace_model(
+    model: torch.nn.Module,
+    registry: Registry,
+    example_inputs: Sequence[Any],
+    leaf_modules: Iterable[str] = (),
+    mode: str = "auto",
+    copy: torch.nn.Module | None = None,
+) -> tuple[fx.GraphModule, str, str | None]:
+    """Trace ``model`` by the first path that works.
+
+    ``copy`` is the meta copy to trace symbolically (made here when not given).
+    Returns ``(graph module, path name, why symbolic tracing was not used or None)``.
+    Shapes are not propagated here.
+    """
+    if mode not in TRACE_MODES:
+        raise ValueError(f"trace={mode!r}: use one of {', '.join(TRACE_MODES)}")
+    leaves = list(leaf_modules)
+    if mode == "export":
+        return _wrap(lambda: trace_export(model, example_inputs), "torch.export"), PATH_NAMES["export"], "forced"
+    if mode == "make_fx":
+        return _wrap(lambda: trace_make_fx(model, example_inputs), "make_fx"), PATH_NAMES["make_fx"], "forced"
+    try:
+        cp = copy if copy is not None else meta_copy(model)
+        return trace(cp, registry, leaves), PATH_NAMES["symbolic_trace"], None
+    except TraceError as err:
+        if mode == "symbolic_trace":
+            raise TraceError(_explain(err, [])) from err
+        symbolic_err = err
+    why = _explain(symbolic_err, []).split(". Fix:")[0]
+    tried: list[str] = []
+    try:
+        return trace_export(model, example_inputs), PATH_NAMES["export"], why
+    except Exception as e:  # noqa: BLE001 - any failure moves on to the next path
+        tried.append(f"torch.export failed: {_first_line(e)}")
+    try:
+        return trace_make_fx(model, example_inputs), PATH_NAMES["make_fx"], why
+    except Exception as e:  # noqa: BLE001
+        tried.append(f"make_fx failed: {_first_line(e)}")
+    raise TraceError(_explain(symbolic_err, tried)) from symbolic_err
+
+
+def _wrap(fn: Any, what: str) -> fx.GraphModule:
+    try:
+        gm = fn()
+    except TraceError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise TraceError(f"{what} could not trace the model: {_first_line(e)}") from e
+    assert isinstance(gm, fx.GraphModule)
+    return gm
