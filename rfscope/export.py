@@ -122,9 +122,22 @@ def _dims(xs: Iterable[Any]) -> str:
     return "×".join(_num(x) for x in xs)
 
 
-def _short(s: str, n: int = 44) -> str:
-    s = " ".join(s.split())
-    return s if len(s) <= n else s[: n - 1] + "…"
+def _wrap(s: str, width: int = 40, lines: int = 2) -> list[str]:
+    """Word-wrap ``s`` into at most ``lines`` lines, the last one cut with an ellipsis."""
+    out: list[str] = []
+    cur = ""
+    for w in s.split():
+        if cur and len(cur) + 1 + len(w) > width:
+            out.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}" if cur else w
+    if cur:
+        out.append(cur)
+    if len(out) > lines:
+        last = " ".join(out[lines - 1:])
+        out = out[: lines - 1] + [last[: width - 1] + "…"]
+    return [x if len(x) <= width else x[: width - 1] + "…" for x in out]
 
 
 def _sizes(rf: RF) -> str:
@@ -132,7 +145,7 @@ def _sizes(rf: RF) -> str:
     out = []
     for d, ph in zip(rf.dims, rf.sizes, strict=False):
         if ph is not None and min(ph) != max(ph):
-            out.append(f"{min(ph)}–{max(ph)}")
+            out.append(f"({min(ph)}–{max(ph)})")
         else:
             out.append(str(d.size))
     return "×".join(out)
@@ -153,7 +166,7 @@ def _param_count(x: Any) -> int | None:
 # ----------------------------------------------------------------------------- model structure
 def _cls_name(c: Any) -> str:
     if isinstance(c, type):
-        return c.__qualname__
+        return c.__name__
     return str(c).rsplit(".", 1)[-1].strip("'>")
 
 
@@ -294,7 +307,7 @@ class _Builder:
             why = rf.reason or "unknown"
             if inherited:
                 return ["RF unknown (from an input)"]
-            return ["RF unknown", _short(why)]
+            return ["RF unknown", *_wrap(why)]
         if rf.status == "global":
             rows = ["RF global (sees the whole input)"]
             if rf.local is not None:
@@ -303,7 +316,7 @@ class _Builder:
         rows = [f"RF {_sizes(rf)}, stride {_dims(rf.stride)}"]
         cov = [c for c in rf.coverage if c is not None]
         if cov and min(cov) < 1:
-            rows.append(f"coverage {_dims(rf.coverage)} (holes)")
+            rows.append("holes: sees " + ", ".join(_num(c) for c in rf.coverage) + " of the box")
         return rows
 
     def fill(self, rf: RF | None) -> tuple[str, str]:
@@ -324,7 +337,7 @@ class _Builder:
               alarm: str | None = None) -> str:
         grey = "#444444" if text == "black" else "#f0f0f0"
         cells = [f'<TR><TD><B>{_h(title)}</B></TD></TR>']
-        if sub:
+        if sub and sub != title:
             cells.append(f'<TR><TD><FONT POINT-SIZE="9" COLOR="{grey}">{_h(sub)}</FONT></TD></TR>')
         if alarm:
             cells.append(f'<TR><TD><FONT COLOR="{ALARM}"><B>{_h(alarm)}</B></FONT></TD></TR>')
