@@ -10,8 +10,10 @@
 from . import design, export
 from .api import AnalysisInputError, analyze
 from .context import OpContext, Unsupported
+from .counting import ParamCount, SeparableBlock, Summary
 from .diagnostics import DesignWarning
 from .export import RendererNotFoundError
+from .initcheck import Finding, InitCheckError, InitRule, WeightView, check_init
 from .registry import Method, Plugin, PluginError, Registry, default_registry
 from .report import Report, UnknownNameError
 from .result import RF, AxisInfo
@@ -34,5 +36,13 @@ __all__ = [
     "DesignWarning",
     "export",
     "RendererNotFoundError",
+    "check_init",
+    "Finding",
+    "InitCheckError",
+    "InitRule",
+    "WeightView",
+    "ParamCount",
+    "Summary",
+    "SeparableBlock",
 ]
 __version__ = "0.1.0"

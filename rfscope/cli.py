@@ -102,10 +102,18 @@ def _load(target: str, input_shape: str | None) -> tuple[Any, tuple[int, ...] | 
 @click.option("--depth", type=click.IntRange(min=1), help="Diagram: collapse module calls nested deeper than N.")
 @click.option("--rankdir", type=click.Choice(["TB", "LR"], case_sensitive=False), default="TB",
               show_default=True, help="Diagram: top-to-bottom or left-to-right.")
+@click.option("--check-init", "check_init", is_flag=True,
+              help="Also check the initial weights (needs real weights); exit 1 on an error finding.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Load this state-dict checkpoint (torch.load weights_only=True) into the model first.")
+@click.option("--trace", "trace_mode", type=click.Choice(["auto", "symbolic_trace", "export", "make_fx"]),
+              default="auto", show_default=True,
+              help="Tracing path; auto falls back to torch.export, then make_fx, when torch.fx fails.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
 def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ...], leaves: tuple[str, ...],
-            strict: bool, diagram: str | None, depth: int | None, rankdir: str, debug: bool) -> None:
+            strict: bool, diagram: str | None, depth: int | None, rankdir: str, debug: bool,
+            check_init: bool = False, weights: str | None = None, trace_mode: str = "auto") -> None:
     """Trace TARGET (model.py[:attr], module.path:attr, torchvision:NAME) and print per-layer RFs."""
     from .api import analyze as run
 
@@ -116,7 +124,12 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
     elif depth is not None:
         raise CliError("--depth only applies to a diagram: add --diagram out.svg")
     model, shape, ex = _load(target, input_shape)
-    report = run(model, shape, example_inputs=ex, strict=strict, leaf_modules=leaves)
+    if weights is not None:
+        from .weights import load_weights
+
+        model = load_weights(model, weights)  # a copy: init checks and probes see the trained weights
+    report = run(model, shape, example_inputs=ex, strict=strict, leaf_modules=leaves, check_init=check_init,
+                 trace=trace_mode)
     for n in nodes:
         report.node_name(n)  # fail early on unknown names
     if fmt == "json":
@@ -136,6 +149,13 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
         from .export import render
 
         click.echo(render(report, diagram, depth=depth, rankdir=rankdir).message, err=True)
+    if check_init:
+        findings = report.findings or []
+        if fmt != "json":
+            click.echo("")
+            click.echo("\n".join(str(f) for f in findings) if findings else "init check: no findings")
+        if any(f.severity == "error" for f in findings):
+            raise click.exceptions.Exit(1)
 
 
 def run() -> None:  # pragma: no cover - console entry
