@@ -86,6 +86,11 @@ class _MetaProp(fx.Interpreter):
         try:
             out = super().run_node(n)
         except Exception as e:
+            if n.op == "call_module":
+                args = self.map_nodes_to_values(n.args, n)
+                hint = _layer_problem(str(n.target), self.fetch_attr(str(n.target)), args)
+                if hint:
+                    raise TraceError(hint) from e
             where = n.meta.get("nn_module_stack")
             mod = next(reversed(where.values()))[0] if where else None
             loc = f" in module {mod!r}" if mod else ""
@@ -100,6 +105,36 @@ class _MetaProp(fx.Interpreter):
         # BatchNorm, LayerNorm, Linear... skip their slow Python meta kernels (see fastshape)
         out = fast_module_output(self.fetch_attr(target), args, kwargs)
         return out if out is not None else super().call_module(target, args, kwargs)
+
+
+def _layer_problem(name: str, m: Any, args: Any) -> str | None:
+    """A conv/pool layer's input has the wrong channel count or is too small, in words."""
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    conv = isinstance(m, torch.nn.modules.conv._ConvNd)
+    pool = isinstance(m, (torch.nn.modules.pooling._MaxPoolNd, torch.nn.modules.pooling._AvgPoolNd))
+    if x is None or not (conv or pool):
+        return None
+    cls = type(m).__name__
+    k = tuple(m.kernel_size) if not isinstance(m.kernel_size, int) else None
+    n = len(k) if k is not None else x.dim() - 2
+    if conv and x.dim() > n and int(x.shape[-n - 1]) != m.in_channels:
+        c = m.in_channels
+        return (f"layer {name!r} ({cls}) expects {c} input channels but gets {int(x.shape[-n - 1])}; "
+                f"if it is the first layer use --input-shape {c},H,W (input_shape=(N, {c}, ...))")
+
+    def tup(v: Any) -> tuple[int, ...]:
+        return tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v),) * n
+
+    pad = getattr(m, "padding", 0)
+    p = (0,) * n if isinstance(pad, str) else tup(pad)
+    need = tuple(max(1, dd * (kk - 1) + 1 - 2 * pp)
+                 for kk, dd, pp in zip(tup(m.kernel_size), tup(getattr(m, "dilation", 1)), p, strict=False))
+    got = tuple(int(s) for s in x.shape[-n:])
+    if any(g < q for g, q in zip(got, need, strict=False)):
+        fmt = lambda t: "x".join(map(str, t))
+        return (f"input too small for layer {name!r} ({cls}): it gets {fmt(got)} positions but needs at least "
+                f"{fmt(need)}; use a larger --input-shape (input_shape)")
+    return None
 
 
 def _target_name(n: fx.Node) -> str:
