@@ -17,6 +17,7 @@ from .initcheck import Finding, InitCheckError, InitRule, WeightView, check_init
 from .registry import Method, Plugin, PluginError, Registry, default_registry
 from .report import Report, UnknownNameError
 from .result import RF, AxisInfo
+from .weights import WeightsError, load_weights
 
 __all__ = [
     "analyze",
@@ -32,6 +33,8 @@ __all__ = [
     "PluginError",
     "AnalysisInputError",
     "UnknownNameError",
+    "load_weights",
+    "WeightsError",
     "design",
     "DesignWarning",
     "export",
