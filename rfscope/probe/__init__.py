@@ -6,7 +6,15 @@
   (Luo et al. 2016) with RepLKNet's area-ratio metrics (REFERENCE §4).
 """
 
+from .erf import REDUCTIONS, ERFResult, erf
 from .exact import AxisMeasure, NodeCheck, Validation, validate
 from .graph import ProbeError
+from .inputs import load_images, load_tensors
+from .metrics import THRESHOLDS, area_ratio, area_ratios, gaussian_sigma, replknet_transform
 
-__all__ = ["validate", "Validation", "NodeCheck", "AxisMeasure", "ProbeError"]
+__all__ = [
+    "validate", "Validation", "NodeCheck", "AxisMeasure", "ProbeError",
+    "erf", "ERFResult", "REDUCTIONS",
+    "area_ratio", "area_ratios", "gaussian_sigma", "replknet_transform", "THRESHOLDS",
+    "load_images", "load_tensors",
+]

@@ -27,6 +27,7 @@ from ..report import Report
 from ..result import RF
 from ..rf import Axis
 from ..state import TensorRF
+from .erf import _resolve
 from .graph import ProbeError, materialise, select_outputs
 from .linear import constant_param, linearise
 from .runtime import exact_kernels, resolve_device
@@ -210,18 +211,32 @@ def _measure_axis(spans: dict[int, tuple[int, int] | None], n: int, period: int)
 
 # ----------------------------------------------------------------------------- growth
 def _needed_size(report: Report, names: Sequence[str]) -> list[int]:
-    """Per axis, an input extent at which every probed node's central units avoid the border."""
-    need = list(report.input_size)
+    """Per axis, an input extent at which every probed node's central units avoid the border.
+
+    Returns the current extent where that already holds; otherwise an estimate
+    (the central unit sits near the middle) that the caller re-checks.
+    """
+    size = list(report.input_size)
+    need = list(size)
     for name in names:
+        rec = report.records[name]
+        if not isinstance(rec.state, TensorRF) or rec.shape is None:
+            continue
         rf = report.rf(name)
         if rf.status == "unknown":
             continue
+        ext = axis_extents(rec.state.dims, rec.shape)
         for a, d in enumerate(rf.dims):
             ax = d.exact
-            if ax is None:
+            if ax is None or a >= len(size):
+                continue
+            run = _central_run(ext.get(a, 1), ax.period, ax.period + 1) or [0]
+            ws = [ax.window(i) for i in run]
+            if all(w.empty or (w.lo >= 0 and w.hi <= size[a] - 1) for w in ws):
                 continue
             r, p, st = ax.size, int(ax.padding), ax.step
-            need[a] = max(need[a], 2 * max(p + 2 * st, r - p + 2 * st) + 2)
+            est = 2 * max(p + st, r - p + st) + 1
+            need[a] = max(need[a], est if est > size[a] else size[a] + 2 * st)
     return need
 
 
@@ -282,7 +297,7 @@ def validate(
         if input_shape is None:
             raise ProbeError("give report= or input_shape=(N, C, *spatial)")
         report = analyze(model, input_shape, registry=registry, leaf_modules=leaf_modules)
-        names = [report.node_name(n) for n in nodes] if nodes else _default_nodes(report)
+        names = [_resolve(report, n) for n in nodes] if nodes else _default_nodes(report)
         for _ in range(4):
             if not grow:
                 break
@@ -291,10 +306,10 @@ def validate(
                 break
             shape = (*report.input_shape[:2], *need)
             report = analyze(model, shape, registry=registry, leaf_modules=leaf_modules)
-            names = [report.node_name(n) for n in nodes] if nodes else _default_nodes(report)
+            names = [_resolve(report, n) for n in nodes] if nodes else _default_nodes(report)
         if grow and any(x >= max_size for x in report.input_size):
             notes.append(f"input capped at {max_size}; some units touch the border")
-    names = [report.node_name(n) for n in nodes] if nodes else _default_nodes(report)
+    names = [_resolve(report, n) for n in nodes] if nodes else _default_nodes(report)
     asked = list(nodes) if nodes else [None] * len(names)
     placeholders = [n for n in report.gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
