@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 import torchvision
+from _common import interleave, median, parser, table, write
 
 import rfscope
-from _common import interleave, median, parser, table, write
 
 MODELS = [
     "resnet50", "resnet152", "inception_v3", "mobilenet_v3_large", "efficientnet_b7",

@@ -159,6 +159,11 @@ def run_plugins(
     for n in gm.graph.nodes:
         val = n.meta.get("val")
         module = gm.get_submodule(n.target) if n.op == "call_module" else None
+        # once per node: get_submodule walks the module path (same value as target_name)
+        tname = (
+            type(module).__qualname__ if module is not None
+            else target_name(n, gm) if n.op not in ("placeholder", "output") else str(n.target)
+        )
         plugin: Plugin | None = None
         macs: int | None = None
         if n.op == "placeholder":
@@ -178,7 +183,6 @@ def run_plugins(
                 plugin = registry.lookup(Method(str(n.target)))
             else:
                 plugin = registry.lookup(n.target)
-            tname = target_name(n, gm)
             ctx = OpContext(
                 n, module, args, kwargs,
                 _map(n.args, lambda a: a.meta.get("val")),
@@ -231,7 +235,7 @@ def run_plugins(
         records[n.name] = NodeRecord(
             name=n.name,
             op=n.op,
-            target=target_name(n, gm) if n.op not in ("placeholder", "output") else str(n.target),
+            target=tname,
             target_obj=n.target,
             module=mpath,
             module_class=mcls,
