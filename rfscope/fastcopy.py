@@ -56,7 +56,7 @@ def _value(v: Any, memo: dict[int, Any]) -> Any:
     if hit is not memo:
         return hit
     if t in _EMPTY_CONTAINERS and not v:
-        y = t()
+        y: Any = t()
         memo[id(v)] = y
         return y
     if isinstance(v, nn.Module):
