@@ -7,7 +7,7 @@
 ((7, 7), (Fraction(2, 1), Fraction(2, 1)))
 """
 
-from . import design, export
+from . import design, export, probe
 from .api import AnalysisInputError, analyze
 from .context import OpContext, Unsupported
 from .counting import ParamCount, SeparableBlock, Summary
@@ -47,5 +47,6 @@ __all__ = [
     "ParamCount",
     "Summary",
     "SeparableBlock",
+    "probe",
 ]
 __version__ = "0.1.0"

@@ -158,5 +158,40 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
             raise click.exceptions.Exit(1)
 
 
+@main.command()
+@click.argument("target")
+@click.option("--mode", type=click.Choice(["exact", "erf"]), default="exact", show_default=True,
+              help="exact: check the static RF with a linearised float64 copy; erf: effective RF.")
+@click.option("--node", "nodes", multiple=True, help="Module path or node to probe (repeatable for exact).")
+@click.option("--input-shape", "input_shape", help="C,H,W without the batch dim.")
+@click.option("--samples", type=int, default=32, show_default=True, help="ERF: number of input samples.")
+@click.option("--inputs", "inputs_path", help="ERF: a torch.save'd (N,C,H,W) tensor to use as inputs.")
+@click.option("--image-dir", help="ERF: a folder of png/jpg images (resized, ImageNet-normalised).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64", "bfloat16"]),
+              help="Default float64 (exact), float32 (erf); bfloat16 is checked against float32.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--reduction", type=click.Choice(["clip", "abs"]), default="clip", show_default=True,
+              help="ERF: clip negative gradients (RepLKNet) or take |grad| (Luo et al.).")
+@click.option("--seed", type=int, default=0, show_default=True, help="ERF: seed of the random inputs.")
+@click.option("--out", "out_dir", help="ERF: output folder for erf.npy, erf.json, erf.png.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--no-grow", is_flag=True, help="Exact: keep the input size even if units touch the border.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def probe(target: str, mode: str, nodes: tuple[str, ...], input_shape: str | None, samples: int,
+          inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int,
+          reduction: str, seed: int, out_dir: str | None, fmt: str, no_grow: bool, quiet: bool,
+          debug: bool) -> None:
+    """Gradient probe of TARGET: exact RF validation (exit 1 on a disagreement) or the ERF."""
+    from .probe.command import run_probe
+
+    status = run_probe(target, mode, nodes, input_shape, samples, inputs_path, image_dir, device, dtype,
+                       batch_size, reduction, seed, out_dir, fmt, not no_grow, quiet)
+    if status:
+        raise click.exceptions.Exit(status)
+
+
 def run() -> None:  # pragma: no cover - console entry
     sys.exit(main())

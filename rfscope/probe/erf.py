@@ -72,7 +72,7 @@ class ERFResult:
     def summary(self) -> str:
         c = self.conventions
         lines = [
-            f"ERF of {c['label']} ({c['node']}), input {'x'.join(map(str, c['input_shape']))}, "
+            f"ERF of {c['label']} ({c['node']}), input {'x'.join(map(str, c['input_shape'][1:]))}, "
             f"{c['samples']} samples ({c['inputs']}), {c['dtype']} on {c['device']}",
             f"reduction: {c['reduction']} — {REDUCTIONS[c['reduction']]}",
             f"static RF: {self.rf.get('status')} size {self.rf.get('size')}, centre unit {c['centre_unit']}, "

@@ -9,18 +9,22 @@ from typing import Any
 
 import torch
 
-__all__ = ["resolve_device", "dist_info", "all_reduce_sum", "Progress", "exact_kernels"]
+__all__ = ["resolve_device", "dist_info", "all_reduce_sum", "Progress", "exact_kernels", "init_from_env"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` is CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    import os
+
     if isinstance(device, torch.device):
         return device
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA device is available; use --device auto or cpu")
+    if dev.type == "cuda" and dev.index is None and dist_info()[1] > 1:  # torchrun: one GPU per local rank
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return dev
 
 
@@ -31,6 +35,18 @@ def dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def init_from_env() -> bool:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); True if this call created it."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
