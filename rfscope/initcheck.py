@@ -181,6 +181,12 @@ class InitRules:
     def __init__(self) -> None:
         self._by_target: dict[Any, InitRule] = {}
 
+    def copy(self) -> InitRules:
+        """An independent copy (extend it without touching the process-wide rules)."""
+        new = InitRules()
+        new._by_target = dict(self._by_target)
+        return new
+
     def register(self, rule: InitRule) -> InitRule:
         for t in rule.targets:
             self._by_target[t] = rule
@@ -421,7 +427,7 @@ def _f(x: Any) -> float:
     return float(f"{float(x):.6g}")
 
 
-def _nonfinite(model: nn.Module, names: dict[int, str]) -> list[Finding]:
+def _nonfinite(model: nn.Module, names: dict[int, str], wstats: dict[int, tuple[float, float]]) -> list[Finding]:
     found = []
     seen: set[int] = set()
     for t in [*model.parameters(), *model.buffers()]:
@@ -429,7 +435,7 @@ def _nonfinite(model: nn.Module, names: dict[int, str]) -> list[Finding]:
             continue
         seen.add(id(t))
         d = t.detach()
-        if _finite(d):
+        if math.isfinite(wstats.get(id(t), (math.nan, 0.0))[0]) or _finite(d):
             continue
         nan, inf = int(torch.isnan(d).sum()), int(torch.isinf(d).sum())
         if nan or inf:
@@ -480,6 +486,9 @@ def _dead(g: _Graph, n: fx.Node, v: WeightView) -> tuple[list[Finding], torch.Te
 def _symmetry(g: _Graph, n: fx.Node, v: WeightView, dead: torch.Tensor) -> list[Finding]:
     if v.groups != 1:
         return []  # units of different groups see different inputs
+    ends = g.ends(n, stop_at_relu=False)
+    if not ends or any(e.kind != "layer" for e in ends):
+        return []  # the model output, a residual add, dropout...: units are told apart downstream
     rows = v.rows()
     n_out = rows.shape[0]
     if n_out < 2:
@@ -497,9 +506,6 @@ def _symmetry(g: _Graph, n: fx.Node, v: WeightView, dead: torch.Tensor) -> list[
     _, inverse, counts = torch.unique(rows[alive], dim=0, return_inverse=True, return_counts=True)
     if bool((counts == 1).all()):
         return []
-    ends = g.ends(n, stop_at_relu=False)
-    if not ends or any(e.kind != "layer" for e in ends):
-        return []  # the model output, a residual add, dropout...: units are told apart downstream
     groups = [alive[inverse == i] for i in torch.nonzero(counts > 1).flatten().tolist()]
     same: list[torch.Tensor] = []
     for units in groups:
@@ -535,12 +541,15 @@ def _symmetry(g: _Graph, n: fx.Node, v: WeightView, dead: torch.Tensor) -> list[
                               "groups": [u[:8].tolist() for u in same[:8]], "consumers": consumers})]
 
 
-def _stats(g: _Graph, n: fx.Node, v: WeightView, tied: bool) -> list[Finding]:
-    w = v.weight.detach().float()
+def _std_mean(w: torch.Tensor) -> tuple[float, float]:
     if w.numel() < 2:
-        return []
-    std_t, mean_t = torch.std_mean(w)
-    std, mean = float(std_t), float(mean_t)
+        return 0.0, float(w.detach().float().mean()) if w.numel() else 0.0
+    std_t, mean_t = torch.std_mean(w.detach().float())
+    return float(std_t), float(mean_t)
+
+
+def _stats(g: _Graph, n: fx.Node, v: WeightView, tied: bool, std: float, mean: float) -> list[Finding]:
+    w = v.weight
     out: list[Finding] = []
     if std == 0:
         return out  # exact constants are deliberate (zero convs, LoRA B) or caught by the symmetry check
@@ -571,22 +580,47 @@ def _stats(g: _Graph, n: fx.Node, v: WeightView, tied: bool) -> list[Finding]:
 
 # ---------------------------------------------------------------------------
 class _Probe(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, tracked: set[str]) -> None:
+    """Records the output std of tracked nodes; ``locate=True`` finds the first NaN/Inf output."""
+
+    def __init__(self, gm: fx.GraphModule, tracked: set[str], locate: bool = False) -> None:
         super().__init__(gm)
         self.tracked = tracked
-        self.stds: list[tuple[str, float, float]] = []  # node, input std, output std
+        self.locate = locate
+        self.stds: list[tuple[str, float, float]] = []  # node, input std (nan: not measured), output std
         self.nonfinite: str | None = None
+        self.first: float | None = None
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)
-        if isinstance(out, torch.Tensor) and out.is_floating_point() and n.op != "get_attr":
-            if self.nonfinite is None and not _finite(out):
+        if self.locate:
+            if self.nonfinite is None and isinstance(out, torch.Tensor) and out.is_floating_point() \
+                    and n.op != "get_attr" and not _finite(out):
                 self.nonfinite = n.name
-            if n.name in self.tracked and out.numel() > 1:
+        elif n.op == "output":
+            if not all(_finite(t) for t in _tensors(out) if t.is_floating_point()):
+                self.nonfinite = n.name
+        elif n.name in self.tracked and isinstance(out, torch.Tensor) and out.numel() > 1:
+            s = float(out.float().std())
+            if not math.isfinite(s):
+                self.nonfinite = n.name
+            xs = math.nan
+            if self.first is None or s < self.first / SIGNAL_RATIO:  # is the input itself all zero?
                 x = self.env.get(n.args[0]) if n.args and isinstance(n.args[0], fx.Node) else None
-                xs = float(x.float().std()) if isinstance(x, torch.Tensor) and x.numel() > 1 else float("nan")
-                self.stds.append((n.name, xs, float(out.float().std())))
+                xs = float(x.float().std()) if isinstance(x, torch.Tensor) and x.numel() > 1 else math.nan
+            if self.first is None and xs != 0 and s > 0:
+                self.first = s
+            self.stds.append((n.name, xs, s))
         return out
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _tensors(v)]
+    return []
 
 
 def _random_inputs(example_inputs: Sequence[Any], gen: torch.Generator) -> tuple[Any, ...]:
@@ -609,12 +643,11 @@ def _random_inputs(example_inputs: Sequence[Any], gen: torch.Generator) -> tuple
     return tuple(out)
 
 
-def _signal(model: nn.Module, g: _Graph, report: Report, example_inputs: Sequence[Any], registry: Registry,
-            leaf_modules: Iterable[str], seed: int) -> list[Finding]:
+def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry: Registry,
+            leaf_modules: Iterable[str], seed: int, wstats: dict[int, tuple[float, float]]) -> list[Finding]:
     from .trace import trace
 
-    tracked = {n.name for n, v in g.views.items() if float(v.weight.detach().float().std()) > 0
-               if v.weight.numel() > 1}
+    tracked = {n.name for n, v in g.views.items() if wstats.get(id(v.weight), (0.0, 0.0))[0] > 0}
     try:
         real = copy.deepcopy(model).float().eval()
         for m in real.modules():
@@ -622,9 +655,14 @@ def _signal(model: nn.Module, g: _Graph, report: Report, example_inputs: Sequenc
                 m.train()
         gm = trace(real, registry, leaf_modules)
         gen = torch.Generator().manual_seed(seed)
+        inputs = _random_inputs(example_inputs, gen)
         probe = _Probe(gm, tracked)
         with torch.no_grad():
-            probe.run(*_random_inputs(example_inputs, gen))
+            probe.run(*inputs)
+            if probe.nonfinite is not None:  # find where it starts
+                where = _Probe(gm, tracked, locate=True)
+                where.run(*inputs)
+                probe.nonfinite = where.nonfinite or probe.nonfinite
     except Exception as e:  # noqa: BLE001 - the static checks stand without the forward pass
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         return [Finding("signal-skipped", "info", f"the random-input forward pass failed: {msg}",
@@ -701,7 +739,11 @@ def check_init(
     if example_inputs is None:
         example_inputs = (torch.empty(report.input_shape, device="meta"),)
     g = _Graph(report, model, rules if rules is not None else default_init_rules(), reg)
-    findings = _nonfinite(model, g.names)
+    wstats: dict[int, tuple[float, float]] = {}
+    for v in g.views.values():
+        if id(v.weight) not in wstats:
+            wstats[id(v.weight)] = _std_mean(v.weight)
+    findings = _nonfinite(model, g.names, wstats)
     bad = {f.param for f in findings}
     users: dict[int, set[Any]] = {}
     for n, v in g.views.items():
@@ -720,9 +762,9 @@ def check_init(
         dead_f, dead = _dead(g, n, v)
         findings += dead_f
         findings += _symmetry(g, n, v, dead)
-        findings += _stats(g, n, v, tied=len(users.get(id(v.weight), ())) > 1)
+        findings += _stats(g, n, v, len(users.get(id(v.weight), ())) > 1, *wstats[id(v.weight)])
     if forward and not any(f.check == "nonfinite" for f in findings):
-        findings += _signal(model, g, report, example_inputs, reg, leaf_modules, seed)
+        findings += _signal(model, g, example_inputs, reg, leaf_modules, seed, wstats)
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order.get(f.severity, 3))
     report.extras["findings"] = findings
