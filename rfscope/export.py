@@ -427,39 +427,57 @@ class _Builder:
             txt += f' <FONT COLOR="#636363">· {_h(fmt_count(p))} params</FONT>'
         return txt
 
-    def legend(self) -> list[str]:
-        ins = self.report.input_size
-        rows = [
-            '<TR><TD COLSPAN="2"><B>RF size / input size</B></TD></TR>',
-            f'<TR><TD COLSPAN="2"><FONT POINT-SIZE="9">largest over dims; input {_h("×".join(map(str, ins)))}'
-            "</FONT></TD></TR>",
-        ]
-        for _, col, _text, name in RF_BINS:
-            rows.append(f'<TR><TD BGCOLOR="{col}" WIDTH="18" BORDER="1"> </TD><TD ALIGN="LEFT">{_h(name)}</TD></TR>')
-        rows.append(f'<TR><TD BGCOLOR="{GLOBAL_FILL}" BORDER="1" COLOR="{GLOBAL_BORDER}"> </TD>'
-                    '<TD ALIGN="LEFT">global (whole input)</TD></TR>')
-        rows.append(f'<TR><TD BGCOLOR="{UNKNOWN_FILL}" BORDER="1" COLOR="{ALARM}"> </TD>'
-                    '<TD ALIGN="LEFT">unknown (reason in label)</TD></TR>')
-        table = ('<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="2" CELLPADDING="2">'
-                 + "".join(rows) + "</TABLE>")
-        return [
-            "subgraph cluster_legend {",
-            '  label=""; style="rounded"; color="#bdbdbd";',
-            f'  "legend" [shape=plaintext, fontsize=10, label=<{table}>];',
-            "}",
-        ]
+    def legend(self, statuses: set[str]) -> str:
+        """The graph label: a colour key laid out in rows, outside the rank layout.
+
+        ``statuses`` (``"global"``, ``"unknown"``, ``"misaligned"``) says which other keys to show."""
+        ins = "×".join(map(str, self.report.input_size))
+
+        def swatch(fill: str, border: str, dashed: bool = False) -> str:
+            style = ' STYLE="dashed"' if dashed else ""
+            return (f'<TD BGCOLOR="{fill}" COLOR="{border}" BORDER="1" WIDTH="18" HEIGHT="13" '
+                    f'FIXEDSIZE="TRUE"{style}></TD>')
+
+        bins = "".join(f'{swatch(col, "#525252")}<TD ALIGN="LEFT">{_h(name)}  </TD>' for _, col, _t, name in RF_BINS)
+        keys: list[tuple[str, str]] = []
+        if "global" in statuses:
+            keys.append((swatch(GLOBAL_FILL, GLOBAL_BORDER), "global: sees the whole input"))
+        if "unknown" in statuses:
+            keys.append((swatch(UNKNOWN_FILL, ALARM, dashed=True), "unknown: reason in the box"))
+        if "misaligned" in statuses:
+            keys.append((f'<TD WIDTH="18"><FONT COLOR="{ALARM}"><B>→</B></FONT></TD>',
+                         "misaligned merge input"))
+        # the second row reuses the first row's 2*len(RF_BINS) columns: text spans 5, 5, then 1
+        row2 = "".join(f'{cell}<TD ALIGN="LEFT" COLSPAN="{span}">{_h(text)}</TD>'
+                       for (cell, text), span in zip(keys, (5, 5, 1), strict=False))
+        row2 = f"<TR>{row2}</TR>" if row2 else ""
+        n = 2 * len(RF_BINS)
+        return (
+            '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="3" CELLPADDING="1">'
+            f'<TR><TD COLSPAN="{n}" ALIGN="LEFT"><B>Fill: RF size / input size</B> '
+            f'<FONT POINT-SIZE="9">(largest over dims; input {_h(ins)})</FONT></TD></TR>'
+            f"<TR>{bins}</TR>{row2}"
+            "</TABLE>>"
+        )
 
     # -- whole graph
     def build(self) -> str:
         units, of = self.units()
+        statuses: set[str] = set()
+        for name in of:
+            rec = self.report.records[name]
+            if isinstance(rec.state, TensorRF) and rec.op != "output":
+                statuses.add(rec.state.status)
+                if self.misaligned(rec):
+                    statuses.add("misaligned")
         lines = [
             "digraph rfscope {",
             f'  graph [rankdir={self.rankdir}, newrank=true, fontname="{FONT}", fontsize=11, '
-            'nodesep=0.25, ranksep=0.3, pad=0.2, bgcolor="white"];',
+            'nodesep=0.25, ranksep=0.3, pad=0.2, bgcolor="white", labelloc="t", labeljust="l",\n'
+            f"    label={self.legend(statuses)}];",
             f'  node [fontname="{FONT}", fontsize=10, margin="0.08,0.04", penwidth=1];',
             f'  edge [color="{EDGE}", arrowsize=0.6, penwidth=1];',
         ]
-        lines += ["  " + s for s in self.legend()]
         # cluster tree, in first-appearance order
         children: dict[tuple[str, ...], list[str]] = {}
         members: dict[tuple[str, ...], list[_Unit]] = {}
