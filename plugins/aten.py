@@ -21,9 +21,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from rfscope.context import OpContext, Unsupported
-from rfscope.ops import elementwise, norm_dim, same_state
+from rfscope.ops import elementwise, norm_dim, reduce_dims, same_state
 from rfscope.registry import Method, Registry
-from rfscope.state import CONST, TensorRF, unknown
+from rfscope.state import CONST, TensorRF, make_global
 
 aten = torch.ops.aten
 
@@ -330,19 +330,24 @@ def _matmul(a: Args) -> Call:
 
 
 def _stats(kind: str) -> Callable[[Any, OpContext], Any]:
-    """Wrap a normalisation's output state with the states of its statistics outputs."""
+    """Wrap a normalisation's (or attention's) output state with the states of its statistics outputs."""
 
     def wrap(st: Any, ctx: OpContext) -> Any:
         outs = ctx.out
         assert isinstance(outs, (tuple, list))
         res: list[Any] = [st]
         for v in outs[1:]:
-            if not isinstance(v, torch.Tensor):
-                res.append(CONST)
-            elif kind == "eval":
-                res.append(CONST)  # running statistics: do not depend on the input
-            else:
-                res.append(unknown([None] * v.dim(), f"{kind} statistics"))
+            if not isinstance(v, torch.Tensor) or kind == "eval":
+                res.append(CONST)  # running statistics: they do not depend on the input
+            elif kind == "layer-norm":  # per position, over the normalised dims
+                shp = Args(ctx).value("normalized_shape")
+                n = 1 if isinstance(shp, int) else len(shp)
+                res.append(reduce_dims(ctx.first, list(range(-n, 0)), keepdim=True))
+            elif kind == "attention" and isinstance(st, TensorRF) and v.dim() == len(st.dims) - 1:
+                res.append(st.with_dims(st.dims[:-1]))  # logsumexp per query: sees all keys, like the output
+            else:  # batch/group statistics: over all positions
+                first = ctx.first
+                res.append(make_global(first, range(len(first.axes)), keep_local=False).with_dims([None] * v.dim()))
         return tuple(res)
 
     return wrap

@@ -153,6 +153,11 @@ def trace_export(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.Gr
     if _aliasing_hazard(gm):
         gm = ep.run_decompositions({}).module()
     assert isinstance(gm, fx.GraphModule)
+    # plain calling convention (no pytree flattening), a single output as symbolic_trace gives it
+    gm.graph._codegen = fx.graph.CodeGen()
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    if isinstance(out.args[0], (tuple, list)) and len(out.args[0]) == 1:
+        out.args = (out.args[0][0],)
     _drop_asserts(gm)
     _normalise_stacks(gm, types)
     return gm
@@ -231,11 +236,13 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.G
     inputs = tuple(_to_real(x) for x in example_inputs)
     calls: dict[str, int] = {}
     _stack_hooks(cp, calls)
+    # real tensors may be read (``if x.sum() > 0``): the graph follows the branch this input takes
+    opts: dict[str, Any] = {"tracing_mode": "real", "_error_on_data_dependent_ops": False}
     with torch.no_grad(), fxt.preserve_node_meta():
-        gm = make_fx(cp, tracing_mode="real")(*inputs)
+        gm = make_fx(cp, **opts)(*inputs)
         if _aliasing_hazard(gm):
             calls.clear()
-            gm = make_fx(functionalize(cp, remove="mutations_and_views"), tracing_mode="real")(*inputs)
+            gm = make_fx(functionalize(cp, remove="mutations_and_views"), **opts)(*inputs)
     _meta_attrs(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()

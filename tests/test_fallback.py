@@ -1,0 +1,239 @@
+"""Fallback tracing (torch.export, make_fx) and the ATen plugins.
+
+The references are the symbolic-trace path (itself checked against published
+numbers in test_published.py), the published VGG-16 pool5 RF, and hand-derived RFs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+import rfscope
+import rfscope.state
+from rfscope.cli import main
+from rfscope.registry import Registry
+from rfscope.trace import TraceError
+
+tv = pytest.importorskip("torchvision")
+
+
+def _same_rfs(ref: rfscope.Report, other: rfscope.Report) -> int:
+    common = set(ref.modules) & set(other.modules)
+    assert common
+    for k in sorted(common):
+        assert ref.rf(k).to_dict() == other.rf(k).to_dict(), k
+    if isinstance(ref.records["output"].state, rfscope.state.TensorRF):
+        assert ref.rf("output").to_dict() == other.rf("output").to_dict()
+    return len(common)
+
+
+def _dense_macs(rep: rfscope.Report) -> dict[str, int]:
+    """MACs of convolutions and linear layers, per module path."""
+    out: dict[str, int] = {}
+    for r in rep.records.values():
+        cls = r.module_class or ""
+        if r.macs and r.module and r.op != "placeholder" and any(c in cls for c in ("Conv", "Linear")):
+            out[r.module] = out.get(r.module, 0) + r.macs
+    return out
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11"])
+def test_torchvision_fallbacks_match_symbolic_trace(name):
+    if name != "resnet18":  # export only, on the meta device (make_fx runs the model for real: slow on CPU)
+        with torch.device("meta"):
+            model = getattr(tv.models, name)(weights=None)
+        ref = rfscope.analyze(model, (1, 3, 32, 32), trace="symbolic_trace")
+        ex = rfscope.analyze(model, (1, 3, 32, 32), trace="export")
+        assert _same_rfs(ref, ex) >= len(ref.modules) - 3
+        assert sum(r.macs or 0 for r in ex.records.values()) == sum(r.macs or 0 for r in ref.records.values())
+        return
+    model = getattr(tv.models, name)(weights=None)
+    shape = (1, 3, 32, 32)
+    ref = rfscope.analyze(model, shape, trace="symbolic_trace")
+    assert ref.trace_path == "symbolic_trace"
+    ex = rfscope.analyze(model, shape, trace="export")
+    assert ex.trace_path == "torch.export"
+    # every module the symbolic path reports that has a node in the ATen graph (eval-mode Dropout has none)
+    assert _same_rfs(ref, ex) >= len(ref.modules) - 3
+    assert sum(r.macs or 0 for r in ex.records.values()) == sum(r.macs or 0 for r in ref.records.values())
+    mf = rfscope.analyze(model, shape, trace="make_fx")
+    assert mf.trace_path == "make_fx (specialised to the example input)"
+    assert _same_rfs(ref, mf) >= len(ref.modules) - 3
+    assert _dense_macs(mf) == _dense_macs(ref) and _dense_macs(ref)
+
+
+def test_export_path_matches_published_vgg16_pool5():
+    # Araujo et al. 2019 / REFERENCE.md: vgg_16 pool5 212/32/90
+    with torch.device("meta"):
+        m = tv.models.vgg16(weights=None)
+    rep = rfscope.analyze(m, (1, 3, 224, 224), trace="export")
+    r = rep.rf("features.30")
+    assert (r.size, r.stride, r.padding) == ((212, 212), (32, 32), (90, 90))
+
+
+class ManyOps(nn.Module):
+    """Exercises the ATen translations: every op here has an exact or global RF."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=1)
+        self.dil = nn.Conv2d(8, 8, 3, padding=2, dilation=2)
+        self.up = nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1)
+        self.gn = nn.GroupNorm(2, 8)
+        self.ln = nn.LayerNorm(8)
+        self.shuffle = nn.PixelShuffle(2)
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1)
+        self.mpool = nn.MaxPool2d(2, return_indices=False)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))                              # 16x16
+        y = self.dil(F.pad(y, (1, 0, 1, 0))[..., 1:, 1:])      # pad + slice
+        a = F.interpolate(y, scale_factor=2, mode="nearest")
+        b = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+        u = torch.cat([a, b], dim=1)[:, :8] + self.up(y, output_size=a.shape[-2:])
+        u = self.pool(u) * torch.sigmoid(u.mean(dim=(2, 3), keepdim=True))
+        s = self.shuffle(torch.cat([u, u, u, u], 1).contiguous())       # 32 channels -> 8, x2
+        s = self.mpool(s)
+        t = s.permute(0, 2, 3, 1)                               # channels last
+        t = self.fc(self.ln(t)).transpose(1, 3).transpose(2, 3)
+        g = self.gn(t)
+        q = g.flatten(2).transpose(1, 2)                        # tokens
+        att = F.scaled_dot_product_attention(q, q, q)
+        return g.amax(dim=1, keepdim=True), att
+
+
+@pytest.mark.parametrize("mode", ["export", "make_fx"])
+def test_aten_translations_match_symbolic(mode):
+    m = ManyOps()
+    ref = rfscope.analyze(m, (1, 3, 32, 32), trace="symbolic_trace")
+    assert not ref.unsupported and not ref.errors
+    other = rfscope.analyze(m, (1, 3, 32, 32), trace=mode)
+    assert not other.unsupported, other.unsupported
+    assert not other.errors, other.errors
+    _same_rfs(ref, other)
+    # the two outputs: amax over channels keeps the local RF, attention is global
+    outs_ref = [rec for rec in ref.records.values() if rec.op == "output"][0].inputs
+    outs = [rec for rec in other.records.values() if rec.op == "output"][0].inputs
+    for a, b in zip(outs_ref, outs, strict=True):
+        assert ref.rf(a).to_dict() == other.rf(b).to_dict()
+    assert other.rf(outs[1]).status == "global"
+
+
+class ShapeBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.small = nn.Conv2d(3, 4, 3)
+        self.big = nn.Conv2d(3, 4, 7)
+
+    def forward(self, x):
+        if x.shape[-1] > 20:  # control flow on a shape: symbolic_trace fails, torch.export resolves it
+            return self.big(x)
+        return self.small(x)
+
+
+def test_shape_control_flow_uses_export():
+    rep = rfscope.analyze(ShapeBranch(), (1, 3, 32, 32))
+    assert rep.trace_path == "torch.export"
+    assert rep.rf("output").size == (7, 7)
+    assert rfscope.analyze(ShapeBranch(), (1, 3, 16, 16)).rf("output").size == (3, 3)
+    d = rep.to_dict()
+    assert d["trace"] == "torch.export" and "torch.fx failed" in d["trace_fallback"]
+    assert "trace: torch.export" in rep.table()
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 5, padding=2)
+
+    def forward(self, x):
+        if torch.isfinite(x).all():  # control flow on tensor values: always true
+            return self.b(x)
+        return self.a(x)
+
+
+class ValueBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2)
+        self.block = Block()
+
+    def forward(self, x):
+        return self.block(self.stem(x))
+
+
+def test_value_control_flow_uses_make_fx():
+    m = ValueBranch()
+    rep = rfscope.analyze(m, (1, 3, 32, 32))
+    assert rep.trace_path == "make_fx (specialised to the example input)"
+    # stem k3 s2 then k5: 3 + 4*2 = 11, stride 2, padding 0 + 2*2 = 4
+    r = rep.rf("block")
+    assert (r.size, r.stride, r.padding) == ((11, 11), (2, 2), (4, 4))
+    assert rep.rf("block.b").size == (11, 11)
+    res = CliRunner().invoke(main, ["analyze", "torchvision:resnet18", "--trace", "export", "--format", "json",
+                                    "--node", "layer1", "--input-shape", "3,32,32"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["trace"] == "torch.export"
+
+
+class ShapeBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.b = nn.Conv2d(4, 4, 5, padding=2)
+
+    def forward(self, x):
+        return self.b(x) if x.shape[-1] > 4 else x  # symbolic_trace fails here unless the block is a leaf
+
+
+class WithShapeBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2)
+        self.block = ShapeBlock()
+
+    def forward(self, x):
+        return self.block(self.stem(x))
+
+
+def test_leaf_module_is_opaque_or_plugin():
+    m = WithShapeBlock()
+    rep = rfscope.analyze(m, (1, 3, 32, 32), leaf_modules=["block"])
+    assert rep.trace_path == "symbolic_trace"
+    assert rep.records[rep.node_name("block")].op == "call_module"
+    r = rep.rf("block")
+    assert r.status == "unknown" and "ShapeBlock" in (r.reason or "")
+    assert rep.rf("stem").size == (3, 3)
+    reg = Registry()
+    reg.ensure_loaded()
+    reg.add("test-block", [ShapeBlock], rf=lambda ctx: rfscope.ops.local(
+        ctx, {-1: lambda a: rfscope.rf.conv(a, 5, 1, 2), -2: lambda a: rfscope.rf.conv(a, 5, 1, 2)}))
+    rep2 = rfscope.analyze(m, (1, 3, 32, 32), registry=reg)  # a plugin class is a leaf by itself
+    assert rep2.trace_path == "symbolic_trace"
+    # hand-derived: k3 s2, then k5 p2 at stride 2: size 3 + 4*2 = 11, padding 2*2 = 4
+    assert (rep2.rf("block").size, rep2.rf("block").padding) == ((11, 11), (4, 4))
+    res = CliRunner().invoke(main, ["analyze", f"{__file__}:WithShapeBlock", "--input-shape", "3,32,32",
+                                    "--leaf", "block", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["trace"] == "symbolic_trace" and d["modules"]["block"]["rf"]["status"] == "unknown"
+
+
+def test_nothing_traces_names_module_line_and_fix():
+    with torch.device("meta"):
+        m = ValueBranch()  # meta: make_fx cannot run it, export cannot branch on values
+    with pytest.raises(TraceError) as ei:
+        rfscope.analyze(m, (1, 3, 32, 32))
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert "'block'" in msg and "test_fallback.py:" in msg and "isfinite" in msg
+    assert "--leaf block" in msg and "Writing a plugin" in msg and "example_inputs" in msg
+    res = CliRunner().invoke(main, ["analyze", "torchvision:resnet18", "--trace", "bogus"])
+    assert res.exit_code == 2
