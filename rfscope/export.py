@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import html
 import os
+import secrets
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -605,8 +605,19 @@ def check_path(path: str | os.PathLike[str]) -> tuple[Path, str]:
     return p, fmt
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new empty file next to ``path`` with the usual permissions (``mkstemp`` gives 0600)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file next to {path}")
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".rfscope-", suffix=path.suffix, dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -645,7 +656,7 @@ def render(
             f"wrote {src} but cannot make {p}: no Graphviz 'dot' on PATH; {INSTALL_HINT}, "
             f"or render the .dot elsewhere (dot -T{fmt} {src} -o {p})"
         )
-    fd, tmp = tempfile.mkstemp(prefix=".rfscope-", suffix=p.suffix, dir=p.parent)
+    fd, tmp = _temp_beside(p)
     os.close(fd)
     cmd = [exe, f"-T{fmt}", "-o", tmp, str(src)]
     if fmt == "png":
