@@ -69,13 +69,32 @@ def _taps(mode: str, n_in: int, n_out: int, scale: float, align_corners: bool) -
     raise Unsupported(f"interpolation mode {mode!r}")
 
 
-def interp_axis(a: rf.Axis, taps: list[list[int]], n_in: int) -> rf.Axis:
-    """Fit a periodic map to explicit per-output taps and apply it; raise if not periodic."""
+def _ratio(n_in: int, n_out: int, scale_factor: float | None, align_corners: bool,
+           recompute: bool | None) -> Fraction:
+    """Input units per output unit (the stride of the index map), as PyTorch's kernel uses it.
+
+    With ``align_corners`` it is ``(n_in-1)/(n_out-1)``, with a given scale factor
+    ``1/scale_factor`` (not ``n_in/n_out``: the output length is floored).
+    """
+    if align_corners:
+        return Fraction(n_in - 1, n_out - 1) if n_out > 1 and n_in > 1 else Fraction(n_in, n_out)
+    if scale_factor is not None and not recompute:
+        return 1 / Fraction(scale_factor).limit_denominator(1000)
+    return Fraction(n_in, n_out)
+
+
+def interp_axis(a: rf.Axis, taps: list[list[int]], n_in: int, ratio: Fraction | None = None) -> rf.Axis:
+    """Fit a periodic map to explicit per-output taps and apply it; raise if not periodic.
+
+    ``ratio`` is the map's stride in input units (default ``n_in/n_out``).
+    """
     n_out = len(taps)
-    r = Fraction(n_in, n_out)
+    r = ratio if ratio is not None else Fraction(n_in, n_out)
     base_p, base_s = r.denominator, r.numerator
     if base_p > rf.MAX_PERIOD:
         raise Unsupported("scale too irregular to be periodic")
+    if base_p > n_out:
+        raise Unsupported(f"output ({n_out}) shorter than one period ({base_p}) of the index map")
     # Check periodicity away from the borders, where PyTorch clamps indices.
     lo, hi = min(2 * base_p, n_out), max(n_out - 2 * base_p, 0)
     for i in range(lo, hi - base_p):
@@ -126,7 +145,8 @@ def _interp_rf(ctx: OpContext) -> TensorRF:
             s_i = float(sf[i] if isinstance(sf, (tuple, list)) else sf)
         scale = _scale(x[d], out[d], s_i, ac, rec)
         taps = _taps(mode, x[d], out[d], scale, ac)
-        fns[d] = (lambda a, taps=taps, ni=x[d]: interp_axis(a, taps, ni))
+        ratio = _ratio(x[d], out[d], s_i, ac, rec)
+        fns[d] = (lambda a, taps=taps, ni=x[d], ratio=ratio: interp_axis(a, taps, ni, ratio))
     return local(ctx, fns)
 
 

@@ -1,0 +1,486 @@
+"""Property tests: rfscope's per-unit windows equal the gradient oracle's on random models.
+
+Hypothesis draws stacks and branching graphs (residual adds, products, channel
+concats) of Conv1d/2d/3d, pooling, padding, transposed convs, upsampling,
+pixel (un)shuffle and slicing, with independent per-axis parameters.  The
+generator tracks each axis's jump ``j`` itself (a product of strides, ``1/s``
+for transposed convs and upsampling) and a generous bound ``R`` on how far a
+unit's dependency cone reaches; the input is made ``> 4R`` wide so that central
+units never touch padding or PyTorch's border clamping, and those units (a run
+covering every phase) are compared pixel for pixel.  Plain stacks (zero padding,
+no resampling) also probe the first unit's hi edge and the last units' lo edge
+(REFERENCE.md section 3).  Merges of branches with different jumps must come
+out ``unknown`` with a "misaligned" reason, never a number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import rfscope
+from oracle import Oracle
+
+C = 2  # channels between ops
+CAPS = {1: 3000, 2: 120, 3: 28}  # largest input extent per axis
+MAX_NUMEL = 150_000  # largest intermediate tensor
+LIN = {1: "linear", 2: "bilinear", 3: "trilinear"}
+CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+CONVT = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+FCONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+MAXP = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+AVGP = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
+LPP = {1: nn.LPPool1d, 2: nn.LPPool2d, 3: nn.LPPool3d}
+FMAXP = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+FAVGP = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+PADM = {
+    "reflect": {1: nn.ReflectionPad1d, 2: nn.ReflectionPad2d, 3: nn.ReflectionPad3d},
+    "replicate": {1: nn.ReplicationPad1d, 2: nn.ReplicationPad2d, 3: nn.ReplicationPad3d},
+    "circular": {1: nn.CircularPad1d, 2: nn.CircularPad2d, 3: nn.CircularPad3d},
+    "zero": {1: nn.ZeroPad1d, 2: nn.ZeroPad2d, 3: nn.ZeroPad3d},
+}
+
+
+# ----------------------------------------------------------------------------- ops
+@dataclass
+class Op:
+    """One layer: per-axis parameters, jump/reach bookkeeping and a module builder."""
+
+    kind: str
+    p: dict[str, Any]
+    subs: tuple[list[Op], list[Op]] = field(default_factory=lambda: ([], []))
+
+    # jump (approximate for size-mode upsampling) and reach, per axis
+    def approx_jump(self, j: Fraction, a: int) -> Fraction:
+        k, p = self.kind, self.p
+        if k in ("conv", "pool"):
+            return j * p["s"][a]
+        if k == "slice":
+            return j * (p["step"] if p["axis"] == a else 1)
+        if k == "convT":
+            return j / p["s"][a]
+        if k == "up":
+            return j * p["ratio"][a]
+        if k == "shuffle":
+            return j / p["r"]
+        if k == "unshuffle":
+            return j * p["r"]
+        if k == "branch":
+            return approx_chain(self.subs[0], j, a)
+        return j
+
+    def reach(self, j: Fraction, a: int) -> Fraction:
+        k, p = self.kind, self.p
+        if k in ("conv", "pool"):
+            ke = p["d"][a] * (p["k"][a] - 1) + 1
+            return (ke + 2 * ke + p["s"][a]) * j
+        if k == "pad":
+            return (abs(p["pads"][a][0]) + abs(p["pads"][a][1]) + 1) * j
+        if k == "slice":
+            return (p["a"] + p["b"] + p["step"]) * j if p["axis"] == a else Fraction(0)
+        if k == "convT":
+            return (p["d"][a] * p["k"][a] + p["p"][a] + p["op"][a] + 2) * j
+        if k == "up":
+            return 6 * j
+        if k in ("shuffle", "unshuffle"):
+            return 2 * p["r"] * j
+        if k == "branch":
+            return max(chain_reach(self.subs[0], j, a), chain_reach(self.subs[1], j, a)) + 2 * j
+        return Fraction(0)
+
+
+def approx_chain(ops: list[Op], j: Fraction, a: int) -> Fraction:
+    for op in ops:
+        j = op.approx_jump(j, a)
+    return j
+
+
+def chain_reach(ops: list[Op], j: Fraction, a: int) -> Fraction:
+    r = Fraction(0)
+    for op in ops:
+        r += op.reach(j, a)
+        j = op.approx_jump(j, a)
+    return r
+
+
+@dataclass
+class Built:
+    """Outcome of building a chain on a concrete shape: exact jumps and allowed-unknown reasons."""
+
+    jumps: list[Fraction]
+    misaligned: bool = False
+    maybe_irregular: bool = False  # size/non-integer upsampling may be non-periodic
+
+
+class FConv(nn.Module):
+    def __init__(self, n: int, p: dict[str, Any]) -> None:
+        super().__init__()
+        self.n, self.p = n, p
+        self.weight = nn.Parameter(torch.randn(C, C // p["groups"], *p["k"]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        return FCONV[self.n](x, self.weight, None, p["s"], p["pad"], p["d"], p["groups"])
+
+
+class FPool(nn.Module):
+    def __init__(self, n: int, p: dict[str, Any]) -> None:
+        super().__init__()
+        self.n, self.p = n, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        if p["type"] == "max":
+            return FMAXP[self.n](x, p["k"], p["s"], p["pad"], p["d"], p["ceil"])
+        return FAVGP[self.n](x, p["k"], p["s"], p["pad"], p["ceil"])
+
+
+class FPad(nn.Module):
+    def __init__(self, pads: list[int]) -> None:
+        super().__init__()
+        self.pads = pads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.pads)
+
+
+class Slice(nn.Module):
+    def __init__(self, n: int, axis: int, a: int, stop: int, step: int) -> None:
+        super().__init__()
+        self.idx = (slice(None), slice(None)) + tuple(
+            slice(a, stop, step) if i == axis else slice(None) for i in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.idx]
+
+
+class Crop(nn.Module):
+    """Keep the first ``sizes`` positions per spatial axis (does not move the windows)."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        self.idx = (slice(None), slice(None)) + tuple(slice(0, s) for s in sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.idx]
+
+
+class Interp(nn.Module):
+    def __init__(self, kw: dict[str, Any]) -> None:
+        super().__init__()
+        self.kw = kw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, **self.kw)
+
+
+class Branch(nn.Module):
+    def __init__(self, a: nn.Module, b: nn.Module, crop_a: nn.Module, crop_b: nn.Module, merge: str,
+                 n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.a, self.b, self.crop_a, self.crop_b, self.merge = a, b, crop_a, crop_b, merge
+        self.fuse = nn.Conv1d(2 * C, C, 1) if merge == "cat" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ya, yb = self.crop_a(self.a(x)), self.crop_b(self.b(x))
+        if self.merge == "add":
+            return ya + yb
+        if self.merge == "mul":
+            return ya * yb
+        y = torch.cat([ya, yb], dim=1)
+        assert self.fuse is not None
+        w = self.fuse.weight.view(C, 2 * C, *([1] * self.n))
+        return FCONV[self.n](y, w)
+
+
+def build_chain(ops: list[Op], n: int, x: torch.Tensor, jumps: list[Fraction]) -> tuple[nn.Module, torch.Tensor, Built]:
+    """Build ``ops`` as an nn.Sequential on the concrete tensor ``x``; track exact jumps."""
+    mods: list[nn.Module] = []
+    b = Built(list(jumps))
+    for op in ops:
+        m, x, b2 = build_op(op, n, x, b.jumps)
+        b = Built(b2.jumps, b.misaligned or b2.misaligned, b.maybe_irregular or b2.maybe_irregular)
+        assume(x.numel() <= MAX_NUMEL and min(x.shape[2:]) >= 1)
+        mods.append(m)
+    return nn.Sequential(*mods), x, b
+
+
+def build_op(op: Op, n: int, x: torch.Tensor, j: list[Fraction]) -> tuple[nn.Module, torch.Tensor, Built]:
+    p = op.p
+    shp = list(x.shape[2:])
+    jn = list(j)
+    irregular = False
+    m: nn.Module
+    if op.kind == "conv":
+        pad = p["pad"]
+        if p["functional"]:
+            m = FConv(n, p)
+        else:
+            m = CONV[n](C, C, p["k"], p["s"], pad, p["d"], p["groups"], padding_mode=p["mode"])
+        jn = [j[a] * p["s"][a] for a in range(n)]
+    elif op.kind == "pool":
+        t = p["type"]
+        if p["functional"] and t != "lp":
+            m = FPool(n, p)
+        elif t == "max":
+            m = MAXP[n](p["k"], p["s"], p["pad"], p["d"], ceil_mode=p["ceil"])
+        elif t == "avg":
+            m = AVGP[n](p["k"], p["s"], p["pad"], ceil_mode=p["ceil"], count_include_pad=p["cip"])
+        else:
+            k1: Any = p["k"][0] if n == 1 else p["k"]  # lp_pool1d wants ints
+            m = LPP[n](2, k1, p["s"][0] if n == 1 else p["s"], ceil_mode=p["ceil"])
+        jn = [j[a] * p["s"][a] for a in range(n)]
+    elif op.kind == "pad":
+        pads = [v for a in reversed(range(n)) for v in p["pads"][a]]
+        m = FPad(pads) if p["mode"] == "F.pad" else PADM[p["mode"]][n](tuple(pads))
+    elif op.kind == "slice":
+        ax = p["axis"]
+        m = Slice(n, ax, p["a"], shp[ax] - p["b"], p["step"])
+        jn[ax] = j[ax] * p["step"]
+    elif op.kind == "convT":
+        m = CONVT[n](C, C, p["k"], p["s"], p["p"], p["op"], p["groups"], dilation=p["d"])
+        jn = [j[a] / p["s"][a] for a in range(n)]
+    elif op.kind == "up":
+        kw: dict[str, Any] = {"mode": p["mode"]}
+        if p["mode"] not in ("nearest", "nearest-exact"):
+            kw["align_corners"] = p["ac"]
+        if p["size"]:
+            size = [max(1, shp[a] * p["num"][a] // p["den"][a]) for a in range(n)]
+            kw["size"] = size
+            for a in range(n):
+                if p["ac"] and size[a] > 1:
+                    jn[a] = j[a] * Fraction(shp[a] - 1, size[a] - 1)
+                else:
+                    jn[a] = j[a] * Fraction(shp[a], size[a])
+            irregular = True
+        else:
+            kw["scale_factor"] = tuple(float(s) for s in p["scale"])
+            out = [math.floor(shp[a] * p["scale"][a]) for a in range(n)]
+            for a in range(n):
+                if p["ac"]:
+                    jn[a] = j[a] * Fraction(shp[a] - 1, max(out[a] - 1, 1))
+                else:
+                    jn[a] = j[a] / Fraction(p["scale"][a]).limit_denominator(10)
+            irregular = any(Fraction(s).denominator != 1 for s in p["scale"]) or p["ac"]
+        m = Interp(kw)
+    elif op.kind == "shuffle":
+        r = p["r"]
+        m = nn.Sequential(nn.Conv2d(C, C * r * r, 1), nn.PixelShuffle(r))
+        jn = [ja / r for ja in j]
+    elif op.kind == "unshuffle":
+        r = p["r"]
+        m = nn.Sequential(Crop([s - s % r for s in shp]), nn.PixelUnshuffle(r), nn.Conv2d(C * r * r, C, 1))
+        jn = [ja * r for ja in j]
+    elif op.kind == "branch":
+        ma, ya, ba = build_chain(op.subs[0], n, x, j)
+        mb, yb, bb = build_chain(op.subs[1], n, x, j)
+        common = [min(sa, sb) for sa, sb in zip(ya.shape[2:], yb.shape[2:], strict=True)]
+        m = Branch(ma, mb, Crop(common), Crop(common), p["merge"], n)
+        with torch.no_grad():
+            y = m(x)
+        return m, y, Built(ba.jumps, ba.misaligned or bb.misaligned or ba.jumps != bb.jumps,
+                           ba.maybe_irregular or bb.maybe_irregular)
+    else:  # pragma: no cover
+        raise AssertionError(op.kind)
+    with torch.no_grad():
+        y = m(x)
+    return m, y, Built(jn, False, irregular)
+
+
+# ----------------------------------------------------------------------------- strategies
+def per_axis(n: int, s: st.SearchStrategy[int]) -> st.SearchStrategy[tuple[int, ...]]:
+    return st.tuples(*([s] * n))
+
+
+@st.composite
+def conv_op(draw: Any, n: int, plain: bool) -> Op:
+    kmax, smax, dmax = {1: (7, 3, 3), 2: (5, 2, 2), 3: (3, 2, 2)}[n]
+    k = draw(per_axis(n, st.integers(1, kmax)))
+    d = draw(per_axis(n, st.integers(1, dmax)))
+    pad_kind = draw(st.sampled_from(["int", "int", "same", "valid"]))
+    s = draw(per_axis(n, st.integers(1, smax))) if pad_kind != "same" else (1,) * n
+    if pad_kind == "int":
+        pad: Any = tuple(draw(st.integers(0, d[a] * (k[a] - 1) // (2 if plain else 1))) for a in range(n))
+    else:
+        pad = pad_kind
+    functional = draw(st.booleans())
+    mode = "zeros" if plain or functional else draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
+    groups = draw(st.sampled_from([1, 2]))
+    left = tuple(d[a] * (k[a] - 1) // 2 for a in range(n)) if pad == "same" else (
+        (0,) * n if pad == "valid" else pad)
+    return Op("conv", dict(k=k, s=s, pad=pad, d=d, groups=groups, mode=mode, functional=functional, left=left))
+
+
+@st.composite
+def pool_op(draw: Any, n: int, plain: bool) -> Op:
+    kmax, smax = {1: (5, 3), 2: (4, 2), 3: (3, 2)}[n]
+    t = draw(st.sampled_from(["max", "avg", "lp"]))
+    k = draw(per_axis(n, st.integers(1, kmax)))
+    s = draw(per_axis(n, st.integers(1, smax)))
+    d = draw(per_axis(n, st.integers(1, 2))) if t == "max" else (1,) * n
+    pad = tuple(draw(st.integers(0, k[a] // 2)) for a in range(n)) if t != "lp" else (0,) * n
+    return Op("pool", dict(type=t, k=k, s=s, d=d, pad=pad, left=pad, ceil=draw(st.booleans()),
+                           cip=draw(st.booleans()), functional=draw(st.booleans())))
+
+
+@st.composite
+def pad_op(draw: Any, n: int) -> Op:
+    mode = draw(st.sampled_from(["F.pad", "F.pad", "reflect", "replicate", "circular", "zero"]))
+    lo = -3 if mode == "F.pad" else 0
+    pads = tuple((draw(st.integers(lo, 4)), draw(st.integers(lo, 4))) for _ in range(n))
+    return Op("pad", dict(mode=mode, pads=pads))
+
+
+@st.composite
+def slice_op(draw: Any, n: int) -> Op:
+    return Op("slice", dict(axis=draw(st.integers(0, n - 1)), a=draw(st.integers(0, 4)),
+                            b=draw(st.integers(0, 3)), step=draw(st.sampled_from([1, 1, 2, 3]))))
+
+
+@st.composite
+def convt_op(draw: Any, n: int) -> Op:
+    k = draw(per_axis(n, st.integers(1, 5 if n < 3 else 3)))
+    s = draw(per_axis(n, st.integers(1, 3 if n < 3 else 2)))
+    d = draw(per_axis(n, st.integers(1, 2)))
+    p = tuple(draw(st.integers(0, d[a] * (k[a] - 1))) for a in range(n))
+    op = tuple(draw(st.integers(0, max(s[a], d[a]) - 1)) for a in range(n))
+    return Op("convT", dict(k=k, s=s, d=d, p=p, op=op, groups=draw(st.sampled_from([1, 2]))))
+
+
+@st.composite
+def up_op(draw: Any, n: int) -> Op:
+    modes = ["nearest", "nearest-exact", LIN[n]] + (["bicubic"] if n == 2 else [])
+    mode = draw(st.sampled_from(modes))
+    ac = mode not in ("nearest", "nearest-exact") and draw(st.booleans())
+    size = draw(st.booleans())
+    if size:
+        fr = [draw(st.sampled_from([(2, 1), (3, 1), (3, 2), (5, 2), (4, 3), (1, 2)])) for _ in range(n)]
+        return Op("up", dict(mode=mode, ac=ac, size=True, num=[f[0] for f in fr], den=[f[1] for f in fr],
+                             ratio=[Fraction(f[1], f[0]) for f in fr]))
+    scale = [draw(st.sampled_from([2, 2, 3, 1.5, 2.5])) for _ in range(n)]
+    return Op("up", dict(mode=mode, ac=ac, size=False, scale=scale,
+                         ratio=[1 / Fraction(sc).limit_denominator(10) for sc in scale]))
+
+
+def leaf_ops(n: int, plain: bool) -> st.SearchStrategy[Op]:
+    base: list[st.SearchStrategy[Op]] = [conv_op(n, plain), conv_op(n, plain), pool_op(n, plain)]
+    if not plain:
+        base += [pad_op(n), slice_op(n), convt_op(n), up_op(n)]
+        if n == 2:
+            r = st.sampled_from([2, 3])
+            base += [r.map(lambda v: Op("shuffle", {"r": v})), r.map(lambda v: Op("unshuffle", {"r": v}))]
+    return st.one_of(*base)
+
+
+@st.composite
+def branch_op(draw: Any, n: int, plain: bool) -> Op:
+    leaf = leaf_ops(n, plain)
+    a = draw(st.lists(leaf, min_size=1, max_size=2))
+    b = draw(st.lists(leaf, min_size=0, max_size=2))
+    return Op("branch", {"merge": draw(st.sampled_from(["add", "add", "mul", "cat"]))}, (a, b))
+
+
+MAXDEPTH = {1: 6, 2: 4, 3: 3}
+
+
+@st.composite
+def model_spec(draw: Any, n: int, plain: bool, branches: bool) -> list[Op]:
+    leaf = leaf_ops(n, plain)
+    ops = st.one_of(leaf, branch_op(n, plain)) if branches else leaf
+    return draw(st.lists(ops, min_size=1, max_size=MAXDEPTH[n]))
+
+
+# ----------------------------------------------------------------------------- the check
+def _contains(ops: list[Op], kinds: set[str]) -> bool:
+    return any(o.kind in kinds or _contains(o.subs[0] + o.subs[1], kinds) for o in ops)
+
+
+def check(ops: list[Op], n: int, plain: bool) -> None:
+    one = Fraction(1)
+    reach = [chain_reach(ops, one, a) for a in range(n)]
+    size = [int(4 * r) + 16 for r in reach]
+    assume(all(s <= CAPS[n] for s in size))
+    x = torch.zeros((1, C, *size))
+    model, y, built = build_chain(ops, n, x, [one] * n)
+    out = tuple(int(v) for v in y.shape[2:])
+    assume(min(out) >= 3)
+    shape = (1, C, *size)
+    rep = rfscope.analyze(model, input_shape=shape)
+    r = rep.rf("output")
+    if built.misaligned:
+        assert r.status == "unknown", (r.status, r.stride)
+        assert "misaligned" in (r.reason or "") or built.maybe_irregular, r.reason
+        return
+    if r.status == "unknown" and built.maybe_irregular:
+        assert "periodic" in (r.reason or "") or "period" in (r.reason or ""), r.reason
+        return
+    assert r.status == "exact", r.reason
+    assert list(r.stride) == built.jumps, (r.stride, built.jumps)
+    oracle = Oracle(model, shape)
+    assert tuple(oracle.out_size) == out
+    periods = [ax.exact.period for ax in r.dims if ax.exact is not None]
+    t_run = min(max(periods + [f.denominator for f in built.jumps]), 12)
+    centre = [o // 2 for o in out]
+    probes = [[min(c + t, o - 1) for c, o in zip(centre, out, strict=True)] for t in range(t_run)]
+    for idx, got in zip(probes, oracle.supports(probes), strict=True):
+        want = r.pixels(idx)
+        if any(not w for w in want):  # a unit that sees nothing (e.g. transposed conv k < s)
+            assert all(not g for g in got), (idx, got, want)
+            continue
+        for a in range(n):
+            assert all(0 <= v < size[a] for v in want[a]), f"unit {idx} window leaves the input: {want[a]}"
+            assert got[a] == want[a], f"axis {a} unit {idx}: oracle {got[a]} rfscope {want[a]}"
+    if plain:
+        edges = [[0] * n, [o - 1 for o in out], [o - 2 for o in out]]
+        first, *lasts = oracle.supports(edges)
+        w0 = r.window([0] * n)
+        for a in range(n):
+            assert first[a] and first[a][-1] == w0[a][1], (a, first[a], w0[a])
+        for idx, last in zip(edges[1:], lasts, strict=True):
+            wl = r.window(idx)
+            for a in range(n):
+                assert last[a] and last[a][0] == wl[a][0], (a, last[a], wl[a])
+
+
+SETTINGS = dict(deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow,
+                                       HealthCheck.data_too_large])
+
+
+@pytest.mark.parametrize("n,examples", [(1, 60), (2, 30), (3, 10)])
+def test_plain_stacks_all_probes(n: int, examples: int) -> None:
+    @settings(max_examples=examples, **SETTINGS)  # type: ignore[arg-type]
+    @given(model_spec(n, plain=True, branches=True))
+    def run(ops: list[Op]) -> None:
+        check(ops, n, plain=True)
+
+    run()
+
+
+@pytest.mark.parametrize("n,examples", [(1, 80), (2, 40), (3, 12)])
+def test_random_graphs(n: int, examples: int) -> None:
+    @settings(max_examples=examples, **SETTINGS)  # type: ignore[arg-type]
+    @given(model_spec(n, plain=False, branches=True))
+    def run(ops: list[Op]) -> None:
+        check(ops, n, plain=False)
+
+    run()
+
+
+def test_misaligned_merge_is_unknown_never_a_number() -> None:
+    ops = [Op("branch", {"merge": "add"}, ([Op("conv", dict(k=(3,), s=(2,), pad=(1,), d=(1,), groups=1,
+                                                       mode="zeros", functional=False, left=(1,)))], []))]
+    model, _, built = build_chain(ops, 1, torch.zeros(1, C, 32), [Fraction(1)])
+    assert built.misaligned
+    r = rfscope.analyze(model, input_shape=(1, C, 32)).rf("output")
+    assert r.status == "unknown" and "misaligned" in (r.reason or "")
