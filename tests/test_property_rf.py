@@ -26,9 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from oracle import Oracle
 
 import rfscope
-from oracle import Oracle
 
 C = 2  # channels between ops
 CAPS = {1: 3000, 2: 120, 3: 28}  # largest input extent per axis
