@@ -263,3 +263,23 @@ def test_every_example_is_covered() -> None:
 def test_design_main_blocks_run(capsys: pytest.CaptureFixture[str]) -> None:
     runpy.run_path(str(EX / "dilated_context.py"), run_name="__main__")
     assert "dense schedule" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- RF vs ERF
+def test_rf_vs_erf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ns = runpy.run_path(str(EX / "rf_vs_erf.py"), run_name="rf_vs_erf")
+    rows = ns["main"](["--out", str(tmp_path), "--samples", "2", "--no-png"])  # PNGs: 1 s each
+    # stage1: 3+2 = 5; stage2: s2 conv +2 -> 7 (j=2), +4 -> 11; stage3: +4 -> 15 (j=4), +8 -> 23;
+    # stage4: +8 -> 31 (j=8), +16 -> 47; the ResNet's 3x3 body dominates its 1x1 skips: the same
+    expected = {"stage1": (5, 1), "stage2": (11, 2), "stage3": (23, 4), "stage4": (47, 8)}
+    assert len(rows) == 8
+    for r in rows:
+        assert (r["rf"], r["stride"]) == expected[r["stage"]]
+        # the gradient never leaves the theoretical RF: the 99% square fits inside it
+        assert r["area_99"] <= r["rf"] ** 2 / 64**2 + 1e-12
+        assert (tmp_path / f"{r['net']}_{r['stage']}" / "erf.npy").exists()
+    plain = [r["erf_rf"] for r in rows if r["net"] == "plain"]
+    assert plain[-1] < plain[0]  # the ERF covers a shrinking fraction of the RF with depth (Luo et al.)
+    assert "area t=99%" in capsys.readouterr().out
+    out = cli("rf_vs_erf.py:resnet")
+    assert "stage4" in out
