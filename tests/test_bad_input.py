@@ -1,0 +1,257 @@
+"""Bad input: a one-line error naming the problem, exit status 2, nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from importlib.metadata import EntryPoint
+
+import pytest
+import torch
+import torch.nn as nn
+from click.testing import CliRunner
+
+import rfscope
+from rfscope import registry as registry_mod
+from rfscope.cli import main
+
+SMALL = """
+import torch.nn as nn
+model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 5))
+input_shape = (1, 3, 32, 32)
+"""
+
+
+def _run(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(main, list(args))
+    return res.exit_code, res.output
+
+
+def _one_line_error(code: int, out: str, *needles: str) -> None:
+    assert code == 2, out
+    assert "Traceback" not in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("rfscope: error:")]
+    assert len(lines) == 1, out
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture
+def small(tmp_path):
+    p = tmp_path / "small.py"
+    p.write_text(SMALL)
+    return p
+
+
+def test_missing_file(tmp_path):
+    _one_line_error(*_run("analyze", str(tmp_path / "nope.py")), "nope.py", "does not exist")
+
+
+def test_not_a_python_file(tmp_path):
+    p = tmp_path / "model.txt"
+    p.write_text("x")
+    _one_line_error(*_run("analyze", str(p)), "not a Python file")
+
+
+def test_syntax_error_shows_line(tmp_path):
+    p = tmp_path / "bad.py"
+    p.write_text("import torch\n\ndef f(:\n    pass\n")
+    _one_line_error(*_run("analyze", str(p)), "syntax error", "line 3")
+
+
+def test_exception_while_building(tmp_path):
+    p = tmp_path / "boom.py"
+    p.write_text("import torch.nn as nn\ndef build_model():\n    raise ValueError('no GPU here, sorry')\n")
+    _one_line_error(*_run("analyze", str(p), "--input-shape", "3,8,8"), "build_model", "no GPU here, sorry")
+
+
+def test_no_model_and_several_candidates(tmp_path):
+    p = tmp_path / "empty.py"
+    p.write_text("import torch.nn as nn\nclass Net(nn.Module):\n    pass\n")
+    _one_line_error(*_run("analyze", str(p)), "no model found", "Net")
+    q = tmp_path / "two.py"
+    q.write_text("import torch.nn as nn\na = nn.Conv2d(3, 3, 3)\nb = nn.Conv2d(3, 3, 3)\n")
+    _one_line_error(*_run("analyze", str(q)), "several", "a, b")
+
+
+def test_attr_missing_or_not_a_module(small):
+    _one_line_error(*_run("analyze", f"{small}:nothing"), "no attribute 'nothing'", "model")
+    _one_line_error(*_run("analyze", f"{small}:input_shape"), "input_shape", "not a torch.nn.Module")
+
+
+@pytest.mark.parametrize("shape,needle", [("3,a,32", "not a comma-separated list"), ("3,0,32", "zero or negative"),
+                                          ("3,-4,32", "zero or negative"), ("3", "at least one spatial")])
+def test_input_shape_malformed(small, shape, needle):
+    _one_line_error(*_run("analyze", str(small), "--input-shape", shape), needle)
+
+
+def test_input_shape_wrong_channels_names_layer(small):
+    _one_line_error(*_run("analyze", str(small), "--input-shape", "1,32,32"),
+                    "layer '0'", "expects 3 input channels but gets 1", "--input-shape 3,H,W")
+
+
+def test_input_shape_too_small_names_layer_and_minimum(small):
+    # conv3 -> 6x6, pool2 -> 3x3, then a 5x5 conv needs 5x5
+    _one_line_error(*_run("analyze", str(small), "--input-shape", "3,8,8"),
+                    "too small", "layer '3'", "3x3", "at least 5x5")
+
+
+def test_unknown_node(small):
+    _one_line_error(*_run("analyze", str(small), "--node", "nonexistent"), "'nonexistent'")
+
+
+def test_weights_missing_corrupt_mismatched(small, tmp_path):
+    _one_line_error(*_run("analyze", str(small), "--weights", str(tmp_path / "none.pt")), "does not exist")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    _one_line_error(*_run("analyze", str(small), "--weights", str(bad)), "cannot read checkpoint", "weights_only")
+    other = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 5), nn.Conv2d(8, 2, 1))
+    ck = tmp_path / "other.pt"
+    torch.save(other.state_dict(), ck)
+    _one_line_error(*_run("analyze", str(small), "--weights", str(ck)), "unexpected keys: 4.weight, 4.bias")
+    sd = other.state_dict()
+    del sd["0.bias"]
+    del sd["4.weight"], sd["4.bias"]
+    torch.save(sd, ck)
+    _one_line_error(*_run("analyze", str(small), "--weights", str(ck)), "missing keys: 0.bias")
+    shaped = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 5))
+    torch.save(shaped.state_dict(), ck)
+    _one_line_error(*_run("analyze", str(small), "--weights", str(ck)), "wrong shape", "0.weight (4, 3, 3, 3)")
+    # a pickled object that is not plain tensors is refused by weights_only=True
+    torch.save({"state_dict": shaped.state_dict(), "fn": nn.ReLU()}, ck)
+    _one_line_error(*_run("analyze", str(small), "--weights", str(ck)), "weights_only")
+
+
+def test_weights_loaded_into_a_copy(small, tmp_path):
+    from rfscope.loader import load_model
+
+    model = load_model(str(small)).model
+    trained = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 5))
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.fill_(0.25)
+    ck = tmp_path / "trained.pt"
+    torch.save({"state_dict": trained.state_dict()}, ck)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cp = rfscope.load_weights(model, ck)
+    assert cp is not model
+    assert all(torch.equal(v, torch.full_like(v, 0.25)) for v in cp.state_dict().values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    code, out = _run("analyze", str(small), "--weights", str(ck), "--format", "json")
+    assert code == 0, out
+    with torch.device("meta"):
+        meta_model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 5))
+    real = rfscope.load_weights(meta_model, ck)
+    assert real[0].weight.device.type == "cpu" and float(real[0].weight[0, 0, 0, 0]) == 0.25
+    assert meta_model[0].weight.device.type == "meta"
+
+
+def test_check_init_on_meta_model(tmp_path):
+    if "--check-init" not in CliRunner().invoke(main, ["analyze", "--help"]).output:
+        pytest.skip("--check-init not available")
+    p = tmp_path / "meta.py"
+    p.write_text("import torch, torch.nn as nn\nwith torch.device('meta'):\n"
+                 "    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())\ninput_shape = (1, 3, 16, 16)\n")
+    _one_line_error(*_run("analyze", str(p), "--check-init"), "meta")
+    assert _run("analyze", str(p))[0] == 0  # the RF analysis itself works on meta
+
+
+def test_diagram_output_path_missing_dir_or_not_writable(small, tmp_path):
+    if "--diagram" not in CliRunner().invoke(main, ["analyze", "--help"]).output:
+        pytest.skip("--diagram not available")
+    target = tmp_path / "missing" / "out.dot"
+    _one_line_error(*_run("analyze", str(small), "--diagram", str(target)), "missing")
+    assert not target.parent.exists()
+    if os.geteuid() != 0:  # root can write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            _one_line_error(*_run("analyze", str(small), "--diagram", str(ro / "x.dot")), "writ")
+            assert not list(ro.iterdir())
+        finally:
+            ro.chmod(0o700)
+
+
+def test_probe_out_in_missing_dir(small, tmp_path):
+    helptext = CliRunner().invoke(main, ["probe", "--help"]).output
+    if "--out" not in helptext:
+        pytest.skip("probe --out not available")
+    target = tmp_path / "missing" / "deeper"
+    code, out = _run("probe", str(small), "--out", str(target / "x"), "--input-shape", "3,32,32")
+    assert code in (0, 2), out
+    assert "Traceback" not in out
+
+
+class Custom(nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+class WithCustom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.custom = Custom()
+        self.head = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.custom(self.conv(x)))
+
+
+def _raising_plugin():
+    def rf(ctx):
+        raise ZeroDivisionError("plugin bug")
+
+    return rfscope.Plugin("test-raising-plugin", (Custom,), rf=rf)
+
+
+def test_plugin_that_raises_is_named_and_others_still_reported(tmp_path):
+    reg = rfscope.Registry()
+    reg.ensure_loaded()
+    reg.register(_raising_plugin())
+    rep = rfscope.analyze(WithCustom(), (1, 3, 16, 16), registry=reg)
+    assert rep.rf("conv").size == (3, 3)
+    assert rep.rf("custom").status == "unknown"
+    assert any("test-raising-plugin" in e and "custom" in e and "plugin bug" in e for e in rep.errors)
+    with pytest.raises(rfscope.PluginError, match="test-raising-plugin.*custom"):
+        rfscope.analyze(WithCustom(), (1, 3, 16, 16), registry=reg, strict=True)
+    # through the CLI: the default registry, cleaned up afterwards
+    p = tmp_path / "m.py"
+    p.write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+                 "from test_bad_input import WithCustom\nmodel = WithCustom()\ninput_shape = (1, 3, 16, 16)\n")
+    default = rfscope.default_registry()
+    default.ensure_loaded()
+    default.register(_raising_plugin())
+    try:
+        code, out = _run("analyze", str(p))
+        assert code == 0 and "test-raising-plugin" in out and "plugin bug" in out
+        _one_line_error(*_run("analyze", str(p), "--strict"), "test-raising-plugin", "custom")
+    finally:
+        default.unregister("test-raising-plugin")
+
+
+_BROKEN = EntryPoint(name="broken_thirdparty", value="not_a_module_xyz:register",
+                     group=registry_mod.ENTRY_POINT_GROUP)
+
+
+def test_broken_entry_point_warned_and_skipped(monkeypatch):
+    real = registry_mod.entry_points
+
+    def fake(group):
+        return [*real(group=group), _BROKEN]
+
+    monkeypatch.setattr(registry_mod, "entry_points", fake)
+    reg = rfscope.Registry()
+    with pytest.warns(RuntimeWarning, match="broken_thirdparty.*RFSCOPE_DISABLE_PLUGIN_AUTOLOAD"):
+        reg.ensure_loaded()
+    assert reg.lookup_module(nn.Conv2d(1, 1, 1)) is not None  # built-ins still loaded
+    assert any("broken_thirdparty" in e for e in reg.load_errors)
+    monkeypatch.setenv("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    reg2 = rfscope.Registry()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg2.ensure_loaded()
+    assert not reg2.load_errors
+    rep = rfscope.analyze(nn.Conv2d(3, 3, 3), (1, 3, 8, 8), registry=reg2)
+    assert rep.rf("output").size == (3, 3)
