@@ -110,7 +110,7 @@ def analyze(
     if trace_why is not None:
         report.extras.setdefault("top_level", {})["trace_fallback"] = trace_why
     report.warnings = diagnose(report)
-    count(report, copy, reg)
+    count(report, copy)
     if check_init:
         from .initcheck import check_init as _check_init
 

@@ -34,7 +34,6 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import Registry, default_registry
 from .state import TensorRF
 
 if TYPE_CHECKING:
@@ -94,8 +93,7 @@ class Summary:
     ``params_unused`` counts parameters that no traced node uses (modules that
     ``forward`` never calls); they are still part of ``params_total``.
     ``macs_unknown`` names nodes whose cost is not in ``macs`` (ops without a
-    plugin, or calls a plugin could not count), so ``macs`` is a lower bound
-    when it is not empty.
+    plugin), so ``macs`` is a lower bound when it is not empty.
     """
 
     params_total: int
@@ -281,10 +279,17 @@ def _attr(root: nn.Module, target: str) -> Any:
     return obj
 
 
-def count(report: Report, model: nn.Module, registry: Registry | None = None) -> Counts:
+def _resolve(model: nn.Module, gm: fx.GraphModule, target: str) -> Any:
+    """A get_attr / call_module target in the model itself (ATen graphs hold their own tensor
+    objects under the model's qualified names), else in the graph module."""
+    try:
+        return _attr(model, target)
+    except AttributeError:
+        return _attr(gm, target)
+
+
+def count(report: Report, model: nn.Module) -> Counts:
     """Annotate ``report`` (records, JSON fields) with counts; ``model`` is the meta copy."""
-    reg = registry if registry is not None else default_registry()
-    with_macs = {p.name for p in reg.plugins() if p.macs is not None}
     gm = report.gm
     records = report.records
     names: dict[int, str] = {}
@@ -294,9 +299,9 @@ def count(report: Report, model: nn.Module, registry: Registry | None = None) ->
     uses: dict[str, list[torch.Tensor]] = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
-            uses.setdefault(n.name, []).extend(gm.get_submodule(str(n.target)).parameters())
+            uses.setdefault(n.name, []).extend(_resolve(model, gm, str(n.target)).parameters())
         elif n.op == "get_attr":
-            t = _attr(gm, str(n.target))
+            t = _resolve(model, gm, str(n.target))
             if isinstance(t, nn.Parameter):
                 names.setdefault(id(t), str(n.target))
                 uses.setdefault(_first_data_consumer(n, records).name, []).append(t)
@@ -325,7 +330,7 @@ def count(report: Report, model: nn.Module, registry: Registry | None = None) ->
     macs = sum(r.macs or 0 for r in records.values())
     unknown = tuple(r.name for r in records.values()
                     if r.op in ("call_module", "call_function", "call_method") and r.macs is None
-                    and r.shape is not None and (r.plugin is None or r.plugin in with_macs))
+                    and r.shape is not None and r.plugin is None)
     summary = Summary(total, trainable, total - trainable, buffers, macs, total - used, unknown)
     blocks = _separable_blocks(report, gm)
     counts = Counts(summary, blocks, model, records)

@@ -192,6 +192,12 @@ class InitRules:
             self._by_target[t] = rule
         return rule
 
+    def lookup_class(self, cls: type) -> InitRule | None:
+        for c in cls.__mro__:
+            if c in self._by_target:
+                return self._by_target[c]
+        return None
+
     def lookup(self, n: fx.Node, module: nn.Module | None, registry: Registry) -> InitRule | None:
         if module is not None:
             for c in type(module).__mro__:
@@ -241,6 +247,17 @@ def _functional_view(transposed: bool) -> Callable[[InitContext], WeightView | N
     return view
 
 
+def _aten_conv_view(ctx: InitContext) -> WeightView | None:
+    w = ctx.tensor(ctx.arg(1, "weight"))
+    if w is None:
+        return None
+    b = ctx.tensor(ctx.arg(2, "bias"))
+    transposed = bool(ctx.arg(6, "transposed"))
+    g = ctx.arg(8, "groups")
+    return WeightView(w, b, ctx.name(w) or "weight", ctx.name(b), 1 if transposed else 0, 0 if transposed else 1,
+                      int(g) if isinstance(g, int) else 1)
+
+
 _CONV_F = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d)
 _CONVT_F = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
             torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d)
@@ -258,6 +275,9 @@ def default_init_rules() -> InitRules:
         r.register(InitRule("linear_f", (F.linear,), _functional_view(False)))
         r.register(InitRule("conv_f", tuple(dict.fromkeys(_CONV_F)), _functional_view(False)))
         r.register(InitRule("conv_transpose_f", tuple(dict.fromkeys(_CONVT_F)), _functional_view(True)))
+        # ATen graphs (the torch.export / make_fx fallbacks)
+        r.register(InitRule("aten_linear", (torch.ops.aten.linear.default,), _functional_view(False)))
+        r.register(InitRule("aten_convolution", (torch.ops.aten.convolution.default,), _aten_conv_view))
         _DEFAULT = r
     return _DEFAULT
 
@@ -270,6 +290,21 @@ _NORM_MODULES: tuple[type, ...] = (
 )
 _NORM_FUNCS: tuple[Any, ...] = (F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm, F.rms_norm,
                                 torch.batch_norm, torch.layer_norm, torch.group_norm)
+_aten = torch.ops.aten
+#: ATen overload packets (graphs of the fallback tracers)
+_ATEN_NORM = {_aten.layer_norm, _aten.native_layer_norm, _aten.batch_norm, _aten.native_batch_norm,
+              _aten._native_batch_norm_legit, _aten._native_batch_norm_legit_no_training,
+              _aten._native_batch_norm_legit_functional, _aten.group_norm, _aten.native_group_norm,
+              _aten.rms_norm, _aten.instance_norm}
+_ATEN_RELU = {_aten.relu, _aten.relu_}
+_ATEN_SAME = {_aten.relu, _aten.relu_, _aten.gelu, _aten.silu, _aten.sigmoid, _aten.tanh, _aten.hardtanh,
+              _aten.hardswish, _aten.leaky_relu, _aten.clone}
+
+
+def _packet(t: Any) -> Any:
+    return getattr(t, "overloadpacket", None)
+
+
 _RELU_MODULES: tuple[type, ...] = (nn.ReLU, nn.ReLU6)
 _RELU_FUNCS: tuple[Any, ...] = (F.relu, F.relu_, F.relu6, torch.relu, torch.relu_)
 _RELU_METHODS = ("relu", "relu_")
@@ -344,7 +379,7 @@ class _Graph:
                 return m.num_parameters == 1
             return isinstance(m, _SAME_MODULES + (nn.modules.batchnorm._BatchNorm,))
         if u.op == "call_function":
-            return u.target in _SAME_FUNCS
+            return u.target in _SAME_FUNCS or _packet(u.target) in _ATEN_SAME
         if u.op == "call_method":
             return u.target in _SAME_METHODS
         return False
@@ -354,7 +389,7 @@ class _Graph:
         if m is not None:
             return isinstance(m, _RELU_MODULES)
         if u.op == "call_function":
-            return u.target in _RELU_FUNCS
+            return u.target in _RELU_FUNCS or _packet(u.target) in _ATEN_RELU
         return u.op == "call_method" and u.target in _RELU_METHODS
 
     def flatten_spread(self, u: fx.Node) -> int | None:
@@ -402,7 +437,8 @@ class _Graph:
                 continue
             seen.add(u)
             m = self.modules.get(u)
-            if isinstance(m, _NORM_MODULES) or (u.op == "call_function" and u.target in _NORM_FUNCS):
+            if isinstance(m, _NORM_MODULES) or (u.op == "call_function" and (
+                    u.target in _NORM_FUNCS or _packet(u.target) in _ATEN_NORM)):
                 return True
             if u in self.views or u.op == "output":
                 continue
@@ -643,8 +679,37 @@ def _random_inputs(example_inputs: Sequence[Any], gen: torch.Generator) -> tuple
     return tuple(out)
 
 
+class _HookProbe:
+    """Module forward hooks on the copy, for graphs that are not module-level (ATen) graphs."""
+
+    def __init__(self, real: nn.Module, tracked: dict[str, str]) -> None:
+        self.stds: list[tuple[str, float, float]] = []
+        self.nonfinite: str | None = None
+        self.first: float | None = None
+        self.handles = [m.register_forward_hook(self._hook(tracked[p])) for p, m in real.named_modules()
+                        if p in tracked]
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def h(mod: nn.Module, args: Any, out: Any) -> None:
+            if not isinstance(out, torch.Tensor) or out.numel() <= 1:
+                return
+            s = float(out.float().std())
+            if not math.isfinite(s) and self.nonfinite is None:
+                self.nonfinite = name
+            xs = math.nan
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.numel() > 1 and (self.first is None or s < self.first / SIGNAL_RATIO):
+                xs = float(x.float().std())
+            if self.first is None and xs != 0 and s > 0:
+                self.first = s
+            self.stds.append((name, xs, s))
+
+        return h
+
+
 def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry: Registry,
-            leaf_modules: Iterable[str], seed: int, wstats: dict[int, tuple[float, float]]) -> list[Finding]:
+            leaf_modules: Iterable[str], seed: int, wstats: dict[int, tuple[float, float]],
+            rules: InitRules) -> list[Finding]:
     from .trace import trace
 
     tracked = {n.name for n, v in g.views.items() if wstats.get(id(v.weight), (0.0, 0.0))[0] > 0}
@@ -653,16 +718,34 @@ def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry
         for m in real.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.train()
-        gm = trace(real, registry, leaf_modules)
         gen = torch.Generator().manual_seed(seed)
         inputs = _random_inputs(example_inputs, gen)
-        probe = _Probe(gm, tracked)
+        gm = None
+        if g.report.trace_path == "symbolic_trace":
+            try:
+                gm = trace(real, registry, leaf_modules)
+            except Exception:  # noqa: BLE001 - fall back to module hooks
+                gm = None
+        probe: _Probe | _HookProbe
         with torch.no_grad():
-            probe.run(*inputs)
-            if probe.nonfinite is not None:  # find where it starts
-                where = _Probe(gm, tracked, locate=True)
-                where.run(*inputs)
-                probe.nonfinite = where.nonfinite or probe.nonfinite
+            if gm is not None:
+                probe = _Probe(gm, tracked)
+                probe.run(*inputs)
+                if probe.nonfinite is not None:  # find where it starts
+                    where = _Probe(gm, tracked, locate=True)
+                    where.run(*inputs)
+                    probe.nonfinite = where.nonfinite or probe.nonfinite
+            else:
+                paths = {}
+                for path, m in model.named_modules():
+                    w = getattr(m, "weight", None)
+                    if path and rules.lookup_class(type(m)) is not None and isinstance(w, torch.Tensor) \
+                            and w.dim() >= 2 and wstats.get(id(w), _std_mean(w))[0] > 0:
+                        paths[path] = g.report.modules.get(path, path)
+                probe = _HookProbe(real, paths)
+                res = real(*inputs)
+                if probe.nonfinite is None and not all(_finite(t) for t in _tensors(res) if t.is_floating_point()):
+                    probe.nonfinite = "output"
     except Exception as e:  # noqa: BLE001 - the static checks stand without the forward pass
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         return [Finding("signal-skipped", "info", f"the random-input forward pass failed: {msg}",
@@ -764,7 +847,8 @@ def check_init(
         findings += _symmetry(g, n, v, dead)
         findings += _stats(g, n, v, len(users.get(id(v.weight), ())) > 1, *wstats[id(v.weight)])
     if forward and not any(f.check == "nonfinite" for f in findings):
-        findings += _signal(model, g, example_inputs, reg, leaf_modules, seed, wstats)
+        findings += _signal(model, g, example_inputs, reg, leaf_modules, seed, wstats,
+                            rules if rules is not None else default_init_rules())
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order.get(f.severity, 3))
     report.extras["findings"] = findings
