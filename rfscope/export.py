@@ -202,8 +202,11 @@ class _Builder:
 
     # -- what is drawn
     def drawn(self, rec: NodeRecord) -> bool:
-        if rec.op in ("placeholder", "output"):
+        """Tensors that depend on the input, tensor inputs, and the output."""
+        if rec.op == "output":
             return True
+        if rec.op == "placeholder":
+            return rec.shape is not None
         return rec.op != "get_attr" and isinstance(rec.state, TensorRF)
 
     def passthrough(self, rec: NodeRecord) -> bool:
