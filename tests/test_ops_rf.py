@@ -1,0 +1,232 @@
+"""Targeted operations with receptive fields derived by hand (in each test's comment).
+
+Notation: one spatial axis, the input is ``r=1, j=1, P=0``; unit ``i`` of a
+``(r, j, P)`` map sees ``[i*j - P, i*j - P + r - 1]``.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import rfscope
+from rfscope.analysis import StrictError
+
+Fr = Fraction
+
+
+def rf1(model: nn.Module, n: int = 32, name: str = "output", c: int = 1) -> rfscope.RF:
+    return rfscope.analyze(model, input_shape=(1, c, n)).rf(name)
+
+
+def test_transposed_conv_k3_s2_phase_sizes() -> None:
+    # o = 2u + t, t in {0,1,2}: even o = 2m reads u in {m-1, m}, odd o reads u = m only.
+    r = rf1(nn.ConvTranspose1d(1, 1, 3, stride=2))
+    assert r.status == "exact"
+    assert r.stride == (Fr(1, 2),)
+    assert r.sizes == ((2, 1),)
+    assert r.pixels((4,)) == ([1, 2],)
+    assert r.pixels((5,)) == ([2],)
+    assert r.window((0,)) == ((-1, 0),)
+    # after a k=3 conv (r=3) the phases see 3 + 1 and 3 pixels
+    r = rf1(nn.Sequential(nn.Conv1d(1, 1, 3), nn.ConvTranspose1d(1, 1, 3, stride=2)))
+    assert r.sizes == ((4, 3),)
+
+
+def test_unet_k2_s2_adds_nothing() -> None:
+    # o = 2u + t, t in {0,1}: each output reads exactly one input unit.
+    r = rf1(nn.Sequential(nn.Conv1d(1, 1, 3), nn.ConvTranspose1d(1, 1, 2, stride=2)))
+    assert r.size == (3,) and r.sizes == ((3, 3),) and r.stride == (Fr(1, 2),)
+    assert r.window((4,)) == ((2, 4),) and r.window((5,)) == ((2, 4),)
+
+
+def test_dcgan_k4_s2_p1_adds_j() -> None:
+    # conv k3 s2 p1: r=3, j=2, P=1, unit u sees [2u-1, 2u+1].  DCGAN upsampling o = 2u - 1 + t,
+    # t in 0..3: o=2m reads u in {m-1, m} (t=3,1), o=2m+1 reads {m, m+1} (t=2,0): size 3 + j = 5.
+    # unit 0 reads u=-1,0: [-3, 1] (P=3); units 1 and 2 read u=0,1: [-1, 3]; unit 3: [1, 5].
+    r = rf1(nn.Sequential(nn.Conv1d(1, 1, 3, 2, 1), nn.ConvTranspose1d(1, 1, 4, 2, 1)))
+    assert r.size == (5,) and r.stride == (Fr(1),) and r.padding == (Fr(3),)
+    assert [r.window((i,))[0] for i in range(4)] == [(-3, 1), (-1, 3), (-1, 3), (1, 5)]
+
+
+def test_bilinear_x2_like_k4_s2_p1() -> None:
+    # align_corners=False: src = o/2 - 0.25; o=2m reads {m-1, m}, o=2m+1 reads {m, m+1}.
+    up = nn.Upsample(scale_factor=2, mode="linear")
+    r = rfscope.analyze(up, input_shape=(1, 1, 16)).rf("output")
+    assert r.stride == (Fr(1, 2),) and r.size == (2,)
+    assert r.pixels((4,)) == ([1, 2],) and r.pixels((5,)) == ([2, 3],)
+    r2 = rfscope.analyze(nn.Upsample(scale_factor=2, mode="bilinear"), input_shape=(1, 1, 16, 16)).rf("output")
+    assert r2.pixels((4, 5)) == ([1, 2], [2, 3])
+    # the same windows as the k=4, s=2, p=1 transposed conv (o=2m reads {m-1, m}, o=2m+1 {m, m+1})
+    t = rf1(nn.ConvTranspose1d(1, 1, 4, 2, 1), 16)
+    assert [t.window((i,)) for i in range(2, 12)] == [r.window((i,)) for i in range(2, 12)]
+
+
+def test_nearest_x2() -> None:
+    # o reads floor(o/2): no growth, centres repeat.
+    r = rf1(nn.Sequential(nn.Conv1d(1, 1, 3), nn.Upsample(scale_factor=2)))
+    assert r.size == (3,) and r.stride == (Fr(1, 2),)
+    assert r.window((4,)) == ((2, 4),) and r.window((5,)) == ((2, 4),) and r.window((6,)) == ((3, 5),)
+
+
+def test_pixel_shuffle_and_unshuffle() -> None:
+    # conv k3 s2 p1 (r=3, j=2, P=1), then PixelShuffle(2): o reads o//2, j = 1.
+    m = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.PixelShuffle(2))
+    r = rfscope.analyze(m, input_shape=(1, 1, 16, 16)).rf("output")
+    assert r.size == (3, 3) and r.stride == (Fr(1), Fr(1)) and r.padding == (Fr(1), Fr(1))
+    assert r.window((0, 1)) == ((-1, 1), (-1, 1))
+    # PixelUnshuffle(2) is a k=2, s=2 conv.
+    r = rfscope.analyze(nn.PixelUnshuffle(2), input_shape=(1, 1, 16, 16)).rf("output")
+    assert r.size == (2, 2) and r.stride == (Fr(2), Fr(2)) and r.padding == (Fr(0), Fr(0))
+
+
+def test_dilated_gridding_and_hdc() -> None:
+    # rates 2,2,2 with k=3: offsets {0,2,...,12}: bounding box 13, 7 pixels seen.
+    grid = nn.Sequential(*[nn.Conv1d(1, 1, 3, dilation=2) for _ in range(3)])
+    r = rf1(grid, 64)
+    assert r.size == (13,) and r.coverage == (Fr(7, 13),)
+    assert r.pixels((0,)) == (list(range(0, 13, 2)),)
+    # rates 1,2,5 (hybrid dilated convolution): {0..2} -> {0..6} -> {0..16}, dense.
+    hdc = nn.Sequential(*[nn.Conv1d(1, 1, 3, dilation=d) for d in (1, 2, 5)])
+    r = rf1(hdc, 64)
+    assert r.size == (17,) and r.coverage == (Fr(1),)
+
+
+def test_same_padding_even_kernel_extra_pixel_right() -> None:
+    # k=4 'same': total pad 3, PyTorch puts 1 left and 2 right: unit i sees [i-1, i+2].
+    rep = rfscope.analyze(nn.Conv2d(1, 1, (4, 2), padding="same"), input_shape=(1, 1, 10, 10))
+    r = rep.rf("output")
+    assert r.size == (4, 2) and r.padding == (Fr(1), Fr(0))
+    assert r.window((5, 5)) == ((4, 7), (5, 6))
+    assert rep.graph.nodes[rep.node_name("output")]["shape"] == (1, 1, 10, 10)
+
+
+def test_ceil_mode_keeps_windows_adds_a_unit() -> None:
+    # length 7, k=2 s=2: floor gives 3 units, ceil_mode 4; unit 3 is [6, 7] (7 is past the end).
+    rep = rfscope.analyze(nn.MaxPool1d(2, 2, ceil_mode=True), input_shape=(1, 1, 7))
+    r = rep.rf("output")
+    assert (r.size, r.stride, r.padding) == ((2,), (Fr(2),), (Fr(0),))
+    assert r.window((3,)) == ((6, 7),)
+    assert rep.graph.nodes[rep.node_name("output")]["shape"] == (1, 1, 4)
+
+
+def test_adaptive_pool_not_divisible() -> None:
+    # 8 -> 3: start = floor(8i/3), end = ceil(8(i+1)/3): [0,2], [2,5], [5,7]; stride 8/3.
+    r = rf1(nn.AdaptiveAvgPool1d(3), 8)
+    assert r.status == "exact"
+    assert [r.window((i,)) for i in range(3)] == [((0, 2),), ((2, 5),), ((5, 7),)]
+    assert r.stride == (Fr(8, 3),)
+    # 8 -> 4 divides: a k=2, s=2 pool
+    r = rf1(nn.AdaptiveMaxPool1d(4), 8)
+    assert (r.size, r.stride, r.padding, r.sizes) == ((2,), (Fr(2),), (Fr(0),), ((2,),))
+    # to 1: global
+    assert rfscope.analyze(nn.AdaptiveAvgPool2d(1), input_shape=(1, 1, 8, 8)).rf("output").status == "global"
+
+
+class SE(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(c, 2, 1)
+        self.fc2 = nn.Conv2d(2, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(self.pool(y)))))
+        return y * s
+
+
+def test_se_block_global_with_local_rf() -> None:
+    rep = rfscope.analyze(nn.Sequential(SE(4), nn.Conv2d(4, 4, 3)), input_shape=(1, 4, 16, 16))
+    r = rep.rf("0")
+    assert r.status == "global" and r.size == (16, 16)
+    loc = rep.rf("0", local=True)
+    assert loc.status == "exact" and loc.size == (3, 3) and loc.padding == (Fr(1), Fr(1))
+    # the local RF keeps growing through local ops downstream
+    assert rep.rf("1", local=True).size == (5, 5)
+    assert rep.to_dict()["modules"]["1"]["rf"]["local"]["size"] == [5, 5]
+
+
+def test_flatten_linear_is_global_without_local_path() -> None:
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 5))
+    rep = rfscope.analyze(m, input_shape=(1, 1, 8, 8))
+    assert rep.rf("2").status == "global"
+    with pytest.raises(ValueError, match="no spatially local path"):
+        rep.rf("2", local=True)
+
+
+class ChannelsLast(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 8)
+        self.dw = nn.Conv2d(8, 8, 5, groups=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).permute(0, 2, 3, 1)
+        y = self.fc(self.norm(y))
+        return self.dw(y.permute(0, 3, 1, 2))
+
+
+def test_channels_last_linear_and_layernorm_are_pointwise() -> None:
+    rep = rfscope.analyze(ChannelsLast(), input_shape=(1, 3, 16, 16))
+    assert rep.rf("fc").status == "exact" and rep.rf("fc").size == (3, 3)
+    assert rep.rf("norm").status == "exact"
+    assert rep.rf("output").size == (7, 7)
+
+
+def test_layernorm_over_spatial_dims_is_global() -> None:
+    m = nn.Sequential(nn.Conv2d(1, 1, 3), nn.LayerNorm([6, 6]))
+    r = rfscope.analyze(m, input_shape=(1, 1, 8, 8)).rf("1")
+    assert r.status == "global" and r.local is not None and r.local.size == (3, 3)
+    g = rfscope.analyze(nn.Sequential(nn.Conv2d(4, 4, 3), nn.GroupNorm(2, 4)), input_shape=(1, 4, 8, 8))
+    assert g.rf("1").status == "global" and g.rf("1", local=True).size == (3, 3)
+
+
+class NoPlugin(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(1, 1, 3)
+        self.b = nn.Conv1d(1, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.cumsum(self.a(x), dim=-1))
+
+
+def test_op_without_plugin_is_unknown_downstream_and_listed() -> None:
+    rep = rfscope.analyze(NoPlugin(), input_shape=(1, 1, 16))
+    assert rep.rf("a").status == "exact"
+    for name in ("b", "output"):
+        r = rep.rf(name)
+        assert r.status == "unknown" and "cumsum" in (r.reason or "")
+    assert any("cumsum" in u for u in rep.unsupported)
+    assert rep.to_dict()["modules"]["b"]["rf"]["reason"]
+    with pytest.raises(StrictError, match="cumsum"):
+        rfscope.analyze(NoPlugin(), input_shape=(1, 1, 16), strict=True)
+
+
+class Google(nn.Module):
+    """receptive_field's misaligned toy graph: branch jumps 4 and 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 1, 1, stride=4)
+        self.b = nn.Conv2d(1, 1, 3, stride=2, padding=1)
+        self.c = nn.Conv2d(1, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.a(x) + self.b(x)[..., ::2, ::2][..., :8, :8].contiguous() * 0 + self.b(x)[..., :8, :8])
+
+
+def test_misaligned_merge_reported_with_reason() -> None:
+    rep = rfscope.analyze(Google(), input_shape=(1, 1, 32, 32))
+    for name in ("c", "output"):
+        r = rep.rf(name)
+        assert r.status == "unknown" and "misaligned" in (r.reason or "")
+        assert r.to_dict()["size"] == [0, 0] and r.stride == (None, None)
