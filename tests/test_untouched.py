@@ -24,7 +24,8 @@ def _fingerprint(model: nn.Module) -> dict[str, Any]:
         if v.device.type == "meta":
             sd[k] = ("meta", tuple(v.shape), str(v.dtype))
         else:
-            sd[k] = hashlib.sha256(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+            raw = v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            sd[k] = hashlib.sha256(raw).hexdigest()
     return {
         "state": sd,
         "ids": {k: id(v) for k, v in model.state_dict(keep_vars=True).items()},
