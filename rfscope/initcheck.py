@@ -88,13 +88,15 @@ class Finding:
     param: str | None = None
     node: str | None = None
     evidence: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: the node's row label (module path / call), for display
+    layer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"check": self.check, "severity": self.severity, "message": self.message,
-                "param": self.param, "node": self.node, "evidence": self.evidence}
+                "param": self.param, "node": self.node, "layer": self.layer, "evidence": self.evidence}
 
     def __str__(self) -> str:
-        where = self.param or self.node or "model"
+        where = self.param or self.layer or self.node or "model"
         return f"{self.severity}: {self.check}: {where}: {self.message}"
 
 
@@ -512,9 +514,10 @@ def _dead(g: _Graph, n: fx.Node, v: WeightView) -> tuple[list[Finding], torch.Te
         return [], none
     relus = sorted({g.label(e.node) for e in ends})
     msg = (f"{len(idx)} of {len(zero)} units have zero weights and bias <= 0 and feed only "
-           f"{', '.join(relus)}: their output and gradient are 0 forever; initialise the weights randomly "
+           f"{', '.join(repr(x) for x in relus)}: their output and gradient are 0 forever; initialise the weights "
+           "randomly "
            "(e.g. leave PyTorch's default, or nn.init.kaiming_normal_)")
-    return [Finding("dead-units", "error", msg, param=v.weight_name, node=n.name,
+    return [Finding("dead-units", "error", msg, param=v.weight_name, node=n.name, layer=g.label(n),
                     evidence={"dead": len(idx), "units": len(zero), "indices": idx[:16].tolist(),
                               "relu": relus})], idx
 
@@ -564,15 +567,15 @@ def _symmetry(g: _Graph, n: fx.Node, v: WeightView, dead: torch.Tensor) -> list[
         w = rows[0, :-1] if v.bias is not None else rows[0]
         const = _f(w[0]) if bool((w == w[0]).all()) else None
         msg = (f"all {n_out} units have identical incoming weights{' and bias' if v.bias is not None else ''}"
-               f"{f' (constant {const})' if const is not None else ''} and {', '.join(consumers)} "
+               f"{f' (constant {const})' if const is not None else ''} and {', '.join(repr(c) for c in consumers)} "
                "treats them identically: they get identical gradients and never diverge; initialise "
                "randomly (PyTorch's default, nn.init.kaiming_normal_ or xavier_uniform_)")
-        return [Finding("symmetric-units", "error", msg, param=v.weight_name, node=n.name,
+        return [Finding("symmetric-units", "error", msg, param=v.weight_name, node=n.name, layer=g.label(n),
                         evidence={"units": n_out, "constant": const, "consumers": consumers})]
     n_dup = sum(len(u) for u in same)
     msg = (f"{n_dup} of {n_out} units are copies of another unit (same incoming and outgoing weights, "
            f"{len(same)} groups): copies stay copies under gradient descent; re-initialise them randomly")
-    return [Finding("duplicate-units", "error", msg, param=v.weight_name, node=n.name,
+    return [Finding("duplicate-units", "error", msg, param=v.weight_name, node=n.name, layer=g.label(n),
                     evidence={"units": n_out, "duplicated": n_dup,
                               "groups": [u[:8].tolist() for u in same[:8]], "consumers": consumers})]
 
@@ -593,7 +596,7 @@ def _stats(g: _Graph, n: fx.Node, v: WeightView, tied: bool, std: float, mean: f
         out.append(Finding("nonzero-mean", "warning",
                            f"mean {mean:.3g} is {abs(mean) / std:.3g}x the std {std:.3g}: units start "
                            "correlated and outputs biased; use a zero-mean init (PyTorch's default, kaiming, xavier)",
-                           param=v.weight_name, node=n.name,
+                           param=v.weight_name, node=n.name, layer=g.label(n),
                            evidence={"mean": _f(mean), "std": _f(std), "ratio": _f(abs(mean) / std)}))
     if tied or g.normalised(n):
         return out
@@ -608,7 +611,7 @@ def _stats(g: _Graph, n: fx.Node, v: WeightView, tied: bool, std: float, mean: f
                            f"std {std:.3g} is too {word} for fan_in {fan_in}, fan_out {fan_out} (usual inits "
                            f"give {min(refs.values()):.3g}..{max(refs.values()):.3g}) and no normalisation "
                            "follows; use nn.init.kaiming_normal_/xavier_uniform_ or add a norm layer",
-                           param=v.weight_name, node=n.name,
+                           param=v.weight_name, node=n.name, layer=g.label(n),
                            evidence={"std": _f(std), "fan_in": fan_in, "fan_out": fan_out,
                                      "refs": {k: _f(x) for k, x in refs.items()}, "range": [_f(lo), _f(hi)]}))
     return out
@@ -750,17 +753,21 @@ def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         return [Finding("signal-skipped", "info", f"the random-input forward pass failed: {msg}",
                         evidence={"error": type(e).__name__})]
+    def lab(name: str) -> str:
+        node = next((x for x in g.gm.graph.nodes if x.name == name), None)
+        return g.label(node) if node is not None else name
+
     out: list[Finding] = []
     if probe.nonfinite is not None:
         out.append(Finding("signal-nonfinite", "error",
                            "a forward pass on N(0,1) inputs produces NaN/Inf here; check the weights and the "
                            "ops' numerics (log/sqrt/div of a possibly zero value)",
-                           node=probe.nonfinite, evidence={"node": probe.nonfinite}))
+                           node=probe.nonfinite, layer=lab(probe.nonfinite), evidence={"node": probe.nonfinite}))
     prof = [(name, s) for name, xs, s in probe.stds if math.isfinite(s) and not (xs == 0)]
     if len(prof) < 2 or prof[0][1] == 0:
         return out
     s0 = prof[0][1]
-    profile = [[name, _f(s)] for name, s in prof]
+    profile = [[lab(name), _f(s)] for name, s in prof]
     hi = max(prof, key=lambda p: p[1])
     lo = min(prof, key=lambda p: p[1])
     for (name, s), check, bad in ((hi, "signal-exploding", hi[1] > SIGNAL_RATIO * s0),
@@ -770,11 +777,12 @@ def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry
         depth = [p[0] for p in prof].index(name)
         verb = "grows" if check == "signal-exploding" else "shrinks"
         out.append(Finding(check, "warning",
-                           f"activation std {verb} from {s0:.3g} at {prof[0][0]} to {s:.3g} here ({depth} "
+                           f"activation std {verb} from {s0:.3g} at {lab(prof[0][0])!r} to {s:.3g} here ({depth} "
                            f"weighted layers deeper, ratio {s / s0:.3g}) on N(0,1) inputs; rescale the init "
                            "(He for ReLU, Xavier for tanh), add normalisation or residual scaling",
-                           node=name, evidence={"first": prof[0][0], "first_std": _f(s0), "std": _f(s),
-                                                "ratio": _f(s / s0), "depth": depth, "profile": profile}))
+                           node=name, layer=lab(name),
+                           evidence={"first": lab(prof[0][0]), "first_std": _f(s0), "std": _f(s),
+                                     "ratio": _f(s / s0), "depth": depth, "profile": profile}))
     return out
 
 
