@@ -14,12 +14,14 @@ returns ``None`` and the module runs as usual (so errors are unchanged).
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import BuiltinFunctionType, FunctionType
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 
-__all__ = ["fast_module_output"]
+__all__ = ["fast_module_output", "ModuleCallCache"]
 
 _Rule = Callable[[Any, torch.Tensor], "torch.Tensor | None"]
 
@@ -112,3 +114,150 @@ def fast_module_output(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any
     if module._forward_hooks or module._forward_pre_hooks or _global_hooks():
         return None
     return rule(module, args[0])
+
+
+_SEQS = (tuple, list, immutable_list)  # fx hands nested arguments over as immutable_list/dict
+_MAPS = (dict, immutable_dict)
+
+
+class _NoKey(Exception):
+    """This call cannot be memoised."""
+
+
+def _freeze(v: Any, tensors: dict[int, int]) -> Any:
+    """A hashable, type-exact description of a call argument (tensors by metadata and aliasing)."""
+    t = type(v)
+    if t in (int, float, bool, str, type(None)):
+        return (t, v)
+    if t in _SEQS:
+        return (t, tuple(_freeze(x, tensors) for x in v))
+    if t in _MAPS:
+        return (t, tuple((k, _freeze(x, tensors)) for k, x in v.items()))
+    if t is torch.Tensor and v.device.type == "meta":
+        alias = tensors.setdefault(id(v), len(tensors))
+        return ("T", alias, _tensor_sig(v), v.storage_offset(), v._is_view())
+    raise _NoKey
+
+
+def _tensor_sig(v: torch.Tensor) -> tuple[Any, ...]:
+    return (tuple(v.shape), v.stride(), v.dtype, v.device.type, v.requires_grad)
+
+
+def _module_sig(m: nn.Module) -> Any:
+    """Everything a ``torch.nn`` module's ``forward`` reads: plain attributes, tensor metadata, children."""
+    cls = type(m)
+    if not cls.__module__.startswith("torch.nn.modules."):
+        raise _NoKey
+    items: list[Any] = []
+    for k, v in m.__dict__.items():
+        if k in ("_parameters", "_buffers"):
+            items.append((k, tuple((n, None if x is None else _tensor_sig(x)) for n, x in v.items())))
+        elif k == "_modules":
+            items.append((k, tuple((n, None if c is None else _module_sig(c)) for n, c in v.items())))
+        elif k.endswith("hooks") or k.endswith("hooks_with_kwargs") or k.endswith("hooks_always_called"):
+            if v:
+                raise _NoKey
+        elif k == "_non_persistent_buffers_set":
+            continue
+        else:
+            items.append((k, _freeze(v, {})))
+    return (cls, tuple(items))
+
+
+def _record(out: Any, inputs: dict[int, int]) -> Any:
+    t = type(out)
+    if t in (int, float, bool, str, type(None)):
+        return ("V", out)
+    if t in (tuple, list):
+        return (t, tuple(_record(x, inputs) for x in out))
+    if t is torch.Tensor and out.device.type == "meta":
+        if id(out) in inputs:
+            return ("A", inputs[id(out)])
+        if out.storage_offset() or out.requires_grad:
+            raise _NoKey
+        return ("T", tuple(out.shape), out.stride(), out.dtype)
+    raise _NoKey
+
+
+def _replay(rec: Any, args: list[Any]) -> Any:
+    kind = rec[0]
+    if kind == "V":
+        return rec[1]
+    if kind == "A":
+        return args[rec[1]]
+    if kind == "T":
+        return torch.empty_strided(rec[1], rec[2], dtype=rec[3], device="meta")
+    return kind(_replay(x, args) for x in rec[1])
+
+
+def _tensors_in(x: Any, out: dict[int, Any]) -> list[Any]:
+    """Distinct tensors in ``x``, in the order :func:`_freeze` numbers them."""
+    if isinstance(x, (tuple, list)):
+        for v in x:
+            _tensors_in(v, out)
+    elif isinstance(x, dict):
+        for v in x.values():
+            _tensors_in(v, out)
+    elif isinstance(x, torch.Tensor):
+        out.setdefault(id(x), x)
+    return list(out.values())
+
+
+class ModuleCallCache:
+    """Reuse the meta output of a ``torch.nn`` module call identical to an earlier one.
+
+    Deep models repeat the same block: in one propagation, a module of a built-in
+    ``torch.nn`` class (exact type) whose plain attributes, parameter metadata and
+    children equal an earlier one's, called on tensors of the same shapes, strides
+    and dtypes (and the same aliasing between arguments), returns a tensor of the
+    same shape and strides — so it is made with ``empty_strided`` instead of rerun.
+    The same holds for a builtin function (``operator.add``, ``torch.cat``, an
+    ``OpOverload``) or a ``torch.nn.functional`` function.  Outputs that have a
+    storage offset, require grad, or are not plain tensors/tuples are never
+    cached; an output that *is* an argument (in-place) is returned as that
+    argument, and a view comes back as a fresh tensor of the same shape and
+    strides (shape propagation reads no data).  Only successful calls are
+    stored, so errors are raised as before.
+    """
+
+    def __init__(self) -> None:
+        self._mods: dict[int, Any] = {}
+        self._outs: dict[Any, Any] = {}
+
+    def call_function(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], run: Callable[[], Any]) -> Any:
+        pure = isinstance(fn, (BuiltinFunctionType, torch._ops.OpOverload, torch._ops.OpOverloadPacket)) or (
+            isinstance(fn, FunctionType) and fn.__module__ == "torch.nn.functional"
+        )
+        if not pure:
+            return run()
+        return self._call(("fn", fn), args, kwargs, run)
+
+    def call(self, m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], run: Callable[[], Any]) -> Any:
+        if m._forward_hooks or m._forward_pre_hooks or _global_hooks():
+            return run()
+        msig = self._mods.get(id(m))
+        if msig is False:
+            return run()
+        if msig is None:
+            try:
+                msig = self._mods[id(m)] = _module_sig(m)
+            except _NoKey:
+                self._mods[id(m)] = False  # remember that this module cannot be keyed
+                return run()
+        return self._call(msig, args, kwargs, run)
+
+    def _call(self, msig: Any, args: tuple[Any, ...], kwargs: dict[str, Any], run: Callable[[], Any]) -> Any:
+        try:
+            ids: dict[int, int] = {}
+            key = (msig, _freeze(args, ids), _freeze(kwargs, ids))
+        except (_NoKey, TypeError):  # TypeError: an unhashable value
+            return run()
+        rec = self._outs.get(key)
+        if rec is not None:
+            return _replay(rec, _tensors_in((args, kwargs), {}))
+        out = run()
+        try:
+            self._outs[key] = _record(out, ids)
+        except _NoKey:
+            pass
+        return out

@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from .fastcopy import deepcopy_modules
-from .fastshape import fast_module_output
+from .fastshape import ModuleCallCache, fast_module_output
 from .registry import Registry
 
 __all__ = ["meta_copy", "RFTracer", "trace", "propagate_shapes", "TraceError"]
@@ -102,9 +102,22 @@ class _MetaProp(fx.Interpreter):
         return out
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        # BatchNorm, LayerNorm, Linear... skip their slow Python meta kernels (see fastshape)
-        out = fast_module_output(self.fetch_attr(target), args, kwargs)
-        return out if out is not None else super().call_module(target, args, kwargs)
+        # BatchNorm, LayerNorm, Linear... skip their slow Python meta kernels, and a repeated
+        # identical torch.nn call reuses the first one's output layout (see fastshape)
+        m = self.fetch_attr(target)
+        out = fast_module_output(m, args, kwargs)
+        if out is not None:
+            return out
+        return self._cache().call(m, args, kwargs, lambda: super(_MetaProp, self).call_module(target, args, kwargs))
+
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        run = lambda: super(_MetaProp, self).call_function(target, args, kwargs)  # noqa: E731
+        return self._cache().call_function(target, args, kwargs, run)
+
+    def _cache(self) -> ModuleCallCache:
+        if not hasattr(self, "_calls"):
+            self._calls = ModuleCallCache()
+        return self._calls
 
 
 def _layer_problem(name: str, m: Any, args: Any) -> str | None:
