@@ -31,6 +31,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .result import RF
 from .rf import holes
 
 if TYPE_CHECKING:
@@ -130,28 +131,34 @@ def _num(x: Fraction) -> float | int:
     return int(x) if x.denominator == 1 else float(x)
 
 
+def _exact_rf(report: Report, rec: Any) -> RF | None:
+    """The node's exact RF, or for a ``global`` one its local RF (SE blocks before a dilated conv)."""
+    rf = report.node_rf(rec)
+    if rf is None or rf.status == "unknown":
+        return None
+    return rf.local if rf.status == "global" else rf
+
+
 def _gridding(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarning]:
-    holey: dict[str, dict[str, Any]] = {}
+    with_holes: set[str] = set()  # every node whose units miss pixels of their bounding box
+    holey: dict[str, dict[str, Any]] = {}  # the dilated layers among them
     for rec in report.layers():
+        rf = _exact_rf(report, rec)
+        if rf is None or all(c is None or c >= 1 for c in rf.coverage):
+            continue
+        with_holes.add(rec.name)
         n = fx_nodes.get(rec.name)
-        if n is None:
-            continue
-        g = _geometry(n, report.gm)
+        g = _geometry(n, report.gm) if n is not None else None
         if g is None or g["kind"] == "conv_transpose" or all(d == 1 for d in g["d"]):
-            continue
-        rf = report.node_rf(rec)
-        if rf is None or rf.status != "exact":
-            continue
-        cov = rf.coverage
-        if all(c is None or c >= 1 for c in cov):
             continue
         holey[rec.name] = dict(rec=rec, geom=g, rf=rf)
     out: list[DesignWarning] = []
-    graph: nx.DiGraph = report.graph
+    # a chain: dilated layers joined by paths along which the holes persist
+    sub: nx.DiGraph = report.graph.subgraph(with_holes)
     for name, info in holey.items():
-        if nx.descendants(graph, name) & holey.keys():
+        if nx.descendants(sub, name) & holey.keys():
             continue  # reported with the deepest layer of its chain
-        chain = [c for c in report.records if c in (nx.ancestors(graph, name) & holey.keys())] + [name]
+        chain = [c for c in report.records if c in (nx.ancestors(sub, name) & holey.keys())] + [name]
         rec, rf = info["rec"], info["rf"]
         dims_holes: list[list[int]] = []
         n_holes: list[int] = []

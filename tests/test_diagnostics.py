@@ -132,3 +132,43 @@ def test_warnings_in_json_and_table(tmp_path) -> None:  # type: ignore[no-untype
     assert w["id"] == "gridding" and w["node"] == "_2" and w["evidence"]["n_holes"] == [6, 6]
     last = [n for n in d["nodes"] if n["name"] == "_2"][0]
     assert last["rf"]["coverage"] == [pytest.approx(7 / 13)] * 2
+
+
+def test_two_gridded_stacks_separated_by_a_dense_conv_warn_twice() -> None:
+    net = nn.Sequential(*_dilated((2, 2)), nn.Conv2d(4, 4, 3, padding=1), *_dilated((13,)))
+    rep = rfscope.analyze(net, input_shape=(1, 4, 64, 64))
+    # rates 2,2: {0,2,4,6,8} of 9 (holes 1,3,5,7); the 3x3 fills them: dense 11;
+    # rate 13 on a dense 11: {0..10} + {13..23} + {26..36}: holes 11,12,24,25
+    assert rep.rf("2").coverage == (1, 1)
+    assert [(w.layer, w.evidence["chain"]) for w in rep.warnings] == [("1", ["0", "1"]), ("3", ["3"])]
+    assert rep.warnings[0].evidence["holes"][0] == [1, 3, 5, 7]
+    assert rep.warnings[1].evidence["holes"][0] == [11, 12, 24, 25]
+    assert _support_1d((2, 2)) == [0, 2, 4, 6, 8]
+
+
+class _SE(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc = nn.Conv2d(c, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc(x.mean(dim=(2, 3), keepdim=True)))
+
+
+def test_gridding_through_global_se_uses_the_local_rf() -> None:
+    net = nn.Sequential(nn.Conv2d(4, 4, 1), _SE(4), *_dilated((2, 2, 2)))
+    rep = rfscope.analyze(net, input_shape=(1, 4, 32, 32))
+    assert rep.rf("4").status == "global"
+    (w,) = rep.warnings
+    assert w.id == "gridding" and w.evidence["holes"][0] == [1, 3, 5, 7, 9, 11]
+
+
+def test_module_doctests() -> None:
+    import doctest
+
+    import rfscope.diagnostics
+    import rfscope.layers
+
+    for mod in (rfscope.diagnostics, rfscope.layers):
+        res = doctest.testmod(mod)
+        assert res.attempted and not res.failed
