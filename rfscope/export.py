@@ -328,7 +328,9 @@ class _Builder:
         if rf.status == "unknown":
             return UNKNOWN_FILL, "black"
         if rf.status == "global":
-            return GLOBAL_FILL, "black"
+            if rf.local is None:
+                return GLOBAL_FILL, "black"
+            rf = rf.local  # e.g. SE blocks: the border says global, the fill keeps the local RF's growth
         ext = self.report.input_size
         frac = max((Fraction(s, e) for s, e in zip(rf.size, ext, strict=False) if e > 0), default=Fraction(0))
         for hi, col, text, _ in RF_BINS:
@@ -436,25 +438,24 @@ class _Builder:
         ``statuses`` (``"global"``, ``"unknown"``, ``"misaligned"``) says which other keys to show."""
         ins = "×".join(map(str, self.report.input_size))
 
-        def swatch(fill: str, border: str, dashed: bool = False) -> str:
+        def swatch(fill: str, border: str, dashed: bool = False, double: bool = False) -> str:
             style = ' STYLE="dashed"' if dashed else ""
-            return (f'<TD BGCOLOR="{fill}" COLOR="{border}" BORDER="1" WIDTH="18" HEIGHT="13" '
+            return (f'<TD BGCOLOR="{fill}" COLOR="{border}" BORDER="{2 if double else 1}" WIDTH="18" HEIGHT="13" '
                     f'FIXEDSIZE="TRUE"{style}></TD>')
 
         bins = "".join(f'{swatch(col, "#525252")}<TD ALIGN="LEFT">{_h(name)}  </TD>' for _, col, _t, name in RF_BINS)
         keys: list[tuple[str, str]] = []
         if "global" in statuses:
-            keys.append((swatch(GLOBAL_FILL, GLOBAL_BORDER), "global: sees the whole input"))
+            keys.append((swatch(GLOBAL_FILL, GLOBAL_BORDER, double=True),
+                         "global: sees the whole input (fill: local RF, if any)"))
         if "unknown" in statuses:
             keys.append((swatch(UNKNOWN_FILL, ALARM, dashed=True), "unknown: reason in the box"))
         if "misaligned" in statuses:
             keys.append((f'<TD WIDTH="18"><FONT COLOR="{ALARM}"><B>→</B></FONT></TD>',
                          "misaligned merge input"))
-        # the second row reuses the first row's 2*len(RF_BINS) columns: text spans 5, 5, then 1
-        row2 = "".join(f'{cell}<TD ALIGN="LEFT" COLSPAN="{span}">{_h(text)}</TD>'
-                       for (cell, text), span in zip(keys, (5, 5, 1), strict=False))
-        row2 = f"<TR>{row2}</TR>" if row2 else ""
         n = 2 * len(RF_BINS)
+        # one row per status key, its text spanning the bins' other columns
+        row2 = "".join(f'<TR>{cell}<TD ALIGN="LEFT" COLSPAN="{n - 1}">{_h(text)}</TD></TR>' for cell, text in keys)
         return (
             '<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="3" CELLPADDING="1">'
             f'<TR><TD COLSPAN="{n}" ALIGN="LEFT"><B>Fill: RF size / input size</B> '

@@ -180,6 +180,25 @@ def test_unknown_misaligned_and_escaping() -> None:
     assert "params shared with down" in node_attrs(dot, "down_1")
 
 
+class SqueezeExcite(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: Any) -> Any:
+        y = self.conv(x)
+        return y * y.mean((2, 3), keepdim=True).sigmoid()
+
+
+def test_global_with_local_rf_is_filled_by_the_local_rf() -> None:
+    dot = rfscope.analyze(SqueezeExcite(), (1, 3, 16, 16)).to_dot()
+    mul = node_attrs(dot, "mul")
+    assert "RF global" in mul and "local RF 3×3, stride 1×1" in mul and "peripheries=2" in mul
+    assert 'fillcolor="#7fcdbb"' in mul  # local 3/16 is in [1/8, 1/4)
+    mean = node_attrs(dot, "mean")  # no local path: plain global fill
+    assert "local RF" not in mean and 'fillcolor="#fdd49e"' in mean
+
+
 @needs_dot
 def test_escaped_text_survives_rendering(tmp_path: Path) -> None:
     res = branchy().render(tmp_path / "b.svg")
