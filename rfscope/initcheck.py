@@ -194,6 +194,10 @@ class InitRules:
             self._by_target[t] = rule
         return rule
 
+    def has_exact(self, cls: type) -> bool:
+        """A rule names ``cls`` itself (not through a base class)."""
+        return cls in self._by_target
+
     def lookup_class(self, cls: type) -> InitRule | None:
         for c in cls.__mro__:
             if c in self._by_target:
@@ -820,16 +824,20 @@ def check_init(
             f"the init check needs real weights, but {len(meta)} tensors (e.g. {meta[0]!r}) are on the meta "
             "device; build the model on cpu or load a state_dict first")
     reg = registry if registry is not None else default_registry()
+    rules = rules if rules is not None else default_init_rules()
     if report is None:
         from .api import analyze
 
+        # a module class with its own init rule is kept whole (a leaf), so the rule sees its calls
+        leaf_modules = [*leaf_modules, *(p for p, m in model.named_modules()
+                                         if p and rules.has_exact(type(m)) and not reg.has_module_class(type(m)))]
         if example_inputs is None and input_shape is not None and len(tuple(input_shape)) < 3:
             example_inputs = (torch.empty(tuple(int(s) for s in input_shape), device="meta"),)
         report = analyze(model, input_shape, example_inputs=example_inputs, registry=reg,
                          leaf_modules=leaf_modules)
     if example_inputs is None:
         example_inputs = (torch.empty(report.input_shape, device="meta"),)
-    g = _Graph(report, model, rules if rules is not None else default_init_rules(), reg)
+    g = _Graph(report, model, rules, reg)
     wstats: dict[int, tuple[float, float]] = {}
     for v in g.views.values():
         if id(v.weight) not in wstats:
@@ -855,8 +863,7 @@ def check_init(
         findings += _symmetry(g, n, v, dead)
         findings += _stats(g, n, v, len(users.get(id(v.weight), ())) > 1, *wstats[id(v.weight)])
     if forward and not any(f.check == "nonfinite" for f in findings):
-        findings += _signal(model, g, example_inputs, reg, leaf_modules, seed, wstats,
-                            rules if rules is not None else default_init_rules())
+        findings += _signal(model, g, example_inputs, reg, leaf_modules, seed, wstats, rules)
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order.get(f.severity, 3))
     report.extras["findings"] = findings

@@ -352,10 +352,8 @@ def test_custom_rule_for_a_custom_layer():
     rules = rfscope.initcheck.default_init_rules().copy()
     rules.register(InitRule("mydense", (MyDense,),
                             lambda ctx: WeightView(ctx.module.w, None, ctx.name(ctx.module.w) or "w")))
-    reg = rfscope.Registry()
-    reg.ensure_loaded()
-    reg.add("mydense", [MyDense], rf=lambda ctx: ctx.first.with_dims(list(ctx.first.dims)))
-    assert _ids(_check(net, x, forward=False, rules=rules, registry=reg)) == [("symmetric-units", "0.w")]
+    assert _ids(_check(net, x, rules=rules)) == [("symmetric-units", "0.w")]
+    assert _ids(_check(net, x)) == []  # the process-wide rules are untouched
 
 
 # -- CLI -----------------------------------------------------------------------------
