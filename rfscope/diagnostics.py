@@ -226,6 +226,11 @@ def _checkerboard(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWa
 def diagnose(report: Report) -> list[DesignWarning]:
     """All design warnings for an analysed model, in graph order."""
     fx_nodes = {n.name: n for n in report.gm.graph.nodes}
-    found = _gridding(report, fx_nodes) + _checkerboard(report, fx_nodes)
+    found: list[DesignWarning] = []
+    for name, check in (("gridding", _gridding), ("checkerboard", _checkerboard)):
+        try:
+            found += check(report, fx_nodes)
+        except Exception as e:  # noqa: BLE001 - a failing check must not cost the user the analysis
+            report.errors.append(f"design check {name!r} failed: {type(e).__name__}: {e}")
     order = {name: i for i, name in enumerate(report.records)}
     return sorted(found, key=lambda w: order.get(w.node, 0))

@@ -172,3 +172,23 @@ def test_module_doctests() -> None:
     for mod in (rfscope.diagnostics, rfscope.layers):
         res = doctest.testmod(mod)
         assert res.attempted and not res.failed
+
+
+def test_dilated_maxpool_grids_too() -> None:
+    net = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1, dilation=2), nn.MaxPool2d(3, stride=1, padding=1,
+                                                                                         dilation=2))
+    rep = rfscope.analyze(net, input_shape=(1, 2, 16, 16))
+    (w,) = rep.warnings
+    assert w.layer == "1" and w.evidence["holes"][0] == [1, 3, 5, 7]
+
+
+def test_failing_check_becomes_an_error_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rfscope.diagnostics as diag
+
+    def boom(*_a: object) -> list[object]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(diag, "_checkerboard", boom)
+    rep = rfscope.analyze(_dilated((2, 2, 2)), input_shape=(1, 4, 16, 16))
+    assert [w.id for w in rep.warnings] == ["gridding"]
+    assert any("checkerboard" in e and "boom" in e for e in rep.errors)
