@@ -8,6 +8,7 @@ Regenerate the goldens after an intended change with
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import runpy
@@ -238,6 +239,14 @@ def test_cli_source_only(tmp_path: Path, suffix: str) -> None:
     assert res.exit_code == 0, res.output
     assert out.read_text(encoding="utf-8").startswith("digraph rfscope {")
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_cli_json_stays_clean(tmp_path: Path) -> None:
+    """The diagram message goes to stderr, so ``--format json`` output still parses."""
+    res = run_cli(["--format", "json", "--diagram", str(tmp_path / "net.gv")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["output"] == "fc"
+    assert "net.gv" in res.stderr
 
 
 def test_cli_without_renderer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
