@@ -10,11 +10,11 @@ from .erf import REDUCTIONS, ERFResult, erf
 from .exact import AxisMeasure, NodeCheck, Validation, validate
 from .graph import ProbeError
 from .inputs import load_images, load_tensors
-from .metrics import THRESHOLDS, area_ratio, area_ratios, gaussian_sigma, replknet_transform
+from .metrics import THRESHOLDS, area_ratio, area_ratios, gaussian_fit_sigma, gaussian_sigma, replknet_transform
 
 __all__ = [
     "validate", "Validation", "NodeCheck", "AxisMeasure", "ProbeError",
     "erf", "ERFResult", "REDUCTIONS",
-    "area_ratio", "area_ratios", "gaussian_sigma", "replknet_transform", "THRESHOLDS",
+    "area_ratio", "area_ratios", "gaussian_sigma", "gaussian_fit_sigma", "replknet_transform", "THRESHOLDS",
     "load_images", "load_tensors",
 ]

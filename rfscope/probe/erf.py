@@ -27,15 +27,17 @@ from ..report import Report
 from ..state import Global, TensorRF
 from .graph import ProbeError, materialise, select_outputs
 from .inputs import random_chunk
-from .metrics import area_ratios, gaussian_sigma
+from .metrics import area_ratios, gaussian_fit_sigma, gaussian_sigma
 from .runtime import Progress, all_reduce_sum, dist_info, resolve_device
-from .units import axis_extents, default_layout, unit_mask
+from .units import axis_extents, layout_of, unit_mask
 
 __all__ = ["erf", "ERFResult", "REDUCTIONS"]
 
 REDUCTIONS = {
     "clip": "negative input gradients clipped to 0 (RepLKNet), summed over input channels and samples",
     "abs": "|input gradient| (Luo et al. 2016), summed over input channels and samples",
+    "square": "squared input gradient (Luo et al. 2016, random-weight analysis), summed over input channels "
+              "and samples",
 }
 
 
@@ -49,6 +51,7 @@ class ERFResult:
     center: tuple[int, ...]
     area_ratio: dict[str, Any]
     sigma: tuple[float, ...]
+    sigma_moments: tuple[float, ...]
     erf_rf_ratio: tuple[float | None, ...]
     bfloat16_check: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
@@ -62,7 +65,10 @@ class ERFResult:
             "area_ratio_definition": "RepLKNet: log10(x+1)/max, smallest centred odd square whose sum is "
                                      "strictly above t of the total, side^2/(H*W)",
             "sigma": list(self.sigma),
-            "sigma_definition": "per-axis standard deviation of the raw map taken as a distribution (pixels)",
+            "sigma_definition": "per axis, Gaussian fitted (least squares on log) to the core (>= e^-2 of the "
+                                "peak) of the raw map's marginal, pixels",
+            "sigma_moments": list(self.sigma_moments),
+            "sigma_moments_definition": "per-axis standard deviation of the raw map taken as a distribution",
             "erf_rf_ratio": list(self.erf_rf_ratio),
             "erf_rf_ratio_definition": "4*sigma / static RF size, per axis",
             "bfloat16_check": self.bfloat16_check,
@@ -81,7 +87,8 @@ class ERFResult:
         for k, v in self.area_ratio.items():
             lines.append(f"  area ratio t={k:>4}: " + ("-" if v is None else f"{100 * v['ratio']:.2f}% "
                                                         f"(side {v['side']})"))
-        lines.append("  sigma per axis: " + ", ".join(f"{s:.2f}" for s in self.sigma))
+        lines.append("  Gaussian sigma per axis (fit): " + ", ".join(f"{s:.2f}" for s in self.sigma)
+                     + "   (moments: " + ", ".join(f"{s:.2f}" for s in self.sigma_moments) + ")")
         lines.append("  ERF/RF (4 sigma / RF size): "
                      + ", ".join("-" if r is None else f"{r:.3f}" for r in self.erf_rf_ratio))
         lines += [f"note: {n}" for n in self.notes]
@@ -164,7 +171,7 @@ def _accumulate(
             raise ProbeError("the probed node has no batch dimension; the ERF needs one")
         (g,) = torch.autograd.grad((out * mask).sum(), x)
         g = g.detach().to(torch.float64)
-        g = g.clamp_min(0) if reduction == "clip" else g.abs()
+        g = g.clamp_min(0) if reduction == "clip" else g.abs() if reduction == "abs" else g * g
         acc += g.sum(dim=(0, 1))
         if progress is not None:
             progress.update(n)
@@ -235,7 +242,7 @@ def erf(
     if not isinstance(st, TensorRF) or rec.shape is None:
         raise ProbeError(f"node {node!r} is not a tensor that depends on the input")
     nsp = len(report.input_size)
-    dims = st.dims if len(st.dims) == len(rec.shape) else default_layout(len(rec.shape), nsp)
+    dims = layout_of(st, rec.shape, nsp)
     ext = axis_extents(dims, rec.shape)
     index = {a: (m - 1) // 2 for a, m in ext.items()}
     centre, rf_desc, notes = _centre_and_rf(report, name, index)
@@ -258,7 +265,8 @@ def erf(
     acc = all_reduce_sum(acc)
     m = acc.cpu().numpy()
     ratios = area_ratios(m, centre)
-    sig = gaussian_sigma(m)
+    sig_m = gaussian_sigma(m)
+    sig = tuple(f if np.isfinite(f) else mo for f, mo in zip(gaussian_fit_sigma(m), sig_m, strict=True))
     sizes = rf_desc.get("size")
     erf_rf = tuple(
         (4 * s / sizes[a]) if sizes and sizes[a] and np.isfinite(s) else None for a, s in enumerate(sig)
@@ -298,4 +306,4 @@ def erf(
         "dtype": str(dtype).replace("torch.", ""),
         "world_size": world,
     }
-    return ERFResult(m, conventions, rf_desc, centre, ratios, sig, erf_rf, check, notes)
+    return ERFResult(m, conventions, rf_desc, centre, ratios, sig, sig_m, erf_rf, check, notes)

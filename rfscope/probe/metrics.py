@@ -4,8 +4,9 @@
   ``log10(x + 1)``, divide by the max, grow centred odd cubes (side 3, 5, …) until
   the covered fraction of the total is *strictly* above ``t``, report
   ``side**d / numel`` (capped at 1; cubes are clipped to the map when summing).
-- :func:`gaussian_sigma`: per-axis standard deviation of the map taken as a
-  distribution (the moment fit of a Gaussian), on the raw, non-negative map.
+- :func:`gaussian_fit_sigma`: per-axis σ of a Gaussian fitted to the core of the
+  raw map's marginal (robust to the RF boundary truncating the tails);
+  :func:`gaussian_sigma`: the moments (standard deviation of the map taken as a distribution).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["THRESHOLDS", "replknet_transform", "area_ratio", "area_ratios", "gaussian_sigma"]
+__all__ = ["THRESHOLDS", "replknet_transform", "area_ratio", "area_ratios", "gaussian_sigma", "gaussian_fit_sigma"]
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
@@ -71,4 +72,30 @@ def gaussian_sigma(m: np.ndarray) -> tuple[float, ...]:
         x = np.arange(m.shape[a], dtype=np.float64)
         mu = float((p * x).sum())
         out.append(float(np.sqrt(max(0.0, float((p * (x - mu) ** 2).sum())))))
+    return tuple(out)
+
+
+def gaussian_fit_sigma(m: np.ndarray, floor: float = float(np.exp(-2.0))) -> tuple[float, ...]:
+    """Per-axis σ of a Gaussian fitted to the core of the map's marginal.
+
+    Least squares of ``log p = a + b x + c x²`` over the positions where the
+    marginal ``p`` is at least ``floor`` times its peak (``e⁻²``: the central
+    ±2σ of a Gaussian); ``σ = sqrt(-1 / 2c)``.  Unlike the moments this ignores
+    the tails, which the RF boundary truncates.  NaN when fewer than 3 points
+    qualify or the fit is not concave.
+    """
+    m = np.asarray(m, dtype=np.float64)
+    out = []
+    for a in range(m.ndim):
+        p = m.sum(axis=tuple(i for i in range(m.ndim) if i != a))
+        if p.size == 0 or float(p.max()) <= 0:
+            out.append(float("nan"))
+            continue
+        keep = p >= floor * float(p.max())
+        x = np.arange(p.size, dtype=np.float64)[keep]
+        if x.size < 3:
+            out.append(float("nan"))
+            continue
+        c2, _, _ = np.polyfit(x - x.mean(), np.log(p[keep]), 2)
+        out.append(float(np.sqrt(-1.0 / (2.0 * c2))) if c2 < 0 else float("nan"))
     return tuple(out)

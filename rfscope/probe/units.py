@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..state import DimTag, Merged
+from ..state import DimTag, Merged, TensorRF
 
-__all__ = ["axis_extents", "unit_mask", "default_layout"]
+__all__ = ["axis_extents", "unit_mask", "default_layout", "layout_of"]
 
 
 def default_layout(ndim: int, n_spatial: int) -> tuple[DimTag, ...]:
@@ -21,6 +21,13 @@ def default_layout(ndim: int, n_spatial: int) -> tuple[DimTag, ...]:
     if ndim == n_spatial + 2:
         return (None, None, *range(n_spatial))
     return (None,) * ndim
+
+
+def layout_of(state: TensorRF, shape: Sequence[int], n_spatial: int) -> tuple[DimTag, ...]:
+    """The node's dim tags; ``(N, C, *spatial)`` when the analysis could not tell (unknown ops)."""
+    if len(state.dims) == len(shape) and any(t is not None for t in state.dims):
+        return tuple(state.dims)
+    return default_layout(len(shape), n_spatial)
 
 
 def axis_extents(dims: Sequence[DimTag], shape: Sequence[int]) -> dict[int, int]:
