@@ -420,6 +420,17 @@ def _self_only(ctx: OpContext) -> TensorRF:
     return same_state(ctx)
 
 
+def _restride(ctx: OpContext) -> TensorRF:
+    """``as_strided``: exact only when it keeps every element where it was (e.g. re-striding size-1 dims)."""
+    x, out = ctx.arg_values[0], ctx.out
+    if not (isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor)) or x.shape != out.shape:
+        raise Unsupported("as_strided that changes the shape")
+    same = all(a == b for a, b, n in zip(x.stride(), out.stride(), x.shape, strict=True) if n > 1)
+    if not same or x.storage_offset() != out.storage_offset():
+        raise Unsupported("as_strided that moves elements")
+    return same_state(ctx)
+
+
 def _const(ctx: OpContext) -> Any:
     """``zeros_like`` and friends: the values do not depend on the input."""
     return CONST
@@ -466,6 +477,7 @@ def register(reg: Registry) -> None:
     reg.add("aten_multi_elementwise", overloads(["log_sigmoid_forward"]), rf=_multi_elementwise)
     reg.add("aten_copy", overloads(_SELF_ONLY), rf=_self_only)
     reg.add("aten_const", overloads(_CONST), rf=_const)
+    reg.add("aten_as_strided", overloads(["as_strided"], inplace=True), rf=_restride)
     d("aten_conv", overloads(["conv1d", "conv2d", "conv3d"]), _conv)
     d("aten_conv_transpose", overloads(["conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]), _conv_t)
     d("aten_convolution", overloads(["convolution", "_convolution"]), _convolution)

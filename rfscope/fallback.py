@@ -283,9 +283,9 @@ def trace_model(
         raise ValueError(f"trace={mode!r}: use one of {', '.join(TRACE_MODES)}")
     leaves = list(leaf_modules)
     if mode == "export":
-        return _wrap(lambda: trace_export(model, example_inputs), "torch.export"), PATH_NAMES["export"], "forced"
+        return _wrap(lambda: trace_export(model, example_inputs), "torch.export"), PATH_NAMES["export"], _forced(leaves)
     if mode == "make_fx":
-        return _wrap(lambda: trace_make_fx(model, example_inputs), "make_fx"), PATH_NAMES["make_fx"], "forced"
+        return _wrap(lambda: trace_make_fx(model, example_inputs), "make_fx"), PATH_NAMES["make_fx"], _forced(leaves)
     try:
         cp = copy if copy is not None else meta_copy(model)
         return trace(cp, registry, leaves), PATH_NAMES["symbolic_trace"], None
@@ -294,6 +294,8 @@ def trace_model(
             raise TraceError(_explain(err, [])) from err
         symbolic_err = err
     why = _explain(symbolic_err, []).split(". Fix:")[0]
+    if leaves:
+        why += f"; {_LEAF_NOTE}"
     tried: list[str] = []
     try:
         return trace_export(model, example_inputs), PATH_NAMES["export"], why
@@ -304,6 +306,13 @@ def trace_model(
     except Exception as e:  # noqa: BLE001
         tried.append(f"make_fx failed: {_first_line(e)}")
     raise TraceError(_explain(symbolic_err, tried)) from symbolic_err
+
+
+_LEAF_NOTE = "leaf_modules are ignored by the ATen-level tracers (their ops are analysed one by one)"
+
+
+def _forced(leaves: list[str]) -> str:
+    return "requested" + (f"; {_LEAF_NOTE}" if leaves else "")
 
 
 def _wrap(fn: Any, what: str) -> fx.GraphModule:
