@@ -25,6 +25,7 @@ on a dimension whose kernel is > 1), ``transposed``.  For a transposed conv
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -391,10 +392,25 @@ def _separable_blocks(report: Report, gm: fx.GraphModule) -> list[SeparableBlock
                 blocks.append(SeparableBlock(
                     name, u.name, via, tuple(g["k"]), c_in, c_out, c_mid // c_in, params,
                     kprod * c_in * c_out, macs, std_macs))
-            elif _between(u, gm) and len([a for a in u.all_input_nodes if _is_data(a, report)]) == 1:
+            elif (_between(u, gm) and len([a for a in u.all_input_nodes if _is_data(a, report)]) == 1) \
+                    or _gate(u, report):
                 stack.extend((w, (*via, u.name)) for w in u.users)
     blocks.sort(key=lambda b: list(nodes).index(b.depthwise))
     return blocks
+
+
+_MULS = (operator.mul, torch.mul)
+
+
+def _gate(u: fx.Node, report: Report) -> bool:
+    """``x * gate`` with a per-channel gate of ``x``'s own shape after broadcasting (squeeze-excitation)."""
+    if not ((u.op == "call_function" and u.target in _MULS) or (u.op == "call_method" and u.target == "mul")):
+        return False
+    shapes = [report.records[a.name].shape for a in u.all_input_nodes if a.name in report.records]
+    out = report.records[u.name].shape if u.name in report.records else None
+    return len(shapes) == 2 and out is not None and out in shapes and all(
+        s is not None and len(s) == len(out) and all(x in (1, y) for x, y in zip(s, out, strict=True))
+        and (len(s) < 3 or all(x == 1 for x in s[2:]) or s == out) for s in shapes)
 
 
 def _data_arg_chain(u: fx.Node) -> bool:

@@ -56,6 +56,20 @@ def test_mobilenet_v2_published_params_macs_and_separable_blocks():
     assert [r.records[n].module for n in b.via] == ["features.1.conv.0.1", "features.1.conv.0.2"]
 
 
+@pytest.mark.parametrize("name,params,gmacs,blocks", [
+    # torchvision model docs ("GFLOPS" there are multiply-adds); blocks: MBConv dw -> (BN, act, SE) -> pw
+    ("efficientnet_b0", 5_288_548, 0.39, 16),
+    ("mobilenet_v3_small", 2_542_856, 0.06, 11),
+    ("convnext_tiny", 28_589_128, 4.46, 0),  # depthwise 7x7 then LayerNorm/Linear: no 1x1 conv
+    ("vit_b_16", 86_567_656, 17.56, 0),
+])
+def test_torchvision_model_docs(name, params, gmacs, blocks):
+    r = rfscope.analyze(_meta(getattr(tv.models, name)), input_shape=(1, 3, 224, 224))
+    assert r.summary.params_total == params
+    assert round(r.summary.macs / 1e9, 2) == gmacs
+    assert len(r.separable_blocks) == blocks
+
+
 # -- identity: tied weights, modules called twice ----------------------------------
 class _Tied(nn.Module):
     def __init__(self):
