@@ -6,7 +6,7 @@
   (Luo et al. 2016) with RepLKNet's area-ratio metrics (REFERENCE §4).
 """
 
-from .erf import REDUCTIONS, ERFResult, erf
+from .effective import REDUCTIONS, ERFResult, erf
 from .exact import AxisMeasure, NodeCheck, Validation, validate
 from .graph import ProbeError
 from .inputs import load_images, load_tensors

@@ -27,7 +27,7 @@ from ..report import Report
 from ..result import RF
 from ..rf import Axis
 from ..state import Global, TensorRF
-from .erf import _resolve
+from .effective import _resolve
 from .graph import ProbeError, materialise, select_outputs
 from .linear import constant_param, linearise
 from .runtime import exact_kernels, resolve_device

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from .metrics import replknet_transform
 
 if TYPE_CHECKING:
-    from .erf import ERFResult
+    from .effective import ERFResult
 
 __all__ = ["save_heatmap"]
 
