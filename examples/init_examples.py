@@ -9,7 +9,9 @@
     rfscope analyze examples/init_examples.py:cnn_good --check-init         # PyTorch default: clean
 
 Zero or constant weights make all units of a layer identical: same output, same
-gradient, they never diverge (symmetry; exit status 1).  A deep plain ReLU net with
+gradient, they never diverge (symmetry; exit status 1).  The zero MLP (tanh) shows it
+as `symmetric-units`; the zero CNN's units feed ReLUs with zero weights and bias, so
+they are reported as `dead-units` (output and gradient exactly 0), the stronger case.  A deep plain ReLU net with
 std 0.01 shrinks the signal by about sqrt(fan_in * 0.01^2 / 2) = 0.085 per layer: it
 has vanished after a few layers.  He init (std sqrt(2/fan_in)) keeps it constant.
 """
@@ -24,7 +26,7 @@ DEPTH = 12
 
 def mlp() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
                          nn.Linear(64, 10))
 
 

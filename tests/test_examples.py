@@ -240,7 +240,7 @@ def test_capsule_routing_matches_reference_math() -> None:
 
 # ---------------------------------------------------------------- initialisation
 @pytest.mark.parametrize(("attr", "code", "expect"), [
-    ("", 1, "dead-units"),
+    ("", 1, "symmetric-units"),
     (":zero_cnn", 1, "dead-units"),
     (":constant_cnn", 1, "symmetric-units"),
     (":deep_plain_bad", 0, "signal-vanishing"),
