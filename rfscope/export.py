@@ -7,7 +7,7 @@ sequential colour map.  ``global`` nodes have a double border, ``unknown`` ones
 are grey and dashed (the reason in the tooltip); the node where an unknown RF
 *arises* (not the ones that inherit it) has a red border, and a misaligned
 merge is labelled so and its incoming edges are red.  Module calls are nested
-clusters, from ``nn_module_stack``.
+clusters, from ``nn_module_stack`` (a call that is a single op is drawn as that box).
 
 Rendering uses Graphviz's ``dot`` program when it is on ``PATH``; the ``.dot``
 source is always written, so a diagram can be rendered elsewhere.
@@ -179,6 +179,8 @@ class _Unit:
     rec: NodeRecord | None  # the node (or the module's output node)
     module_key: str | None = None  # set for collapsed modules
     members: list[str] = field(default_factory=list)
+    #: the module call this single op makes up (drawn as the module, not as a one-node cluster)
+    inline: str | None = None
 
 
 class _Builder:
@@ -381,6 +383,9 @@ class _Builder:
             if rec.op == "call_module":
                 title = rec.target
                 sub = rec.call or rec.module or rec.name
+            elif u.inline is not None:
+                title = self.classes.get(u.inline) or _op_name(rec)
+                sub = f"{u.inline} · {_op_name(rec)}"
             else:
                 title = _op_name(rec)
                 sub = rec.label
@@ -482,6 +487,18 @@ class _Builder:
             f'  node [fontname="{FONT}", fontsize=10, margin="0.08,0.04", penwidth=1];',
             f'  edge [color="{EDGE}", arrowsize=0.6, penwidth=1];',
         ]
+        # a module call made of one op (a leaf module in ATen graphs, a one-line custom module)
+        # is drawn as that one box rather than a cluster around it
+        count: dict[tuple[str, ...], int] = {}
+        has_sub: set[tuple[str, ...]] = set()
+        for u in units.values():
+            count[u.clusters] = count.get(u.clusters, 0) + 1
+            has_sub.update(u.clusters[:i] for i in range(len(u.clusters)))
+        for u in units.values():
+            c = u.clusters
+            if (c and count[c] == 1 and c not in has_sub and u.module_key is None and u.rec is not None
+                    and u.rec.op not in ("call_module", "placeholder", "output")):
+                u.inline, u.clusters = c[-1], c[:-1]
         # cluster tree, in first-appearance order
         children: dict[tuple[str, ...], list[str]] = {}
         members: dict[tuple[str, ...], list[_Unit]] = {}
@@ -559,7 +576,8 @@ def _attrs(d: Mapping[str, str]) -> str:
 
 
 def _op_name(rec: NodeRecord) -> str:
-    name = getattr(rec.target_obj, "__name__", None)
+    packet = getattr(rec.target_obj, "overloadpacket", None)  # ATen ops: conv2d, not conv2d.default
+    name = getattr(packet if packet is not None else rec.target_obj, "__name__", None)
     if isinstance(name, str) and name:
         return name
     t = rec.target
@@ -666,7 +684,10 @@ def render(
     if fmt == "png":
         cmd.insert(1, "-Gdpi=110")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as e:
+            raise OSError(f"dot took over 10 minutes to render {p}; try --depth; the source is in {src}") from e
         if proc.returncode != 0:
             msg = (proc.stderr.strip().splitlines() or ["no message"])[0]
             raise OSError(f"dot failed to render {p} (exit {proc.returncode}): {msg}; the source is in {src}")

@@ -200,6 +200,28 @@ def test_global_with_local_rf_is_filled_by_the_local_rf() -> None:
     assert "local RF" not in mean and 'fillcolor="#fdd49e"' in mean
 
 
+class Half(nn.Module):
+    def forward(self, x: Any) -> Any:
+        return x * 0.5
+
+
+class Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+        self.scale = Half()
+
+    def forward(self, x: Any) -> Any:
+        return self.scale(self.conv(x))
+
+
+def test_one_op_module_is_drawn_as_the_module() -> None:
+    dot = rfscope.analyze(Scaled(), (1, 3, 16, 16)).to_dot()
+    mul = node_attrs(dot, "mul")
+    assert "<B>Half</B>" in mul and "scale · mul" in mul and "RF 3×3, stride 1×1" in mul
+    assert "subgraph cluster" not in dot  # no one-node cluster around it
+
+
 @needs_dot
 def test_escaped_text_survives_rendering(tmp_path: Path) -> None:
     res = branchy().render(tmp_path / "b.svg")
