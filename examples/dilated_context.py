@@ -39,5 +39,7 @@ def fixed() -> nn.Module:
 if __name__ == "__main__":
     from rfscope import design
 
-    print("rates 2,2,2 after the stem:", design.stack_rf([("conv", 3, 2, 1)] + [("conv", 3, 1, 2, 2)] * 3))
+    for rates in ((2, 2, 2), (1, 2, 5)):
+        r = design.stack_rf([("conv", 3, 2, 1)] + [("conv", 3, 1, d, d) for d in rates])
+        print(f"stem + rates {rates}: RF {r.size}, coverage {r.coverage}, holes {list(r.holes)}")
     print("dense schedule for RF >= 35 on the input grid:", design.dilation_schedule(35))
