@@ -148,10 +148,11 @@ def dilation_schedule(target_rf: int, k: int = 3, max_depth: int = 32) -> tuple[
     ``k**n >= target_rf``; that depth is reached by keeping every intermediate layer dense
     (each rate at most the RF so far; the HDC condition of Wang et al. 2018).  Among those
     dense schedules of that depth, the one with the smallest largest rate is returned (the
-    last rate trimmed so the RF overshoots the target least); its coverage is checked exactly.
+    last rate trimmed so the RF overshoots the target least, rates in increasing order); its
+    coverage is checked exactly.
 
-    >>> dilation_schedule(17), dilation_schedule(27), dilation_schedule(9, k=3)
-    ((1, 3, 4), (1, 3, 9), (1, 3))
+    >>> dilation_schedule(17), dilation_schedule(27), dilation_schedule(35)
+    ((1, 3, 4), (1, 3, 9), (1, 3, 6, 7))
     >>> stack_rf([("conv", 3, 1, r, r) for r in dilation_schedule(17)]).coverage
     Fraction(1, 1)
     """
@@ -175,6 +176,7 @@ def dilation_schedule(target_rf: int, k: int = 3, max_depth: int = 32) -> tuple[
             rates[-1] -= sum(rates) - need
             if rates[-1] < 1:  # pragma: no cover - impossible: the trimmed rate stays >= previous sum
                 continue
+            rates.sort()  # swapping a larger rate after a smaller one keeps every layer dense
             res = stack_rf([("conv", k, 1, 0, r) for r in rates])
             if res.coverage != 1 or res.size < target_rf:  # pragma: no cover - guarded by the theory
                 raise AssertionError(f"internal: schedule {rates} is not dense")

@@ -99,6 +99,7 @@ def test_dilation_schedule_is_dense_and_minimal(k: int) -> None:
         rates = design.dilation_schedule(target, k=k)
         size, dense = _dense_rf(rates, k)
         assert dense and size >= target, (target, rates)
+        assert list(rates) == sorted(rates)
         # brute force: no schedule one layer shorter reaches the target densely
         n = len(rates) - 1
         for cand in itertools.product(range(1, target + 1), repeat=n):
