@@ -118,13 +118,27 @@ def _discover(mod: Any, source: str) -> torch.nn.Module:
 
 def _shape_from(mod: Any) -> tuple[tuple[int, ...] | None, tuple[Any, ...] | None]:
     ns = vars(mod) if mod is not None else {}
+    src = getattr(mod, "__file__", None) or getattr(mod, "__name__", "the model file")
     shape = ns.get("input_shape")
     ex = ns.get("example_inputs")
     if callable(ex):
-        ex = ex()
+        try:
+            ex = ex()
+        except Exception as e:
+            raise LoadError(f"calling example_inputs() in {src} failed: {type(e).__name__}: {e}") from e
     if isinstance(ex, torch.Tensor):
         ex = (ex,)
-    return (tuple(int(s) for s in shape) if shape is not None else None), (tuple(ex) if ex is not None else None)
+    if ex is not None and not (isinstance(ex, (tuple, list)) and any(isinstance(x, torch.Tensor) for x in ex)):
+        raise LoadError(f"example_inputs in {src} must be a tensor or a tuple of tensors, got {type(ex).__name__}")
+    if shape is not None:
+        try:
+            shape = tuple(int(s) for s in shape)
+        except (TypeError, ValueError) as e:
+            raise LoadError(
+                f"input_shape in {src} must be a tuple of ints with the batch dim, e.g. (1, 3, 224, 224); "
+                f"got {shape!r}"
+            ) from e
+    return shape, (tuple(ex) if ex is not None else None)
 
 
 def load_model(target: str) -> LoadedModel:

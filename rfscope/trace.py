@@ -128,9 +128,13 @@ def _layer_problem(name: str, m: Any, args: Any) -> str | None:
     if x is None or not (conv or pool):
         return None
     cls = type(m).__name__
-    k = tuple(m.kernel_size) if not isinstance(m.kernel_size, int) else None
-    n = len(k) if k is not None else x.dim() - 2
-    if conv and x.dim() > n and int(x.shape[-n - 1]) != m.in_channels:
+    nn_ = torch.nn
+    dims = {nn_.MaxPool1d: 1, nn_.AvgPool1d: 1, nn_.MaxPool2d: 2, nn_.AvgPool2d: 2, nn_.MaxPool3d: 3, nn_.AvgPool3d: 3}
+    n = len(m.kernel_size) if conv else next((v for c, v in dims.items() if isinstance(m, c)), x.dim() - 2)
+    if x.dim() not in (n + 1, n + 2):
+        return (f"layer {name!r} ({cls}) expects a {n + 1}-d or {n + 2}-d input but gets a {x.dim()}-d one "
+                f"(shape {'x'.join(str(int(d)) for d in x.shape)})")
+    if conv and int(x.shape[-n - 1]) != m.in_channels:
         c = m.in_channels
         return (f"layer {name!r} ({cls}) expects {c} input channels but gets {int(x.shape[-n - 1])}; "
                 f"if it is the first layer use --input-shape {c},H,W (input_shape=(N, {c}, ...))")
@@ -143,7 +147,7 @@ def _layer_problem(name: str, m: Any, args: Any) -> str | None:
     need = tuple(max(1, dd * (kk - 1) + 1 - 2 * pp)
                  for kk, dd, pp in zip(tup(m.kernel_size), tup(getattr(m, "dilation", 1)), p, strict=False))
     got = tuple(int(s) for s in x.shape[-n:])
-    if any(g < q for g, q in zip(got, need, strict=False)):
+    if not getattr(m, "transposed", False) and any(g < q for g, q in zip(got, need, strict=False)):
         fmt = lambda t: "x".join(map(str, t))
         return (f"input too small for layer {name!r} ({cls}): it gets {fmt(got)} positions but needs at least "
                 f"{fmt(need)}; use a larger --input-shape (input_shape)")
