@@ -108,6 +108,10 @@ def _maxpool_as_conv(func: Any, n: int, args: tuple[Any, ...], kwargs: dict[str,
     return y
 
 
+class _Stop(Exception):
+    """Raised by the capture hook once every requested module output is captured."""
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, local: bool) -> None:
         super().__init__()
@@ -135,10 +139,15 @@ class _Mode(TorchFunctionMode):
         return res
 
 
-def prepare(model: nn.Module) -> nn.Module:
-    """A float64 deep copy with positive constant weights (1/fan-in: no overflow) and zero biases."""
-    m = copy.deepcopy(model).double().eval()
+def prepare(model: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A deep copy (float64 by default) with positive constant weights (1/fan-in: no overflow), zero biases."""
+    m = copy.deepcopy(model).to(dtype).eval()
+    if any(t.is_meta for t in [*m.parameters(), *m.buffers()]):  # a model built on the meta device
+        m = m.to_empty(device="cpu")
     with torch.no_grad():
+        for name, b in m.named_buffers():
+            if b.is_floating_point():
+                b.fill_(1.0 if "var" in name else 0.0)
         for name, p in m.named_parameters():
             if name.endswith("bias"):
                 p.zero_()
@@ -154,30 +163,38 @@ class Oracle:
 
     ``module``: capture this submodule's (first call) output instead of the
     model's.  ``index``: spatial index of the unit; the gradient of the sum over
-    channels at that position is taken.  Layout ``(N, C, *spatial)``.
+    channels at that position is taken.  Layout ``(N, C, *spatial)``.  ``dtype=float32``
+    is much faster for depthwise convs on CPU; an underflow could only drop pixels
+    from the support, which makes a comparison fail, never pass wrongly.
     """
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int], module: str | None = None,
-                 local: bool = False, select: Callable[[Any], T] | None = None) -> None:
-        self.model = prepare(model)
-        self.x = torch.ones(tuple(input_shape), dtype=torch.float64, requires_grad=True)
-        captured: list[T] = []
-        handle = None
-        if module:
-            sub = self.model.get_submodule(module)
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], module: str | Sequence[str] | None = None,
+                 local: bool = False, select: Callable[[Any], T] | None = None,
+                 dtype: torch.dtype = torch.float64) -> None:
+        self.model = prepare(model, dtype)
+        self.x = torch.ones(tuple(input_shape), dtype=dtype, requires_grad=True)
+        names = [module] if isinstance(module, str) else list(module or [])
+        self.outs: dict[str, T] = {}
+        handles = []
+        for name in names:
+            def hook(_m: nn.Module, _i: Any, o: Any, name: str = name) -> None:
+                if name not in self.outs:  # first call only
+                    self.outs[name] = o if isinstance(o, T) else o[0]
+                if select is None and len(self.outs) == len(names):
+                    raise _Stop  # nothing later is needed: skip the rest of the forward
 
-            def hook(_m: nn.Module, _i: Any, o: Any) -> None:
-                if not captured:
-                    captured.append(o if isinstance(o, T) else o[0])
-
-            handle = sub.register_forward_hook(hook)
-        with _Mode(local):
-            out = self.model(self.x)
-        if handle is not None:
-            handle.remove()
+            handles.append(self.model.get_submodule(name).register_forward_hook(hook))
+        out: Any = None
+        try:
+            with _Mode(local):
+                out = self.model(self.x)
+        except _Stop:
+            pass
+        for h in handles:
+            h.remove()
         if select is not None:
             out = select(out)
-        self.out: T = captured[0] if captured else out
+        self.out: T = self.outs[names[0]] if names else out
         self.n_spatial = len(input_shape) - 2
 
     @property
@@ -188,15 +205,20 @@ class Oracle:
         """Per input spatial axis, the sorted pixels with non-zero gradient."""
         return self.supports([index])[0]
 
-    def supports(self, indices: Sequence[Sequence[int]]) -> list[tuple[list[int], ...]]:
-        """``support`` for several units, in one batched backward pass when autograd allows."""
-        go = torch.zeros((len(indices), *self.out.shape), dtype=self.out.dtype)
+    def out_size_of(self, module: str) -> tuple[int, ...]:
+        return tuple(self.outs[module].shape[2:])
+
+    def supports(self, indices: Sequence[Sequence[int]], module: str | None = None) -> list[tuple[list[int], ...]]:
+        """``support`` for several units (of ``module``'s output, default the main one),
+        in one batched backward pass when autograd allows."""
+        y = self.outs[module] if module is not None else self.out
+        go = torch.zeros((len(indices), *y.shape), dtype=y.dtype)
         for b, index in enumerate(indices):
             go[(b, 0, slice(None), *(int(i) for i in index))] = 1.0
         try:
-            (g,) = torch.autograd.grad(self.out, self.x, go, retain_graph=True, is_grads_batched=True)
+            (g,) = torch.autograd.grad(y, self.x, go, retain_graph=True, is_grads_batched=True)
         except RuntimeError:  # an op without a batching rule: one pass per unit
-            g = torch.stack([torch.autograd.grad(self.out, self.x, go[b], retain_graph=True)[0]
+            g = torch.stack([torch.autograd.grad(y, self.x, go[b], retain_graph=True)[0]
                              for b in range(len(indices))])
         out = []
         for b in range(len(indices)):
