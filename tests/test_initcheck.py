@@ -1,5 +1,6 @@
 """Init check: every check fires on a broken model, and stays silent on REFERENCE.md section 5's legitimate patterns."""
 
+import json
 import math
 import textwrap
 
@@ -281,6 +282,7 @@ def test_signal_across_depth(gain, check):
     assert r.records[fs[0].node].module == "14"  # the last Linear
     ev = fs[0].evidence
     assert ev["depth"] == 7 and len(ev["profile"]) == 8
+    assert json.loads(r.to_json())["findings"][0]["evidence"]["profile"][0][0] == "0"
     assert ev["ratio"] == pytest.approx(gain**7, rel=0.5)  # He-scaled ReLU layers keep the std, times gain
 
 
