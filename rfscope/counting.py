@@ -283,10 +283,12 @@ def _attr(root: nn.Module, target: str) -> Any:
 def _resolve(model: nn.Module, gm: fx.GraphModule, target: str) -> Any:
     """A get_attr / call_module target in the model itself (ATen graphs hold their own tensor
     objects under the model's qualified names), else in the graph module."""
-    try:
-        return _attr(model, target)
-    except AttributeError:
-        return _attr(gm, target)
+    for root in (model, gm):
+        try:
+            return _attr(root, target)
+        except AttributeError:
+            continue
+    return None
 
 
 def count(report: Report, model: nn.Module) -> Counts:
@@ -300,7 +302,9 @@ def count(report: Report, model: nn.Module) -> Counts:
     uses: dict[str, list[torch.Tensor]] = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
-            uses.setdefault(n.name, []).extend(_resolve(model, gm, str(n.target)).parameters())
+            mod = _resolve(model, gm, str(n.target))
+            if isinstance(mod, nn.Module):
+                uses.setdefault(n.name, []).extend(mod.parameters())
         elif n.op == "get_attr":
             t = _resolve(model, gm, str(n.target))
             if isinstance(t, nn.Parameter):
