@@ -1,0 +1,184 @@
+"""Third-party plugins through the ``rfscope.plugins`` entry-point group.
+
+A fake distribution (a package plus a ``.dist-info`` with ``entry_points.txt``)
+is written into ``tmp_path`` and put on ``sys.path``: ``importlib.metadata``
+finds it exactly as it finds an installed package.  Each test uses a fresh
+:class:`rfscope.Registry`, so the process-wide default is never touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import uuid
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch.nn as nn
+
+import rfscope
+from rfscope import Plugin, PluginError, Registry, Unsupported
+
+LAYERS = """
+import torch
+import torch.nn as nn
+
+
+class BlurPool(nn.Module):
+    '''Low-pass (5 taps) then subsample by 2; its forward uses an op rfscope has no plugin for.'''
+
+    def forward(self, x):
+        return torch.cumsum(x, dim=-1)[..., ::2]
+"""
+
+PLUGIN = """
+from rfscope import rf
+from rfscope.ops import local
+from {pkg}.layers import BlurPool
+
+
+def _rf(ctx):
+    return local(ctx, {{-1: lambda a: rf.conv(a, k=5, s=2, p=2)}})
+
+
+def register(registry):
+    registry.add("{pkg}.blurpool", [BlurPool], rf=_rf)
+"""
+
+
+def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool = False) -> ModuleType:
+    """Write package ``rfs_ext_<id>`` and its dist-info; return the package's ``layers`` module."""
+    pkg = f"rfs_ext_{uuid.uuid4().hex[:8]}"
+    root = tmp_path / "site"
+    (root / pkg).mkdir(parents=True)
+    (root / pkg / "__init__.py").write_text("")
+    (root / pkg / "layers.py").write_text(LAYERS)
+    (root / pkg / "plugin.py").write_text(PLUGIN.format(pkg=pkg))
+    info = root / f"{pkg}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {pkg}\nVersion: 0.1\n")
+    eps = f"[rfscope.plugins]\n{pkg} = {pkg}.plugin:register\n"
+    if broken:
+        eps += f"{pkg}_broken = {pkg}.missing_module:register\n"
+    (info / "entry_points.txt").write_text(eps)
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+    layers = importlib.import_module(f"{pkg}.layers")
+    return layers
+
+
+class Net(nn.Module):
+    def __init__(self, blur: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 2, 3, padding=1)
+        self.blur = blur
+        self.head = nn.Conv1d(2, 2, 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.head(self.blur(self.conv(x)))
+
+
+def analyze(model: nn.Module, reg: Registry) -> rfscope.Report:
+    return rfscope.analyze(model, input_shape=(1, 2, 32), registry=reg)
+
+
+def test_third_party_plugin_from_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    layers = make_dist(tmp_path, monkeypatch)
+    reg = Registry()
+    rep = analyze(Net(layers.BlurPool()), reg)
+    # conv3 p1 (3/1/1), blur k5 s2 p2 (7/2/3), conv3 (11/2/3)
+    r = rep.rf("blur")
+    assert (r.size, r.stride, r.padding, r.status) == ((7,), (2,), (3,), "exact")
+    assert rep.rf("head").size == (11,)
+    # the custom class is a leaf: one call_module node, nothing traced inside it
+    blur_nodes = [n for n, a in rep.graph.nodes(data=True) if (a["module"] or "").startswith("blur")]
+    assert len(blur_nodes) == 1 and rep.graph.nodes[blur_nodes[0]]["op"] == "call_module"
+    assert rep.records[blur_nodes[0]].plugin and "blurpool" in rep.records[blur_nodes[0]].plugin
+
+
+def test_without_the_plugin_the_module_is_traced_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    layers = make_dist(tmp_path, monkeypatch)
+    reg = Registry()
+    rep = analyze(Net(layers.BlurPool()), reg)
+    # built-in plugins still load; the third-party one does not
+    assert rep.rf("conv").status == "exact"
+    assert reg.lookup_module(layers.BlurPool()) is None
+    r = rep.rf("head")
+    assert r.status == "unknown" and "cumsum" in (r.reason or "")
+    assert any("cumsum" in u for u in rep.unsupported)
+    assert any(n.startswith("cumsum") for n in rep.records)  # traced inside BlurPool
+
+
+def test_broken_entry_point_is_warned_and_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    layers = make_dist(tmp_path, monkeypatch, broken=True)
+    reg = Registry()
+    with pytest.warns(RuntimeWarning, match="_broken"):
+        reg.ensure_loaded()
+    assert len(reg.load_errors) == 1 and "missing_module" in reg.load_errors[0]
+    # the good plugin of the same distribution and the built-ins still work
+    assert analyze(Net(layers.BlurPool()), reg).rf("head").size == (11,)
+
+
+def test_duplicate_registration_needs_override() -> None:
+    reg = Registry()
+    reg.ensure_loaded()
+    with pytest.raises(PluginError, match="override=True"):
+        reg.add("mine", [nn.ReLU], rf=lambda ctx: ctx.first)
+    # override=True replaces the built-in rule, and the new rule is used
+    reg.add("mine", [nn.ReLU], rf=lambda ctx: ctx.unknown("custom relu rule"), override=True)
+    assert reg.lookup_module(nn.ReLU()).name == "mine"
+    rep = rfscope.analyze(nn.Sequential(nn.Conv1d(1, 1, 3), nn.ReLU()), input_shape=(1, 1, 16), registry=reg)
+    assert rep.rf("1").status == "unknown" and rep.rf("1").reason == "custom relu rule"
+    assert rfscope.default_registry().lookup_module(nn.ReLU()).name != "mine"
+
+
+def test_registration_errors() -> None:
+    reg = Registry()
+    with pytest.raises(PluginError, match="Method"):
+        reg.register(Plugin("bad", ("view",)))
+    with pytest.raises(PluginError, match="no targets"):
+        reg.register(Plugin("empty", ()))
+
+
+class Custom(nn.Module):
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return x.flip(-1)
+
+
+def test_plugin_raising_unsupported_gives_unknown_with_reason() -> None:
+    reg = Registry()
+
+    def rule(ctx: rfscope.OpContext) -> object:
+        raise Unsupported("flip reverses positions")
+
+    reg.add("custom", [Custom], rf=rule)
+    rep = rfscope.analyze(nn.Sequential(nn.Conv1d(1, 1, 3), Custom(), nn.Conv1d(1, 1, 3)),
+                          input_shape=(1, 1, 16), registry=reg)
+    for name in ("1", "2"):
+        r = rep.rf(name)
+        assert r.status == "unknown" and "flip reverses positions" in (r.reason or "")
+    assert not any(n.startswith("flip") for n in rep.records)  # kept as a leaf
+
+
+def test_subclass_that_overrides_forward_does_not_inherit(monkeypatch: pytest.MonkeyPatch) -> None:
+    class MyConv(nn.Conv1d):
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return super().forward(x)[..., 1:]
+
+    rep = rfscope.analyze(MyConv(1, 1, 3), input_shape=(1, 1, 16), registry=Registry())
+    r = rep.rf("output")
+    # traced through: conv3 then crop 1 -> unit i sees [i+1, i+3]
+    assert r.size == (3,) and r.padding == (-1,)
+
+
+@pytest.fixture(autouse=True)
+def _no_leak() -> object:
+    before = set(sys.modules)
+    yield
+    for m in set(sys.modules) - before:
+        if m.startswith("rfs_ext_"):
+            del sys.modules[m]
