@@ -21,18 +21,21 @@ and carries the numbers that prove it (``evidence``):
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
+import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .result import RF
 from .rf import holes
+from .state import TensorRF
 
 if TYPE_CHECKING:
     from .report import Report
@@ -71,8 +74,21 @@ def _tup(v: Any, n: int) -> tuple[int, ...] | None:
     return None
 
 
-_F_CONV = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
-_F_CONVT = {F.conv_transpose1d: 1, F.conv_transpose2d: 2, F.conv_transpose3d: 3}
+_aten = torch.ops.aten
+# Functional and ATen (torch.export / make_fx graphs) targets -> (kind, positions of stride, padding,
+# dilation); the kernel comes from the weight (convs) or argument 1 (pools).
+_FUNCS: dict[Any, tuple[str, int, int, int]] = {
+    **{f: ("conv", 3, 4, 5) for f in (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
+                                      _aten.conv1d, _aten.conv2d, _aten.conv3d)},
+    **{f: ("conv_transpose", 3, 4, 7) for f in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+                                                torch.conv_transpose1d, torch.conv_transpose2d,
+                                                torch.conv_transpose3d, _aten.conv_transpose1d,
+                                                _aten.conv_transpose2d, _aten.conv_transpose3d)},
+    **{f: ("convolution", 3, 4, 5) for f in (_aten.convolution, _aten._convolution)},
+    **{f: ("pool", 2, 3, 4) for f in (F.max_pool1d, F.max_pool2d, F.max_pool3d, _aten.max_pool1d,
+                                      _aten.max_pool2d, _aten.max_pool3d, _aten.max_pool2d_with_indices,
+                                      _aten.max_pool3d_with_indices)},
+}
 
 
 def _arg(n: fx.Node, i: int, name: str, default: Any) -> Any:
@@ -99,21 +115,36 @@ def _geometry(n: fx.Node, gm: fx.GraphModule) -> dict[str, Any] | None:
         return None
     if n.op != "call_function":
         return None
-    t = n.target
-    w = _arg(n, 1, "weight", None)
-    val = w.meta.get("val") if isinstance(w, fx.Node) else None
-    if t in _F_CONV or t in _F_CONVT:
+    if n.target is operator.getitem and n.args and isinstance(n.args[0], fx.Node):
+        return _geometry(n.args[0], gm)  # (values, indices) of a max-pool in ATen graphs
+    target: Any = n.target
+    spec = _FUNCS.get(target)
+    if spec is None:
+        spec = _FUNCS.get(getattr(target, "overloadpacket", None))
+    if spec is None:
+        return None
+    kind, i_s, i_p, i_d = spec
+    if kind == "pool":
+        kernel = _arg(n, 1, "kernel_size", None)
+        nd = len(kernel) if isinstance(kernel, (list, tuple)) else {F.max_pool1d: 1, F.max_pool2d: 2}.get(target, 3)
+        k = _tup(kernel, nd)
+        stride = _arg(n, i_s, "stride", None)
+        s = _tup(stride, nd) if stride not in (None, [], ()) else k
+    else:
+        w = _arg(n, 1, "weight", None)
+        val = w.meta.get("val") if isinstance(w, fx.Node) else None
         if val is None:
             return None
         nd = val.dim() - 2
         k = tuple(int(x) for x in val.shape[2:])
-        s = _tup(_arg(n, 3, "stride", 1), nd)
-        p = _tup(_arg(n, 4, "padding", 0), nd) or (0,) * nd
-        d = _tup(_arg(n, 7, "dilation", 1) if t in _F_CONVT else _arg(n, 5, "dilation", 1), nd)
-        if s is None or d is None:
-            return None
-        return dict(kind="conv_transpose" if t in _F_CONVT else "conv", k=k, s=s, p=p, d=d)
-    return None
+        s = _tup(_arg(n, i_s, "stride", 1), nd)
+        if kind == "convolution":
+            kind = "conv_transpose" if bool(_arg(n, 6, "transposed", False)) else "conv"
+    p = _tup(_arg(n, i_p, "padding", 0), nd) or (0,) * nd
+    d = _tup(_arg(n, i_d, "dilation", 1), nd)
+    if k is None or s is None or d is None:
+        return None
+    return dict(kind=kind, k=k, s=s, p=p, d=d)
 
 
 def transposed_taps(k: int, s: int, p: int = 0, d: int = 1) -> tuple[int, ...]:
@@ -139,12 +170,20 @@ def _exact_rf(report: Report, rec: Any) -> RF | None:
     return rf.local if rf.status == "global" else rf
 
 
+def _has_holes(rf: RF) -> bool:
+    if rf.status == "global":
+        if rf.local is None:
+            return False
+        rf = rf.local
+    return rf.status == "exact" and any(c is not None and c < 1 for c in rf.coverage)
+
+
 def _gridding(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarning]:
     with_holes: set[str] = set()  # every node whose units miss pixels of their bounding box
     holey: dict[str, dict[str, Any]] = {}  # the dilated layers among them
     for rec in report.layers():
         rf = _exact_rf(report, rec)
-        if rf is None or all(c is None or c >= 1 for c in rf.coverage):
+        if rf is None or not _has_holes(rf):
             continue
         with_holes.add(rec.name)
         n = fx_nodes.get(rec.name)
@@ -154,6 +193,11 @@ def _gridding(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarnin
         holey[rec.name] = dict(rec=rec, geom=g, rf=rf)
     out: list[DesignWarning] = []
     # a chain: dilated layers joined by paths along which the holes persist
+    for rec in report.records.values():  # multi-output nodes (ATen max-pool with indices) pass holes on
+        if isinstance(rec.state, tuple) and any(
+            isinstance(st, TensorRF) and _has_holes(RF.from_state(st, report.input_size)) for st in rec.state
+        ):
+            with_holes.add(rec.name)
     sub: nx.DiGraph = report.graph.subgraph(with_holes)
     for name, info in holey.items():
         if nx.descendants(sub, name) & holey.keys():

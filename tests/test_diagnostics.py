@@ -192,3 +192,19 @@ def test_failing_check_becomes_an_error_not_a_crash(monkeypatch: pytest.MonkeyPa
     rep = rfscope.analyze(_dilated((2, 2, 2)), input_shape=(1, 4, 16, 16))
     assert [w.id for w in rep.warnings] == ["gridding"]
     assert any("checkerboard" in e and "boom" in e for e in rep.errors)
+
+
+@pytest.mark.parametrize("trace", ["export", "make_fx"])
+def test_warnings_on_aten_graphs(trace: str) -> None:
+    """torch.export / make_fx graphs call aten.conv2d / aten.convolution / aten.max_pool2d*."""
+    net = nn.Sequential(*_dilated((2, 2, 2)), nn.ConvTranspose2d(4, 4, 3, 2, 1), nn.ConvTranspose2d(4, 4, 4, 2, 1),
+                        nn.MaxPool2d(3, 1, 1, dilation=2), nn.MaxPool2d(3, 1, 1, dilation=2))
+    rep = rfscope.analyze(net, input_shape=(1, 4, 16, 16), trace=trace)
+    assert trace in rep.trace_path
+    ids = [(w.id, w.layer.split("/")[0]) for w in rep.warnings]
+    assert ids == [("gridding", "2"), ("checkerboard", "3")]  # the max-pools see a dense RF by then
+    assert rep.warnings[0].evidence["holes"][0] == [1, 3, 5, 7, 9, 11]
+    pools = nn.Sequential(nn.MaxPool2d(3, 1, 1, dilation=2), nn.MaxPool2d(3, 1, 1, dilation=2))
+    rep = rfscope.analyze(pools, input_shape=(1, 4, 16, 16), trace=trace)
+    (w,) = rep.warnings
+    assert w.evidence["holes"][0] == [1, 3, 5, 7] and len(w.evidence["chain"]) == 2
