@@ -166,6 +166,7 @@ class Counts:
     separable_blocks: list[SeparableBlock]
     model: nn.Module
     records: dict[str, NodeRecord] = field(repr=False)
+    _macs_by_module: dict[str, int] | None = field(default=None, repr=False)
 
     def module_params(self, path: str) -> ParamCount:
         """Counts for the submodule at ``path`` (``""`` is the whole model)."""
@@ -175,9 +176,23 @@ class Counts:
             raise KeyError(f"{path!r} is not a submodule path of the model") from e
         total, trainable, _ = _param_totals(mod.parameters())
         buffers = sum(b.numel() for b in _unique(mod.buffers()))
-        macs = sum(r.macs or 0 for r in self.records.values()
-                   if path == "" or (r.module is not None and (r.module == path or r.module.startswith(path + "."))))
-        return ParamCount(total, trainable, total - trainable, buffers, macs)
+        return ParamCount(total, trainable, total - trainable, buffers, self._module_macs().get(path, 0))
+
+    def _module_macs(self) -> dict[str, int]:
+        """MACs summed into every enclosing module path (computed once)."""
+        if self._macs_by_module is None:
+            acc: dict[str, int] = {}
+            for r in self.records.values():
+                if not r.macs:
+                    continue
+                acc[""] = acc.get("", 0) + r.macs
+                if r.module:
+                    parts = r.module.split(".")
+                    for i in range(1, len(parts) + 1):
+                        key = ".".join(parts[:i])
+                        acc[key] = acc.get(key, 0) + r.macs
+            self._macs_by_module = acc
+        return self._macs_by_module
 
 
 # ---------------------------------------------------------------------------

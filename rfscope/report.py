@@ -151,6 +151,11 @@ class Report:
             rec = self.records[nname]
             rf = self.node_rf(rec)
             modules[m] = {"node": nname, "rf": rf.to_dict() if rf is not None else None}
+            if "counting" in self.extras and "@" not in m:
+                try:
+                    modules[m]["counts"] = self.module_params(m).to_dict()
+                except KeyError:  # a call key that is not a submodule path
+                    pass
         out: dict[str, Any] = {
             "input_shape": list(self.input_shape),
             "trace": self.trace_path,

@@ -114,6 +114,8 @@ def test_tied_weights_and_module_called_twice_counted_once():
     assert node[block1.name]["shared"] == {"block.weight": block0.name, "block.bias": block0.name}
     assert node[block0.name]["params"] == conv and node[block0.name]["macs"] == 5 * 8 * 8 * 3
     assert d["summary"]["params_total"] == total and d["summary"]["params_frozen"] == lin
+    assert d["modules"]["block"]["counts"] == {"params_total": conv, "params_trainable": conv, "params_frozen": 0,
+                                               "buffers": 0, "macs": 2 * 5 * 8 * 8 * 3}
     assert set(d["summary"]) >= {"params_total", "params_trainable", "params_frozen", "buffers", "macs"}
     table = r.table()
     assert "params" in table.splitlines()[0] and "MACs" in table.splitlines()[0]
