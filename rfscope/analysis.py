@@ -69,6 +69,8 @@ def target_name(n: fx.Node, gm: fx.GraphModule) -> str:
         return f"Tensor.{t}"
     if isinstance(t, str):
         return t
+    if isinstance(t, torch._ops.OpOverload):  # ATen graphs (rfscope.fallback): "aten.convolution.default"
+        return str(t)
     mod = getattr(t, "__module__", None) or ""
     name = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
     if mod in ("_operator", "operator"):

@@ -16,10 +16,13 @@ the symbolic tracer uses (``"block"``, ``"block@1"`` for its second call).
 
 from __future__ import annotations
 
+import contextlib
 import copy as _copy
+import io
+import logging
 import os
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -298,14 +301,28 @@ def trace_model(
         why += f"; {_LEAF_NOTE}"
     tried: list[str] = []
     try:
-        return trace_export(model, example_inputs), PATH_NAMES["export"], why
+        with _quiet():  # a failed export logs the whole graph as a warning
+            return trace_export(model, example_inputs), PATH_NAMES["export"], why
     except Exception as e:  # noqa: BLE001 - any failure moves on to the next path
         tried.append(f"torch.export failed: {_first_line(e)}")
     try:
-        return trace_make_fx(model, example_inputs), PATH_NAMES["make_fx"], why
+        with _quiet():
+            return trace_make_fx(model, example_inputs), PATH_NAMES["make_fx"], why
     except Exception as e:  # noqa: BLE001
         tried.append(f"make_fx failed: {_first_line(e)}")
     raise TraceError(_explain(symbolic_err, tried)) from symbolic_err
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence log records up to WARNING (torch logs failed export attempts at length)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
 
 
 _LEAF_NOTE = "leaf_modules are ignored by the ATen-level tracers (their ops are analysed one by one)"
@@ -317,10 +334,12 @@ def _forced(leaves: list[str]) -> str:
 
 def _wrap(fn: Any, what: str) -> fx.GraphModule:
     try:
-        gm = fn()
+        with _quiet():
+            gm = fn()
     except TraceError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise TraceError(f"{what} could not trace the model: {_first_line(e)}") from e
+        raise TraceError(f"{what} could not trace the model: {_first_line(e)}; trace='auto' (--trace auto) "
+                         "tries every path") from e
     assert isinstance(gm, fx.GraphModule)
     return gm

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pathlib
 import tempfile
 
+import torch
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -33,49 +34,56 @@ BROKEN = [
 
 @st.composite
 def model_files(draw):
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)) == 0:
         return "import torch\nimport torch.nn as nn\n" + draw(st.sampled_from(BROKEN))
     layers = []
-    c = draw(st.sampled_from([1, 3]))
+    c0 = c = draw(st.sampled_from([1, 3]))
     for _ in range(draw(st.integers(1, 4))):
         tmpl = draw(st.sampled_from(LAYERS))
         layers.append(tmpl.format(c=c))
         if "Conv" in tmpl:
             c = 4
     body = f"model = nn.Sequential({', '.join(layers)})\n"
-    if draw(st.booleans()):
-        body += f"input_shape = (1, {draw(st.sampled_from([1, 3]))}, {draw(st.integers(1, 24))}, 16)\n"
+    if draw(st.integers(0, 3)) > 0:
+        ch = c0 if draw(st.integers(0, 3)) > 0 else 4 - c0
+        body += f"input_shape = (1, {ch}, {draw(st.integers(1, 40))}, {draw(st.integers(1, 40))})\n"
     return "import torch\nimport torch.nn as nn\n" + body
 
 
 SHAPES = st.one_of(
-    st.sampled_from(["3,16,16", "1,16,16", "3,2,2", "3,0,8", "3,-1,8", "a,b", "3", "", "3,16", "3,8,8,8", "3x16x16"]),
+    st.sampled_from(["3,16,16", "1,16,16", "3,2,2", "3,0,8", "3,-1,8", "a,b", "3", "", "3,16", "3,8,8,8", "3x16x16",
+                     "3,32,32", "1,32,32"]),
     st.text(alphabet="0123456789,x- ", max_size=8),
 )
 OPTIONS = st.lists(st.one_of(
     st.tuples(st.just("--input-shape"), SHAPES),
     st.tuples(st.just("--node"), st.sampled_from(["0", "1", "output", "nope", "0.weight", ""])),
     st.tuples(st.just("--leaf"), st.sampled_from(["0", "1", "missing"])),
-    st.tuples(st.just("--format"), st.sampled_from(["json", "table", "xml"])),
-    st.tuples(st.just("--trace"), st.sampled_from(["auto", "export", "symbolic_trace", "bogus"])),
-    st.tuples(st.just("--weights"), st.sampled_from(["missing.pt", "garbage.pt"])),
+    st.tuples(st.just("--format"), st.sampled_from(["json", "table", "json", "xml"])),
+    st.tuples(st.just("--trace"), st.sampled_from(["auto", "export", "symbolic_trace", "make_fx", "bogus"])),
+    st.tuples(st.just("--weights"), st.sampled_from(["missing.pt", "garbage.pt", "good.pt"])),
     st.tuples(st.just("--strict")),
     st.tuples(st.just("--bogus-option")),
-), max_size=4)
+), max_size=2)
+#: an error message names its subject: one of these words (or the file) appears in it
+SUBJECTS = ("--", "option", "input", "shape", "layer", "model", "node", "checkpoint", "plugin", "trace", "module",
+            "attribute", "syntax", "file", "build", "candidates", ".py", "channels", "strict")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(src=model_files(), opts=OPTIONS, attr=st.sampled_from(["", ":model", ":nothing", ":nn"]))
+@given(src=model_files(), opts=OPTIONS, attr=st.sampled_from(["", "", "", ":model", ":nothing", ":nn"]))
 def test_cli_never_tracebacks(src, opts, attr):
     with tempfile.TemporaryDirectory() as d:
         path = pathlib.Path(d) / "m.py"
         path.write_text(src)
         (pathlib.Path(d) / "garbage.pt").write_bytes(b"\x00garbage")
+        torch.save({"w": torch.zeros(2)}, pathlib.Path(d) / "good.pt")  # a valid file, wrong keys for any model
         args = ["analyze", f"{path}{attr}"]
         for o in opts:
             args.extend(o)
         args = [a.replace("missing.pt", str(pathlib.Path(d) / "missing.pt"))
-                .replace("garbage.pt", str(pathlib.Path(d) / "garbage.pt")) for a in args]
+                .replace("garbage.pt", str(pathlib.Path(d) / "garbage.pt"))
+                .replace("good.pt", str(pathlib.Path(d) / "good.pt")) for a in args]
         res = CliRunner().invoke(main, args)
     out = res.output
     assert "Traceback" not in out, (args, out)
@@ -85,3 +93,6 @@ def test_cli_never_tracebacks(src, opts, attr):
         assert len(errors) == 1, (args, out)
         msg = errors[0].split("rror:", 1)[1].strip()
         assert len(msg) > 15 and "internal error" not in msg, (args, out)
+        assert any(w in msg for w in SUBJECTS), (args, out)
+    else:
+        assert res.output.strip(), args  # a report was printed
