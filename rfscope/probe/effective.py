@@ -149,6 +149,10 @@ def _resolve(report: Report, node: str) -> str:
     return report.output_node if report.records[name].op == "output" else name
 
 
+def _sides(ratios: dict[str, dict[str, float | int] | None]) -> dict[str, int | None]:
+    return {k: (None if v is None else int(v["side"])) for k, v in ratios.items()}
+
+
 def _chunks(samples: int, batch_size: int) -> list[tuple[int, int, int]]:
     """``(chunk index, start, count)`` for fixed global batches (independent of the world size)."""
     out = []
@@ -242,8 +246,9 @@ def erf(
     if not isinstance(st, TensorRF) or rec.shape is None:
         raise ProbeError(f"node {node!r} is not a tensor that depends on the input")
     nsp = len(report.input_size)
-    dims = layout_of(st, rec.shape, nsp)
-    ext = axis_extents(dims, rec.shape)
+    out_shape: tuple[int, ...] = tuple(rec.shape)
+    dims = layout_of(st, out_shape, nsp)
+    ext = axis_extents(dims, out_shape)
     index = {a: (m - 1) // 2 for a, m in ext.items()}
     centre, rf_desc, notes = _centre_and_rf(report, name, index)
 
@@ -254,7 +259,7 @@ def erf(
     def run(dt: torch.dtype, which: Sequence[tuple[int, int, int]], prog: Progress | None) -> torch.Tensor:
         gm = materialise(report.gm, model, device=dev, dtype=dt)
         select_outputs(gm, [name])
-        mask = unit_mask(dims, rec.shape, index, dtype=dt, device=dev)
+        mask = unit_mask(dims, out_shape, index, dtype=dt, device=dev)
         return _accumulate(gm, mask, which, inputs, shape, seed, dev, dt, reduction, prog)
 
     prog = Progress(sum(c[2] for c in mine), f"ERF {name}", enabled=progress and len(mine) > 1)
@@ -274,13 +279,12 @@ def erf(
     check = None
     if dtype in (torch.bfloat16, torch.float16):
         first = chunks[:1]
-        low = area_ratios(run(dtype, first, None).cpu().numpy(), centre)
-        ref = area_ratios(run(torch.float32, first, None).cpu().numpy(), centre)
-        diffs = {k: (None if low[k] is None or ref[k] is None else abs(int(low[k]["side"]) - int(ref[k]["side"])))
+        low = _sides(area_ratios(run(dtype, first, None).cpu().numpy(), centre))
+        ref = _sides(area_ratios(run(torch.float32, first, None).cpu().numpy(), centre))
+        diffs = {k: (None if low[k] is None or ref[k] is None else abs(int(low[k] or 0) - int(ref[k] or 0)))
                  for k in ref}
         agree = all(d is not None and d <= 2 for d in diffs.values())
-        check = {"samples": first[0][2], "float32_sides": {k: v and v["side"] for k, v in ref.items()},
-                 "low_precision_sides": {k: v and v["side"] for k, v in low.items()}, "agree": agree}
+        check = {"samples": first[0][2], "float32_sides": ref, "low_precision_sides": low, "agree": agree}
         if not agree:
             raise ProbeError(
                 f"{str(dtype).replace('torch.', '')} ERF disagrees with float32 by more than one square step "

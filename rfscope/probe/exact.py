@@ -425,11 +425,11 @@ def validate(
         for a in range(nsp):
             spans: dict[int, tuple[int, int] | None] = {}
             full = True
-            run = central_runs[k].get(a, [0])
+            crun = central_runs[k].get(a, [0])
             for idx, sup in my:
                 proj = sup if nsp == 1 else sup.movedim(a, 0).flatten(1).any(1)
                 full = full and bool(proj.all())
-                if idx.get(a, 0) in run:
+                if idx.get(a, 0) in crun:
                     spans.setdefault(idx.get(a, 0), _span(proj))
             ax = rf.dims[a].exact if rf.status != "unknown" else None
             if full and ax is None:

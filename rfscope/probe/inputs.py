@@ -65,13 +65,12 @@ def load_tensors(path: str | Path, shape: Sequence[int] | None = None) -> torch.
 def _read_image(path: Path) -> torch.Tensor:
     """``(C, H, W)`` float in [0, 1]."""
     try:
+        import numpy as np
         from PIL import Image
 
-        with Image.open(path) as im:
-            im = im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy()
-            import numpy as np
-
-            a = np.asarray(im, dtype=np.float32) / 255.0
+        with Image.open(path) as raw:
+            img = raw.convert("RGB") if raw.mode not in ("L", "RGB") else raw.copy()
+            a = np.asarray(img, dtype=np.float32) / 255.0
     except ImportError:
         try:
             import matplotlib.image as mpimg

@@ -72,8 +72,8 @@ class SumPool(nn.Module):
         c = xp.shape[1]
         w = torch.ones((c, 1, *self.k), dtype=x.dtype, device=x.device)
         y = conv(xp, w, None, self.s, 0, self.d, c)
-        sl = tuple(slice(0, n) for n in ref.shape[-self.nd:])
-        y = y[(..., *sl)]
+        for i, n in enumerate(ref.shape[-self.nd:]):  # drop the extra right room
+            y = y.narrow(y.dim() - self.nd + i, 0, n)
         return y if batched else y.squeeze(0)
 
 
