@@ -9,12 +9,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rfscope.context import OpContext
-from rfscope.ops import global_over, reduce_dims
+from rfscope.ops import elementwise, global_over, reduce_dims
 from rfscope.registry import Method, Registry
 from rfscope.state import TensorRF
 
 
 def _reduce_rf(ctx: OpContext) -> object:
+    other = ctx.arg(1, "other", None)
+    if isinstance(other, torch.Tensor):  # torch.max(a, b) / a.min(b): elementwise, not a reduction
+        return elementwise(ctx, f"elementwise op {ctx.node.name}")
     st = ctx.first
     nd = len(st.dims)
     dim = ctx.arg(1, "dim", None)

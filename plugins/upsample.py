@@ -8,6 +8,7 @@ the result is ``unknown`` rather than a guess.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
@@ -20,6 +21,8 @@ from rfscope.context import OpContext, Unsupported
 from rfscope.ops import local
 from rfscope.registry import Registry
 from rfscope.state import TensorRF
+
+from .pool import adaptive
 
 
 def _scale(n_in: int, n_out: int, scale_factor: float | None, align_corners: bool, recompute: bool | None) -> float:
@@ -131,12 +134,16 @@ def _interp_params(ctx: OpContext) -> tuple[str, Any, bool, bool | None]:
     return mode, sf, ac, rec
 
 
+def _area(n_in: int, n_out: int) -> Callable[[rf.Axis], rf.Axis]:
+    return lambda a: adaptive(a, n_in, n_out)
+
+
 def _interp_rf(ctx: OpContext) -> TensorRF:
     mode, sf, ac, rec = _interp_params(ctx)
-    if mode == "area":
-        raise Unsupported("mode 'area' (adaptive average pooling) not supported in interpolate")
     x, out = ctx.in_shape(0), ctx.out_shape
     n = len(x) - 2
+    if mode == "area":  # PyTorch computes it as adaptive average pooling
+        return local(ctx, {2 + i: _area(x[2 + i], out[2 + i]) for i in range(n)})
     fns = {}
     for i in range(n):
         d = 2 + i

@@ -230,3 +230,41 @@ def test_misaligned_merge_reported_with_reason() -> None:
         r = rep.rf(name)
         assert r.status == "unknown" and "misaligned" in (r.reason or "")
         assert r.to_dict()["size"] == [0, 0] and r.stride == (None, None)
+
+
+class MaxOfBranches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(1, 1, 3)
+        self.b = nn.Conv1d(1, 1, 5, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.max(self.a(x), self.b(x)) + self.a(x).min(self.b(x))
+
+
+def test_binary_max_min_are_elementwise_merges() -> None:
+    # a: unit i sees [i, i+2]; b (k5 p1): [i-1, i+3]; union [i-1, i+3]: size 5, P=1.
+    r = rf1(MaxOfBranches(), 16)
+    assert (r.status, r.size, r.padding) == ("exact", (5,), (Fr(1),))
+
+
+class Area(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=(8, 5), mode="area")
+
+
+def test_interpolate_area_is_adaptive_average_pooling() -> None:
+    # 16 -> 8: k=2, s=2.  8 -> 5: [floor(8i/5), ceil(8(i+1)/5)): [0,1] [1,3] [3,4] [4,6] [6,7].
+    r = rfscope.analyze(Area(), input_shape=(1, 1, 16, 8)).rf("output")
+    assert r.status == "exact" and r.stride == (Fr(2), Fr(8, 5))
+    assert [r.window((3, i))[1] for i in range(5)] == [(0, 1), (1, 3), (3, 4), (4, 6), (6, 7)]
+    assert r.window((3, 0))[0] == (6, 7)
+
+
+def test_upsample_align_corners_stride() -> None:
+    # align_corners=True maps output o to o*(n_in-1)/(n_out-1): 8 -> 16 gives stride 7/15, not 1/2.
+    r = rfscope.analyze(nn.Upsample(scale_factor=2, mode="linear", align_corners=True),
+                        input_shape=(1, 1, 8)).rf("output")
+    assert r.status == "exact" and r.stride == (Fr(7, 15),)
+    # o=5: 5*7/15 = 2.33 reads 2 and 3; o=15 reads 7 only
+    assert r.pixels((5,)) == ([2, 3],) and r.pixels((15,)) == ([7],)
