@@ -14,6 +14,10 @@ def _stochastic_depth(ctx: OpContext) -> TensorRF:
 
 
 def register(reg: Registry) -> None:
+    reg.when_imported("torchvision", _register_now)
+
+
+def _register_now(reg: Registry) -> None:
     try:
         from torchvision.ops import stochastic_depth as sd_mod
         from torchvision.ops.stochastic_depth import StochasticDepth

@@ -16,6 +16,7 @@ callable ``register(registry)``.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class Registry:
     def __init__(self) -> None:
         self._by_target: dict[Any, Plugin] = {}
         self._loaded = False
+        self._deferred: list[tuple[str, Callable[[Registry], None]]] = []
         self.load_errors: list[str] = []
 
     # -- registration -------------------------------------------------
@@ -157,6 +159,26 @@ class Registry:
         if not self._loaded:
             self._loaded = True
             self.load_entry_points()
+        if self._deferred:
+            self._run_deferred()
+
+    def when_imported(self, module: str, register: Callable[[Registry], None]) -> None:
+        """Run ``register(self)`` once ``module`` has been imported (by the user's model).
+
+        Plugins for optional libraries use this so that loading rfscope never pays
+        for importing them (torchvision pulls in torch._dynamo: seconds per start).
+        """
+        if module in sys.modules:
+            register(self)
+        else:
+            self._deferred.append((module, register))
+
+    def _run_deferred(self) -> None:
+        ready = [d for d in self._deferred if d[0] in sys.modules]
+        if ready:
+            self._deferred = [d for d in self._deferred if d[0] not in sys.modules]
+            for _, fn in ready:
+                fn(self)
 
     def load_entry_points(self) -> None:
         """Load built-in plugins, then third-party ones (unless RFSCOPE_DISABLE_PLUGIN_AUTOLOAD=1).
