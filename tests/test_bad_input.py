@@ -173,14 +173,15 @@ def test_diagram_output_path_missing_dir_or_not_writable(small, tmp_path):
             ro.chmod(0o700)
 
 
-def test_probe_out_in_missing_dir(small, tmp_path):
+def test_probe_out_not_a_directory(small, tmp_path):
     helptext = CliRunner().invoke(main, ["probe", "--help"]).output
     if "--out" not in helptext:
         pytest.skip("probe --out not available")
-    target = tmp_path / "missing" / "deeper"
-    code, out = _run("probe", str(small), "--out", str(target / "x"), "--input-shape", "3,32,32")
-    assert code in (0, 2), out
-    assert "Traceback" not in out
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    _one_line_error(*_run("probe", str(small), "--mode", "erf", "--samples", "2", "--out", str(blocker / "x"),
+                          "--input-shape", "3,16,16"), "Not a directory", str(blocker))
+    assert blocker.read_text() == "not a folder"
 
 
 class Custom(nn.Module):
