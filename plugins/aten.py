@@ -161,12 +161,17 @@ def _max_pool(fn: Any) -> Translator:
 
 
 def _avg_pool(fn: Any) -> Translator:
-    return lambda a: Call(fn, ["self", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                               "divisor_override"])
+    names = ["self", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"]
+    return lambda a: Call(fn, [n for n in names if n in a.index])  # avg_pool1d has no divisor_override
 
 
 def _adaptive(fn: Any) -> Translator:
-    return lambda a: Call(fn, ["self", "output_size"])
+    def tr(a: Args) -> Call:
+        multi = isinstance(a.ctx.out, (tuple, list))  # adaptive max pooling: (values, indices)
+        return Call(fn, ["self", "output_size"], out_index=0 if multi else None,
+                    wrap=(lambda st, ctx: (st, st)) if multi else None)
+
+    return tr
 
 
 def _upsample(mode: str) -> Translator:
