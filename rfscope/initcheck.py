@@ -666,7 +666,9 @@ def _tensors(x: Any) -> list[torch.Tensor]:
     return []
 
 
-def _random_inputs(example_inputs: Sequence[Any], gen: torch.Generator) -> tuple[Any, ...]:
+def _random_inputs(example_inputs: Sequence[Any], gen: torch.Generator,
+                   device: torch.device | None = None) -> tuple[Any, ...]:
+    """Random inputs with the example's shapes and dtypes (drawn on the cpu, moved to ``device``)."""
     tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
     grow = len(tensors) == 1 and tensors[0].dim() >= 2 and tensors[0].shape[0] == 1
     out: list[Any] = []
@@ -678,11 +680,12 @@ def _random_inputs(example_inputs: Sequence[Any], gen: torch.Generator) -> tuple
         if grow:
             shape[0] = 2  # BatchNorm on batch statistics needs more than one value per channel
         if x.is_floating_point():
-            out.append(torch.randn(shape, generator=gen))
+            t = torch.randn(shape, generator=gen)
         elif x.dtype == torch.bool:
-            out.append(torch.ones(shape, dtype=torch.bool))
+            t = torch.ones(shape, dtype=torch.bool)
         else:
-            out.append(torch.randint(0, 2, shape, generator=gen, dtype=x.dtype))
+            t = torch.randint(0, 2, shape, generator=gen, dtype=x.dtype)
+        out.append(t.to(device) if device is not None else t)
     return tuple(out)
 
 
@@ -726,7 +729,8 @@ def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.train()
         gen = torch.Generator().manual_seed(seed)
-        inputs = _random_inputs(example_inputs, gen)
+        dev = next((t.device for t in [*real.parameters(), *real.buffers()]), None)
+        inputs = _random_inputs(example_inputs, gen, dev)
         gm = None
         if g.report.trace_path == "symbolic_trace":
             try:
