@@ -11,7 +11,8 @@ Linear/``F.linear``, Conv1-3d/``F.conv*`` and ConvTranspose1-3d/``F.conv_transpo
 add one with ``default_init_rules().register(InitRule(...))``, or give an RF
 plugin ``extra={"init_view": view}``.  Layers without a rule only get the NaN/Inf
 check (norm layers, embeddings, LayerScale gammas: their zeros and constants are
-legitimate).
+legitimate), and so do frozen weights (``requires_grad=False``: a pretrained base
+is not an initialisation); both still take part in the forward pass.
 
 Checks (``Finding.check``):
 
@@ -859,8 +860,8 @@ def check_init(
                     users[id(t)].add(type(m))
     done: set[int] = set()
     for n, v in g.views.items():
-        if id(v.weight) in done or v.weight_name in bad:
-            continue
+        if id(v.weight) in done or v.weight_name in bad or not v.weight.requires_grad:
+            continue  # checked once; frozen weights (a pretrained base) are not an init
         done.add(id(v.weight))
         dead_f, dead = _dead(g, n, v)
         findings += dead_f

@@ -104,6 +104,14 @@ def test_lora_b_zero():
     assert _ids(_check(net, torch.randn(4, 32))) == []
 
 
+def test_frozen_weights_are_not_judged():
+    _seed()
+    net = _mlp(64, 64, 10)
+    nn.init.uniform_(net[0].weight, 0.0, 0.25)  # nonzero-mean if it were trainable
+    net[0].requires_grad_(False)
+    assert _ids(_check(net, torch.randn(4, 64))) == []
+
+
 def test_lora_with_both_factors_zero_is_stuck():
     _seed()
     net = nn.Sequential(_LoRALinear(32, 64), nn.ReLU(), _LoRALinear(64, 10))
