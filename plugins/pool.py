@@ -123,11 +123,13 @@ def _adaptive_macs(ctx: OpContext) -> int:
     x = ctx.in_shape(0)
     out = ctx.out[0] if isinstance(ctx.out, (tuple, list)) else ctx.out
     n = out.dim() - 2 if out.dim() > 2 else 1
-    # each output reads about in/out inputs per spatial dim
-    per = 1
+    # output i reads inputs [floor(i*in/out), ceil((i+1)*in/out)) along each pooled dim (PyTorch's rule);
+    # windows are separable, so the total is the product over dims of the summed window lengths
+    total = math.prod(out.shape[:-n])
     for i in range(1, n + 1):
-        per *= math.ceil(x[-i] / out.shape[-i])
-    return math.prod(out.shape) * per
+        ni, no = x[-i], int(out.shape[-i])
+        total *= sum(-((-(j + 1) * ni) // no) - (j * ni) // no for j in range(no))
+    return total
 
 
 def register(reg: Registry) -> None:

@@ -164,6 +164,8 @@ def test_hand_counted_macs():
     assert _macs(nn.Conv2d(4, 6, 3, padding=1, groups=2), x) == [6 * 8 * 8 * 2 * 9]
     assert _macs(nn.ConvTranspose2d(4, 6, 4, stride=2, padding=1), x) == [4 * 8 * 8 * 6 * 16]
     assert _macs(nn.MaxPool2d(2), x) == [4 * 4 * 4 * 4]
+    # adaptive 5x7 -> 3x2: windows [0,2) [1,4) [3,5) along H (7 reads), [0,4) [3,7) along W (8 reads)
+    assert _macs(nn.AdaptiveAvgPool2d((3, 2)), torch.randn(1, 4, 5, 7)) == [4 * 7 * 8]
     assert _macs(nn.Linear(8, 3), x) == [4 * 8 * 3 * 8]
 
     class Attn(nn.Module):
