@@ -35,11 +35,9 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     """
     memo: dict[int, Any] = {}
     for t in list(model.parameters()):
-        memo[id(t)] = torch.nn.Parameter(
-            torch.empty_like(t, device="meta"), requires_grad=t.requires_grad
-        )
+        memo[id(t)] = torch.nn.Parameter(_meta_like(t), requires_grad=t.requires_grad)
     for b in list(model.buffers()):
-        memo[id(b)] = torch.empty_like(b, device="meta")
+        memo[id(b)] = _meta_like(b)
     # Hooks belong to the user; the copy must not run them.
     cp = deepcopy_modules(model, memo)  # copy.deepcopy, minus its per-module overhead
     for m in cp.modules():
@@ -49,6 +47,15 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
                 d.clear()
     cp.eval()
     return cp
+
+
+def _meta_like(t: torch.Tensor) -> torch.Tensor:
+    """``torch.empty_like(t, device="meta")``; on a meta ``t`` that goes through a slow Python
+    decomposition (models built on meta have thousands of tensors), so contiguous ones take
+    the equivalent ``empty_strided``."""
+    if t.device.type == "meta" and t.is_contiguous() and type(t) in (torch.Tensor, torch.nn.Parameter):
+        return torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device="meta")
+    return torch.empty_like(t, device="meta")
 
 
 class RFTracer(fx.Tracer):
@@ -163,7 +170,7 @@ def _target_name(n: fx.Node) -> str:
 
 def _to_meta(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
-        return torch.empty_like(x, device="meta")
+        return _meta_like(x)
     if isinstance(x, (list, tuple)):
         return type(x)(_to_meta(v) for v in x)
     if isinstance(x, dict):
