@@ -11,10 +11,10 @@ import torch
 from .analysis import run_plugins
 from .counting import count
 from .diagnostics import diagnose
+from .fallback import trace_model
 from .registry import Registry, default_registry
 from .report import Report, build_graph
 from .state import TensorRF
-from .fallback import trace_model
 from .trace import meta_copy, propagate_shapes
 
 __all__ = ["analyze", "AnalysisInputError"]
@@ -99,10 +99,14 @@ def analyze(
     for n in gm.graph.nodes:
         if n.op in ("placeholder", "output", "get_attr"):
             continue
-        if not isinstance(n.meta.get("val"), torch.Tensor) or not isinstance(records[n.name].state, TensorRF):
-            continue  # e.g. batch-norm statistics in ATen graphs: not the module's output
+        if not isinstance(n.meta.get("val"), torch.Tensor):
+            continue
+        # a node that does not depend on the input (batch-norm statistics in ATen graphs) never
+        # replaces one that does as the module's output
+        depends = isinstance(records[n.name].state, TensorRF)
         for key in (n.meta.get("nn_module_stack") or {}):
-            modules[key] = n.name
+            if depends or key not in modules or not isinstance(records[modules[key]].state, TensorRF):
+                modules[key] = n.name
         if n.op == "call_module":
             modules.setdefault(str(n.target), n.name)
     graph = build_graph(records, input_size)
@@ -114,5 +118,5 @@ def analyze(
     if check_init:
         from .initcheck import check_init as _check_init
 
-        _check_init(model, example_inputs=example_inputs, report=report)
+        _check_init(model, example_inputs=example_inputs, report=report, registry=reg, leaf_modules=leaf_modules)
     return report
