@@ -489,3 +489,30 @@ def test_misaligned_merge_is_unknown_never_a_number() -> None:
     assert built.misaligned
     r = rfscope.analyze(model, input_shape=(1, C, 32)).rf("output")
     assert r.status == "unknown" and "misaligned" in (r.reason or "")
+
+
+class _SE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.fc = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.conv(x))
+        return y * torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+
+
+def test_oracle_itself_on_hand_derived_cases() -> None:
+    # conv k3 d2: unit u sees {u, u+2, u+4}; max-pool k2 s2 d2: unit i reads conv units 2i, 2i+2.
+    m = nn.Sequential(nn.Conv1d(1, 1, 3, dilation=2), nn.ReLU(), nn.MaxPool1d(2, 2, dilation=2))
+    assert Oracle(m, (1, 1, 32)).support((5,)) == ([10, 12, 14, 16],)
+    # functional max-pool with ceil_mode and padding: same index map, same output size
+    class P(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.max_pool1d(F.gelu(x), 3, 2, 1, ceil_mode=True)
+
+    o = Oracle(P(), (1, 1, 8))
+    assert o.out_size == (5,) and o.support((0,)) == ([0, 1],) and o.support((4,)) == ([7],)
+    # SE gating: global through the gate, 3x3 once the gate is detached (local=True)
+    assert Oracle(_SE(), (1, 1, 9, 9)).support((4, 4)) == (list(range(9)),) * 2
+    assert Oracle(_SE(), (1, 1, 9, 9), local=True).support((4, 4)) == ([3, 4, 5],) * 2
