@@ -551,6 +551,10 @@ def _symmetry(g: _Graph, n: fx.Node, v: WeightView, dead: torch.Tensor) -> list[
     if bool((counts == 1).all()):
         return []
     groups = [alive[inverse == i] for i in torch.nonzero(counts > 1).flatten().tolist()]
+    axis = _unit_axis(v, n)
+    if axis is None or any(_unit_axis(g.views[e.node], e.node.args[0]) != axis for e in ends
+                           if isinstance(e.node.args[0], fx.Node)):
+        return []  # the consumer mixes another dim of the tensor than the one holding the units
     same: list[torch.Tensor] = []
     for units in groups:
         ok = True
@@ -590,6 +594,14 @@ def _std_mean(w: torch.Tensor) -> tuple[float, float]:
         return 0.0, float(w.detach().float().mean()) if w.numel() else 0.0
     std_t, mean_t = torch.std_mean(w.detach().float())
     return float(std_t), float(mean_t)
+
+
+def _unit_axis(v: WeightView, x: fx.Node) -> int | None:
+    """Tensor dim of ``x`` (a layer's output or input) that holds that layer's units."""
+    val = x.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return None
+    return val.dim() - 1 if v.weight.dim() == 2 else min(1, val.dim() - 1)
 
 
 def _stats(g: _Graph, n: fx.Node, v: WeightView, tied: bool, std: float, mean: float) -> list[Finding]:

@@ -211,6 +211,14 @@ def test_symmetry_through_batchnorm_pool_and_flatten():
     assert _ids(_check(net, torch.randn(2, 3, 8, 8), forward=False)) == []
 
 
+def test_symmetry_needs_the_consumer_to_mix_the_same_dim():
+    # Linear acts on the last dim (positions here), the Conv1d on dim 1 (channels): units not comparable
+    net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Conv1d(4, 3, 1))
+    for p in net.parameters():
+        nn.init.constant_(p, 0.5)
+    assert _ids(_check(net, torch.randn(2, 4, 6), forward=False)) == []
+
+
 def test_duplicate_units():
     _seed()
     net = _mlp(8, 6, 3)
