@@ -272,7 +272,7 @@ def build_op(op: Op, n: int, x: torch.Tensor, j: list[Fraction]) -> tuple[nn.Mod
                 else:
                     jn[a] = j[a] / Fraction(p["scale"][a]).limit_denominator(10)
             irregular = any(Fraction(s).denominator != 1 for s in p["scale"]) or p["ac"]
-        m = Interp(kw)
+        m = nn.Upsample(**kw) if p.get("module") else Interp(kw)
     elif op.kind == "shuffle":
         r = p["r"]
         m = nn.Sequential(nn.Conv2d(C, C * r * r, 1), nn.PixelShuffle(r))
@@ -363,12 +363,13 @@ def up_op(draw: Any, n: int) -> Op:
     mode = draw(st.sampled_from(modes))
     ac = mode not in ("nearest", "nearest-exact") and draw(st.booleans())
     size = draw(st.booleans())
+    module = draw(st.booleans())  # nn.Upsample or F.interpolate
     if size:
         fr = [draw(st.sampled_from([(2, 1), (3, 1), (3, 2), (5, 2), (4, 3), (1, 2)])) for _ in range(n)]
-        return Op("up", dict(mode=mode, ac=ac, size=True, num=[f[0] for f in fr], den=[f[1] for f in fr],
+        return Op("up", dict(mode=mode, ac=ac, size=True, module=module, num=[f[0] for f in fr], den=[f[1] for f in fr],
                              ratio=[Fraction(f[1], f[0]) for f in fr]))
     scale = [draw(st.sampled_from([2, 2, 3, 1.5, 2.5])) for _ in range(n)]
-    return Op("up", dict(mode=mode, ac=ac, size=False, scale=scale,
+    return Op("up", dict(mode=mode, ac=ac, size=False, module=module, scale=scale,
                          ratio=[1 / Fraction(sc).limit_denominator(10) for sc in scale]))
 
 
