@@ -195,3 +195,31 @@ def test_cli_exact(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert r.exit_code == 2 and "nope" in r.output
     r = CliRunner().invoke(main, ["probe", str(f), "--mode", "exact", "--format", "json", "--device", "cpu"])
     assert r.exit_code == 0 and '"ok": true' in r.output
+
+
+class ShapeBranch(nn.Module):
+    """Python control flow on a shape: symbolic_trace fails, rfscope falls back to torch.export (ATen ops)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 3)
+        self.bn = nn.BatchNorm2d(2)
+        self.b = nn.Conv2d(2, 2, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.a(x)))
+        if y.shape[-1] > 10:
+            y = F.max_pool2d(y, 2)
+        return self.b(y) - 1
+
+
+def test_aten_graph_is_linearised_and_make_fx_refused() -> None:
+    report = rfscope.analyze(ShapeBranch(), (1, 1, 32, 32))
+    assert report.trace_path != "symbolic_trace"
+    res = validate(ShapeBranch(), report, device="cpu")
+    assert res.ok and res["b"].verdict == "agree", res.table()
+    # hand-derived: 3x3 (r=3) -> max-pool 2/2 (r=4, j=2) -> 3x3/2 (r=4+2*2=8, j=4)
+    assert [m.size for m in res["b"].measured] == [8, 8]
+    fx_report = rfscope.analyze(ShapeBranch(), (1, 1, 32, 32), trace="make_fx")
+    with pytest.raises(rfscope.probe.ProbeError, match="make_fx"):
+        validate(ShapeBranch(), fx_report, device="cpu")

@@ -57,6 +57,8 @@ def run_probe(
         raise ProbeError(f"--inputs tensors have shape {tuple(x.shape)}, the model input is {shape[1:]}")
 
     if mode == "exact":
+        if dtype == "bfloat16":
+            raise CliError("--mode exact needs float64 (or float32): bfloat16 would round contributions to zero")
         dt = _DTYPES[dtype or "float64"]
         res = validate(lm.model, None, list(nodes) or None, shape, device=device, dtype=dt,
                        batch_size=batch_size, grow=grow)

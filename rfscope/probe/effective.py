@@ -25,7 +25,7 @@ from ..api import analyze
 from ..registry import Registry
 from ..report import Report
 from ..state import Global, TensorRF
-from .graph import ProbeError, materialise, select_outputs
+from .graph import ProbeError, check_trace_path, materialise, select_outputs
 from .inputs import random_chunk
 from .metrics import area_ratios, gaussian_fit_sigma, gaussian_sigma
 from .runtime import Progress, all_reduce_sum, dist_info, resolve_device
@@ -237,6 +237,7 @@ def erf(
         raise ProbeError("give input_shape=(N, C, *spatial), inputs= or report=")
     if report is None or tuple(report.input_shape[1:]) != shape[1:]:
         report = analyze(model, shape, registry=registry, leaf_modules=leaf_modules)
+    check_trace_path(report.trace_path)
     placeholders = [n for n in report.gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise ProbeError(f"the probe handles single-input models; this one takes {len(placeholders)} inputs")

@@ -28,7 +28,7 @@ from ..result import RF
 from ..rf import Axis
 from ..state import Global, TensorRF
 from .effective import _resolve
-from .graph import ProbeError, materialise, select_outputs
+from .graph import ProbeError, check_trace_path, materialise, select_outputs
 from .linear import constant_param, linearise
 from .runtime import exact_kernels, resolve_device
 from .units import axis_extents, layout_of, unit_mask
@@ -334,6 +334,7 @@ def validate(
             names = [_resolve(report, n) for n in nodes] if nodes else _default_nodes(report)
         if grow and any(x >= max_size for x in report.input_size):
             notes.append(f"input capped at {max_size}; some units touch the border")
+    check_trace_path(report.trace_path)
     names = [_resolve(report, n) for n in nodes] if nodes else _default_nodes(report)
     asked = list(nodes) if nodes else [None] * len(names)
     placeholders = [n for n in report.gm.graph.nodes if n.op == "placeholder"]

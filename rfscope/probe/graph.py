@@ -14,11 +14,20 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.fx as fx
 
-__all__ = ["ProbeError", "materialise", "select_outputs"]
+__all__ = ["ProbeError", "materialise", "select_outputs", "check_trace_path"]
 
 
 class ProbeError(ValueError):
     """The probe cannot run on this model/input; the message says why and what to do."""
+
+
+def check_trace_path(trace_path: str) -> None:
+    """The probes need graphs whose tensors keep the model's names (symbolic_trace, torch.export)."""
+    if trace_path.startswith("make_fx"):
+        raise ProbeError(
+            "this report was traced with make_fx, whose graph holds anonymous copies of the weights; "
+            "the probe needs the symbolic_trace or torch.export path (analyze(..., trace='export'))"
+        )
 
 
 ParamFn = Callable[[str, torch.Tensor, torch.Tensor | None], torch.Tensor]

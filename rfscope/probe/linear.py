@@ -52,7 +52,7 @@ class SumPool(nn.Module):
         super().__init__()
         self.nd = nd
         self.k = _tup(kernel_size, nd)
-        self.s = _tup(stride if stride not in (None, ()) else kernel_size, nd)
+        self.s = _tup(stride if stride else kernel_size, nd)  # None / () / [] mean "= kernel"
         self.p = _tup(padding, nd)
         self.d = _tup(dilation, nd)
         self.ceil_mode = bool(ceil_mode)
@@ -124,7 +124,6 @@ _ARITH_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_"}
 
 _POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
 
-
 def _sum_pool_fn(nd: int) -> Callable[..., torch.Tensor]:
     def sum_pool(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         kw = dict(zip(_POOL_ARGS, args, strict=False))
@@ -137,6 +136,57 @@ def _sum_pool_fn(nd: int) -> Callable[..., torch.Tensor]:
 
 
 _SUM_POOL_FNS = {n: _sum_pool_fn(n) for n in (1, 2, 3)}
+
+
+# ATen graphs (``torch.export`` / ``make_fx`` trace paths), matched by overload packet
+_aten = torch.ops.aten
+_ATEN_IDENTITY = {
+    _aten.relu, _aten.relu_, _aten.relu6, _aten.sigmoid, _aten.sigmoid_, _aten.tanh, _aten.tanh_, _aten.gelu,
+    _aten.silu, _aten.silu_, _aten.mish, _aten.hardtanh, _aten.hardtanh_, _aten.hardswish, _aten.hardswish_,
+    _aten.hardsigmoid, _aten.leaky_relu, _aten.leaky_relu_, _aten.elu, _aten.elu_, _aten.selu, _aten.celu,
+    _aten.softplus, _aten.prelu, _aten.clamp, _aten.clamp_, _aten.clamp_min, _aten.clamp_min_, _aten.clamp_max,
+    _aten.clip, _aten.neg, _aten.dropout, _aten.feature_dropout, _aten.alpha_dropout, _aten.batch_norm,
+    _aten.layer_norm, _aten.group_norm, _aten.instance_norm, _aten.rms_norm, _aten.threshold,
+}
+#: ops returning a tuple whose item 0 is the normalised/dropped-out input
+_ATEN_IDENTITY_TUPLE = {
+    _aten.native_batch_norm, _aten._native_batch_norm_legit_no_training, _aten._native_batch_norm_legit,
+    _aten.native_layer_norm, _aten.native_group_norm, _aten.native_dropout,
+}
+_ATEN_MAXPOOL = {_aten.max_pool1d: 1, _aten.max_pool2d: 2, _aten.max_pool3d: 3}
+_ATEN_MAXPOOL_IDX = {_aten.max_pool2d_with_indices: 2, _aten.max_pool3d_with_indices: 3}
+_ATEN_ADAPTIVE_MAX = {_aten.adaptive_max_pool1d: F.adaptive_avg_pool1d,
+                      _aten.adaptive_max_pool2d: F.adaptive_avg_pool2d,
+                      _aten.adaptive_max_pool3d: F.adaptive_avg_pool3d}
+_ATEN_SUB = {_aten.sub, _aten.sub_, _aten.rsub}
+_ATEN_DIV = {_aten.div, _aten.div_}
+_ATEN_ARITH = {_aten.add, _aten.add_, _aten.mul, _aten.mul_} | _ATEN_SUB | _ATEN_DIV
+
+
+def _identity_tuple(x: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any, Any]:
+    """Stand-in for ATen norms that return ``(out, stats...)``: item 0 is the input."""
+    return x, x, x
+
+
+def _pair(fn: Callable[..., Any]) -> Callable[..., tuple[Any, Any]]:
+    def both(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        y = fn(*args, **kwargs)
+        return y, y  # (values, "indices"): only item 0 feeds the RF
+
+    both.__name__ = f"{getattr(fn, '__name__', 'op')}_pair"
+    return both
+
+
+_ATEN_MAXPOOL_IDX_FNS = {n: _pair(_sum_pool_fn(n)) for n in (2, 3)}
+_ATEN_ADAPTIVE_FNS = {k: _pair(v) for k, v in _ATEN_ADAPTIVE_MAX.items()}
+
+
+def _add(a: Any, b: Any, *args: Any, **kwargs: Any) -> Any:
+    return a + b
+
+
+def _mul(a: Any, b: Any, *args: Any, **kwargs: Any) -> Any:
+    return a * b
 
 
 def _replace_modules(gm: fx.GraphModule) -> None:
@@ -167,11 +217,35 @@ def _abs_scalars(args: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(abs(a) if isinstance(a, (int, float)) and not isinstance(a, bool) else a for a in args)
 
 
+def _linearise_aten(n: fx.Node, pk: Any) -> None:
+    if pk in _ATEN_IDENTITY and n.args:
+        n.target, n.args, n.kwargs = _identity, (n.args[0],), {}
+    elif pk in _ATEN_IDENTITY_TUPLE and n.args:
+        n.target, n.args, n.kwargs = _identity_tuple, (n.args[0],), {}
+    elif pk in _ATEN_MAXPOOL:
+        n.target = _SUM_POOL_FNS[_ATEN_MAXPOOL[pk]]
+    elif pk in _ATEN_MAXPOOL_IDX:
+        n.target = _ATEN_MAXPOOL_IDX_FNS[_ATEN_MAXPOOL_IDX[pk]]
+    elif pk in _ATEN_ADAPTIVE_MAX:
+        n.target, n.args, n.kwargs = _ATEN_ADAPTIVE_FNS[pk], tuple(n.args[:2]), {}
+    elif pk in _ATEN_ARITH:
+        args = _abs_scalars(n.args)
+        if pk in _ATEN_SUB:
+            n.target, n.args, n.kwargs = _add, args[:2], {}
+        elif pk in _ATEN_DIV and len(args) >= 2 and _is_node(args[1]):
+            n.target, n.args, n.kwargs = _mul, args[:2], {}
+        else:
+            n.args = args
+
+
 def linearise(gm: fx.GraphModule) -> fx.GraphModule:
     """Rewrite a materialised graph in place (see module docstring) and recompile it."""
     _replace_modules(gm)
     for n in list(gm.graph.nodes):
-        if n.op == "call_function":
+        pk = getattr(n.target, "overloadpacket", None) if n.op == "call_function" else None
+        if pk is not None:
+            _linearise_aten(n, pk)
+        elif n.op == "call_function":
             t = n.target
             if t in _IDENTITY_FUNCS and n.args:
                 n.target, n.args, n.kwargs = _identity, (n.args[0],), {}
