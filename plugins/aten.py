@@ -444,7 +444,7 @@ def _const(ctx: OpContext) -> Any:
 # -- registration --------------------------------------------------------------------------
 
 def overloads(names: Iterable[str], inplace: bool = False) -> list[Any]:
-    """The (non-``out``) overloads of the named ATen ops that exist in this torch."""
+    """The overloads of the named ATen ops that exist in this torch and return tensors (no ``out=`` ones)."""
     res: list[Any] = []
     for name in names:
         for n in (name, name + "_") if inplace else (name,):
@@ -452,9 +452,11 @@ def overloads(names: Iterable[str], inplace: bool = False) -> list[Any]:
             if packet is None:
                 continue
             for ov in packet.overloads():
-                if "out" in ov.split("_"):
+                op = getattr(packet, ov)
+                # not the out= variants, nor scalar/list overloads (aten.add.int, aten.add.t)
+                if "out" in ov.split("_") or not any("Tensor" in str(r.type) for r in op._schema.returns):
                     continue
-                res.append(getattr(packet, ov))
+                res.append(op)
     return list(dict.fromkeys(res))
 
 
