@@ -4,12 +4,14 @@
 
 1. ``symbolic_trace`` on the meta copy (module-level graph, plugin classes kept as leaves);
 2. ``torch.export`` on a meta copy: Python control flow on *shapes* is resolved for the
-   given input shape; the ATen graph is functionalised and analysed by ``plugins/aten.py``;
+   given input shape; the ATen graph is analysed by ``plugins/aten.py`` (functionalised
+   first when an in-place op writes to a tensor that is read again, see ``_aliasing_hazard``);
 3. ``make_fx`` in real mode on a deep copy of the model run on the example input (random
    values when only a shape is given): control flow on tensor *values* follows the path
    that input takes, so the graph -- and the report -- is specialised to that input.
 
-The user's model is never run or modified: paths 1-2 use meta copies, path 3 a deep copy.
+The user's model is never run or modified: paths 1-2 trace meta copies, path 3 runs a deep
+copy (with the user's hooks removed, in eval mode, without gradients).
 Module paths in ATen graphs come from ``nn_module_stack`` meta, rewritten to the keys
 the symbolic tracer uses (``"block"``, ``"block@1"`` for its second call).
 """
