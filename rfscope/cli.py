@@ -170,9 +170,9 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64", "bfloat16"]),
               help="Default float64 (exact), float32 (erf); bfloat16 is checked against float32.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--reduction", type=click.Choice(["clip", "abs"]), default="clip", show_default=True,
-              help="ERF: clip negative gradients (RepLKNet) or take |grad| (Luo et al.).")
+@click.option("--batch-size", type=int, help="Probe rows / samples per batch (default 4 exact, 8 erf).")
+@click.option("--reduction", type=click.Choice(["clip", "abs", "square"]), default="clip", show_default=True,
+              help="ERF: clip negative gradients (RepLKNet), |grad| or grad² (Luo et al.).")
 @click.option("--seed", type=int, default=0, show_default=True, help="ERF: seed of the random inputs.")
 @click.option("--out", "out_dir", help="ERF: output folder for erf.npy, erf.json, erf.png.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
@@ -181,7 +181,7 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
 def probe(target: str, mode: str, nodes: tuple[str, ...], input_shape: str | None, samples: int,
-          inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int,
+          inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int | None,
           reduction: str, seed: int, out_dir: str | None, fmt: str, no_grow: bool, quiet: bool,
           debug: bool) -> None:
     """Gradient probe of TARGET: exact RF validation (exit 1 on a disagreement) or the ERF."""

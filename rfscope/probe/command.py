@@ -33,7 +33,7 @@ def _shape(target_shape: str | None, lm: Any, x: torch.Tensor | None) -> tuple[i
 
 def run_probe(
     target: str, mode: str, nodes: Sequence[str], input_shape: str | None, samples: int,
-    inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int,
+    inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int | None,
     reduction: str, seed: int, out_dir: str | None, fmt: str, grow: bool, quiet: bool,
 ) -> int:
     """Run one probe and print its result; returns the exit status (1 when a node disagrees)."""
@@ -61,7 +61,7 @@ def run_probe(
             raise CliError("--mode exact needs float64 (or float32): bfloat16 would round contributions to zero")
         dt = _DTYPES[dtype or "float64"]
         res = validate(lm.model, None, list(nodes) or None, shape, device=device, dtype=dt,
-                       batch_size=batch_size, grow=grow)
+                       batch_size=batch_size or 4, grow=grow)
         click.echo(json.dumps(res.to_dict(), indent=2) if fmt == "json" else res.table())
         return 0 if res.ok else 1
 
@@ -75,7 +75,7 @@ def run_probe(
         desc = f"tensors from {inputs_path}"
     init_from_env()
     r = erf(lm.model, node=nodes[0] if nodes else "output", input_shape=shape, samples=samples, inputs=x,
-            device=device, dtype=_DTYPES[dtype or "float32"], batch_size=batch_size, progress=not quiet,
+            device=device, dtype=_DTYPES[dtype or "float32"], batch_size=batch_size or 8, progress=not quiet,
             reduction=reduction, seed=seed, inputs_desc=desc)
     if dist_info()[0] != 0:
         return 0

@@ -296,7 +296,7 @@ def validate(
     leaf_modules: Sequence[str] = (),
     device: str | torch.device = "auto",
     dtype: torch.dtype = torch.float64,
-    batch_size: int = 8,
+    batch_size: int = 4,
     grow: bool = True,
     max_size: int = 2048,
     border: bool = True,
