@@ -22,6 +22,7 @@ import contextlib
 import copy as _copy
 import io
 import logging
+import operator
 import os
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,7 +34,8 @@ import torch.fx as fx
 from .registry import Registry
 from .trace import TraceError, meta_copy, trace
 
-__all__ = ["TRACE_MODES", "PATH_NAMES", "trace_model", "trace_export", "trace_make_fx", "failure_site"]
+__all__ = ["TRACE_MODES", "PATH_NAMES", "trace_model", "trace_export", "trace_make_fx", "failure_site",
+           "symbolic_mutation_hazard"]
 
 #: values of ``analyze(..., trace=)``
 TRACE_MODES = ("auto", "symbolic_trace", "export", "make_fx")
@@ -147,6 +149,50 @@ def _aliasing_hazard(gm: fx.GraphModule) -> bool:
             if x.op == "placeholder":
                 return True
     return False
+
+
+_INPLACE_FUNCS = frozenset({
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
+    operator.ipow, operator.imatmul, operator.iand, operator.ior, operator.ixor,
+})
+_NOT_MUTATING = frozenset({"requires_grad_", "share_memory_", "retain_grad_"})
+_VIEW_METHODS = frozenset({"view", "view_as", "reshape", "transpose", "permute", "t", "narrow", "select", "squeeze",
+                           "unsqueeze", "flatten", "expand", "expand_as", "unflatten", "movedim", "swapaxes",
+                           "chunk", "split", "unbind", "diagonal", "as_strided", "__getitem__"})
+
+
+def _node_args(x: Any) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg(x, out.append)
+    return out
+
+
+def symbolic_mutation_hazard(gm: fx.GraphModule) -> str | None:
+    """An in-place op of a symbolic graph that merges in another tensor and whose target is read again.
+
+    ``symbolic_trace`` records ``y.add_(z)`` as a node but later reads of ``y`` still point at
+    the old node, so the analysis would miss ``z``; such graphs go to ``torch.export``, which
+    functionalises them.  In-place *unary* ops (``relu_``) cannot change an RF and are fine.
+    """
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target is operator.setitem:
+            what, others = "item assignment", _node_args(n.args[2:])
+        elif (n.op == "call_method" and isinstance(n.target, str) and n.target.endswith("_")
+              and not n.target.startswith("_") and n.target not in _NOT_MUTATING) or (
+                n.op == "call_function" and n.target in _INPLACE_FUNCS):
+            what, others = f"in-place {getattr(n.target, '__name__', n.target)}", _node_args((n.args[1:], n.kwargs))
+        else:
+            continue
+        dest = n.args[0] if n.args else None
+        if not isinstance(dest, fx.Node) or not any(a.op != "get_attr" for a in others):
+            continue
+        read_later = any(order[u] > order[n] for u in dest.users if u is not n)
+        is_view = (dest.op == "call_method" and dest.target in _VIEW_METHODS) or (
+            dest.op == "call_function" and dest.target is operator.getitem)
+        if read_later or is_view:
+            return f"{what} at node {n.name!r} updates {dest.name!r}, which is read again"
+    return None
 
 
 def trace_export(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
@@ -291,14 +337,25 @@ def trace_model(
         return _wrap(lambda: trace_export(model, example_inputs), "torch.export"), PATH_NAMES["export"], _forced(leaves)
     if mode == "make_fx":
         return _wrap(lambda: trace_make_fx(model, example_inputs), "make_fx"), PATH_NAMES["make_fx"], _forced(leaves)
+    cp = copy if copy is not None else meta_copy(model)
+    symbolic_err: TraceError | None = None
     try:
-        cp = copy if copy is not None else meta_copy(model)
-        return trace(cp, registry, leaves), PATH_NAMES["symbolic_trace"], None
+        gm = trace(cp, registry, leaves)
     except TraceError as err:
         if mode == "symbolic_trace":
             raise TraceError(_explain(err, [])) from err
         symbolic_err = err
-    why = _explain(symbolic_err, []).split(". Fix:")[0]
+    else:
+        hazard = symbolic_mutation_hazard(gm)
+        if hazard is None:
+            return gm, PATH_NAMES["symbolic_trace"], None
+        if mode == "symbolic_trace":
+            raise TraceError(f"symbolic_trace cannot follow an {hazard}: use trace='auto' (--trace auto), "
+                             "which uses torch.export, or write that update out of place (y = y + z)")
+    if symbolic_err is None:
+        why = f"symbolic_trace cannot follow an {hazard}"
+    else:
+        why = _explain(symbolic_err, []).split(". Fix:")[0]
     if leaves:
         why += f"; {_LEAF_NOTE}"
     tried: list[str] = []
@@ -312,6 +369,8 @@ def trace_model(
             return trace_make_fx(model, example_inputs), PATH_NAMES["make_fx"], why
     except Exception as e:  # noqa: BLE001
         tried.append(f"make_fx failed: {_first_line(e)}")
+    if symbolic_err is None:
+        raise TraceError(f"{why}, and {'; '.join(tried)}; write that update out of place (y = y + z)")
     raise TraceError(_explain(symbolic_err, tried)) from symbolic_err
 
 
