@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -37,26 +36,13 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _timed(fn: Callable[[], Any], dev: torch.device, repeats: int) -> float:
-    """Best wall time of ``repeats`` runs (after one warm-up run)."""
-    fn()
-    _sync(dev)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(dev)
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--samples", type=int, default=None, help="images per measurement (CPU 16, GPU 256)")
     ap.add_argument("--batch-size", type=int, default=None, help="CPU 8, GPU 64")
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--out", default="probe_throughput.json")
     args = ap.parse_args()
@@ -94,11 +80,22 @@ def main() -> None:
             feats(xs[s:s + bs]).sum().backward()
         feats.zero_grad(set_to_none=True)
 
+    methods = (("probe (rfscope.probe.erf)", probe), ("per-image loop", per_image),
+               ("batched fwd+bwd (model)", fwd_bwd))
+    for _, fn in methods:  # warm-up
+        fn()
+    _sync(dev)
+    times: dict[str, list[float]] = {name: [] for name, _ in methods}
+    for _ in range(args.repeats):  # interleaved, so a load change on a shared machine hits all three
+        for name, fn in methods:
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            times[name].append(time.perf_counter() - t0)
     rows = []
-    for name, fn in (("probe (rfscope.probe.erf)", probe), ("per-image loop", per_image),
-                     ("batched fwd+bwd (model)", fwd_bwd)):
-        sec = _timed(fn, dev, args.repeats)
-        rows.append({"method": name, "seconds": sec, "images_per_s": n / sec})
+    for name, _ in methods:
+        sec = statistics.median(times[name])
+        rows.append({"method": name, "seconds": sec, "images_per_s": n / sec, "all_seconds": times[name]})
     ref = rows[2]["images_per_s"]
     for r in rows:
         r["vs_fwd_bwd"] = r["images_per_s"] / ref
