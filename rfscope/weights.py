@@ -83,5 +83,17 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> torch.
         raise WeightsError(f"checkpoint {str(path)!r} has tensors of the wrong shape: {_names(bad, 3)}")
     cp = copy.deepcopy(model)
     on_meta = any(t.device.type == "meta" for t in own.values())
-    cp.load_state_dict(sd, strict=True, assign=on_meta)
+    if not on_meta:
+        cp.load_state_dict(sd, strict=True)
+        return cp
+    # assign=True gives every key its own tensor: re-tie parameters the model shares
+    tied: dict[int, list[str]] = {}
+    for name, prm in cp.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(prm), []).append(name)
+    cp.load_state_dict(sd, strict=True, assign=True)
+    for names in tied.values():
+        first = cp.get_parameter(names[0])
+        for name in names[1:]:
+            owner, _, attr = name.rpartition(".")
+            setattr(cp.get_submodule(owner), attr, first)
     return cp

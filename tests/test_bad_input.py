@@ -256,3 +256,23 @@ def test_broken_entry_point_warned_and_skipped(monkeypatch):
     assert not reg2.load_errors
     rep = rfscope.analyze(nn.Conv2d(3, 3, 3), (1, 3, 8, 8), registry=reg2)
     assert rep.rf("output").size == (3, 3)
+
+
+class _TiedLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+
+def test_weights_into_meta_model_keep_ties(tmp_path):
+    real = _TiedLinear()
+    ck = tmp_path / "tied.pt"
+    torch.save(real.state_dict(), ck)
+    with torch.device("meta"):
+        m = _TiedLinear()
+    cp = rfscope.load_weights(m, ck)
+    assert cp.a.weight is cp.b.weight and cp.a.weight.device.type == "cpu"
+    assert torch.equal(cp.a.weight, real.a.weight) and torch.equal(cp.b.bias, real.b.bias)
+    assert len(list(cp.parameters())) == 3  # a.weight (shared), a.bias, b.bias
