@@ -33,41 +33,42 @@ def _scale(n_in: int, n_out: int, scale_factor: float | None, align_corners: boo
     return n_in / n_out
 
 
-def _taps(mode: str, n_in: int, n_out: int, scale: float, align_corners: bool) -> list[list[int]]:
-    """Input indices each output index reads (weights that are exactly zero dropped)."""
+def _taps(mode: str, n_in: int, n_out: int, scale: float, align_corners: bool) -> list[tuple[list[int], bool]]:
+    """Input indices each output index reads (exactly-zero weights dropped), in float32 as
+    PyTorch's kernels compute them, and whether the borders clamped them."""
     o = np.arange(n_out, dtype=np.float32)
     sc = np.float32(scale)
-    out: list[list[int]] = []
-    if mode == "nearest":
-        src = np.floor(o * sc).astype(np.int64)
-        return [[min(int(s), n_in - 1)] for s in src]
-    if mode == "nearest-exact":
-        src = np.floor((o + np.float32(0.5)) * sc).astype(np.int64)
-        return [[min(int(s), n_in - 1)] for s in src]
+    out: list[tuple[list[int], bool]] = []
+
+    def inside(ts: list[int]) -> bool:
+        return all(0 <= t <= n_in - 1 for t in ts)
+
+    if mode in ("nearest", "nearest-exact"):
+        src = np.floor((o + np.float32(0.5)) * sc if mode == "nearest-exact" else o * sc).astype(np.int64)
+        return [([min(int(v), n_in - 1)], not inside([int(v)])) for v in src]
     if align_corners:
         real = o * sc
     else:
         real = sc * (o + np.float32(0.5)) - np.float32(0.5)
     if mode in ("linear", "bilinear", "trilinear"):
-        if not align_corners:
-            real = np.maximum(real, np.float32(0))
         for r in real:
+            clamped = not align_corners and float(r) < 0
+            if clamped:
+                r = np.float32(0)
             i0 = int(np.floor(r))
             lam = float(r - np.float32(i0))
+            raw = [i0, i0 + 1] if lam != 0.0 else [i0]
             taps = [min(i0, n_in - 1)]
             if lam != 0.0 and i0 + 1 <= n_in - 1:
                 taps.append(i0 + 1)
-            out.append(sorted(set(taps)))
+            out.append((sorted(set(taps)), clamped or not inside(raw)))
         return out
     if mode == "bicubic":
         for r in real:
             i0 = int(np.floor(r))
             t = float(r - np.float32(i0))
-            if t == 0.0:
-                cand = [i0]
-            else:
-                cand = [i0 - 1, i0, i0 + 1, i0 + 2]
-            out.append(sorted({min(max(c, 0), n_in - 1) for c in cand}))
+            cand = [i0] if t == 0.0 else [i0 - 1, i0, i0 + 1, i0 + 2]
+            out.append((sorted({min(max(c, 0), n_in - 1) for c in cand}), not inside(cand)))
         return out
     raise Unsupported(f"interpolation mode {mode!r}")
 
@@ -86,34 +87,34 @@ def _ratio(n_in: int, n_out: int, scale_factor: float | None, align_corners: boo
     return Fraction(n_in, n_out)
 
 
-def interp_axis(a: rf.Axis, taps: list[list[int]], n_in: int, ratio: Fraction | None = None) -> rf.Axis:
+def interp_axis(a: rf.Axis, taps: list[tuple[list[int], bool]], n_in: int, ratio: Fraction | None = None) -> rf.Axis:
     """Fit a periodic map to explicit per-output taps and apply it; raise if not periodic.
 
-    ``ratio`` is the map's stride in input units (default ``n_in/n_out``).
+    ``taps[o]`` is ``(input indices, clamped by a border)``; ``ratio`` is the map's stride
+    in input units (default ``n_in/n_out``).  Each phase's pattern comes from outputs the
+    borders did not clamp, and *every* such output must agree with it: float32 rounding
+    of the scale can break the periodicity, and then the answer is ``unknown``.  Clamped
+    border outputs follow the infinite-lattice convention (the periodic extension).
     """
     n_out = len(taps)
     r = ratio if ratio is not None else Fraction(n_in, n_out)
     base_p, base_s = r.denominator, r.numerator
     if base_p > rf.MAX_PERIOD:
         raise Unsupported("scale too irregular to be periodic")
-    if base_p > n_out:
-        raise Unsupported(f"output ({n_out}) shorter than one period ({base_p}) of the index map")
-    # Check periodicity away from the borders, where PyTorch clamps indices.
-    lo, hi = min(2 * base_p, n_out), max(n_out - 2 * base_p, 0)
-    for i in range(lo, hi - base_p):
-        shifted = [t + base_s for t in taps[i]]
-        if taps[i + base_p] != shifted:
+    pattern: dict[int, list[int]] = {}
+    for o, (ts, clamped) in enumerate(taps):
+        if clamped:
+            continue
+        m, ph = divmod(o, base_p)
+        rel = [t - m * base_s for t in ts]
+        if pattern.setdefault(ph, rel) != rel:
             raise Unsupported("float rounding of the scale makes the index map non-periodic")
-    # Interior pattern, extended periodically (the infinite-lattice convention).
-    ref = max(0, (n_out // 2) // base_p * base_p)
-    if ref + base_p > n_out:
-        ref = 0
-    pattern = [list(taps[ref + ph]) for ph in range(min(base_p, n_out))]
-    shift0 = (ref // base_p) * base_s
+    if len(pattern) < base_p:
+        raise Unsupported(f"the index map's period ({base_p} outputs) is not seen away from the borders")
 
     def deps(i: int) -> list[int]:
         m, ph = divmod(i, base_p)
-        return [t - shift0 + m * base_s for t in pattern[ph]]
+        return [t + m * base_s for t in pattern[ph]]
 
     return rf.resample(a, deps, base_p, base_s)
 

@@ -268,3 +268,11 @@ def test_upsample_align_corners_stride() -> None:
     assert r.status == "exact" and r.stride == (Fr(7, 15),)
     # o=5: 5*7/15 = 2.33 reads 2 and 3; o=15 reads 7 only
     assert r.pixels((5,)) == ([2, 3],) and r.pixels((15,)) == ([7],)
+
+
+def test_float_rounding_breaks_periodicity_unknown_not_a_guess() -> None:
+    # 46 -> 115 with align_corners: stride 45/114 = 15/38, but float32 rounding of o*scale makes
+    # o=38 read one more input than o=0 and o=76: no periodic map describes every unit.
+    up = nn.Upsample(scale_factor=(2.5, 2.0), mode="bilinear", align_corners=True)
+    r = rfscope.analyze(up, input_shape=(1, 1, 46, 8)).rf("output")
+    assert r.status == "unknown" and "periodic" in (r.reason or "")
