@@ -271,8 +271,8 @@ def test_upsample_align_corners_stride() -> None:
 
 
 def test_float_rounding_breaks_periodicity_unknown_not_a_guess() -> None:
-    # 46 -> 115 with align_corners: stride 45/114 = 15/38, but float32 rounding of o*scale makes
-    # o=38 read one more input than o=0 and o=76: no periodic map describes every unit.
+    # 46 -> 115 with align_corners: stride 45/114 = 15/38, but in float32 o*scale is 0.0 at o=0 and
+    # 15.000001 at o=38 (which also reads input 16, with a tiny weight): no periodic map fits every unit.
     up = nn.Upsample(scale_factor=(2.5, 2.0), mode="bilinear", align_corners=True)
     r = rfscope.analyze(up, input_shape=(1, 1, 46, 8)).rf("output")
     assert r.status == "unknown" and "periodic" in (r.reason or "")
