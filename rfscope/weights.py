@@ -39,10 +39,13 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         obj: Any = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user error
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(
-            f"cannot read checkpoint {str(p)!r} with torch.load(weights_only=True): {first[:200]}"
-        ) from e
+        if "Weights only load failed" in str(e):  # torch's message when the allow-list refuses an object
+            why = ("it holds pickled Python objects (a whole model?), which are never executed; "
+                   "save model.state_dict() instead")
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            why = f"{type(e).__name__}: {first[:200]}"
+        raise WeightsError(f"cannot read checkpoint {str(p)!r} with torch.load(weights_only=True): {why}") from e
     if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for k in _WRAPPERS:
             if isinstance(obj.get(k), Mapping):
