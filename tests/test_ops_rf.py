@@ -276,3 +276,24 @@ def test_float_rounding_breaks_periodicity_unknown_not_a_guess() -> None:
     up = nn.Upsample(scale_factor=(2.5, 2.0), mode="bilinear", align_corners=True)
     r = rfscope.analyze(up, input_shape=(1, 1, 46, 8)).rf("output")
     assert r.status == "unknown" and "periodic" in (r.reason or "")
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.post = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        n, c, h, w = y.shape
+        t = y.flatten(2).transpose(1, 2)
+        t = self.mha(t, t, t)[0]
+        return self.post(t.transpose(1, 2).reshape(n, c, h, w))
+
+
+def test_attention_over_positions_is_global() -> None:
+    rep = rfscope.analyze(Attention(), input_shape=(1, 1, 6, 6))
+    assert rep.rf("conv").status == "exact"
+    assert rep.rf("post").status == "global" and rep.rf("post").size == (6, 6)
