@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,20 @@ def _names(keys: list[str], limit: int = 6) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
+def _load_failure(e: Exception) -> str:
+    """torch.load's (long) error, in a few words."""
+    msg = str(e)
+    if "Unsupported global" in msg:  # the weights_only allow-list refused a pickled object
+        glob = re.search(r"GLOBAL ([\w.]+)", msg)
+        what = f" ({glob.group(1)})" if glob else ""
+        return f"it holds pickled Python objects{what}, which are never loaded; save model.state_dict() instead"
+    if "WeightsUnpickler error:" in msg:
+        detail = next((ln.strip() for ln in msg.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()), "")
+        return f"not a torch.save checkpoint ({detail[:120]})"
+    first = msg.strip().splitlines()[0] if msg.strip() else ""
+    return f"{type(e).__name__}: {first[:200]}".rstrip(": ")
+
+
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint: a state dict, or one wrapped as ``{"state_dict": ...}``."""
     p = Path(path)
@@ -39,12 +54,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         obj: Any = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one user error
-        if "Weights only load failed" in str(e):  # torch's message when the allow-list refuses an object
-            why = ("it holds pickled Python objects (a whole model?), which are never executed; "
-                   "save model.state_dict() instead")
-        else:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            why = f"{type(e).__name__}: {first[:200]}"
+        why = _load_failure(e)
         raise WeightsError(f"cannot read checkpoint {str(p)!r} with torch.load(weights_only=True): {why}") from e
     if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for k in _WRAPPERS:

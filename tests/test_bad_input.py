@@ -119,7 +119,8 @@ def test_weights_missing_corrupt_mismatched(small, tmp_path):
     _one_line_error(*_run("analyze", str(small), "--weights", str(ck)), "wrong shape", "0.weight (4, 3, 3, 3)")
     # a pickled object that is not plain tensors is refused by weights_only=True
     torch.save({"state_dict": shaped.state_dict(), "fn": nn.ReLU()}, ck)
-    _one_line_error(*_run("analyze", str(small), "--weights", str(ck)), "weights_only")
+    _one_line_error(*_run("analyze", str(small), "--weights", str(ck)), "weights_only", "pickled Python objects",
+                    "torch.nn.modules.activation.ReLU")
 
 
 def test_weights_loaded_into_a_copy(small, tmp_path):
