@@ -40,10 +40,16 @@ def _same_dtype(x: torch.Tensor, *ps: Any) -> bool:
     return all(p is None or (p.dtype == x.dtype and p.device.type == "meta") for p in ps)
 
 
+def _like(x: torch.Tensor) -> torch.Tensor:
+    # = torch.empty_like(x) for the contiguous meta x we accept, without its slow Python
+    # decomposition on meta
+    return torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device="meta")
+
+
 def _pointwise(m: Any, x: torch.Tensor) -> torch.Tensor | None:
     if getattr(m, "inplace", False):
         return x
-    return torch.empty_like(x)
+    return _like(x)
 
 
 def _batchnorm(m: Any, x: torch.Tensor) -> torch.Tensor | None:
@@ -55,7 +61,7 @@ def _batchnorm(m: Any, x: torch.Tensor) -> torch.Tensor | None:
         return None
     if not _same_dtype(x, m.weight, m.bias, m.running_mean, m.running_var):
         return None
-    return torch.empty_like(x)
+    return _like(x)
 
 
 def _layernorm(m: Any, x: torch.Tensor) -> torch.Tensor | None:
@@ -64,7 +70,7 @@ def _layernorm(m: Any, x: torch.Tensor) -> torch.Tensor | None:
         return None
     if not _same_dtype(x, m.weight, m.bias):
         return None
-    return torch.empty_like(x)
+    return _like(x)
 
 
 def _linear(m: Any, x: torch.Tensor) -> torch.Tensor | None:
@@ -94,7 +100,7 @@ _RULES: dict[type, _Rule] = {
 
 
 def _gelu(m: Any, x: torch.Tensor) -> torch.Tensor | None:
-    return torch.empty_like(x) if m.approximate in ("none", "tanh") else None
+    return _like(x) if m.approximate in ("none", "tanh") else None
 
 
 _RULES[nn.GELU] = _gelu
@@ -118,6 +124,11 @@ def fast_module_output(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any
 
 _SEQS = (tuple, list, immutable_list)  # fx hands nested arguments over as immutable_list/dict
 _MAPS = (dict, immutable_dict)
+
+
+_ATOMS = (int, float, bool, str, type(None))
+#: nn.Module's own attributes other than parameters, buffers and children (hook dicts)
+_BOOKKEEPING = frozenset(nn.Module().__dict__) - {"_parameters", "_buffers", "_modules", "training"}
 
 
 class _NoKey(Exception):
@@ -154,11 +165,11 @@ def _module_sig(m: nn.Module) -> Any:
             items.append((k, tuple((n, None if x is None else _tensor_sig(x)) for n, x in v.items())))
         elif k == "_modules":
             items.append((k, tuple((n, None if c is None else _module_sig(c)) for n, c in v.items())))
-        elif k.endswith("hooks") or k.endswith("hooks_with_kwargs") or k.endswith("hooks_always_called"):
-            if v:
-                raise _NoKey
-        elif k == "_non_persistent_buffers_set":
-            continue
+        elif k in _BOOKKEEPING:
+            if v and k != "_non_persistent_buffers_set":
+                raise _NoKey  # a hook
+        elif type(v) in _ATOMS:
+            items.append((k, type(v), v))
         else:
             items.append((k, _freeze(v, {})))
     return (cls, tuple(items))

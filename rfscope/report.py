@@ -98,6 +98,9 @@ class Report:
         return r
 
     def node_rf(self, rec: NodeRecord) -> RF | None:
+        attrs = self.graph.nodes.get(rec.name) if rec.name in self.graph else None
+        if attrs is not None and attrs.get("record") is rec:
+            return attrs.get("rf")  # computed once by build_graph from this very record
         return RF.from_state(rec.state, self.input_size) if isinstance(rec.state, TensorRF) else None
 
     # -- counts and init findings (rfscope.counting, rfscope.initcheck) --
