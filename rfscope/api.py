@@ -11,11 +11,11 @@ import torch
 from .analysis import run_plugins
 from .counting import count
 from .diagnostics import diagnose
-from .fallback import trace_model
+from .fallback import explain_shape_error, trace_model
 from .registry import Registry, default_registry
 from .report import Report, build_graph
 from .state import TensorRF
-from .trace import meta_copy, propagate_shapes
+from .trace import TraceError, meta_copy, propagate_shapes
 
 __all__ = ["analyze", "AnalysisInputError"]
 
@@ -92,7 +92,10 @@ def analyze(
     reg.ensure_loaded()
     copy = meta_copy(model)
     gm, trace_path, trace_why = trace_model(model, reg, example_inputs, leaf_modules, trace, copy=copy)
-    propagate_shapes(gm, example_inputs)
+    try:
+        propagate_shapes(gm, example_inputs)
+    except TraceError as e:
+        raise explain_shape_error(gm, example_inputs, e) from e
     input_size = tuple(shape[2:]) if len(shape) >= 3 else ()
     records, unsupported, errors = run_plugins(gm, reg, input_size, strict=strict)
     modules: dict[str, str] = {}

@@ -35,7 +35,7 @@ from .registry import Registry
 from .trace import TraceError, meta_copy, trace
 
 __all__ = ["TRACE_MODES", "PATH_NAMES", "trace_model", "trace_export", "trace_make_fx", "failure_site",
-           "symbolic_mutation_hazard"]
+           "symbolic_mutation_hazard", "minimum_input", "explain_shape_error"]
 
 #: values of ``analyze(..., trace=)``
 TRACE_MODES = ("auto", "symbolic_trace", "export", "make_fx")
@@ -372,6 +372,56 @@ def trace_model(
     if symbolic_err is None:
         raise TraceError(f"{why}, and {'; '.join(tried)}; write that update out of place (y = y + z)")
     raise TraceError(_explain(symbolic_err, tried)) from symbolic_err
+
+
+def minimum_input(gm: fx.GraphModule, example_inputs: Sequence[Any], limit: int = 8192) -> tuple[int, ...] | None:
+    """The smallest input shape (spatial dims raised to a common floor) whose shapes propagate through ``gm``.
+
+    Only for a single input tensor ``(N, C, *spatial)``; ``None`` when not found up to ``limit``.
+    Shapes are propagated on meta tensors, so each try is cheap.
+    """
+    from .trace import propagate_shapes
+
+    tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
+    if len(tensors) != 1 or len(example_inputs) != 1 or tensors[0].dim() < 3:
+        return None
+    x = tensors[0]
+    shape = tuple(int(d) for d in x.shape)
+
+    def at(floor: int) -> tuple[int, ...]:
+        return shape[:2] + tuple(max(d, floor) for d in shape[2:])
+
+    def works(floor: int) -> bool:
+        try:
+            propagate_shapes(gm, (torch.empty(at(floor), dtype=x.dtype, device="meta"),))
+        except Exception:  # noqa: BLE001 - any failure means "too small" here
+            return False
+        return True
+
+    lo = min(shape[2:])  # the shape as given (floor = its smallest dim) fails
+    hi = lo * 2
+    while not works(hi):
+        lo, hi = hi, hi * 2
+        if hi > limit:
+            return None
+    while hi - lo > 1:  # works(hi), not works(lo)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if works(mid) else (mid, hi)
+    return at(hi)
+
+
+def explain_shape_error(gm: fx.GraphModule, example_inputs: Sequence[Any], err: TraceError) -> TraceError:
+    """Add the smallest input that works to an "input too small for layer ..." error."""
+    msg = str(err).splitlines()[0]  # fx appends "While executing ..." lines
+    if not msg.startswith("input too small"):
+        return err
+    best = minimum_input(gm, example_inputs)
+    if best is None:
+        return err
+    spatial = "x".join(map(str, best[2:]))
+    cli = ",".join(map(str, best[1:]))
+    return TraceError(f"{msg}; the whole model needs an input of at least {spatial} "
+                      f"(--input-shape {cli}, input_shape={best})")
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import torch.nn as nn
 from click.testing import CliRunner
 
 import rfscope
+import rfscope.trace
 from rfscope import registry as registry_mod
 from rfscope.cli import main
 
@@ -91,9 +92,15 @@ def test_input_shape_wrong_channels_names_layer(small):
 
 
 def test_input_shape_too_small_names_layer_and_minimum(small):
-    # conv3 -> 6x6, pool2 -> 3x3, then a 5x5 conv needs 5x5
+    # conv3 -> 6x6, pool2 -> 3x3, then a 5x5 conv needs 5x5; the model needs 12x12 (k3 -> 10, pool -> 5, k5 -> 1;
+    # 11 gives 9, 4: too small)
     _one_line_error(*_run("analyze", str(small), "--input-shape", "3,8,8"),
-                    "too small", "layer '3'", "3x3", "at least 5x5")
+                    "too small", "layer '3'", "3x3", "at least 5x5", "at least 12x12", "--input-shape 3,12,12")
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 5))
+    assert rfscope.analyze(net, (1, 3, 12, 12)).rf("3").size == (12, 12)
+    with pytest.raises(rfscope.trace.TraceError, match="at least 12x12"):
+        rfscope.analyze(net, (1, 3, 11, 11))
+    _one_line_error(*_run("analyze", str(small), "--input-shape", "3,8,40"), "the whole model", "12x40")
 
 
 def test_unknown_node(small):
