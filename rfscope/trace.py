@@ -128,13 +128,19 @@ class _MetaProp(fx.Interpreter):
 
 
 def _layer_problem(name: str, m: Any, args: Any) -> str | None:
-    """A conv/pool layer's input has the wrong channel count or is too small, in words."""
+    """A conv/pool/norm/linear layer's input has the wrong channel count or is too small, in words."""
     x = args[0] if args and isinstance(args[0], torch.Tensor) else None
     conv = isinstance(m, torch.nn.modules.conv._ConvNd)
     pool = isinstance(m, (torch.nn.modules.pooling._MaxPoolNd, torch.nn.modules.pooling._AvgPoolNd))
+    cls = type(m).__name__
+    want = {torch.nn.modules.batchnorm._BatchNorm: ("num_features", 1), torch.nn.GroupNorm: ("num_channels", 1),
+            torch.nn.Linear: ("in_features", -1)}
+    for c, (attr, dim) in want.items():
+        if x is not None and isinstance(m, c) and x.dim() > max(dim, 0) and int(x.shape[dim]) != getattr(m, attr):
+            where = "channels" if dim == 1 else "features (last dim)"
+            return f"layer {name!r} ({cls}) expects {getattr(m, attr)} input {where} but gets {int(x.shape[dim])}"
     if x is None or not (conv or pool):
         return None
-    cls = type(m).__name__
     nn_ = torch.nn
     dims = {nn_.MaxPool1d: 1, nn_.AvgPool1d: 1, nn_.MaxPool2d: 2, nn_.AvgPool2d: 2, nn_.MaxPool3d: 3, nn_.AvgPool3d: 3}
     n = len(m.kernel_size) if conv else next((v for c, v in dims.items() if isinstance(m, c)), x.dim() - 2)

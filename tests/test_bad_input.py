@@ -284,3 +284,17 @@ def test_weights_into_meta_model_keep_ties(tmp_path):
     assert cp.a.weight is cp.b.weight and cp.a.weight.device.type == "cpu"
     assert torch.equal(cp.a.weight, real.a.weight) and torch.equal(cp.b.bias, real.b.bias)
     assert len(list(cp.parameters())) == 3  # a.weight (shared), a.bias, b.bias
+
+
+@pytest.mark.parametrize("net,shape,needle", [
+    (lambda: nn.Sequential(nn.BatchNorm2d(3)), (1, 1, 8, 8), "layer '0' (BatchNorm2d) expects 3 input channels but gets 1"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(10, 2)), (1, 3, 8, 8),
+     "layer '2' (Linear) expects 10 input features (last dim) but gets 144"),  # 4 * 6 * 6
+    (lambda: nn.Sequential(nn.GroupNorm(2, 4)), (1, 3, 8, 8), "layer '0' (GroupNorm) expects 4 input channels"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Conv2d(4, 4, 1)),
+     (1, 3, 8, 8), "layer '3' (Conv2d) expects a 3-d or 4-d input but gets a 2-d one"),
+])
+def test_layer_input_mismatch_names_layer(net, shape, needle):
+    with pytest.raises(rfscope.trace.TraceError) as ei:
+        rfscope.analyze(net(), shape)
+    assert str(ei.value).splitlines()[0].startswith(needle)

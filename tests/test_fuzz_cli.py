@@ -31,11 +31,24 @@ BROKEN = [
     "model = nn.Conv2d(3, 4, 3)\ninput_shape = 'oops'\n",
 ]
 
+#: models symbolic_trace cannot follow (the fallback tracers can)
+FANCY = [
+    "class M(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.c = nn.Conv2d(3, 4, 3)\n"
+    "    def forward(self, x):\n        return self.c(x) if x.shape[-1] > 8 else x\nmodel = M()\n"
+    "input_shape = (1, 3, 16, 16)\n",
+    "class M(nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.c = nn.Conv2d(3, 4, 3)\n"
+    "    def forward(self, x):\n        return self.c(x) if x.mean() > -1e9 else x\nmodel = M()\n"
+    "input_shape = (1, 3, 16, 16)\n",
+]
+
 
 @st.composite
 def model_files(draw):
-    if draw(st.integers(0, 3)) == 0:
+    kind = draw(st.integers(0, 7))
+    if kind == 0:
         return "import torch\nimport torch.nn as nn\n" + draw(st.sampled_from(BROKEN))
+    if kind == 1:
+        return "import torch\nimport torch.nn as nn\n" + draw(st.sampled_from(FANCY))
     layers = []
     c0 = c = draw(st.sampled_from([1, 3]))
     for _ in range(draw(st.integers(1, 4))):
