@@ -287,7 +287,8 @@ def test_weights_into_meta_model_keep_ties(tmp_path):
 
 
 @pytest.mark.parametrize("net,shape,needle", [
-    (lambda: nn.Sequential(nn.BatchNorm2d(3)), (1, 1, 8, 8), "layer '0' (BatchNorm2d) expects 3 input channels but gets 1"),
+    (lambda: nn.Sequential(nn.BatchNorm2d(3)), (1, 1, 8, 8),
+     "layer '0' (BatchNorm2d) expects 3 input channels but gets 1"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(10, 2)), (1, 3, 8, 8),
      "layer '2' (Linear) expects 10 input features (last dim) but gets 144"),  # 4 * 6 * 6
     (lambda: nn.Sequential(nn.GroupNorm(2, 4)), (1, 3, 8, 8), "layer '0' (GroupNorm) expects 4 input channels"),
