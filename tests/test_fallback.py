@@ -7,6 +7,7 @@ numbers in test_published.py), the published VGG-16 pool5 RF, and hand-derived R
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -322,3 +323,24 @@ def test_in_place_merge_leaves_symbolic_trace():
     assert "add_" in rep.to_dict()["trace_fallback"]
     with pytest.raises(TraceError, match="add_"):
         rfscope.analyze(InPlace(), (1, 2, 16, 16), trace="symbolic_trace")
+
+
+class Builtins(nn.Module):
+    """Python builtins on traced values: ``len``, ``math.sqrt`` of a size, ``range`` over a size."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        scale = math.sqrt(x.shape[1])
+        for _ in range(len(x)):  # len(x) == batch size == 1
+            x = self.c(x) / scale
+        return x
+
+
+def test_unsupported_builtins_use_export():
+    rep = rfscope.analyze(Builtins(), (1, 3, 16, 16))
+    assert rep.trace_path == "torch.export"
+    assert rep.rf("output").size == (3, 3)
+    assert rfscope.analyze(Builtins(), (2, 3, 16, 16)).rf("output").size == (5, 5)  # the loop runs twice
