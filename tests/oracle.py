@@ -165,14 +165,17 @@ class Oracle:
     model's.  ``index``: spatial index of the unit; the gradient of the sum over
     channels at that position is taken.  Layout ``(N, C, *spatial)``.  ``dtype=float32``
     is much faster for depthwise convs on CPU; an underflow could only drop pixels
-    from the support, which makes a comparison fail, never pass wrongly.
+    from the support, which makes a comparison fail, never pass wrongly.  ``batch=B``
+    runs B identical samples (every op is per-sample: norms are the identity) so that
+    up to B units are probed, one per sample, in a single ordinary backward pass.
     """
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], module: str | Sequence[str] | None = None,
                  local: bool = False, select: Callable[[Any], T] | None = None,
-                 dtype: torch.dtype = torch.float64) -> None:
+                 dtype: torch.dtype = torch.float64, batch: int = 1) -> None:
         self.model = prepare(model, dtype)
-        self.x = torch.ones(tuple(input_shape), dtype=dtype, requires_grad=True)
+        shape = (max(batch, int(input_shape[0])), *input_shape[1:])
+        self.x = torch.ones(shape, dtype=dtype, requires_grad=True)
         names = [module] if isinstance(module, str) else list(module or [])
         self.outs: dict[str, T] = {}
         handles = []
@@ -212,6 +215,12 @@ class Oracle:
         """``support`` for several units (of ``module``'s output, default the main one),
         in one batched backward pass when autograd allows."""
         y = self.outs[module] if module is not None else self.out
+        if 1 < len(indices) <= y.shape[0]:  # one unit per sample, one backward pass
+            go1 = torch.zeros(y.shape, dtype=y.dtype)
+            for b, index in enumerate(indices):
+                go1[(b, slice(None), *(int(i) for i in index))] = 1.0
+            (g1,) = torch.autograd.grad(y, self.x, go1, retain_graph=True)
+            return [self._axes(g1[b]) for b in range(len(indices))]
         go = torch.zeros((len(indices), *y.shape), dtype=y.dtype)
         for b, index in enumerate(indices):
             go[(b, 0, slice(None), *(int(i) for i in index))] = 1.0
@@ -220,13 +229,14 @@ class Oracle:
         except RuntimeError:  # an op without a batching rule: one pass per unit
             g = torch.stack([torch.autograd.grad(y, self.x, go[b], retain_graph=True)[0]
                              for b in range(len(indices))])
-        out = []
-        for b in range(len(indices)):
-            nz = (g[b, 0] != 0).any(dim=0)  # over input channels
-            res = []
-            for a in range(self.n_spatial):
-                other = [d for d in range(self.n_spatial) if d != a]
-                v = nz.any(dim=other) if other else nz
-                res.append([int(i) for i in torch.nonzero(v).flatten()])
-            out.append(tuple(res))
-        return out
+        return [self._axes(g[b, 0]) for b in range(len(indices))]
+
+    def _axes(self, g: T) -> tuple[list[int], ...]:
+        """Per spatial axis, the indices where the gradient ``g`` (C, *spatial) is non-zero."""
+        nz = (g != 0).any(dim=0)  # over input channels
+        res = []
+        for a in range(self.n_spatial):
+            other = [d for d in range(self.n_spatial) if d != a]
+            v = nz.any(dim=other) if other else nz
+            res.append([int(i) for i in torch.nonzero(v).flatten()])
+        return tuple(res)

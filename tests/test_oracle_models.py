@@ -26,7 +26,7 @@ tv = pytest.importorskip("torchvision")
 
 def _check(model: nn.Module, shape: tuple[int, ...], names: list[str], local: bool = False) -> None:
     rep = rfscope.analyze(model, input_shape=shape)
-    orc = Oracle(model, shape, names, local=local, dtype=torch.float32)
+    orc = Oracle(model, shape, names, local=local, dtype=torch.float32, batch=5)
     size = shape[2:]
     for name in names:
         r = rep.rf(name)
@@ -61,6 +61,23 @@ def _check(model: nn.Module, shape: tuple[int, ...], names: list[str], local: bo
         assert checks >= 2, f"{name}: input {shape} too small to check anything"
 
 
+class Trunk(nn.Module):
+    """The children of a torchvision model whose forward runs them in order, up to ``last``
+    (names kept): the RF of ``last`` does not depend on anything after it."""
+
+    def __init__(self, model: nn.Module, last: str) -> None:
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+            if name == last:
+                break
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for child in self.children():
+            x = child(x)
+        return x
+
+
 def _meta(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     """Build on the meta device: no weight initialisation (rfscope and the oracle need none)."""
 
@@ -71,15 +88,17 @@ def _meta(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     return make
 
 
-# Sequential feature stacks are cut after the last checked module: later layers cannot change its RF.
+# Models are cut after the last checked module (``[:k]``, Trunk): later layers cannot change its RF.
 CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], list[str], bool]] = [
-    ("resnet18", _meta(lambda: tv.models.resnet18()), (1, 3, 112, 112), ["layer1", "layer2", "layer3"], False),
-    ("resnet50", _meta(lambda: tv.models.resnet50()), (1, 3, 64, 64), ["layer1", "layer2"], False),
+    ("resnet18", _meta(lambda: Trunk(tv.models.resnet18(), "layer3")), (1, 3, 112, 112),
+     ["layer1", "layer2", "layer3"], False),
+    ("resnet50", _meta(lambda: Trunk(tv.models.resnet50(), "layer3")), (1, 3, 144, 144),
+     ["layer1", "layer2", "layer3"], False),
     ("vgg11", _meta(lambda: tv.models.vgg11().features[:11]), (1, 3, 64, 48), ["2", "5", "10"], False),
     ("mobilenet_v2", _meta(lambda: tv.models.mobilenet_v2().features[:8]), (1, 3, 64, 64), ["3", "7"], False),
     ("densenet121", _meta(lambda: tv.models.densenet121().features[:6]), (1, 3, 64, 64),
      ["denseblock1", "transition1"], False),
-    ("inception_v3", _meta(lambda: tv.models.inception_v3(aux_logits=False, init_weights=False)),
+    ("inception_v3", _meta(lambda: Trunk(tv.models.inception_v3(aux_logits=False, init_weights=False), "Mixed_5b")),
      (1, 3, 79, 79), ["Conv2d_4a_3x3", "Mixed_5b"], False),
     ("efficientnet_b0", _meta(lambda: tv.models.efficientnet_b0().features[:4]), (1, 3, 64, 64), ["2", "3"],
      True),
