@@ -295,6 +295,9 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.G
             calls.clear()
             gm = make_fx(functionalize(cp, remove="mutations_and_views"), **opts)(*inputs)
     _meta_attrs(gm)
+    for n in gm.graph.nodes:  # factory calls recorded with device=cpu (torch.zeros(...)) must make meta tensors
+        if isinstance(n.kwargs.get("device"), (torch.device, str)):
+            n.kwargs = {**n.kwargs, "device": torch.device("meta")}
     gm.graph.eliminate_dead_code()
     gm.recompile()
     _normalise_stacks(gm, types)
