@@ -344,3 +344,18 @@ def test_unsupported_builtins_use_export():
     assert rep.trace_path == "torch.export"
     assert rep.rf("output").size == (3, 3)
     assert rfscope.analyze(Builtins(), (2, 3, 16, 16)).rf("output").size == (5, 5)  # the loop runs twice
+
+
+class Factory(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        bias = torch.ones(x.shape[1], 1, 1, device=x.device)  # recorded by make_fx with device=cpu
+        return self.c(x) * bias
+
+
+def test_make_fx_factory_calls_run_on_meta():
+    rep = rfscope.analyze(Factory(), (1, 3, 16, 16), trace="make_fx")
+    assert rep.rf("output").size == (3, 3) and not rep.errors
