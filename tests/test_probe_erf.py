@@ -72,9 +72,9 @@ def test_luo_sqrt_law_uniform() -> None:
 
 
 def test_luo_sqrt_law_random_relu() -> None:
-    """64 independent random inits of width 32 at once: one grouped conv per layer, groups = inits."""
+    """32 independent random inits of width 32 at once: one grouped conv per layer, groups = inits."""
     torch.manual_seed(0)
-    width, inits = 32, 64
+    width, inits = 32, 32
     sig = []
     for n in NS:
         layers: list[nn.Module] = []

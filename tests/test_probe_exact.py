@@ -158,10 +158,13 @@ def test_torchvision_resnet_stages_agree(name: str, sizes: dict[str, int]) -> No
     tv = pytest.importorskip("torchvision")
     model = getattr(tv.models, name)(weights=None)
     before = copy.deepcopy(model.state_dict())
-    res = validate(model, input_shape=(1, 3, 64, 64), nodes=list(sizes), device="cpu",
-                   dtype=torch.float32, border=False, batch_size=4)
-    assert all(c.verdict == "agree" for c in res.checks), res.table()
+    # two calls so that layer1-3 run at the smaller input they need (~300 vs ~500 for layer4)
+    parts = [validate(model, input_shape=(1, 3, 64, 64), nodes=group, device="cpu", dtype=torch.float32,
+                      border=False, batch_size=4) for group in (["layer1", "layer2", "layer3"], ["layer4"])]
+    for res in parts:
+        assert all(c.verdict == "agree" for c in res.checks), res.table()
     for stage, size in sizes.items():
+        res = parts[stage == "layer4"]
         m = res[stage].measured
         assert [x.size for x in m] == [size, size], res.table()
         assert [x.stride for x in m] == [2 ** (int(stage[-1]) + 1)] * 2

@@ -2,17 +2,18 @@
 
 The analysed graph is run on a linearised float64 copy (:mod:`rfscope.probe.linear`)
 with an all-ones input; the non-zero support of d(unit)/d(input) is the unit's
-exact RF, clipped to the input.  Probed units per node and axis: the first, the
-last two (they give stride and padding even when the RF is larger than the
-input) and a central run of ``period + 1`` units (every phase of a fractional
-stride, plus one step).  Each probe is one batch row, so a chunk of rows costs one
-forward and one input-only backward.  A node *agrees* when every probed unit's
-measured support equals the static window(s) clipped to the input, pixel for
-pixel (holes included).
+exact RF, clipped to the input.  Probed units per node and axis: a central run of
+``period + 1`` units (every phase of a fractional stride, plus one step), and the
+first and last two units.  Each probe is one batch row; per node, a graph cut after
+that node runs one forward and one input-only backward per chunk of rows.  A node
+*agrees* when every central unit's support equals its static window pixel for pixel
+(holes included) and every border unit's support lies inside its window (padding
+feeds border units zeros, so they may see less).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -20,6 +21,7 @@ from itertools import zip_longest
 from typing import Any
 
 import torch
+import torch.fx as fx
 
 from ..api import analyze
 from ..registry import Registry
@@ -373,32 +375,30 @@ def validate(
             idx = {a: (c if c is not None else per_axis[a][0]) for a, c in enumerate(combo)}
             rows.append((k, {a: i for a, i in idx.items() if a in ext}))
 
-    gm = materialise(report.gm, model, device=dev, dtype=dtype, param_fn=constant_param)
-    linearise(gm)
-    select_outputs(gm, names)
+    lin = materialise(report.gm, model, device=dev, dtype=dtype, param_fn=constant_param)
+    linearise(lin)
     supports: list[torch.Tensor] = []
     tiny = float("inf")
     in_shape = tuple(report.input_shape[1:])
     with exact_kernels(dev):
-        for s in range(0, len(rows), max(1, batch_size)):
-            chunk = rows[s:s + batch_size]
-            x = torch.ones((len(chunk), *in_shape), dtype=dtype, device=dev, requires_grad=True)
-            outs = gm(x)
-            obj = x.new_zeros(())
-            for k in sorted({r[0] for r in chunk}):
-                out = outs[k]
+        for k, name in enumerate(names):
+            # one graph per node, cut after it (weights shared): shallow nodes cost only their depth
+            gm = select_outputs(fx.GraphModule(lin, copy.deepcopy(lin.graph)), [name])
+            node_rows = [r for r in rows if r[0] == k]
+            for s in range(0, len(node_rows), max(1, batch_size)):
+                chunk = node_rows[s:s + batch_size]
+                x = torch.ones((len(chunk), *in_shape), dtype=dtype, device=dev, requires_grad=True)
+                (out,) = gm(x)
                 if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != len(chunk):
-                    raise ProbeError(f"node {names[k]!r} has no batch dimension; the probe needs one")
-                bs = [b for b, r in enumerate(chunk) if r[0] == k]
-                masks = torch.stack([
-                    unit_mask(layouts[k], out.shape, chunk[b][1], dtype=dtype, device=dev) for b in bs])
-                obj = obj + (out[bs] * masks).sum()
-            (g,) = torch.autograd.grad(obj, x)
-            g = g.detach().abs()
-            pos = g[g > 0]
-            if pos.numel():
-                tiny = min(tiny, float(pos.min()))
-            supports.extend(list((g != 0).any(1).cpu()))  # (B, *spatial): any input channel
+                    raise ProbeError(f"node {name!r} has no batch dimension; the probe needs one")
+                masks = torch.stack([unit_mask(layouts[k], out.shape, r[1], dtype=dtype, device=dev)
+                                     for r in chunk])
+                (g,) = torch.autograd.grad((out * masks).sum(), x)
+                g = g.detach().abs()
+                pos = g[g > 0]
+                if pos.numel():
+                    tiny = min(tiny, float(pos.min()))
+                supports.extend(list((g != 0).any(1).cpu()))  # (B, *spatial): any input channel
     finfo = torch.finfo(dtype)
     if tiny < finfo.tiny * 1e6:
         notes.append(f"smallest contribution {tiny:.3g} is near {dtype} underflow; rerun in float64")
