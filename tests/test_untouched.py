@@ -35,6 +35,7 @@ def _fingerprint(model: nn.Module) -> dict[str, Any]:
         "hooks": {k: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
                       len(getattr(m, "_backward_pre_hooks", {})))
                   for k, m in model.named_modules()},
+        "tensor_hooks": {k: len(p._backward_hooks or {}) for k, p in model.named_parameters(remove_duplicate=False)},
         "devices": {k: str(v.device) for k, v in model.state_dict(keep_vars=True).items()},
         "tied": model[0].weight is model[-1].weight if isinstance(model, nn.Sequential) and len(model) > 1
         and hasattr(model[0], "weight") and hasattr(model[-1], "weight") else None,
