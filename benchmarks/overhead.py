@@ -10,12 +10,16 @@ least.  Target: analyze <= 2x the bare trace for every model.  Models are built
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import torch
 import torch.fx as fx
 import torchvision
 from _common import interleave, median, parser, table, write
 
 import rfscope
+import rfscope.api
 
 MODELS = [
     "resnet50", "resnet152", "inception_v3", "mobilenet_v3_large", "efficientnet_b7",
@@ -31,6 +35,34 @@ def build(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
         kw.update(aux_logits=False, init_weights=False)
         size = 299
     return getattr(torchvision.models, name)(**kw), (1, 3, size, size)
+
+
+STAGES = ["meta_copy", "trace_model", "propagate_shapes", "run_plugins", "build_graph", "count", "diagnose"]
+
+
+def stages(m: torch.nn.Module, shape: tuple[int, ...], reps: int) -> dict[str, float]:
+    """Median seconds spent in each stage of ``analyze`` (its module-level helpers, wrapped)."""
+    acc: dict[str, list[float]] = {k: [] for k in STAGES}
+    saved = {k: getattr(rfscope.api, k) for k in STAGES}
+
+    def wrap(k: str, f: Any) -> Any:
+        def timed(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return f(*a, **kw)
+            finally:
+                acc[k].append(time.perf_counter() - t)
+        return timed
+
+    try:
+        for k, f in saved.items():
+            setattr(rfscope.api, k, wrap(k, f))
+        for _ in range(reps):
+            rfscope.analyze(m, input_shape=shape)
+    finally:
+        for k, f in saved.items():
+            setattr(rfscope.api, k, f)
+    return {k: median(v) if v else 0.0 for k, v in acc.items()}
 
 
 def profile(name: str) -> None:
@@ -66,9 +98,12 @@ def main() -> None:
         )
         rep = rfscope.analyze(m, input_shape=shape)
         tr, an = median(t["trace"]), median(t["analyze"])
+        st = stages(m, shape, a.reps)
         row = {
             "model": name, "nodes": len(rep.records), "trace_s": tr, "analyze_s": an,
             "ratio": an / tr, "met": an / tr <= TARGET, "output_rf": rep.rf().status,
+            # each stage as a fraction of the bare trace (trace_model is rfscope's own trace)
+            **{f"{k}/trace": v / tr for k, v in st.items()},
         }
         rows.append(row)
         print(table([row], list(row)).splitlines()[-1], flush=True)
@@ -76,6 +111,8 @@ def main() -> None:
     cols = ["model", "nodes", "trace_s", "analyze_s", "ratio", "met"]
     print()
     print(table(rows, cols))
+    print("\nper stage, as a multiple of the bare trace:")
+    print(table(rows, ["model"] + [f"{k}/trace" for k in STAGES]))
     worst = max(r["ratio"] for r in rows)
     print(f"\nworst ratio {worst:.2f} (target <= {TARGET}): {'met' if worst <= TARGET else 'NOT met'}")
     write(a.out, {"benchmark": "overhead", "target": TARGET, "reps": a.reps, "rows": rows})
