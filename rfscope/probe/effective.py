@@ -212,7 +212,10 @@ def erf(
 
     >>> import torch.nn as nn, rfscope
     >>> net = nn.Sequential(nn.Conv2d(1, 1, 3, bias=False), nn.Conv2d(1, 1, 3, bias=False))
+    >>> for c in net: _ = nn.init.ones_(c.weight)
     >>> r = rfscope.probe.erf(net, input_shape=(1, 1, 9, 9), samples=2, device="cpu", progress=False)
+    >>> r.map[2:7, 4].tolist()  # 2 samples x (1 2 3 2 1) x 3 (the centre row's weight)
+    [6.0, 12.0, 18.0, 12.0, 6.0]
     >>> r.area_ratio["99%"]["side"]
     5
     """
