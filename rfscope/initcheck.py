@@ -733,11 +733,11 @@ class _HookProbe:
 def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry: Registry,
             leaf_modules: Iterable[str], seed: int, wstats: dict[int, tuple[float, float]],
             rules: InitRules) -> list[Finding]:
-    from .trace import trace
+    from .trace import clear_hooks, trace
 
     tracked = {n.name for n, v in g.views.items() if wstats.get(id(v.weight), (0.0, 0.0))[0] > 0}
     try:
-        real = copy.deepcopy(model).float().eval()
+        real = clear_hooks(copy.deepcopy(model)).float().eval()
         for m in real.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.train()

@@ -38,15 +38,22 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
         memo[id(t)] = torch.nn.Parameter(_meta_like(t), requires_grad=t.requires_grad)
     for b in list(model.buffers()):
         memo[id(b)] = _meta_like(b)
-    # Hooks belong to the user; the copy must not run them.
     cp = deepcopy_modules(model, memo)  # copy.deepcopy, minus its per-module overhead
-    for m in cp.modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks"):
+    clear_hooks(cp)  # hooks belong to the user; the copy must not run them
+    cp.eval()
+    return cp
+
+
+def clear_hooks(model: torch.nn.Module) -> torch.nn.Module:
+    """Remove every hook from a *copy*: the user's hooks (and their side effects) stay theirs."""
+    for m in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                     "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
+                     "_forward_hooks_always_called"):
             d = getattr(m, attr, None)
             if d:
                 d.clear()
-    cp.eval()
-    return cp
+    return model
 
 
 def _meta_like(t: torch.Tensor) -> torch.Tensor:

@@ -129,3 +129,16 @@ def test_weights_leave_model_untouched(tmp_path):
     rep = rfscope.analyze(model, (1, 3, 16, 16), weights=ck, trace="make_fx")
     assert rep.rf("output").size == (7, 7)  # 3 + 2 + 2, hand-derived
     assert _fingerprint(model) == before
+
+
+def test_user_hooks_never_run():
+    """Hooks are the user's: analysing or checking a copy must not fire their side effects."""
+    calls: list[str] = []
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    net[0].register_forward_hook(lambda m, i, o: calls.append("fwd"))
+    net[2].register_forward_pre_hook(lambda m, i: calls.append("pre"))
+    rfscope.analyze(net, input_shape=(1, 3, 16, 16))
+    rfscope.check_init(net, input_shape=(1, 3, 16, 16))
+    assert calls == []
+    net(torch.zeros(1, 3, 16, 16))  # the hooks are still registered on the user's model
+    assert calls == ["fwd", "pre"]
