@@ -436,8 +436,13 @@ def check(ops: list[Op], n: int, plain: bool) -> None:
     t_run = min(max(periods + [f.denominator for f in built.jumps]), 12)
     oracle = Oracle(model, shape, batch=max(t_run, 3 if plain else 1))
     assert tuple(oracle.out_size) == out
-    centre = [o // 2 for o in out]
-    probes = [[min(c + t, o - 1) for c, o in zip(centre, out, strict=True)] for t in range(t_run)]
+    # a run of consecutive central units (every phase when the period allows), kept in the middle
+    # half of the output so that no unit's cone reaches a border
+    lo = [o // 4 if o >= 8 else o // 2 for o in out]
+    hi = [(3 * o) // 4 if o >= 8 else o // 2 for o in out]
+    start = [max(a, o // 2 - t_run // 2) for a, o in zip(lo, out, strict=True)]
+    probes = [[s0 + t for s0 in start] for t in range(t_run)
+              if all(s0 + t <= h for s0, h in zip(start, hi, strict=True))]
     for idx, got in zip(probes, oracle.supports(probes), strict=True):
         want = r.pixels(idx)
         if any(not w for w in want):  # a unit that sees nothing (e.g. transposed conv k < s)
