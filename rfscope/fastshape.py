@@ -252,7 +252,7 @@ class ModuleCallCache:
         if msig is None:
             try:
                 msig = self._mods[id(m)] = _module_sig(m)
-            except _NoKey:
+            except Exception:  # noqa: BLE001 - _NoKey, or an attribute that cannot even be read
                 self._mods[id(m)] = False  # remember that this module cannot be keyed
                 return run()
         return self._call(msig, args, kwargs, run)
@@ -261,7 +261,8 @@ class ModuleCallCache:
         try:
             ids: dict[int, int] = {}
             key = (msig, _freeze(args, ids), _freeze(kwargs, ids))
-        except (_NoKey, TypeError):  # TypeError: an unhashable value
+            hash(key)
+        except Exception:  # noqa: BLE001 - _NoKey, an unhashable value...: just run the call
             return run()
         rec = self._outs.get(key)
         if rec is not None:
@@ -269,6 +270,6 @@ class ModuleCallCache:
         out = run()
         try:
             self._outs[key] = _record(out, ids)
-        except _NoKey:
+        except Exception:  # noqa: BLE001 - not a plain output: not cached
             pass
         return out
