@@ -226,3 +226,24 @@ def test_aten_graph_is_linearised_and_make_fx_refused() -> None:
     fx_report = rfscope.analyze(ShapeBranch(), (1, 1, 32, 32), trace="make_fx")
     with pytest.raises(rfscope.probe.ProbeError, match="make_fx"):
         validate(ShapeBranch(), fx_report, device="cpu")
+
+
+class CropConvPad(nn.Module):
+    """Shape arithmetic (``x.shape[-1] - 2``) must not be linearised; a crop then a pad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x[..., 1:x.shape[-1] - 2])
+        return F.pad(y, (2, 1))
+
+
+def test_crop_shape_arithmetic_and_pad() -> None:
+    res = validate(CropConvPad(), input_shape=(1, 1, 30), nodes=["conv", "pad"], device="cpu")
+    assert res.ok and res["conv"].verdict == "agree", res.table()
+    # hand-derived: crop 1 on the left -> P=-1; 3-tap conv -> r=3; pad 2 on the left -> P=1
+    c, p = res["conv"].measured[0], res["pad"].measured[0]
+    assert (c.size, c.stride, c.padding) == (3, 1, -1)
+    assert (p.size, p.stride, p.padding) == (3, 1, 1)

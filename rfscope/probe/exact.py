@@ -212,8 +212,13 @@ def _measure_axis(spans: dict[int, tuple[int, int] | None], n: int, period: int)
 
 
 def _compare(my: Sequence[tuple[dict[int, int], torch.Tensor]], axes: Sequence[Axis | None],
-             size: Sequence[int]) -> tuple[str, str]:
-    """Verdict for one node: interior units must match exactly, border units be contained."""
+             size: Sequence[int], central: dict[int, list[int]], ends: Sequence[tuple[int, int]]) -> tuple[str, str]:
+    """Verdict for one node: central units inside the input must match exactly, others be contained.
+
+    Units within one period of either end (``ends``: the allowed index range per axis) are
+    only checked for containment even when their window lies inside the input: after a crop
+    (negative padding) they may read padding of an intermediate tensor, which feeds them zeros.
+    """
     nsp = len(size)
     interior_rows = 0
     for idx, sup in my:
@@ -221,7 +226,8 @@ def _compare(my: Sequence[tuple[dict[int, int], torch.Tensor]], axes: Sequence[A
         exp = vecs[0]
         for v in vecs[1:]:
             exp = exp.unsqueeze(-1) & v
-        interior = all(inside)
+        interior = all(inside) and all(
+            idx.get(a, 0) in central.get(a, [0]) and ends[a][0] <= idx.get(a, 0) <= ends[a][1] for a in range(nsp))
         interior_rows += interior
         # a unit touching the border may see less than its window (padding feeds it zeros)
         bad = not torch.equal(exp, sup) if interior else bool((sup & ~exp).any())
@@ -234,6 +240,17 @@ def _compare(my: Sequence[tuple[dict[int, int], torch.Tensor]], axes: Sequence[A
     if not interior_rows:
         return "partial", "every probed unit touches the border (only containment checked); grow the input"
     return "agree", ""
+
+
+def _ends(axes: Sequence[Axis | None], ext: dict[int, int], nsp: int) -> list[tuple[int, int]]:
+    """Per axis, the unit indices at least one period away from both ends."""
+    out = []
+    for a in range(nsp):
+        ax = axes[a] if a < len(axes) else None
+        q = ax.period if ax is not None else 1
+        m = ext.get(a, 1)
+        out.append((q, m - 1 - q) if a in ext else (0, 0))
+    return out
 
 
 # ----------------------------------------------------------------------------- growth
@@ -349,6 +366,7 @@ def validate(
     rows: list[tuple[int, dict[int, int]]] = []
     layouts: list[tuple[Any, ...]] = []
     central_runs: list[dict[int, list[int]]] = []
+    extents: list[dict[int, int]] = []
     for k, name in enumerate(names):
         rec = report.records[name]
         st = rec.state
@@ -371,6 +389,7 @@ def validate(
             runs[a] = _central_run(ext[a], q, run)
             per_axis.append(_axis_units(ext[a], q, run, border))
         central_runs.append(runs)
+        extents.append(ext)
         for combo in zip_longest(*per_axis):
             idx = {a: (c if c is not None else per_axis[a][0]) for a, c in enumerate(combo)}
             rows.append((k, {a: i for a, i in idx.items() if a in ext}))
@@ -414,12 +433,15 @@ def validate(
             st = report.records[name].state
             assert isinstance(st, TensorRF)
             axes: list[Axis | None] = [None if isinstance(x, Global) else x for x in st.axes]
-            verdict, detail = _compare(my, axes, size)
+            ends = _ends(axes, extents[k], nsp)
+            verdict, detail = _compare(my, axes, size, central_runs[k], ends)
             if verdict == "disagree" and rf.status == "global":
                 # norm layers are identity in the oracle (REFERENCE §3): a node global only through
                 # them shows its local RF
                 local = [x.local if isinstance(x, Global) else x for x in st.axes]
-                if all(x is not None for x in local) and _compare(my, local, size)[0] != "disagree":
+                ends_l = _ends(local, extents[k], nsp)
+                if all(x is not None for x in local) and \
+                        _compare(my, local, size, central_runs[k], ends_l)[0] != "disagree":
                     verdict = "agree"
                     detail = "local RF (global only through norm layers, identity in the oracle)"
         measured: list[AxisMeasure] = []

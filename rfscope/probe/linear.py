@@ -217,6 +217,11 @@ def _abs_scalars(args: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(abs(a) if isinstance(a, (int, float)) and not isinstance(a, bool) else a for a in args)
 
 
+def _tensor_valued(n: fx.Node) -> bool:
+    """The node computes a tensor (shape arithmetic such as ``x.shape[-1] - 2`` must stay as is)."""
+    return isinstance(n.meta.get("val"), torch.Tensor)
+
+
 def _linearise_aten(n: fx.Node, pk: Any) -> None:
     if pk in _ATEN_IDENTITY and n.args:
         n.target, n.args, n.kwargs = _identity, (n.args[0],), {}
@@ -228,7 +233,7 @@ def _linearise_aten(n: fx.Node, pk: Any) -> None:
         n.target = _ATEN_MAXPOOL_IDX_FNS[_ATEN_MAXPOOL_IDX[pk]]
     elif pk in _ATEN_ADAPTIVE_MAX:
         n.target, n.args, n.kwargs = _ATEN_ADAPTIVE_FNS[pk], tuple(n.args[:2]), {}
-    elif pk in _ATEN_ARITH:
+    elif pk in _ATEN_ARITH and _tensor_valued(n):
         args = _abs_scalars(n.args)
         if pk in _ATEN_SUB:
             n.target, n.args, n.kwargs = _add, args[:2], {}
@@ -247,7 +252,7 @@ def linearise(gm: fx.GraphModule) -> fx.GraphModule:
             _linearise_aten(n, pk)
         elif n.op == "call_function":
             t = n.target
-            if t in _IDENTITY_FUNCS and n.args:
+            if t in _IDENTITY_FUNCS and n.args and _tensor_valued(n):
                 n.target, n.args, n.kwargs = _identity, (n.args[0],), {}
             elif t in _MAXPOOL_FUNCS and not n.kwargs.get("return_indices", False) and not (
                     len(n.args) > 6 and n.args[6]):
@@ -256,7 +261,7 @@ def linearise(gm: fx.GraphModule) -> fx.GraphModule:
                 n.target = _ADAPTIVE_MAX[t]
                 n.args = n.args[:2]
                 n.kwargs = {k: v for k, v in n.kwargs.items() if k == "output_size"}
-            elif t in _ARITH:
+            elif t in _ARITH and _tensor_valued(n):
                 if t in _SUB:
                     n.target = operator.add
                     n.kwargs = {}
@@ -266,9 +271,9 @@ def linearise(gm: fx.GraphModule) -> fx.GraphModule:
                 n.args = _abs_scalars(n.args)
         elif n.op == "call_method":
             t = n.target
-            if t in _IDENTITY_METHODS and n.args:
+            if t in _IDENTITY_METHODS and n.args and _tensor_valued(n):
                 n.op, n.target, n.args, n.kwargs = "call_function", _identity, (n.args[0],), {}
-            elif t in _ARITH_METHODS:
+            elif t in _ARITH_METHODS and _tensor_valued(n):
                 if t in ("sub", "sub_"):
                     n.op, n.target, n.kwargs = "call_function", operator.add, {}
                 elif t in ("div", "div_") and len(n.args) >= 2 and _is_node(n.args[1]):
