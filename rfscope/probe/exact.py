@@ -410,6 +410,10 @@ def validate(
                 (out,) = gm(x)
                 if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != len(chunk):
                     raise ProbeError(f"node {name!r} has no batch dimension; the probe needs one")
+                want = report.records[name].shape
+                if want is not None and tuple(out.shape[1:]) != tuple(want[1:]):
+                    raise ProbeError(f"node {name!r}: the linearised graph gives shape {tuple(out.shape)}, the "
+                                     f"analysis {tuple(want)}; rerun with --debug and report it")
                 masks = torch.stack([unit_mask(layouts[k], out.shape, r[1], dtype=dtype, device=dev)
                                      for r in chunk])
                 (g,) = torch.autograd.grad((out * masks).sum(), x)
