@@ -240,3 +240,13 @@ def test_cli_erf(tmp_path) -> None:  # type: ignore[no-untyped-def]
     if not torch.cuda.is_available():
         bad = run(main, ["probe", str(f), "--mode", "erf", "--device", "cuda", "--out", str(tmp_path / "o5")])
         assert bad.exit_code == 2 and "CUDA" in bad.output
+
+
+def test_png_skipped_without_matplotlib(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    r = erf(_small_cnn(), node="2", input_shape=(1, 3, 12, 12), samples=1, device="cpu", progress=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    paths = r.save(tmp_path)
+    assert {p.name for p in paths} == {"erf.npy", "erf.json"}
+    assert "matplotlib is not installed" in capsys.readouterr().err
