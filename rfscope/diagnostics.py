@@ -202,7 +202,8 @@ def _gridding(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarnin
     for name, info in holey.items():
         if nx.descendants(sub, name) & holey.keys():
             continue  # reported with the deepest layer of its chain
-        chain = [c for c in report.records if c in (nx.ancestors(sub, name) & holey.keys())] + [name]
+        before = nx.ancestors(sub, name) & holey.keys()  # once per dilated layer, not per record
+        chain = [c for c in report.records if c in before] + [name]
         rec, rf = info["rec"], info["rf"]
         dims_holes: list[list[int]] = []
         n_holes: list[int] = []
