@@ -1,16 +1,113 @@
-"""torchvision's fx-wrapped functions (only when torchvision is installed)."""
+"""torchvision's fx-wrapped functions (only when torchvision is installed).
+
+Swin Transformer (``torchvision.models.swin_transformer``) hides its spatial
+index maps inside functions that fx keeps as leaves:
+
+* ``shifted_window_attention``: pad H, W on the bottom/right to a multiple of the
+  window, cyclic roll by ``-shift`` (shift set to 0 along a dim whose padded size
+  is at most the window), attention within each window, reverse roll, crop.  The
+  attention mask gives the pieces that the roll wrapped around separate regions,
+  so on the infinite lattice output position ``p`` reads exactly
+  ``range(b, b + ws)`` with ``b = floor((p - s) / ws) * ws + s``: the lattice
+  windows clipped to the tensor.  The mask is additive ``-100``, not ``-inf``:
+  a unit's weight on the wrapped piece is about ``exp(-100)`` (~4e-44, a float32
+  subnormal); rfscope treats it as zero, as the Swin paper intends.
+* ``_patch_merging_pad``: pad H, W to even, then the 2x2 space-to-depth
+  concatenation; output unit ``i`` reads input units ``2i, 2i+1`` per axis.
+"""
 
 from __future__ import annotations
 
-from rfscope.context import OpContext
-from rfscope.ops import same_state
+from collections.abc import Sequence
+from typing import Any
+
+from rfscope import rf
+from rfscope.context import OpContext, Unsupported
+from rfscope.ops import local, same_state
 from rfscope.registry import Registry
+from rfscope.rf import Axis
 from rfscope.state import TensorRF
 
 
 def _stochastic_depth(ctx: OpContext) -> TensorRF:
     # Drops whole samples/rows (train) or is the identity (eval): never moves positions.
     return same_state(ctx)
+
+
+def _spatial_tags(ctx: OpContext, what: str) -> TensorRF:
+    """The input state, checked to be (..., H, W, C) with plain spatial H, W and a channel-like C."""
+    st = ctx.first
+    if st.reason is not None:
+        return st
+    if len(st.dims) < 3:
+        raise Unsupported(f"{what}: expected a (..., H, W, C) input, got {len(st.dims)} dims")
+    h, w, c = st.dims[-3:]
+    if not isinstance(h, int) or not isinstance(w, int):
+        raise Unsupported(f"{what}: dims H, W are not plain spatial axes (tags {h!r}, {w!r})")
+    if c is not None or any(t is not None for t in st.dims[:-3]):
+        raise Unsupported(f"{what}: channel/batch dims carry spatial positions (tags {st.dims!r})")
+    for extra in ctx.args[1:]:
+        if isinstance(extra, TensorRF):
+            raise Unsupported(f"{what}: a weight or bias argument depends on the model input")
+    return st
+
+
+def _window_deps(ws: int, s: int) -> Any:
+    def deps(p: int) -> range:
+        b = (p - s) // ws * ws + s
+        return range(b, b + ws)
+
+    return deps
+
+
+def _window_geometry(ctx: OpContext) -> tuple[list[int], list[int], tuple[int, int]]:
+    """Window sizes, effective shifts and padded (H, W), exactly as torchvision computes them."""
+    window: Sequence[int] = ctx.arg(4, "window_size")
+    shift: Sequence[int] = ctx.arg(6, "shift_size")
+    shape = ctx.in_shape(0)
+    if len(shape) != 4 or len(window) != 2 or len(shift) != 2:
+        raise Unsupported("shifted_window_attention: expected a (B, H, W, C) input and 2-d window/shift")
+    ws = [int(v) for v in window]
+    sh = [int(v) for v in shift]
+    padded = (-(-shape[1] // ws[0]) * ws[0], -(-shape[2] // ws[1]) * ws[1])
+    for i in range(2):
+        if ws[i] >= padded[i]:
+            sh[i] = 0
+        if ws[i] <= 0 or not 0 <= sh[i] < ws[i]:
+            raise Unsupported(f"shifted_window_attention: shift {sh[i]} outside [0, window {ws[i]})")
+    return ws, sh, padded
+
+
+def _swin_attention_rf(ctx: OpContext) -> TensorRF:
+    st = _spatial_tags(ctx, "shifted_window_attention")
+    if st.reason is not None:
+        return st
+    ws, sh, _ = _window_geometry(ctx)
+
+    def along(i: int) -> Any:
+        return lambda a: rf.resample(a, _window_deps(ws[i], sh[i]), ws[i], ws[i])
+
+    return local(ctx, {1: along(0), 2: along(1)}, st)
+
+
+def _swin_attention_macs(ctx: OpContext) -> int:
+    """qkv projection, q.k^T and attn.v within each window, output projection (padded tokens)."""
+    ws, _, padded = _window_geometry(ctx)
+    b, c = ctx.in_shape(0)[0], ctx.in_shape(0)[3]
+    tokens = b * padded[0] * padded[1]
+    n = ws[0] * ws[1]
+    return tokens * (3 * c * c + 2 * n * c + c * c)
+
+
+def _patch_merging_rf(ctx: OpContext) -> TensorRF:
+    st = _spatial_tags(ctx, "_patch_merging_pad")
+    if st.reason is not None:
+        return st
+
+    def s2d(a: Axis) -> Axis:
+        return rf.conv(a, k=2, s=2)
+
+    return local(ctx, {-3: s2d, -2: s2d}, st)
 
 
 def register(reg: Registry) -> None:
@@ -26,3 +123,15 @@ def _register_now(reg: Registry) -> None:
     fn = getattr(sd_mod, "stochastic_depth", None) if not callable(sd_mod) else sd_mod
     targets = [StochasticDepth] + ([fn] if fn is not None else [])
     reg.add("torchvision_stochastic_depth", targets, rf=_stochastic_depth)
+    try:
+        from torchvision.models import swin_transformer as swin
+    except Exception:  # noqa: BLE001 - older torchvision without Swin
+        return
+    attn = getattr(swin, "shifted_window_attention", None)
+    if attn is not None:
+        reg.add("swin_window_attention", [attn], rf=_swin_attention_rf, macs=_swin_attention_macs)
+    merge = getattr(swin, "_patch_merging_pad", None)
+    if merge is not None:
+        reg.add("swin_patch_merging", [merge], rf=_patch_merging_rf)
+
+

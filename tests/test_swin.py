@@ -1,0 +1,124 @@
+"""Swin Transformer's shifted-window attention and patch merging: exact RF vs a gradient oracle.
+
+The oracle (tests/oracle.py: float64 copy, positive constant weights, norms and
+dropout the identity) runs torchvision's own ``shifted_window_attention``: its
+pad/roll/partition/mask/reverse index maps are PyTorch's, not rfscope's.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+torchvision = pytest.importorskip("torchvision")
+from torchvision.models.swin_transformer import SwinTransformer  # noqa: E402
+
+import rfscope  # noqa: E402
+from tests.oracle import _Mode, prepare  # noqa: E402
+
+# The attention mask is additive -100, not -inf: a unit keeps a weight of about
+# exp(-100 + logit difference) on the piece the cyclic roll wrapped around.
+# rfscope treats it as 0 (the design: LayerNorm keeps logits small).  The oracle
+# drops the norms, so activations grow; it scales the q/k projections by QK so
+# that logits stay ~0, and gradients below LEAK times the largest are that leak.
+LEAK = 1e-30
+QK = 1e-6
+
+SIDE = 56  # tokens 14x14 (window 4: padded to 16), then 7x7 (padded to 8): padding and odd merging
+
+
+def _tiny() -> SwinTransformer:
+    torch.manual_seed(0)
+    return SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2, 2], num_heads=[2, 2],
+                           window_size=[4, 4], stochastic_depth_prob=0.0, num_classes=3)
+
+
+# features.1.0: no shift; features.1.1: shift 2; features.2: patch merging (14 -> 7);
+# features.3.1: shift 2 on 7x7 padded to 8
+MODULES = ["features.1.0", "features.1.1", "features.2", "features.3.1"]
+
+
+def _units(n: int) -> list[tuple[int, int]]:
+    picks = sorted({0, 1, 2, n // 2, n - 3, n - 2, n - 1})
+    return [(i, j) for i, j in itertools.product(picks, picks) if i == j or {i, j} & {0, n - 1}]
+
+
+LEAKED: dict[str, bool] = {}  # per module: did some unit show the exp(-100) leak?
+
+
+def _oracle_supports(name: str, units: list[tuple[int, int]]) -> list[tuple[list[int], list[int]]]:
+    model = prepare(_tiny())
+    with torch.no_grad():  # biases 0: only the index maps matter
+        for pname, p in model.named_parameters():
+            if pname.endswith("bias"):
+                p.zero_()
+            elif pname.endswith("qkv.weight"):
+                p[: 2 * p.shape[1]] *= QK  # q and k rows: still positive, logits ~0
+    x = torch.ones((len(units), 3, SIDE, SIDE), dtype=torch.float64, requires_grad=True)
+    outs: list[torch.Tensor] = []
+    h = model.get_submodule(name).register_forward_hook(lambda _m, _i, o: outs.append(o))
+    with _Mode(local=False):
+        model.features(x)
+    h.remove()
+    y = outs[0]  # (B, H, W, C): channels last
+    go = torch.zeros_like(y)
+    for b, (i, j) in enumerate(units):
+        go[b, i, j, :] = 1.0  # channel-summed unit
+    (g,) = torch.autograd.grad(y, x, go)
+    res = []
+    for b in range(len(units)):
+        mag = g[b].abs().sum(0)  # (H, W) over input channels
+        assert mag.max() > 0
+        nz = mag > LEAK * mag.max()
+        leak = (mag != 0) & ~nz
+        assert (mag[leak] < 1e-40 * mag.max()).all()  # only the exp(-100) mask leak is dropped
+        LEAKED[name] = LEAKED.get(name, False) or bool(leak.any())
+        res.append(([int(v) for v in torch.nonzero(nz.any(1)).flatten()],
+                    [int(v) for v in torch.nonzero(nz.any(0)).flatten()]))
+    return res
+
+
+@pytest.fixture(scope="module")
+def report() -> rfscope.Report:
+    return rfscope.analyze(_tiny(), input_shape=(1, 3, SIDE, SIDE))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_windows_match_gradient_oracle(report: rfscope.Report, name: str) -> None:
+    assert report.unsupported == []
+    r = report.rf(name)
+    assert r.status == "exact"
+    n = 14 if name.startswith("features.1") else 7
+    units = _units(n)
+    for (i, j), (sup_h, sup_w) in zip(units, _oracle_supports(name, units), strict=True):
+        ph, pw = r.pixels((i, j))
+        clip = [[v for v in ph if 0 <= v < SIDE], [v for v in pw if 0 <= v < SIDE]]
+        assert clip == [sup_h, sup_w], (name, (i, j))
+    # 7 tokens padded to 8, shift 2: the roll wraps real token 6 next to tokens 0, 1, which
+    # the soft mask separates only up to exp(-100); at 14 -> 16 only padding wraps
+    assert LEAKED[name] == (name == "features.3.1")
+
+
+def test_shifted_block_sees_neighbouring_windows(report: rfscope.Report) -> None:
+    # hand-derived: token t of the unshifted block sees tokens [4*(t//4), +4) = 16 px;
+    # the shifted block (shift 2) unions two such windows for interior tokens: 32 px
+    assert report.rf("features.1.0").window((5, 5)) == ((16, 31), (16, 31))
+    assert report.rf("features.1.1").window((5, 5)) == ((0, 31), (0, 31))
+    # token 0 in the shifted block: lattice window tokens [-2, 2) -> pixels [-16, 16)
+    assert report.rf("features.1.1").window((0, 0)) == ((-16, 15), (-16, 15))
+
+
+def test_swin_t_exact() -> None:
+    rep = rfscope.analyze(torchvision.models.swin_t(), input_shape=(1, 3, 224, 224))
+    assert rep.unsupported == []
+    for k in range(1, 8):
+        assert rep.rf(f"features.{k}").status == "exact", k
+    # stage 1: 4x4 patches, 7x7 windows, then windows shifted by 3 -> 14 tokens = 56 px
+    assert rep.rf("features.1").size == (56, 56)
+    assert rep.rf("features.0").size == (4, 4)
+    assert rep.rf("output").status == "global"
+    rec = [r for r in rep.records.values() if r.module == "features.1.0.attn" and r.plugin][0]
+    # 56*56 tokens, C=96, 49-token windows: qkv 3C^2 + qk and av 2*49*C + proj C^2 per token
+    assert rec.macs == 56 * 56 * (4 * 96 * 96 + 2 * 49 * 96)
