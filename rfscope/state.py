@@ -150,6 +150,12 @@ def _union_state(a: AxisState, b: AxisState) -> AxisState:
     return _union_axis(a, b)
 
 
+def _empty_units(s: TensorRF) -> bool:
+    """Some unit sees no pixel along one exact axis while another axis exists (multi-axis only)."""
+    exact = [a for a in s.axes if isinstance(a, Axis)]
+    return len(s.axes) > 1 and any(w.empty for a in exact for w in a.windows)
+
+
 def merge(states: Sequence[TensorRF], dims: Sequence[DimTag], what: str = "merge") -> TensorRF:
     """Union of several tensors' RFs (each output unit reads the same unit of every input).
 
@@ -160,6 +166,13 @@ def merge(states: Sequence[TensorRF], dims: Sequence[DimTag], what: str = "merge
             return unknown(dims, s.reason)
     if not states:
         return TensorRF(tuple(dims), ())
+    if len(states) > 1:
+        for s in states:
+            if _empty_units(s):
+                # a unit empty along one axis sees nothing at all, so that branch adds nothing on the
+                # other axes either: the union is no longer a product of per-axis windows
+                return unknown(dims, f"{what}: a branch has units that see no pixel along some axis "
+                               "(transposed conv or upsampling with kernel < stride); per-axis union is inexact")
     n = max(len(s.axes) for s in states)
     out: list[AxisState] = []
     for ax in range(n):

@@ -1,9 +1,10 @@
 """Gradient oracle for exact theoretical receptive fields (REFERENCE.md section 3).
 
 Written independently of rfscope: it runs the real model (a float64 copy), so
-every index map is PyTorch's own.  Every conv/linear weight is a positive
-constant and every bias 0; activations, BatchNorm, Dropout, LayerNorm and
-GroupNorm are the identity; max pooling becomes an all-ones depthwise
+every index map is PyTorch's own.  Every conv/linear weight and bias is a
+positive constant (REFERENCE says bias 0, which only matters for products:
+``x * y`` where ``y`` sees no pixel would hide ``x``); activations, BatchNorm,
+Dropout, LayerNorm and GroupNorm are the identity; max pooling becomes an all-ones depthwise
 convolution with the same kernel, stride, padding, dilation and output size
 (average pooling with ``count_include_pad=True``, which PyTorch lacks for
 dilation).  With an all-ones input nothing cancels, so the non-zero support of
@@ -140,7 +141,7 @@ class _Mode(TorchFunctionMode):
 
 
 def prepare(model: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
-    """A deep copy (float64 by default) with positive constant weights (1/fan-in: no overflow), zero biases."""
+    """A deep copy (float64 by default) with positive constant weights (1/fan-in: no overflow) and biases."""
     m = copy.deepcopy(model).to(dtype).eval()
     if any(t.is_meta for t in [*m.parameters(), *m.buffers()]):  # a model built on the meta device
         m = m.to_empty(device="cpu")
@@ -150,7 +151,9 @@ def prepare(model: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
                 b.fill_(1.0 if "var" in name else 0.0)
         for name, p in m.named_parameters():
             if name.endswith("bias"):
-                p.zero_()
+                # positive, not 0: a product merge (SE gating, x * y) must depend on both factors even
+                # where one of them sees no pixel (transposed conv with kernel < stride)
+                p.fill_(0.5)
             elif p.dim() >= 2:
                 p.fill_(1.0 / max(p[0].numel(), 1))
             else:

@@ -424,8 +424,12 @@ def check(ops: list[Op], n: int, plain: bool) -> None:
     r = rep.rf("output")
     if built.misaligned:
         assert r.status == "unknown", (r.status, r.stride)
-        assert "misaligned" in (r.reason or "") or built.maybe_irregular, r.reason
+        empty_ok = n > 1 and "see no pixel" in (r.reason or "") and _contains(ops, {"convT"})
+        assert "misaligned" in (r.reason or "") or built.maybe_irregular or empty_ok, r.reason
         event("misaligned merge -> unknown")
+        return
+    if r.status == "unknown" and n > 1 and "see no pixel" in (r.reason or "") and _contains(ops, {"convT"}):
+        event("merge of a branch with empty units (2-D/3-D) -> unknown")
         return
     if r.status == "unknown" and built.maybe_irregular:
         assert "periodic" in (r.reason or "") or "period" in (r.reason or ""), r.reason
@@ -487,12 +491,12 @@ def _property(n: int, examples: int, plain: bool) -> Any:
 
 
 # plain: zero padding, no resampling, so the border units are probed too
-test_plain_stacks_1d = _property(1, 100, plain=True)
-test_plain_stacks_2d = _property(2, 60, plain=True)
-test_plain_stacks_3d = _property(3, 25, plain=True)
-test_random_graphs_1d = _property(1, 160, plain=False)
-test_random_graphs_2d = _property(2, 80, plain=False)
-test_random_graphs_3d = _property(3, 30, plain=False)
+test_plain_stacks_1d = _property(1, 150, plain=True)
+test_plain_stacks_2d = _property(2, 80, plain=True)
+test_plain_stacks_3d = _property(3, 40, plain=True)
+test_random_graphs_1d = _property(1, 250, plain=False)
+test_random_graphs_2d = _property(2, 120, plain=False)
+test_random_graphs_3d = _property(3, 40, plain=False)
 
 
 def test_misaligned_merge_is_unknown_never_a_number() -> None:
