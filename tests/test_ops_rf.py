@@ -297,3 +297,22 @@ def test_attention_over_positions_is_global() -> None:
     rep = rfscope.analyze(Attention(), input_shape=(1, 1, 6, 6))
     assert rep.rf("conv").status == "exact"
     assert rep.rf("post").status == "global" and rep.rf("post").size == (6, 6)
+
+
+class EmptyUnits(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.up = (nn.ConvTranspose1d(1, 1, 1, 2) if n == 1 else nn.ConvTranspose2d(1, 1, 1, (2, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(x[:, :, ::2])  # k=1 < s=2: odd units (along dim 2) see no pixel
+        return y + x[:, :, :7]
+
+
+def test_merge_with_units_that_see_nothing() -> None:
+    # 1-D: odd unit i sees only x[i] (the other branch is empty there); even unit i sees x[i] too.
+    r = rfscope.analyze(EmptyUnits(1), input_shape=(1, 1, 8)).rf("output")
+    assert r.status == "exact" and [r.pixels((i,)) for i in range(4)] == [([i],) for i in range(4)]
+    # 2-D: for odd rows the up branch sees nothing, so its columns must not count either: not per-axis
+    r = rfscope.analyze(EmptyUnits(2), input_shape=(1, 1, 8, 8)).rf("output")
+    assert r.status == "unknown" and "see no pixel" in (r.reason or "")
