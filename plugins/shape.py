@@ -158,6 +158,37 @@ def _expand_rf(ctx: OpContext) -> TensorRF:
     return TensorRF(tuple([None] * off + list(st.dims)), tuple(axes), st.reason, st.scrambled)
 
 
+def _select_rf(ctx: OpContext) -> TensorRF:
+    """``x.select(dim, i)``: every unit now sees what unit ``i`` saw along that axis."""
+    st = ctx.first
+    shp = ctx.in_shape(0)
+    d = norm_dim(int(ctx.arg(1, "dim")), len(shp))
+    i = int(ctx.arg(2, "index")) % shp[d]
+    tag = st.dims[d]
+    axes = list(st.axes)
+    if isinstance(tag, Merged) and not _all_global(st, tag):
+        raise Unsupported("selecting from a flattened spatial dim")
+    if isinstance(tag, int) and isinstance(axes[tag], rf.Axis):
+        axes[tag] = rf.select(axes[tag], i)  # type: ignore[arg-type]
+    dims = [t for k, t in enumerate(st.dims) if k != d]
+    return TensorRF(tuple(dims), tuple(axes), st.reason, st.scrambled)
+
+
+def _narrow_rf(ctx: OpContext) -> TensorRF:
+    """``x.narrow(dim, start, length)``: a crop."""
+    st = ctx.first
+    shp = ctx.in_shape(0)
+    d = norm_dim(int(ctx.arg(1, "dim")), len(shp))
+    start = int(ctx.arg(2, "start")) % shp[d] if shp[d] else 0
+    tag = st.dims[d]
+    axes = list(st.axes)
+    if isinstance(tag, Merged) and not _all_global(st, tag) and start != 0:
+        raise Unsupported("narrowing a flattened spatial dim")
+    if isinstance(tag, int) and isinstance(axes[tag], rf.Axis):
+        axes[tag] = _crop(axes[tag], start, 1)  # type: ignore[arg-type]
+    return st.with_axes(axes)
+
+
 def _crop(a: rf.Axis, start: int, step: int) -> rf.Axis:
     return rf.resample(a, lambda i: [start + i * step], 1, step)
 
@@ -292,5 +323,8 @@ def register(reg: Registry) -> None:
     reg.add("squeeze", (M("squeeze"), torch.squeeze), rf=_squeeze_rf)
     reg.add("expand", (M("expand"), M("expand_as")), rf=_expand_rf)
     reg.add("getitem", (operator.getitem,), rf=_getitem_rf)
+    reg.add("select", (M("select"), torch.select), rf=_select_rf)
+    reg.add("narrow", (M("narrow"), torch.narrow), rf=_narrow_rf)
+    reg.add("t", (M("t"), torch.t), rf=_t_rf)
     reg.add("cat", (torch.cat, torch.concat, torch.concatenate, torch.stack), rf=_cat_rf)
     reg.add("split", (M("split"), M("chunk"), M("unbind"), torch.split, torch.chunk, torch.unbind), rf=_split_rf)

@@ -73,6 +73,8 @@ def target_name(n: fx.Node, gm: fx.GraphModule) -> str:
         return str(t)
     mod = getattr(t, "__module__", None) or ""
     name = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
+    if name.startswith("_VariableFunctionsClass."):  # torch.sigmoid, torch.cat ... (C builtins)
+        return f"torch.{name.split('.', 1)[1]}"
     if mod in ("_operator", "operator"):
         return f"operator.{name}"
     return f"{mod}.{name}" if mod and not mod.startswith("torch._C") else f"torch.{name}"

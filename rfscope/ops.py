@@ -132,7 +132,10 @@ def local(ctx: OpContext, per_dim: Mapping[int, Callable[[Axis], Axis]], state: 
             except MisalignedError as e:
                 raise Unsupported(str(e)) from e
     out_dims = st.dims
-    if len(out_dims) != len(ctx.out_shape):
+    out = ctx.out
+    if isinstance(out, (tuple, list)):  # (values, indices) of max pooling
+        out = next((o for o in out if isinstance(o, torch.Tensor)), None)
+    if not isinstance(out, torch.Tensor) or len(out_dims) != out.dim():
         raise Unsupported("output rank differs from input rank")
     return TensorRF(out_dims, tuple(axes), None, st.scrambled)
 

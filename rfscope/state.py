@@ -204,6 +204,8 @@ def make_global(state: TensorRF, axes: Sequence[int], keep_local: bool) -> Tenso
     for a in axes:
         cur = new[a]
         if isinstance(cur, Global):
+            if not keep_local:  # e.g. global pooling after an SE block: no local path survives
+                new[a] = Global(None)
             continue
         new[a] = Global(cur if keep_local else None)
     scr = state.scrambled - set(axes)

@@ -316,3 +316,63 @@ def test_merge_with_units_that_see_nothing() -> None:
     # 2-D: for odd rows the up branch sees nothing, so its columns must not count either: not per-axis
     r = rfscope.analyze(EmptyUnits(2), input_shape=(1, 1, 8, 8)).rf("output")
     assert r.status == "unknown" and "see no pixel" in (r.reason or "")
+
+
+def test_maxpool_with_indices_keeps_rf():
+    """MaxPool2d(return_indices=True) followed by [0]: same RF as a plain 2x2/2 pool."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+            self.pool = nn.MaxPool2d(2, return_indices=True)
+
+        def forward(self, x):
+            y, _idx = self.pool(self.conv(x))
+            return y
+
+    r = rfscope.analyze(M(), input_shape=(1, 1, 16, 16)).rf("output")
+    assert r.status == "exact" and r.size == (4, 4) and r.stride == (2, 2)
+
+
+def test_narrow_and_select_crop_by_hand():
+    """narrow(dim=3, start=2) moves unit 0 two units right: P' = P - 2j; select fixes the unit."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3, stride=2, padding=1)  # r=3, j=2, P=1
+
+        def forward(self, x):
+            y = self.conv(x).narrow(3, 2, 4)
+            return y, y.select(2, 1)
+
+    rep = rfscope.analyze(M(), input_shape=(1, 1, 16, 16))
+    names = [r.name for r in rep.records.values() if r.op == "call_method"]
+    narrowed = rep.rf(names[0])
+    assert narrowed.padding == (1, 1 - 2 * 2) and narrowed.size == (3, 3)
+    selected = rep.rf(names[1])  # row 1: every unit sees H pixels [2*1-1, 2*1-1+2] = [1, 3]
+    assert selected.window((5, 0)) == ((1, 3), (3, 5))  # W unit 0 after the crop sees [-P', -P'+2]
+    assert selected.window((0, 1)) == ((1, 3), (5, 7))
+
+
+def test_global_pool_after_se_has_no_local_rf():
+    """A squeeze-excitation gate keeps a local RF; global pooling after it leaves none."""
+
+    class SE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Conv2d(4, 4, 1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            g = torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+            return self.pool(y * g)
+
+    rep = rfscope.analyze(SE(), input_shape=(1, 3, 16, 16))
+    gated = [r.name for r in rep.records.values() if r.target == "operator.mul"][0]
+    assert rep.rf(gated).status == "global" and rep.rf(gated, local=True).size == (3, 3)
+    pooled = rep.rf("pool")
+    assert pooled.status == "global" and pooled.local is None
