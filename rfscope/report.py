@@ -32,6 +32,13 @@ def _fmt(x: Fraction | int | None) -> str:
     return str(int(x))
 
 
+def _collapse(parts: list[str]) -> str:
+    """``["all", "all"]`` -> ``"all"``, ``["-", "-"]`` -> ``"-"``, else ``"3x3"``."""
+    if parts and all(p == parts[0] for p in parts) and parts[0] in ("all", "-"):
+        return parts[0]
+    return "x".join(parts)
+
+
 def _fmt_dims(xs: Any) -> str:
     return "x".join(_fmt(x) for x in xs)
 
@@ -201,10 +208,10 @@ class Report:
                 continue
             if rf.status == "unknown":
                 size = stride = pad = "?"
-            elif rf.status == "global" and rf.local is None:
-                size, stride, pad = "all", "-", "-"
-            else:
-                size, stride, pad = _fmt_dims(rf.size), _fmt_dims(rf.stride), _fmt_dims(rf.padding)
+            else:  # a global dim shows "all"; its stride/padding are those of the local path, if any
+                size = _collapse(["all" if d.exact is None else str(d.size) for d in rf.dims])
+                stride = _collapse([_fmt(x) for x in rf.stride])
+                pad = _collapse([_fmt(x) for x in rf.padding])
             status: str = rf.status
             if rf.status == "global" and rf.local is not None:
                 status = f"global (local {_fmt_dims(rf.local.size)})"
