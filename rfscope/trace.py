@@ -92,7 +92,18 @@ def trace(
         # the module being traced when it failed (fx leaves its stack as it was): see rfscope.fallback
         err.module = next(reversed(tracer.module_stack.values()))[0] if tracer.module_stack else None
         raise err from e
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return _graph_module(tracer.root, graph, type(model).__name__)
+
+
+def _graph_module(root: torch.nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """A GraphModule whose Python code is generated on first call, not now: the analysis only
+    interprets the graph, and code generation costs about a tenth of an analysis."""
+    try:
+        from torch.fx._lazy_graph_module import _make_graph_module, _use_lazy_graph_module
+    except ImportError:  # pragma: no cover - older torch
+        return fx.GraphModule(root, graph, name)
+    with _use_lazy_graph_module(True):
+        return _make_graph_module(root, graph, name)
 
 
 class _MetaProp(fx.Interpreter):
