@@ -268,10 +268,24 @@ def _checkerboard(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWa
     return out
 
 
+def _relevant(n: fx.Node, gm: fx.GraphModule) -> bool:
+    if n.op not in ("call_module", "call_function"):
+        return False
+    try:
+        g = _geometry(n, gm)
+    except Exception:  # noqa: BLE001 - let the checks themselves report failures
+        return True
+    return g is not None and (g["kind"] == "conv_transpose" or any(d != 1 for d in g["d"]))
+
+
 def diagnose(report: Report) -> list[DesignWarning]:
     """All design warnings for an analysed model, in graph order."""
     fx_nodes = {n.name: n for n in report.gm.graph.nodes}
     found: list[DesignWarning] = []
+    # Both checks are about dilated or transposed layers; without one there is nothing to say
+    # (and checking every node's RF for holes would cost a tenth of an analysis).
+    if not any(_relevant(n, report.gm) for n in fx_nodes.values()):
+        return found
     for name, check in (("gridding", _gridding), ("checkerboard", _checkerboard)):
         try:
             found += check(report, fx_nodes)
