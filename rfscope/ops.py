@@ -71,6 +71,8 @@ def elementwise(ctx: OpContext, what: str = "merge") -> TensorRF:
     collect(list(ctx.kwargs.values()), list(ctx.kwarg_values.values()))
     if not operands:
         raise Unsupported("no input tensor")
+    if len(operands) == 1 and operands[0][1] == tuple(out_shape):
+        return operands[0][0]  # unary, shape-preserving (activations, eval BatchNorm): state unchanged
     dims: list[DimTag] = [None] * nd
     for st, shp in operands:
         off = nd - len(shp)
