@@ -178,17 +178,19 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--no-grow", is_flag=True, help="Exact: keep the input size even if units touch the border.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="ERF: load this state-dict checkpoint (weights_only=True) into a copy of the model first.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
 def probe(target: str, mode: str, nodes: tuple[str, ...], input_shape: str | None, samples: int,
           inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int | None,
           reduction: str, seed: int, out_dir: str | None, fmt: str, no_grow: bool, quiet: bool,
-          debug: bool) -> None:
+          weights: str | None, debug: bool) -> None:
     """Gradient probe of TARGET: exact RF validation (exit 1 on a disagreement) or the ERF."""
     from .probe.command import run_probe
 
     status = run_probe(target, mode, nodes, input_shape, samples, inputs_path, image_dir, device, dtype,
-                       batch_size, reduction, seed, out_dir, fmt, not no_grow, quiet)
+                       batch_size, reduction, seed, out_dir, fmt, not no_grow, quiet, weights=weights)
     if status:
         raise click.exceptions.Exit(status)
 

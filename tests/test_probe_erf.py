@@ -250,3 +250,29 @@ def test_png_skipped_without_matplotlib(tmp_path, monkeypatch, capsys) -> None: 
     paths = r.save(tmp_path)
     assert {p.name for p in paths} == {"erf.npy", "erf.json"}
     assert "matplotlib is not installed" in capsys.readouterr().err
+
+
+def test_cli_erf_uses_weights_checkpoint(tmp_path) -> None:
+    """--weights loads trained weights: a dirac 3x3 kernel makes the ERF a single pixel."""
+    src = tmp_path / "net.py"
+    src.write_text(
+        "import torch.nn as nn\n"
+        "input_shape = (1, 1, 9, 9)\n"
+        "model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1))\n"
+    )
+    ckpt = tmp_path / "dirac.pt"
+    w = torch.zeros(1, 1, 3, 3)
+    w[0, 0, 1, 1] = 1.0
+    torch.save({"0.weight": w, "0.bias": torch.zeros(1)}, ckpt)
+    maps = {}
+    for name, extra in (("random", []), ("dirac", ["--weights", str(ckpt)])):
+        out = tmp_path / name
+        res = CliRunner().invoke(main, ["probe", str(src), "--mode", "erf", "--node", "0", "--samples", "2",
+                                        "--out", str(out), "--quiet", "--device", "cpu", "--reduction", "abs", *extra])
+        assert res.exit_code == 0, res.output
+        maps[name] = np.load(out / "erf.npy")
+    assert np.count_nonzero(maps["dirac"]) == 1 and maps["dirac"][4, 4] > 0
+    assert np.count_nonzero(maps["random"]) > 1
+    res = CliRunner().invoke(main, ["probe", str(src), "--mode", "erf", "--node", "0", "--out", str(tmp_path / "x"),
+                                    "--weights", str(tmp_path / "missing.pt")])
+    assert res.exit_code == 2 and "missing.pt" in res.output

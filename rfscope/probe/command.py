@@ -35,6 +35,7 @@ def run_probe(
     target: str, mode: str, nodes: Sequence[str], input_shape: str | None, samples: int,
     inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int | None,
     reduction: str, seed: int, out_dir: str | None, fmt: str, grow: bool, quiet: bool,
+    weights: str | None = None,
 ) -> int:
     """Run one probe and print its result; returns the exit status (1 when a node disagrees)."""
     from ..cli import CliError
@@ -51,6 +52,10 @@ def run_probe(
     if mode == "erf" and len(nodes) > 1:
         raise CliError("--mode erf probes one --node at a time")
     lm = load_model(target)
+    if weights is not None:  # trained weights matter for the ERF; the exact probe linearises them away
+        from ..weights import load_weights
+
+        lm.model = load_weights(lm.model, weights)
     x = load_tensors(inputs_path) if inputs_path else None
     shape = _shape(input_shape, lm, x)
     if x is not None and tuple(x.shape[1:]) != tuple(shape[1:]):
