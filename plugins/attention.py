@@ -10,20 +10,34 @@ import torch.nn.functional as F
 from rfscope.context import OpContext, Unsupported
 from rfscope.ops import axes_of
 from rfscope.registry import Registry
-from rfscope.state import TensorRF, make_global, merge
+from rfscope.state import DimTag, TensorRF, make_global, merge
+
+
+def _attend(q: TensorRF | None, kv: list[TensorRF], q_seq: int, kv_seq: int, dims: list[DimTag],
+            what: str) -> TensorRF:
+    """Output positions follow the query; each sees every key/value position.
+
+    Keys and values are made global along their positions *before* the union, so a
+    cross-attention whose keys come from a map with another stride is exactly global
+    rather than a misaligned merge.
+    """
+    kv_g = [make_global(s, axes_of([s.dims[kv_seq]]), keep_local=False) for s in kv]
+    parts = ([q] if q is not None else []) + kv_g
+    m = merge(parts, dims, what)
+    if m.reason is not None:
+        return m
+    seq = ([q.dims[q_seq]] if q is not None else []) + [s.dims[kv_seq] for s in kv]
+    return make_global(m, axes_of(seq), keep_local=False)
 
 
 def _sdpa_rf(ctx: OpContext) -> TensorRF:
     q, k, v = ctx.state(0, "query"), ctx.state(1, "key"), ctx.state(2, "value")
-    sts = [s for s in (q, k, v) if isinstance(s, TensorRF)]
-    if not sts:
+    qs = q if isinstance(q, TensorRF) else None
+    kv = [s for s in (k, v) if isinstance(s, TensorRF)]
+    if qs is None and not kv:
         raise Unsupported("no input tensor")
-    ref = q if isinstance(q, TensorRF) else sts[0]
-    m = merge(sts, ref.dims, f"attention {ctx.node.name}")
-    if m.reason is not None:
-        return m
-    seq = [s.dims[-2] for s in sts]
-    return make_global(m.with_dims(list(ref.dims[:-1]) + [None]), axes_of(seq), keep_local=False)
+    ref = qs if qs is not None else kv[0]
+    return _attend(qs, kv, -2, -2, list(ref.dims[:-1]) + [None], f"attention {ctx.node.name}")
 
 
 def _sdpa_macs(ctx: OpContext) -> int:
@@ -35,16 +49,16 @@ def _sdpa_macs(ctx: OpContext) -> int:
 def _mha_rf(ctx: OpContext) -> tuple[TensorRF, object]:
     m = ctx.module
     assert isinstance(m, nn.MultiheadAttention)
-    sts = [s for s in ctx.args[:3] if isinstance(s, TensorRF)]
-    if not sts:
+    args = list(ctx.args[:3]) + [ctx.kwargs.get(n) for n in ("query", "key", "value")[len(ctx.args):]]
+    qs = args[0] if isinstance(args[0], TensorRF) else None
+    kv = [s for s in args[1:3] if isinstance(s, TensorRF)]
+    if qs is None and not kv:
         raise Unsupported("no input tensor")
-    seq_dim = 1 if m.batch_first else 0
-    q = sts[0]
-    merged = merge(sts, q.dims, f"attention {ctx.node.name}")
-    if merged.reason is not None:
-        return merged, merged
-    out = make_global(merged.with_dims(list(q.dims[:-1]) + [None]), axes_of([s.dims[seq_dim] for s in sts]),
-                      keep_local=False)
+    ref = qs if qs is not None else kv[0]
+    seq_dim = 1 if m.batch_first and len(ref.dims) == 3 else 0
+    out = _attend(qs, kv, seq_dim, seq_dim, list(ref.dims[:-1]) + [None], f"attention {ctx.node.name}")
+    if out.reason is not None:
+        return out, out
     weights_val = ctx.out[1] if isinstance(ctx.out, (tuple, list)) else None
     if weights_val is None:
         from rfscope.state import CONST

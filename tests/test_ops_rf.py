@@ -376,3 +376,39 @@ def test_global_pool_after_se_has_no_local_rf():
     assert rep.rf(gated).status == "global" and rep.rf(gated, local=True).size == (3, 3)
     pooled = rep.rf("pool")
     assert pooled.status == "global" and pooled.local is None
+
+
+def test_cross_attention_to_a_coarser_map_is_global_not_misaligned():
+    """Queries from a stride-2 map attend to keys/values from a stride-4 map: every output
+    position sees every key position, so the result is global (not a misaligned merge)."""
+
+    class Cross(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fine = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.coarse = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            q = self.fine(x).flatten(2).transpose(1, 2)
+            kv = self.coarse(x).flatten(2).transpose(1, 2)
+            return self.attn(q, kv, kv, need_weights=False)[0]
+
+    def sdpa(x, convs):
+        q = convs[0](x).flatten(2).transpose(1, 2)
+        kv = convs[1](x).flatten(2).transpose(1, 2)
+        return F.scaled_dot_product_attention(q, kv, kv)
+
+    class CrossF(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList([nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                                        nn.Conv2d(3, 8, 3, stride=4, padding=1)])
+
+        def forward(self, x):
+            return sdpa(x, self.convs)
+
+    for net in (Cross(), CrossF()):
+        r = rfscope.analyze(net, input_shape=(1, 3, 32, 32)).rf("output")
+        assert r.status == "global", r.reason
+        assert r.size == (32, 32)
