@@ -32,7 +32,7 @@ import torch
 import torch.fx as fx
 
 from .registry import Registry
-from .trace import TraceError, meta_copy, trace
+from .trace import TraceError, clear_hooks, meta_copy, trace
 
 __all__ = ["TRACE_MODES", "PATH_NAMES", "trace_model", "trace_export", "trace_make_fx", "failure_site",
            "symbolic_mutation_hazard", "minimum_input", "explain_shape_error"]
@@ -249,15 +249,6 @@ def _stack_hooks(model: torch.nn.Module, calls: dict[str, int]) -> list[Any]:
     return handles
 
 
-def _clear_hooks(model: torch.nn.Module) -> None:
-    for m in model.modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                     "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
-            d = getattr(m, attr, None)
-            if d:
-                d.clear()
-
-
 def _meta_attrs(gm: fx.GraphModule) -> None:
     """Replace every tensor the graph holds (constants lifted by make_fx) by a meta tensor."""
     for mod in gm.modules():
@@ -280,8 +271,7 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.G
 
     if any(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()]):
         raise TraceError("make_fx runs the model on real tensors, but the model is on the meta device")
-    cp = _copy.deepcopy(model)
-    _clear_hooks(cp)
+    cp = clear_hooks(_copy.deepcopy(model))
     cp.eval()
     types = _module_types(cp)
     inputs = tuple(_to_real(x) for x in example_inputs)
