@@ -20,7 +20,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .analysis import NodeRecord
 from .counting import fmt_count
+from .report import _fmt, _fmt_dims
 from .result import RF
 from .state import TensorRF
 
@@ -108,18 +109,6 @@ def quote(s: str) -> str:
 def _h(s: str) -> str:
     """Text inside an HTML-like label."""
     return html.escape(s, quote=True)
-
-
-def _num(x: Fraction | int | None) -> str:
-    if x is None:
-        return "?"
-    if isinstance(x, Fraction) and x.denominator != 1:
-        return f"{x.numerator}/{x.denominator}"
-    return str(int(x))
-
-
-def _dims(xs: Iterable[Any]) -> str:
-    return "×".join(_num(x) for x in xs)
 
 
 def _wrap(s: str, width: int = 40, lines: int = 2) -> list[str]:
@@ -316,12 +305,12 @@ class _Builder:
         if rf.status == "global":
             rows = ["RF global (sees the whole input)"]
             if rf.local is not None:
-                rows.append(f"local RF {_sizes(rf.local)}, stride {_dims(rf.local.stride)}")
+                rows.append(f"local RF {_sizes(rf.local)}, stride {_fmt_dims(rf.local.stride, '×', '?')}")
             return rows
-        rows = [f"RF {_sizes(rf)}, stride {_dims(rf.stride)}"]
+        rows = [f"RF {_sizes(rf)}, stride {_fmt_dims(rf.stride, '×', '?')}"]
         cov = [c for c in rf.coverage if c is not None]
         if cov and min(cov) < 1:
-            rows.append("holes: sees " + ", ".join(_num(c) for c in rf.coverage) + " of the box")
+            rows.append("holes: sees " + ", ".join(_fmt(c, "?") for c in rf.coverage) + " of the box")
         return rows
 
     def fill(self, rf: RF | None) -> tuple[str, str]:

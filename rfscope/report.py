@@ -24,9 +24,10 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
-def _fmt(x: Fraction | int | None) -> str:
+def _fmt(x: Fraction | int | None, none: str = "-") -> str:
+    """``3``, ``1/2``, or ``none`` for a missing value (the table's ``-``; diagrams use ``?``)."""
     if x is None:
-        return "-"
+        return none
     if isinstance(x, Fraction) and x.denominator != 1:
         return f"{x.numerator}/{x.denominator}"
     return str(int(x))
@@ -39,8 +40,8 @@ def _collapse(parts: list[str]) -> str:
     return "x".join(parts)
 
 
-def _fmt_dims(xs: Any) -> str:
-    return "x".join(_fmt(x) for x in xs)
+def _fmt_dims(xs: Any, sep: str = "x", none: str = "-") -> str:
+    return sep.join(_fmt(x, none) for x in xs)
 
 
 @dataclass
