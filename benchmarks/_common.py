@@ -105,10 +105,14 @@ def table(rows: list[dict[str, Any]], cols: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def parser(doc: str | None, default_out: str) -> argparse.ArgumentParser:
+def parser(doc: str | None, default_out: str, child: bool = False) -> argparse.ArgumentParser:
+    """Common options; ``child=True`` adds the hidden ``--child CASE`` of scripts that re-run themselves
+    in a fresh subprocess (peak RSS per case)."""
     p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
     p.add_argument("--out", default=str(HERE / default_out), help="where to write the JSON results")
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions per measurement")
+    if child:
+        p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p
 
 

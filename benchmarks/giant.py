@@ -74,9 +74,8 @@ def child(name: str) -> None:
 
 
 def main() -> None:
-    ap = parser(__doc__, "giant.json")
+    ap = parser(__doc__, "giant.json", child=True)
     ap.add_argument("--models", default="vit_10b,convnext_12b")
-    ap.add_argument("--child", default=None, help=argparse_suppress())
     a = ap.parse_args()
     if a.child:
         child(a.child)
@@ -101,12 +100,6 @@ def main() -> None:
         if "init_check" in r:
             print(f"{r['model']}: init check -> {r['init_check']}")
     write(a.out, {"benchmark": "giant", "target_peak_rss_mib": TARGET_MIB, "rows": rows})
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

@@ -110,8 +110,7 @@ def peak_rss(case: str) -> dict:
 
 
 def main() -> None:
-    ap = parser(__doc__, "resolution.json")
-    ap.add_argument("--child", default=None, help=argparse_hidden())
+    ap = parser(__doc__, "resolution.json", child=True)
     a = ap.parse_args()
     if a.child:
         child(a.child)
@@ -145,12 +144,6 @@ def main() -> None:
     print()
     print(table(rows, cols))
     write(a.out, {"benchmark": "resolution", "target": TARGET, "reps": a.reps, "rows": rows})
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
