@@ -213,18 +213,19 @@ def _unique(ts: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     return list(seen.values())
 
 
-def _param_totals(ps: Iterable[torch.Tensor]) -> tuple[int, int, int]:
+def _param_totals(ps: Iterable[torch.Tensor]) -> tuple[int, int, list[torch.Tensor]]:
+    """Total and trainable element counts, and the unique tensors they were summed over."""
     u = _unique(ps)
     total = sum(p.numel() for p in u)
     trainable = sum(p.numel() for p in u if p.requires_grad)
-    return total, trainable, len(u)
+    return total, trainable, u
 
 
-def _conv_geometry(n: fx.Node, gm: fx.GraphModule) -> dict[str, Any] | None:
-    """Geometry of a conv node (module or functional), or ``None`` if it is not a conv."""
-    module: Any = None
+def _conv_geometry(n: fx.Node, module: Any) -> dict[str, Any] | None:
+    """Geometry of a conv node (module or functional), or ``None`` if it is not a conv.
+
+    ``module`` is the ``call_module`` node's module (already resolved by the caller)."""
     if n.op == "call_module":
-        module = gm.get_submodule(str(n.target))
         if not isinstance(module, nn.modules.conv._ConvNd):
             return None
     elif not (n.op == "call_function" and n.target in _CONV_FUNCS):
@@ -315,9 +316,10 @@ def count(report: Report, model: nn.Module) -> Counts:
         names.setdefault(id(p), name)
     # Which parameters does each node use?
     uses: dict[str, list[torch.Tensor]] = {}
+    mods: dict[str, Any] = {}  # call_module node -> its module, resolved once
     for n in gm.graph.nodes:
         if n.op == "call_module":
-            mod = _resolve(model, gm, str(n.target))
+            mod = mods[n.name] = _resolve(model, gm, str(n.target))
             if isinstance(mod, nn.Module):
                 uses.setdefault(n.name, []).extend(mod.parameters())
         elif n.op == "get_attr":
@@ -340,12 +342,12 @@ def count(report: Report, model: nn.Module) -> Counts:
                     counted[id(t)] = n.name
                     new += t.numel()
             rec.params = new
-        g = _conv_geometry(n, gm)
+        g = _conv_geometry(n, mods.get(n.name))
         if g is not None:
             rec.conv_kind = conv_kind(g)
             report.extras.setdefault("_geometry", {})[n.name] = g
-    total, trainable, _ = _param_totals(model.parameters())
-    used = sum(p.numel() for p in _unique(model.parameters()) if id(p) in counted)
+    total, trainable, params = _param_totals(model.parameters())
+    used = sum(p.numel() for p in params if id(p) in counted)
     buffers = sum(b.numel() for b in _unique(model.buffers()))
     macs = sum(r.macs or 0 for r in records.values())
     unknown = tuple(r.name for r in records.values()
