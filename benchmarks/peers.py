@@ -29,12 +29,20 @@ warnings.filterwarnings("ignore")
 logging.getLogger("fvcore").setLevel(logging.ERROR)
 
 
-def _torchinfo() -> Callable[[torch.nn.Module, tuple[int, ...]], dict[str, Any]] | None:
+Runner = Callable[[torch.nn.Module, tuple[int, ...]], dict[str, Any]]
+
+
+def _skipped(pkg: str) -> Runner | None:
+    """No runner: ``pkg`` is not installed (said once, on stdout)."""
+    print(f"{pkg} not installed: skipped (pip install {pkg})")
+    return None
+
+
+def _torchinfo() -> Runner | None:
     try:
         import torchinfo
     except ImportError:
-        print("torchinfo not installed: skipped (pip install torchinfo)")
-        return None
+        return _skipped("torchinfo")
 
     def run(m: torch.nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
         s = torchinfo.summary(m, input_size=shape, verbose=0, device="cpu")
@@ -43,12 +51,11 @@ def _torchinfo() -> Callable[[torch.nn.Module, tuple[int, ...]], dict[str, Any]]
     return run
 
 
-def _torchscan() -> Callable[[torch.nn.Module, tuple[int, ...]], dict[str, Any]] | None:
+def _torchscan() -> Runner | None:
     try:
         import torchscan
     except ImportError:
-        print("torchscan not installed: skipped (pip install torchscan)")
-        return None
+        return _skipped("torchscan")
 
     def run(m: torch.nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
         info = torchscan.crawl_module(m, shape[1:])
@@ -67,12 +74,11 @@ def _torchscan() -> Callable[[torch.nn.Module, tuple[int, ...]], dict[str, Any]]
     return run
 
 
-def _fvcore() -> Callable[[torch.nn.Module, tuple[int, ...]], dict[str, Any]] | None:
+def _fvcore() -> Runner | None:
     try:
         from fvcore.nn import FlopCountAnalysis, parameter_count
     except ImportError:
-        print("fvcore not installed: skipped (pip install fvcore)")
-        return None
+        return _skipped("fvcore")
 
     def run(m: torch.nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
         f = FlopCountAnalysis(m, torch.zeros(shape))
