@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from .state import CONST, Const, TensorRF, unknown
+from .state import CONST, TensorRF, unknown
 
 __all__ = ["OpContext", "Unsupported"]
 
@@ -71,7 +71,3 @@ class OpContext:
     def unknown(self, reason: str) -> TensorRF:
         dims = self.first.dims if self.args else ()
         return unknown(dims, reason)
-
-
-def is_const(x: Any) -> bool:
-    return isinstance(x, Const)
