@@ -106,7 +106,7 @@ class Report:
         return r
 
     def node_rf(self, rec: NodeRecord) -> RF | None:
-        attrs = self.graph.nodes.get(rec.name) if rec.name in self.graph else None
+        attrs = self.graph.nodes.get(rec.name)
         if attrs is not None and attrs.get("record") is rec:
             return attrs.get("rf")  # computed once by build_graph from this very record
         return RF.from_state(rec.state, self.input_size) if isinstance(rec.state, TensorRF) else None

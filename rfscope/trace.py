@@ -107,6 +107,10 @@ def _graph_module(root: torch.nn.Module, graph: fx.Graph, name: str) -> fx.Graph
 
 
 class _MetaProp(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self._calls = ModuleCallCache()
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             out = super().run_node(n)
@@ -133,16 +137,11 @@ class _MetaProp(fx.Interpreter):
         out = fast_module_output(m, args, kwargs)
         if out is not None:
             return out
-        return self._cache().call(m, args, kwargs, lambda: super(_MetaProp, self).call_module(target, args, kwargs))
+        return self._calls.call(m, args, kwargs, lambda: super(_MetaProp, self).call_module(target, args, kwargs))
 
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
         run = lambda: super(_MetaProp, self).call_function(target, args, kwargs)  # noqa: E731
-        return self._cache().call_function(target, args, kwargs, run)
-
-    def _cache(self) -> ModuleCallCache:
-        if not hasattr(self, "_calls"):
-            self._calls = ModuleCallCache()
-        return self._calls
+        return self._calls.call_function(target, args, kwargs, run)
 
 
 def _layer_problem(name: str, m: Any, args: Any) -> str | None:
