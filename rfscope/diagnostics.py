@@ -147,6 +147,24 @@ def _geometry(n: fx.Node, gm: fx.GraphModule) -> dict[str, Any] | None:
     return dict(kind=kind, k=k, s=s, p=p, d=d)
 
 
+class _Geometries:
+    """Each node's :func:`_geometry`, computed once and shared by the pre-scan and the checks.
+
+    A lookup that raises is not remembered, so the check that needs it raises (and reports) too.
+    """
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.nodes = {n.name: n for n in gm.graph.nodes}
+        self.known: dict[str, dict[str, Any] | None] = {}
+
+    def __call__(self, name: str) -> dict[str, Any] | None:
+        if name not in self.known:
+            n = self.nodes.get(name)
+            self.known[name] = _geometry(n, self.gm) if n is not None else None
+        return self.known[name]
+
+
 def transposed_taps(k: int, s: int, p: int = 0, d: int = 1) -> tuple[int, ...]:
     """Number of kernel taps that reach each output phase of a 1-D transposed conv.
 
@@ -178,7 +196,7 @@ def _has_holes(rf: RF) -> bool:
     return rf.status == "exact" and any(c is not None and c < 1 for c in rf.coverage)
 
 
-def _gridding(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarning]:
+def _gridding(report: Report, geometry: _Geometries) -> list[DesignWarning]:
     with_holes: set[str] = set()  # every node whose units miss pixels of their bounding box
     holey: dict[str, dict[str, Any]] = {}  # the dilated layers among them
     for rec in report.layers():
@@ -186,8 +204,7 @@ def _gridding(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarnin
         if rf is None or not _has_holes(rf):
             continue
         with_holes.add(rec.name)
-        n = fx_nodes.get(rec.name)
-        g = _geometry(n, report.gm) if n is not None else None
+        g = geometry(rec.name)
         if g is None or g["kind"] == "conv_transpose" or all(d == 1 for d in g["d"]):
             continue
         holey[rec.name] = dict(rec=rec, geom=g, rf=rf)
@@ -239,13 +256,10 @@ def _gridding(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarnin
     return out
 
 
-def _checkerboard(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWarning]:
+def _checkerboard(report: Report, geometry: _Geometries) -> list[DesignWarning]:
     out: list[DesignWarning] = []
     for rec in report.layers():
-        n = fx_nodes.get(rec.name)
-        if n is None:
-            continue
-        g = _geometry(n, report.gm)
+        g = geometry(rec.name)
         if g is None or g["kind"] != "conv_transpose":
             continue
         taps = [transposed_taps(k, s, p, d) for k, s, p, d in zip(g["k"], g["s"], g["p"], g["d"], strict=False)]
@@ -268,11 +282,11 @@ def _checkerboard(report: Report, fx_nodes: dict[str, fx.Node]) -> list[DesignWa
     return out
 
 
-def _relevant(n: fx.Node, gm: fx.GraphModule) -> bool:
+def _relevant(n: fx.Node, geometry: _Geometries) -> bool:
     if n.op not in ("call_module", "call_function"):
         return False
     try:
-        g = _geometry(n, gm)
+        g = geometry(n.name)
     except Exception:  # noqa: BLE001 - let the checks themselves report failures
         return True
     return g is not None and (g["kind"] == "conv_transpose" or any(d != 1 for d in g["d"]))
@@ -280,15 +294,15 @@ def _relevant(n: fx.Node, gm: fx.GraphModule) -> bool:
 
 def diagnose(report: Report) -> list[DesignWarning]:
     """All design warnings for an analysed model, in graph order."""
-    fx_nodes = {n.name: n for n in report.gm.graph.nodes}
+    geometry = _Geometries(report.gm)
     found: list[DesignWarning] = []
     # Both checks are about dilated or transposed layers; without one there is nothing to say
     # (and checking every node's RF for holes would cost a tenth of an analysis).
-    if not any(_relevant(n, report.gm) for n in fx_nodes.values()):
+    if not any(_relevant(n, geometry) for n in geometry.nodes.values()):
         return found
     for name, check in (("gridding", _gridding), ("checkerboard", _checkerboard)):
         try:
-            found += check(report, fx_nodes)
+            found += check(report, geometry)
         except Exception as e:  # noqa: BLE001 - a failing check must not cost the user the analysis
             report.errors.append(f"design check {name!r} failed: {type(e).__name__}: {e}")
     order = {name: i for i, name in enumerate(report.records)}
