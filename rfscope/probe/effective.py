@@ -260,11 +260,13 @@ def erf(
     chunks = _chunks(samples, batch_size)
     mine = chunks[rank::world]
 
+    graphs: dict[torch.dtype, torch.fx.GraphModule] = {}  # the low-precision check reuses the main copy
+
     def run(dt: torch.dtype, which: Sequence[tuple[int, int, int]], prog: Progress | None) -> torch.Tensor:
-        gm = materialise(report.gm, model, device=dev, dtype=dt)
-        select_outputs(gm, [name])
+        if dt not in graphs:
+            graphs[dt] = select_outputs(materialise(report.gm, model, device=dev, dtype=dt), [name])
         mask = unit_mask(dims, out_shape, index, dtype=dt, device=dev)
-        return _accumulate(gm, mask, which, inputs, shape, seed, dev, dt, reduction, prog)
+        return _accumulate(graphs[dt], mask, which, inputs, shape, seed, dev, dt, reduction, prog)
 
     prog = Progress(sum(c[2] for c in mine), f"ERF {name}", enabled=progress and len(mine) > 1)
     try:
