@@ -140,18 +140,6 @@ def _sizes(rf: RF) -> str:
     return "×".join(out)
 
 
-def _param_count(x: Any) -> int | None:
-    """Accept an int, or an object/mapping with ``total`` (another module's richer count)."""
-    if isinstance(x, bool):
-        return None
-    if isinstance(x, int):
-        return x
-    if isinstance(x, Mapping) and isinstance(x.get("total"), int):
-        return int(x["total"])
-    total = getattr(x, "total", None)
-    return total if isinstance(total, int) and not isinstance(total, bool) else None
-
-
 # ----------------------------------------------------------------------------- model structure
 def _cls_name(c: Any) -> str:
     if isinstance(c, type):
@@ -251,7 +239,7 @@ class _Builder:
             path = key.split("@", 1)[0]
             count: int | None
             try:
-                count = _param_count(self.report.module_params(path))
+                count = self.report.module_params(path).total
             except (AttributeError, KeyError):  # a report without counts: the traced copy
                 try:
                     count = sum(p.numel() for p in self.report.gm.get_submodule(path).parameters())
@@ -262,8 +250,7 @@ class _Builder:
 
     def node_params(self, rec: NodeRecord) -> str | None:
         """``"9.22K params"``, ``"params shared with conv1"`` or ``None``."""
-        p = _param_count(getattr(rec, "params", None))
-        shared = getattr(rec, "shared", None) or {}
+        p, shared = rec.params, rec.shared
         if p:
             return f"{fmt_count(p)} params"
         if shared:
