@@ -207,9 +207,9 @@ class InitRules:
 
     def lookup(self, n: fx.Node, module: nn.Module | None, registry: Registry) -> InitRule | None:
         if module is not None:
-            for c in type(module).__mro__:
-                if c in self._by_target:
-                    return self._by_target[c]
+            rule = self.lookup_class(type(module))
+            if rule is not None:
+                return rule
             p = registry.lookup_module(module)
         elif n.op == "call_method":
             p = registry.lookup(Method(str(n.target)))
@@ -775,8 +775,8 @@ def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry
         return [Finding("signal-skipped", "info", f"the random-input forward pass failed: {msg}",
                         evidence={"error": type(e).__name__})]
     def lab(name: str) -> str:
-        node = next((x for x in g.gm.graph.nodes if x.name == name), None)
-        return g.label(node) if node is not None else name
+        rec = g.report.records.get(name)
+        return rec.label if rec is not None else name
 
     out: list[Finding] = []
     if probe.nonfinite is not None:
