@@ -416,7 +416,8 @@ def _separable_blocks(report: Report, gm: fx.GraphModule) -> list[SeparableBlock
             elif (_between(u, gm) and len([a for a in u.all_input_nodes if _is_data(a, report)]) == 1) \
                     or _gate(u, report):
                 stack.extend((w, (*via, u.name)) for w in u.users)
-    blocks.sort(key=lambda b: list(nodes).index(b.depthwise))
+    order = {name: i for i, name in enumerate(nodes)}
+    blocks.sort(key=lambda b: order[b.depthwise])
     return blocks
 
 
