@@ -8,7 +8,6 @@ float64) written here, not rfscope's probe.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import runpy
@@ -20,6 +19,7 @@ import pytest
 import torch
 import torch.nn as nn
 from click.testing import CliRunner
+from oracle import Oracle
 
 import rfscope
 from rfscope.cli import main
@@ -50,39 +50,11 @@ def load(target: str) -> nn.Module:
 
 
 # ---------------------------------------------------------------- gradient oracle
-def _linearised(model: nn.Module) -> nn.Module:
-    m = copy.deepcopy(model).double().eval()
-
-    def swap(parent: nn.Module) -> None:
-        for name, ch in parent.named_children():
-            if isinstance(ch, (nn.BatchNorm2d, nn.ReLU, nn.Tanh)):
-                setattr(parent, name, nn.Identity())
-            elif isinstance(ch, nn.MaxPool2d):
-                setattr(parent, name, nn.AvgPool2d(ch.kernel_size, ch.stride, ch.padding))  # type: ignore[arg-type]
-            else:
-                if isinstance(ch, (nn.Conv2d, nn.ConvTranspose2d)):
-                    with torch.no_grad():
-                        ch.weight.fill_(1.0)
-                        if ch.bias is not None:
-                            ch.bias.zero_()
-                swap(ch)
-
-    swap(m)
-    return m
-
-
 def oracle_cols(model: nn.Module, shape: tuple[int, ...], module: str, units: list[int]) -> list[list[int]]:
     """Input columns that reach unit (row = centre, col = u) of ``module``'s output, per unit."""
-    m = _linearised(model)
-    out: dict[str, torch.Tensor] = {}
-    m.get_submodule(module).register_forward_hook(lambda _m, _i, o: out.__setitem__("y", o))
-    # one sample per unit (the linearised net mixes no samples): one forward and one backward
-    x = torch.ones((len(units), *shape[1:]), dtype=torch.float64, requires_grad=True)
-    m(x)
-    y = out["y"]
-    sum(y[b, :, y.shape[2] // 2, u].sum() for b, u in enumerate(units)).backward()  # type: ignore[union-attr]
-    assert x.grad is not None
-    return [torch.nonzero(x.grad[b].sum(dim=(0, 1))).flatten().tolist() for b in range(len(units))]
+    orc = Oracle(model, shape, module, batch=len(units))  # one sample per unit: one backward pass
+    row = orc.out_size[0] // 2
+    return [cols for _rows, cols in orc.supports([(row, u) for u in units])]
 
 
 def static_cols(model: nn.Module, shape: tuple[int, ...], module: str, units: list[int]) -> list[list[int]]:
