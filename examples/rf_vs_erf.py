@@ -13,6 +13,7 @@ random initialisation (seeded), inputs N(0, 1): the ERF of an *untrained* net.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,21 +27,26 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-class PlainNet(nn.Module):
-    """4 stages of 2 3x3 convs; stages 2-4 start with a stride-2 conv (no skips)."""
+class _Stages(nn.Module):
+    """4 stages of widths w, w, 2w, 4w built by ``stage(c_in, c_out, stride)``; stages 2-4 start with stride 2."""
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int, stage: Callable[[int, int, int], nn.Module]) -> None:
         super().__init__()
         torch.manual_seed(0)
-        chans = [width, width, 2 * width, 4 * width]
         c_in = 3
-        for i, c in enumerate(chans):
-            s = 1 if i == 0 else 2
-            setattr(self, STAGES[i], nn.Sequential(*_conv_bn(c_in, c, s), *_conv_bn(c, c)))
+        for i, c in enumerate((width, width, 2 * width, 4 * width)):
+            setattr(self, STAGES[i], stage(c_in, c, 1 if i == 0 else 2))
             c_in = c
 
     def forward(self, x):
         return self.stage4(self.stage3(self.stage2(self.stage1(x))))
+
+
+class PlainNet(_Stages):
+    """Each stage 2 3x3 convs, the first one strided (no skips)."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__(width, lambda c_in, c, s: nn.Sequential(*_conv_bn(c_in, c, s), *_conv_bn(c, c)))
 
 
 class Block(nn.Module):
@@ -56,20 +62,11 @@ class Block(nn.Module):
         return self.relu(self.body(x) + self.skip(x))
 
 
-class ResNet(nn.Module):
+class ResNet(_Stages):
     """The same stages as :class:`PlainNet`, each one residual block."""
 
     def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        chans = [width, width, 2 * width, 4 * width]
-        c_in = 3
-        for i, c in enumerate(chans):
-            setattr(self, STAGES[i], Block(c_in, c, 1 if i == 0 else 2))
-            c_in = c
-
-    def forward(self, x):
-        return self.stage4(self.stage3(self.stage2(self.stage1(x))))
+        super().__init__(width, Block)
 
 
 model = PlainNet
