@@ -13,20 +13,19 @@ from rfscope.registry import Registry
 from rfscope.state import DimTag, TensorRF, make_global, merge
 
 
-def _attend(q: TensorRF | None, kv: list[TensorRF], q_seq: int, kv_seq: int, dims: list[DimTag],
-            what: str) -> TensorRF:
+def _attend(q: TensorRF | None, kv: list[TensorRF], seq_dim: int, dims: list[DimTag], what: str) -> TensorRF:
     """Output positions follow the query; each sees every key/value position.
 
     Keys and values are made global along their positions *before* the union, so a
     cross-attention whose keys come from a map with another stride is exactly global
     rather than a misaligned merge.
     """
-    kv_g = [make_global(s, axes_of([s.dims[kv_seq]]), keep_local=False) for s in kv]
+    kv_g = [make_global(s, axes_of([s.dims[seq_dim]]), keep_local=False) for s in kv]
     parts = ([q] if q is not None else []) + kv_g
     m = merge(parts, dims, what)
     if m.reason is not None:
         return m
-    seq = ([q.dims[q_seq]] if q is not None else []) + [s.dims[kv_seq] for s in kv]
+    seq = ([q.dims[seq_dim]] if q is not None else []) + [s.dims[seq_dim] for s in kv]
     return make_global(m, axes_of(seq), keep_local=False)
 
 
@@ -37,7 +36,7 @@ def _sdpa_rf(ctx: OpContext) -> TensorRF:
     if qs is None and not kv:
         raise Unsupported("no input tensor")
     ref = qs if qs is not None else kv[0]
-    return _attend(qs, kv, -2, -2, list(ref.dims[:-1]) + [None], f"attention {ctx.node.name}")
+    return _attend(qs, kv, -2, list(ref.dims[:-1]) + [None], f"attention {ctx.node.name}")
 
 
 def _sdpa_macs(ctx: OpContext) -> int:
@@ -56,7 +55,7 @@ def _mha_rf(ctx: OpContext) -> tuple[TensorRF, object]:
         raise Unsupported("no input tensor")
     ref = qs if qs is not None else kv[0]
     seq_dim = 1 if m.batch_first and len(ref.dims) == 3 else 0
-    out = _attend(qs, kv, seq_dim, seq_dim, list(ref.dims[:-1]) + [None], f"attention {ctx.node.name}")
+    out = _attend(qs, kv, seq_dim, list(ref.dims[:-1]) + [None], f"attention {ctx.node.name}")
     if out.reason is not None:
         return out, out
     weights_val = ctx.out[1] if isinstance(ctx.out, (tuple, list)) else None

@@ -133,5 +133,3 @@ def _register_now(reg: Registry) -> None:
     merge = getattr(swin, "_patch_merging_pad", None)
     if merge is not None:
         reg.add("swin_patch_merging", [merge], rf=_patch_merging_rf)
-
-
