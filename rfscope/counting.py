@@ -328,6 +328,7 @@ def count(report: Report, model: nn.Module) -> Counts:
                 names.setdefault(id(t), str(n.target))
                 uses.setdefault(_first_data_consumer(n, records).name, []).append(t)
     counted: dict[int, str] = {}
+    geo: dict[str, dict[str, Any]] = {}  # conv node -> its geometry, for the separable-block search
     for n in gm.graph.nodes:
         rec = records.get(n.name)
         if rec is None:
@@ -345,7 +346,7 @@ def count(report: Report, model: nn.Module) -> Counts:
         g = _conv_geometry(n, mods.get(n.name))
         if g is not None:
             rec.conv_kind = conv_kind(g)
-            report.extras.setdefault("_geometry", {})[n.name] = g
+            geo[n.name] = g
     total, trainable, params = _param_totals(model.parameters())
     used = sum(p.numel() for p in params if id(p) in counted)
     buffers = sum(b.numel() for b in _unique(model.buffers()))
@@ -354,7 +355,7 @@ def count(report: Report, model: nn.Module) -> Counts:
                     if r.op in ("call_module", "call_function", "call_method") and r.macs is None
                     and r.shape is not None and r.plugin is None)
     summary = Summary(total, trainable, total - trainable, buffers, macs, total - used, unknown)
-    blocks = _separable_blocks(report, gm)
+    blocks = _separable_blocks(report, gm, geo)
     counts = Counts(summary, blocks, model, records)
     report.extras["counting"] = counts
     fields = report.extras.setdefault("node_fields", {})
@@ -370,7 +371,6 @@ def count(report: Report, model: nn.Module) -> Counts:
     top = report.extras.setdefault("top_level", {})
     top["summary"] = summary.to_dict()
     top["separable_blocks"] = [b.to_dict() for b in blocks]
-    report.extras.pop("_geometry", None)
     return counts
 
 
@@ -384,8 +384,7 @@ def _between(n: fx.Node, gm: fx.GraphModule) -> bool:
     return False
 
 
-def _separable_blocks(report: Report, gm: fx.GraphModule) -> list[SeparableBlock]:
-    geo: dict[str, dict[str, Any]] = report.extras.get("_geometry", {})
+def _separable_blocks(report: Report, gm: fx.GraphModule, geo: dict[str, dict[str, Any]]) -> list[SeparableBlock]:
     nodes = {n.name: n for n in gm.graph.nodes}
     blocks: list[SeparableBlock] = []
     for name, g in geo.items():
@@ -401,7 +400,7 @@ def _separable_blocks(report: Report, gm: fx.GraphModule) -> list[SeparableBlock
             ug = geo.get(u.name)
             urec = report.records.get(u.name)
             if ug is not None and urec is not None and urec.conv_kind == ["pointwise"] \
-                    and int(ug["weight_shape"][1]) == c_mid and u.args and _data_arg_chain(u):
+                    and int(ug["weight_shape"][1]) == c_mid and u.args and isinstance(u.args[0], fx.Node):
                 c_out = int(ug["weight_shape"][0])
                 kprod = math.prod(g["k"])
                 params = math.prod(g["weight_shape"]) + math.prod(ug["weight_shape"])
@@ -433,10 +432,6 @@ def _gate(u: fx.Node, report: Report) -> bool:
     return len(shapes) == 2 and out is not None and out in shapes and all(
         s is not None and len(s) == len(out) and all(x in (1, y) for x, y in zip(s, out, strict=True))
         and (len(s) < 3 or all(x == 1 for x in s[2:]) or s == out) for s in shapes)
-
-
-def _data_arg_chain(u: fx.Node) -> bool:
-    return isinstance(u.args[0], fx.Node)
 
 
 def _is_data(n: fx.Node, report: Report) -> bool:
