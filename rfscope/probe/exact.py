@@ -296,6 +296,10 @@ def _default_nodes(report: Report) -> list[str]:
     return out
 
 
+def _node_names(report: Report, nodes: Sequence[str] | None) -> list[str]:
+    return [_resolve(report, n) for n in nodes] if nodes else _default_nodes(report)
+
+
 def _label(report: Report, node: str, asked: str | None) -> str:
     if asked is not None:
         return asked
@@ -341,20 +345,16 @@ def validate(
         if input_shape is None:
             raise ProbeError("give report= or input_shape=(N, C, *spatial)")
         report = analyze(model, input_shape, registry=registry, leaf_modules=leaf_modules)
-        names = [_resolve(report, n) for n in nodes] if nodes else _default_nodes(report)
-        for _ in range(4):
-            if not grow:
-                break
-            need = [min(max_size, x) for x in _needed_size(report, names)]
+        for _ in range(4 if grow else 0):
+            need = [min(max_size, x) for x in _needed_size(report, _node_names(report, nodes))]
             if need == list(report.input_size):
                 break
             shape = (*report.input_shape[:2], *need)
             report = analyze(model, shape, registry=registry, leaf_modules=leaf_modules)
-            names = [_resolve(report, n) for n in nodes] if nodes else _default_nodes(report)
         if grow and any(x >= max_size for x in report.input_size):
             notes.append(f"input capped at {max_size}; some units touch the border")
     check_trace_path(report.trace_path)
-    names = [_resolve(report, n) for n in nodes] if nodes else _default_nodes(report)
+    names = _node_names(report, nodes)
     asked = list(nodes) if nodes else [None] * len(names)
     placeholders = [n for n in report.gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
