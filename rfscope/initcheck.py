@@ -121,10 +121,10 @@ class WeightView:
         rf = math.prod(w.shape[2:]) if w.dim() > 2 else 1
         return int(w.shape[1]) * rf, int(w.shape[0]) * rf
 
-    def rows(self) -> torch.Tensor:
-        """One row per output unit: its incoming weights then its bias."""
+    def rows(self, with_bias: bool = True) -> torch.Tensor:
+        """One row per output unit: its incoming weights, then its bias (unless ``with_bias=False``)."""
         w = self.weight.detach().float().movedim(self.out_dim, 0).reshape(self.weight.shape[self.out_dim], -1)
-        if self.bias is not None:
+        if with_bias and self.bias is not None:
             w = torch.cat([w, self.bias.detach().float().reshape(-1, 1)], dim=1)
         return w
 
@@ -498,8 +498,7 @@ def _dead(g: _Graph, n: fx.Node, v: WeightView) -> tuple[list[Finding], torch.Te
     none = torch.zeros(0, dtype=torch.long)
     if v.groups != 1 and v.out_dim == 1:
         return [], none
-    w = v.weight.detach().float().movedim(v.out_dim, 0).reshape(v.weight.shape[v.out_dim], -1)
-    zero = w.abs().amax(dim=1) == 0
+    zero = v.rows(with_bias=False).abs().amax(dim=1) == 0
     if not bool(zero.any()):
         return [], none
     ends = g.ends(n, stop_at_relu=True)
