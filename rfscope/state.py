@@ -152,8 +152,7 @@ def _union_state(a: AxisState, b: AxisState) -> AxisState:
 
 def _empty_units(s: TensorRF) -> bool:
     """Some unit sees no pixel along one exact axis while another axis exists (multi-axis only)."""
-    exact = [a for a in s.axes if isinstance(a, Axis)]
-    return len(s.axes) > 1 and any(w.empty for a in exact for w in a.windows)
+    return len(s.axes) > 1 and any(w.empty for a in s.axes if isinstance(a, Axis) for w in a.windows)
 
 
 def merge(states: Sequence[TensorRF], dims: Sequence[DimTag], what: str = "merge") -> TensorRF:
@@ -203,10 +202,9 @@ def make_global(state: TensorRF, axes: Sequence[int], keep_local: bool) -> Tenso
     new = list(state.axes)
     for a in axes:
         cur = new[a]
-        if isinstance(cur, Global):
-            if not keep_local:  # e.g. global pooling after an SE block: no local path survives
-                new[a] = Global(None)
-            continue
-        new[a] = Global(cur if keep_local else None)
+        if not keep_local:
+            new[a] = Global(None)  # no local path survives (e.g. global pooling after an SE block)
+        elif not isinstance(cur, Global):  # an axis already global keeps its local path
+            new[a] = Global(cur)
     scr = state.scrambled - set(axes)
     return replace(state, axes=tuple(new), scrambled=frozenset(scr))
