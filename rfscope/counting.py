@@ -266,8 +266,8 @@ def conv_kind(g: dict[str, Any]) -> list[str]:
     return kind
 
 
-def _first_data_consumer(n: fx.Node, records: dict[str, NodeRecord]) -> fx.Node:
-    """First node (graph order) downstream of ``n`` whose value depends on the input."""
+def _first_data_consumer(n: fx.Node, records: dict[str, NodeRecord], order: dict[fx.Node, int]) -> fx.Node:
+    """First node (graph ``order``) downstream of ``n`` whose value depends on the input."""
     found: list[fx.Node] = []
     stack = list(n.users)
     seen: set[fx.Node] = set()
@@ -285,7 +285,6 @@ def _first_data_consumer(n: fx.Node, records: dict[str, NodeRecord]) -> fx.Node:
             stack.extend(u.users)
     if not found:
         return n
-    order = {x: i for i, x in enumerate(n.graph.nodes)}
     return min(found, key=lambda x: order[x])
 
 
@@ -317,6 +316,7 @@ def count(report: Report, model: nn.Module) -> Counts:
     # Which parameters does each node use?
     uses: dict[str, list[torch.Tensor]] = {}
     mods: dict[str, Any] = {}  # call_module node -> its module, resolved once
+    order = {x: i for i, x in enumerate(gm.graph.nodes)}
     for n in gm.graph.nodes:
         if n.op == "call_module":
             mod = mods[n.name] = _resolve(model, gm, str(n.target))
@@ -326,7 +326,7 @@ def count(report: Report, model: nn.Module) -> Counts:
             t = _resolve(model, gm, str(n.target))
             if isinstance(t, nn.Parameter):
                 names.setdefault(id(t), str(n.target))
-                uses.setdefault(_first_data_consumer(n, records).name, []).append(t)
+                uses.setdefault(_first_data_consumer(n, records, order).name, []).append(t)
     counted: dict[int, str] = {}
     geo: dict[str, dict[str, Any]] = {}  # conv node -> its geometry, for the separable-block search
     for n in gm.graph.nodes:
