@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 
 from .fastcopy import deepcopy_modules
-from .fastshape import ModuleCallCache, fast_module_output
+from .fastshape import ModuleCallCache, _like, fast_module_output
 from .registry import Registry
 
 __all__ = ["meta_copy", "RFTracer", "trace", "propagate_shapes", "TraceError"]
@@ -61,7 +61,7 @@ def _meta_like(t: torch.Tensor) -> torch.Tensor:
     decomposition (models built on meta have thousands of tensors), so contiguous ones take
     the equivalent ``empty_strided``."""
     if t.device.type == "meta" and t.is_contiguous() and type(t) in (torch.Tensor, torch.nn.Parameter):
-        return torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device="meta")
+        return _like(t)  # the same empty_strided as fastshape
     return torch.empty_like(t, device="meta")
 
 
