@@ -307,10 +307,6 @@ def _split_rf(ctx: OpContext) -> Any:
     return tuple(res)
 
 
-def _flatten_rf(ctx: OpContext) -> TensorRF:
-    return _reshape_rf(ctx)
-
-
 def register(reg: Registry) -> None:
     M = Method
     reg.add("reshape", (M("view"), M("reshape"), M("flatten"), M("unflatten"), M("view_as"),
