@@ -62,37 +62,34 @@ def materialise(
             return t.to(device=device, dtype=dtype, copy=True)
         return t.to(device=device, copy=True)
 
+    def param(qual: str, p: torch.Tensor) -> torch.Tensor:
+        user = src_p.get(qual)
+        if param_fn is not None:
+            val = param_fn(qual, p, user)
+        elif user is None:
+            raise ProbeError(f"parameter {qual!r} of the traced graph is not in the model")
+        else:
+            val = user
+        return torch.nn.Parameter(convert(val), requires_grad=False)
+
+    def buffer(qual: str, b: torch.Tensor) -> torch.Tensor:
+        user_b = src_b.get(qual)
+        if user_b is None:
+            if b.is_meta:
+                raise ProbeError(f"buffer {qual!r} of the traced graph is not in the model")
+            user_b = b
+        if user_b.is_meta:
+            raise ProbeError(f"buffer {qual!r} is on the meta device; build the model on a real device")
+        return convert(user_b)
+
     for mname, mod in gm.named_modules():
-        for pname, p in list(mod._parameters.items()):
-            if p is None:
-                continue
-            key = id(p)
-            if key not in made:
-                qual = _qual(mname, pname)
-                user = src_p.get(qual)
-                if param_fn is not None:
-                    val = param_fn(qual, p, user)
-                elif user is None:
-                    raise ProbeError(f"parameter {qual!r} of the traced graph is not in the model")
-                else:
-                    val = user
-                made[key] = torch.nn.Parameter(convert(val), requires_grad=False)
-            mod._parameters[pname] = made[key]  # type: ignore[assignment]
-        for bname, b in list(mod._buffers.items()):
-            if b is None:
-                continue
-            key = id(b)
-            if key not in made:
-                qual = _qual(mname, bname)
-                user_b = src_b.get(qual)
-                if user_b is None:
-                    if b.is_meta:
-                        raise ProbeError(f"buffer {qual!r} of the traced graph is not in the model")
-                    user_b = b
-                if user_b.is_meta:
-                    raise ProbeError(f"buffer {qual!r} is on the meta device; build the model on a real device")
-                made[key] = convert(user_b)
-            mod._buffers[bname] = made[key]
+        for store, make in ((mod._parameters, param), (mod._buffers, buffer)):  # tied tensors: one copy
+            for tname, t in list(store.items()):
+                if t is None:
+                    continue
+                if id(t) not in made:
+                    made[id(t)] = make(_qual(mname, tname), t)
+                store[tname] = made[id(t)]
         for aname, v in list(vars(mod).items()):
             if isinstance(v, torch.Tensor) and not isinstance(v, torch.nn.Parameter):
                 if v.is_meta:
