@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The probe's CUDA checks, as one script for a machine with a GPU (results under ${OUT:-cuda_out}).
+#   bash benchmarks/cuda_checks.sh
+# 1. the probe tests with device "auto" (= cuda there); 2. ERF throughput, float32 and bfloat16;
+# 3. the CLI: exact validation of resnet-like stages and an ERF map (png) on cuda.
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-cuda_out}; mkdir -p "$OUT"
+PY=${PY:-python3}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+$PY -m pip install -q --no-deps --no-build-isolation --no-index -e . >/dev/null 2>&1 || echo "pip install -e . failed"
+$PY -c "import torch, torchvision, rfscope, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name())"
+echo "== probe tests on cuda (device auto)"
+timeout 200 $PY -m pytest -q -n 8 -p no:cacheprovider tests/test_probe_erf.py tests/test_probe_exact.py tests/test_probe_dist.py 2>&1 | tail -12
+echo "== ERF throughput float32"
+timeout 120 $PY benchmarks/probe_throughput.py --device cuda --out "$OUT/probe_cuda_float32.json"
+echo "== ERF throughput bfloat16"
+timeout 120 $PY benchmarks/probe_throughput.py --device cuda --dtype bfloat16 --out "$OUT/probe_cuda_bfloat16.json"
+echo "== CLI on cuda"
+timeout 60 rfscope probe examples/quickstart.py --mode exact --node stage3 --device cuda
+timeout 60 rfscope probe examples/quickstart.py --mode erf --node stage3 --samples 256 --batch-size 64 --device cuda --quiet --out "$OUT/erf_quickstart"
+ls "$OUT"/erf_quickstart
