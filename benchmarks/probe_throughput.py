@@ -39,7 +39,7 @@ def _sync(dev: torch.device) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--samples", type=int, default=None, help="images per measurement (CPU 16, GPU 256)")
+    ap.add_argument("--samples", type=int, default=None, help="images per measurement (CPU 16, GPU 1024)")
     ap.add_argument("--batch-size", type=int, default=None, help="CPU 8, GPU 64")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
@@ -51,7 +51,7 @@ def main() -> None:
 
     dev = resolve_device(args.device)
     gpu = dev.type == "cuda"
-    n = args.samples or (256 if gpu else 16)
+    n = args.samples or (1024 if gpu else 16)
     bs = args.batch_size or (64 if gpu else 8)
     dt = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     shape = (1, 3, args.size, args.size)

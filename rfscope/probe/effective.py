@@ -13,7 +13,8 @@ all-reduced, so every rank returns the whole map.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,15 +162,41 @@ def _chunks(samples: int, batch_size: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def _batches(
+    chunks: Iterable[tuple[int, int, int]], inputs: torch.Tensor | None, in_shape: Sequence[int], seed: int,
+    device: torch.device,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(count, batch on device)`` per chunk; the next chunks are drawn and copied while this one runs.
+
+    Random inputs are drawn on the CPU (so a seed gives the same samples on every device and world
+    size) by two worker threads; on CUDA they land in pinned memory and are copied without blocking,
+    so drawing, copying and the model's forward/backward overlap instead of taking turns.
+    """
+    cuda = device.type == "cuda"
+
+    def load(c: tuple[int, int, int]) -> torch.Tensor:
+        k, s, n = c
+        x = inputs[s:s + n] if inputs is not None else random_chunk(k, n, in_shape[1:], seed)
+        return x.pin_memory() if cuda and x.device.type == "cpu" else x
+
+    todo = list(chunks)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ahead = [pool.submit(load, c) for c in todo[:2]]
+        for i, c in enumerate(todo):
+            x = ahead.pop(0).result()
+            if i + 2 < len(todo):
+                ahead.append(pool.submit(load, todo[i + 2]))
+            yield c[2], x.to(device, non_blocking=cuda)
+
+
 def _accumulate(
     gm: torch.fx.GraphModule, mask: torch.Tensor, chunks: Iterable[tuple[int, int, int]], inputs: torch.Tensor | None,
     in_shape: Sequence[int], seed: int, device: torch.device, dtype: torch.dtype, reduction: str,
     progress: Progress | None,
 ) -> torch.Tensor:
     acc = torch.zeros(tuple(in_shape[2:]), dtype=torch.float64, device=device)
-    for k, s, n in chunks:
-        x0 = inputs[s:s + n] if inputs is not None else random_chunk(k, n, in_shape[1:], seed)
-        x = x0.to(device=device, dtype=dtype).requires_grad_(True)
+    for n, x0 in _batches(chunks, inputs, in_shape, seed, device):
+        x = x0.to(dtype=dtype).requires_grad_(True)
         (out,) = gm(x)
         if not isinstance(out, torch.Tensor) or out.shape[0] != n:
             raise ProbeError("the probed node has no batch dimension; the ERF needs one")
