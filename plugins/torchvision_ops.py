@@ -21,8 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from rfscope import rf
 from rfscope.context import OpContext, Unsupported
+from rfscope.fastshape import register_function_rule
 from rfscope.ops import local, same_state
 from rfscope.registry import Registry
 from rfscope.rf import Axis
@@ -110,6 +113,23 @@ def _patch_merging_rf(ctx: OpContext) -> TensorRF:
     return local(ctx, {-3: s2d, -2: s2d}, st)
 
 
+def _swin_attention_shape(
+    input: torch.Tensor, qkv_weight: torch.Tensor, proj_weight: torch.Tensor, relative_position_bias: torch.Tensor,
+    window_size: Sequence[int], num_heads: int, shift_size: Sequence[int], *args: Any, **kwargs: Any,
+) -> torch.Tensor | None:
+    """Output of ``shifted_window_attention`` for a plain call: the input's (B, H, W, C) shape, contiguous
+    (it pads, attends per window, un-shifts and crops back).  Checked against one real call first."""
+    x = input
+    if not isinstance(x, torch.Tensor) or x.device.type != "meta" or x.dim() != 4 or not x.is_contiguous():
+        return None
+    c = int(x.shape[3])
+    if tuple(qkv_weight.shape) != (3 * c, c) or tuple(proj_weight.shape) != (c, c) or c % int(num_heads):
+        return None
+    if qkv_weight.dtype != x.dtype or proj_weight.dtype != x.dtype or len(window_size) != 2 or len(shift_size) != 2:
+        return None
+    return torch.empty(tuple(x.shape), dtype=x.dtype, device="meta")
+
+
 def register(reg: Registry) -> None:
     reg.when_imported("torchvision", _register_now)
 
@@ -130,6 +150,7 @@ def _register_now(reg: Registry) -> None:
     attn = getattr(swin, "shifted_window_attention", None)
     if attn is not None:
         reg.add("swin_window_attention", [attn], rf=_swin_attention_rf, macs=_swin_attention_macs)
+        register_function_rule(attn, _swin_attention_shape)
     merge = getattr(swin, "_patch_merging_pad", None)
     if merge is not None:
         reg.add("swin_patch_merging", [merge], rf=_patch_merging_rf)

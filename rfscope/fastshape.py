@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 
-__all__ = ["fast_module_output", "ModuleCallCache"]
+__all__ = ["fast_module_output", "ModuleCallCache", "register_function_rule"]
 
 _Rule = Callable[[Any, torch.Tensor], "torch.Tensor | None"]
 
@@ -81,6 +81,29 @@ def _linear(m: Any, x: torch.Tensor) -> torch.Tensor | None:
     return torch.empty((*x.shape[:-1], m.out_features), dtype=x.dtype, device="meta")
 
 
+def _conv(m: Any, x: torch.Tensor) -> torch.Tensor | None:
+    # zero padding only (other modes pad first, and check the pad against the input size)
+    n = len(m.kernel_size)
+    if any(len(t) != n for t in (m.stride, m.dilation, m.weight.shape[2:])):
+        return None
+    if m.padding_mode != "zeros" or x.dim() not in (n + 1, n + 2) or x.shape[-n - 1] != m.in_channels:
+        return None
+    if not _same_dtype(x, m.weight, m.bias) or not m.weight.is_contiguous() or 0 in x.shape:
+        return None
+    sizes = tuple(int(s) for s in x.shape[-n:])
+    if m.padding == "same":
+        out = sizes
+    else:
+        pad = (0,) * n if m.padding == "valid" else m.padding
+        if len(pad) != n:
+            return None
+        out = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                    for size, k, s, d, p in zip(sizes, m.kernel_size, m.stride, m.dilation, pad, strict=True))
+    if min(out) < 1:
+        return None  # the real call raises "kernel size can't be greater than actual input size"
+    return torch.empty((*x.shape[:-n - 1], m.out_channels, *out), dtype=x.dtype, device="meta")
+
+
 _BN_DIMS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
 
 _RULES: dict[type, _Rule] = {
@@ -89,6 +112,9 @@ _RULES: dict[type, _Rule] = {
     nn.BatchNorm3d: _batchnorm,
     nn.LayerNorm: _layernorm,
     nn.Linear: _linear,
+    nn.Conv1d: _conv,
+    nn.Conv2d: _conv,
+    nn.Conv3d: _conv,
     nn.ReLU: _pointwise,
     nn.ReLU6: _pointwise,
     nn.SiLU: _pointwise,
@@ -214,6 +240,45 @@ def _tensors_in(x: Any, out: dict[int, Any]) -> list[Any]:
     return list(out.values())
 
 
+class _CheckedRule:
+    """A shape rule for a Python function from another library, trusted once it matched the real call.
+
+    The first call that the rule answers also runs for real (once per process); the rule is
+    used from then on only if its tensor had the real output's shape, strides and dtype, and
+    never again otherwise.  So a library version whose function behaves differently costs time,
+    never a wrong shape.
+    """
+
+    def __init__(self, rule: Callable[..., torch.Tensor | None]) -> None:
+        self.rule = rule
+        self.trusted: bool | None = None
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any], run: Callable[[], Any]) -> Any:
+        if self.trusted is False or _global_hooks():
+            return run()
+        try:
+            guess = self.rule(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - arguments the rule does not understand: the real call decides
+            guess = None
+        if guess is None:
+            return run()
+        if self.trusted:
+            return guess
+        out = run()
+        self.trusted = isinstance(out, torch.Tensor) and _tensor_sig(out) == _tensor_sig(guess)
+        return out
+
+
+_FN_RULES: dict[Any, _CheckedRule] = {}
+
+
+def register_function_rule(fn: Any, rule: Callable[..., torch.Tensor | None]) -> None:
+    """Use ``rule(*args, **kwargs)`` (a meta tensor, or ``None`` to decline) as the output of calls
+    to ``fn`` during shape propagation, once it has matched one real call (see ``_CheckedRule``)."""
+    if fn not in _FN_RULES or _FN_RULES[fn].rule is not rule:
+        _FN_RULES[fn] = _CheckedRule(rule)
+
+
 class ModuleCallCache:
     """Reuse the meta output of a ``torch.nn`` module call identical to an earlier one.
 
@@ -236,6 +301,9 @@ class ModuleCallCache:
         self._outs: dict[Any, Any] = {}
 
     def call_function(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], run: Callable[[], Any]) -> Any:
+        checked = _FN_RULES.get(fn)
+        if checked is not None:
+            return checked(args, kwargs, run)
         pure = isinstance(fn, (BuiltinFunctionType, torch._ops.OpOverload, torch._ops.OpOverloadPacket)) or (
             isinstance(fn, FunctionType) and fn.__module__ == "torch.nn.functional"
         )

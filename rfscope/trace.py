@@ -106,42 +106,91 @@ def _graph_module(root: torch.nn.Module, graph: fx.Graph, name: str) -> fx.Graph
         return _make_graph_module(root, graph, name)
 
 
-class _MetaProp(fx.Interpreter):
+class _ShapePass:
+    """Runs the graph once on meta tensors and stores each node's value in ``node.meta["val"]``.
+
+    What ``fx.Interpreter.run`` does, minus its per-node bookkeeping (context managers,
+    last-use tracking, attribute walks): modules and attributes are looked up in dicts
+    built once, and BatchNorm/Conv/Linear... take the shortcuts of :mod:`rfscope.fastshape`.
+    """
+
     def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
-        self._calls = ModuleCallCache()
+        self.gm = gm
+        self.modules = dict(gm.named_modules(remove_duplicate=False))
+        self.calls = ModuleCallCache()
 
-    def run_node(self, n: fx.Node) -> Any:
+    def fetch_attr(self, target: str) -> Any:
+        owner, _, attr = target.rpartition(".")
+        obj: Any = self.modules.get(owner)
+        if obj is None:  # an attribute of a plain (non-module) object
+            obj, attr = self.gm, target
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise RuntimeError(f"node referenced nonexistent target {target}")
+            obj = getattr(obj, part)
+        return obj
+
+    def run(self, *args: Any) -> None:
+        env: dict[fx.Node, Any] = {}
+        inputs = iter(args)
+        value = env.__getitem__
+        for n in self.gm.graph.nodes:
+            op = n.op
+            try:
+                if op == "placeholder":
+                    out = self._placeholder(n, inputs)
+                elif op == "get_attr":
+                    out = self.fetch_attr(n.target)
+                else:
+                    a = fx.node.map_arg(n.args, value)
+                    kw = fx.node.map_arg(n.kwargs, value)
+                    if op == "call_module":
+                        out = self._call_module(str(n.target), a, kw)
+                    elif op == "call_function":
+                        fn = n.target
+                        out = self.calls.call_function(fn, a, kw, lambda: fn(*a, **kw))  # run now, in this step
+                    elif op == "call_method":
+                        out = getattr(a[0], n.target)(*a[1:], **kw)
+                    else:  # output
+                        out = a[0]
+            except Exception as e:
+                raise self._error(n, e) from e
+            env[n] = out
+            n.meta["val"] = out
+
+    @staticmethod
+    def _placeholder(n: fx.Node, inputs: Any) -> Any:
+        if str(n.target).startswith("*"):
+            return list(inputs)
         try:
-            out = super().run_node(n)
-        except Exception as e:
-            if n.op == "call_module":
-                args = self.map_nodes_to_values(n.args, n)
-                hint = _layer_problem(str(n.target), self.fetch_attr(str(n.target)), args)
-                if hint:
-                    raise TraceError(hint) from e
-            where = n.meta.get("nn_module_stack")
-            mod = next(reversed(where.values()))[0] if where else None
-            loc = f" in module {mod!r}" if mod else ""
-            raise TraceError(
-                f"shape propagation failed at node {n.name!r}{loc} ({_target_name(n)}): "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            ) from e
-        n.meta["val"] = out
-        return out
+            return next(inputs)
+        except StopIteration:
+            if n.args:
+                return n.args[0]
+            raise RuntimeError(f"expected an input for {n.target!r}, but the example inputs ran out") from None
 
-    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        # BatchNorm, LayerNorm, Linear... skip their slow Python meta kernels, and a repeated
+    def _call_module(self, target: str, args: Any, kwargs: Any) -> Any:
+        # BatchNorm, Conv, Linear... skip their slow Python meta kernels, and a repeated
         # identical torch.nn call reuses the first one's output layout (see fastshape)
-        m = self.fetch_attr(target)
+        m = self.modules[target]
         out = fast_module_output(m, args, kwargs)
         if out is not None:
             return out
-        return self._calls.call(m, args, kwargs, lambda: super(_MetaProp, self).call_module(target, args, kwargs))
+        return self.calls.call(m, args, kwargs, lambda: m(*args, **kwargs))
 
-    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
-        run = lambda: super(_MetaProp, self).call_function(target, args, kwargs)  # noqa: E731
-        return self._calls.call_function(target, args, kwargs, run)
+    def _error(self, n: fx.Node, e: Exception) -> TraceError:
+        if n.op == "call_module":
+            args = fx.node.map_arg(n.args, lambda a: a.meta.get("val"))
+            hint = _layer_problem(str(n.target), self.modules.get(str(n.target)), args)
+            if hint:
+                return TraceError(hint)
+        where = n.meta.get("nn_module_stack")
+        mod = next(reversed(where.values()))[0] if where else None
+        loc = f" in module {mod!r}" if mod else ""
+        return TraceError(
+            f"shape propagation failed at node {n.name!r}{loc} ({_target_name(n)}): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        )
 
 
 def _layer_problem(name: str, m: Any, args: Any) -> str | None:
@@ -204,4 +253,4 @@ def _to_meta(x: Any) -> Any:
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     """Run ``gm`` on meta tensors, storing each node's value in ``node.meta['val']``."""
     with torch.no_grad():
-        _MetaProp(gm).run(*[_to_meta(x) for x in example_inputs])
+        _ShapePass(gm).run(*[_to_meta(x) for x in example_inputs])

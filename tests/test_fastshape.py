@@ -3,6 +3,8 @@
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rfscope.fastshape import fast_module_output
 
@@ -26,6 +28,9 @@ CASES = [
     (nn.Sigmoid(), (2, 3)),
     (nn.Tanh(), (2, 3)),
     (nn.GELU(approximate="tanh"), (2, 3, 4)),
+    (nn.Conv2d(4, 6, 3, stride=2, padding=1), (2, 4, 9, 7)),
+    (nn.Conv1d(4, 8, 5, dilation=2, groups=4), (4, 20)),
+    (nn.Conv3d(2, 3, (1, 3, 3), padding="same", bias=False), (1, 2, 3, 5, 5)),
 ]
 
 
@@ -134,3 +139,87 @@ def test_call_cache_replays_what_the_call_returns(monkeypatch):
     monkeypatch.setattr(ModuleCallCache, "_call", lambda self, key, args, kwargs, run: run())
     propagate_shapes(gm, x)
     assert cached == _vals(gm)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    nd=st.integers(1, 3), groups=st.sampled_from([1, 2, 3]), cin=st.integers(1, 3), cout=st.integers(1, 3),
+    k=st.integers(1, 3), stride=st.integers(1, 3), dilation=st.integers(1, 2),
+    padding=st.sampled_from([0, 1, 2, "same", "valid"]), padding_mode=st.sampled_from(["zeros", "reflect"]),
+    bias=st.booleans(), batch=st.sampled_from([None, 1, 2]), extra_channel=st.booleans(),
+    sizes=st.lists(st.sampled_from([1, 2, 3, 5, 8]), min_size=3, max_size=3),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), weight_dtype_differs=st.booleans(),
+    channels_last=st.sampled_from([None, "input", "weight"]),
+)
+def test_conv_shortcut_matches_meta_kernel(nd, groups, cin, cout, k, stride, dilation, padding, padding_mode, bias,
+                                           batch, extra_channel, sizes, dtype, weight_dtype_differs, channels_last):
+    """Conv1d/2d/3d: whenever the shortcut answers, PyTorch's meta kernel gives the same shape, strides and
+    dtype (and accepts the call); declined calls are left to PyTorch."""
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[nd]
+    if padding == "same" and stride != 1:
+        padding = 1
+    m = cls(cin * groups, cout * groups, k, stride, padding, dilation, groups, bias=bias, padding_mode=padding_mode)
+    m = _meta(m).to(torch.float32 if weight_dtype_differs and dtype != torch.float32 else dtype)
+    shape = ((batch,) if batch else ()) + (cin * groups + extra_channel, *sizes[:nd])
+    x = torch.empty(shape, device="meta", dtype=dtype)
+    if channels_last == "input" and nd == 2 and batch:
+        x = x.to(memory_format=torch.channels_last)
+    if channels_last == "weight" and nd == 2:
+        m = m.to(memory_format=torch.channels_last)
+    fast = fast_module_output(m, (x,), {})
+    try:
+        with torch.no_grad():
+            ref = m(x)
+    except Exception:
+        assert fast is None  # the shortcut never answers for a call PyTorch refuses
+        return
+    if fast is not None:
+        assert (fast.shape, fast.stride(), fast.dtype) == (ref.shape, ref.stride(), ref.dtype)
+
+
+def test_function_rule_is_trusted_only_after_it_matched_a_real_call():
+    from rfscope.fastshape import ModuleCallCache, register_function_rule
+
+    calls = []
+
+    def double_rows(x):  # a "library function" whose output has twice the rows
+        calls.append(1)
+        return torch.cat([x, x])
+
+    def right(x):
+        return torch.empty((2 * x.shape[0], *x.shape[1:]), device="meta")
+
+    def wrong(x):
+        return torch.empty(tuple(x.shape), device="meta")
+
+    x = torch.empty(3, 4, device="meta")
+    register_function_rule(double_rows, right)
+    cache = ModuleCallCache()
+    outs = [cache.call_function(double_rows, (x,), {}, lambda: double_rows(x)) for _ in range(3)]
+    assert len(calls) == 1 and all(o.shape == (6, 4) for o in outs)  # checked once, then trusted
+
+    def halve(x):
+        calls.append(2)
+        return x[: x.shape[0] // 2]
+
+    register_function_rule(halve, wrong)
+    outs = [cache.call_function(halve, (x,), {}, lambda: halve(x)) for _ in range(3)]
+    assert calls.count(2) == 3 and all(o.shape == (1, 4) for o in outs)  # wrong once: never used
+
+
+@pytest.mark.parametrize("h,w,window,shift,heads", [(8, 8, 4, 2, 2), (7, 9, 4, 2, 1), (5, 5, 7, 3, 4), (4, 4, 4, 0, 2)])
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_attention_rule_matches_the_real_function(h, w, window, shift, heads, v2):
+    swin = pytest.importorskip("torchvision.models.swin_transformer")
+    from rfscope.plugins.torchvision_ops import _swin_attention_shape
+
+    c = 8
+    x = torch.empty(2, h, w, c, device="meta")
+    args = (x, torch.empty(3 * c, c, device="meta"), torch.empty(c, c, device="meta"),
+            torch.empty(1, heads, window * window, window * window, device="meta"), [window, window], heads)
+    kw = {"shift_size": [shift, shift], "qkv_bias": torch.empty(3 * c, device="meta"), "training": False}
+    if v2:
+        kw["logit_scale"] = torch.empty(heads, 1, 1, device="meta")
+    ref = swin.shifted_window_attention(*args, **kw)
+    guess = _swin_attention_shape(*args, **kw)
+    assert (guess.shape, guess.stride(), guess.dtype) == (ref.shape, ref.stride(), ref.dtype)
