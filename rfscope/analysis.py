@@ -103,16 +103,8 @@ def _shape(v: Any) -> tuple[int, ...] | None:
     return None
 
 
-def _map(x: Any, f: Any) -> Any:
-    if isinstance(x, fx.Node):
-        return f(x)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_map(v, f) for v in x)
-    if isinstance(x, dict):
-        return {k: _map(v, f) for k, v in x.items()}
-    if isinstance(x, slice):
-        return slice(_map(x.start, f), _map(x.stop, f), _map(x.step, f))
-    return x
+def _value_of(a: fx.Node) -> Any:
+    return a.meta.get("val")
 
 
 def _flat_states(x: Any) -> list[Any]:
@@ -160,10 +152,12 @@ def run_plugins(
     unsupported: dict[str, None] = {}
     errors: list[str] = []
     n_spatial = len(input_size)
+    modules = dict(gm.named_modules(remove_duplicate=False))
+    state_of = states.__getitem__
+    map_arg = fx.node.map_arg
     for n in gm.graph.nodes:
         val = n.meta.get("val")
-        module = gm.get_submodule(n.target) if n.op == "call_module" else None
-        # once per node: get_submodule walks the module path (same value as target_name)
+        module = modules[n.target] if n.op == "call_module" else None
         tname = (
             type(module).__qualname__ if module is not None
             else target_name(n, gm) if n.op not in ("placeholder", "output") else str(n.target)
@@ -175,10 +169,10 @@ def run_plugins(
         elif n.op == "get_attr":
             st = CONST
         elif n.op == "output":
-            st = _map(n.args[0], lambda a: states[a])
+            st = map_arg(n.args[0], state_of)
         else:
-            args = _map(n.args, lambda a: states[a])
-            kwargs = _map(n.kwargs, lambda a: states[a])
+            args = map_arg(n.args, state_of)
+            kwargs = map_arg(n.kwargs, state_of)
             flat = _flat_states([args, kwargs])
             tensors = [s for s in flat if isinstance(s, TensorRF)]
             if n.op == "call_module":
@@ -189,8 +183,8 @@ def run_plugins(
                 plugin = registry.lookup(n.target)
             ctx = OpContext(
                 n, module, args, kwargs,
-                _map(n.args, lambda a: a.meta.get("val")),
-                _map(n.kwargs, lambda a: a.meta.get("val")),
+                map_arg(n.args, _value_of),
+                map_arg(n.kwargs, _value_of),
                 val, tuple(input_size),
             )
             if plugin is not None and plugin.macs is not None:
