@@ -37,7 +37,7 @@ def build(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
     return getattr(torchvision.models, name)(**kw), (1, 3, size, size)
 
 
-STAGES = ["meta_copy", "trace_model", "propagate_shapes", "run_plugins", "build_graph", "count", "diagnose"]
+STAGES = ["structural_copy", "trace_model", "propagate_shapes", "run_plugins", "build_graph", "count", "diagnose"]
 
 
 def stages(m: torch.nn.Module, shape: tuple[int, ...], reps: int) -> dict[str, float]:

@@ -15,7 +15,7 @@ from .fallback import explain_shape_error, trace_model
 from .registry import Registry, default_registry
 from .report import Report, build_graph
 from .state import TensorRF
-from .trace import TraceError, meta_copy, propagate_shapes
+from .trace import TraceError, propagate_shapes, structural_copy
 
 __all__ = ["analyze", "AnalysisInputError"]
 
@@ -54,8 +54,8 @@ def analyze(
 
     Give either ``input_shape`` (``(N, C, *spatial)``) or ``example_inputs`` (a
     tuple of tensors, one per ``forward`` argument; only their shapes and dtypes
-    are used).  The model is analysed on a meta-device copy in eval mode and is
-    never modified.  ``strict=True`` raises on any op without a plugin.
+    are used).  The model is analysed on a copy of its module tree in eval mode
+    (shapes on meta) and is never modified.  ``strict=True`` raises on any op without a plugin.
     ``check_init=True`` also runs :func:`rfscope.check_init` (needs real weights)
     and stores its findings in ``report.findings``.
     ``trace``: ``"auto"`` (``symbolic_trace``, then ``torch.export``, then ``make_fx``
@@ -90,7 +90,7 @@ def analyze(
         model = load_weights(model, weights)
     reg = registry if registry is not None else default_registry()
     reg.ensure_loaded()
-    copy = meta_copy(model)
+    copy = structural_copy(model)
     gm, trace_path, trace_why = trace_model(model, reg, example_inputs, leaf_modules, trace, copy=copy)
     try:
         propagate_shapes(gm, example_inputs)

@@ -1,7 +1,7 @@
 """Parameter and MAC counts, convolution anatomy and depthwise-separable blocks.
 
-Counting runs on the analysis graph (``report.gm``) and the meta copy of the
-model, which keeps tensor identity: a weight tied in two places, or a module
+Counting runs on the analysis graph (``report.gm``) and the analysed copy of the
+model (:func:`rfscope.trace.structural_copy`), which keeps tensor identity: a weight tied in two places, or a module
 called twice, is *one* parameter tensor.  It is counted at the first node that
 uses it; later uses list it in ``NodeRecord.shared`` (parameter name -> the node
 that counted it) and add nothing.
@@ -307,7 +307,7 @@ def _resolve(model: nn.Module, gm: fx.GraphModule, target: str) -> Any:
 
 
 def count(report: Report, model: nn.Module) -> Counts:
-    """Annotate ``report`` (records, JSON fields) with counts; ``model`` is the meta copy."""
+    """Annotate ``report`` (records, JSON fields) with counts; ``model`` is the analysed copy."""
     gm = report.gm
     records = report.records
     names: dict[int, str] = {}
@@ -317,11 +317,17 @@ def count(report: Report, model: nn.Module) -> Counts:
     uses: dict[str, list[torch.Tensor]] = {}
     mods: dict[str, Any] = {}  # call_module node -> its module, resolved once
     order = {x: i for i, x in enumerate(gm.graph.nodes)}
+    submodules = dict(model.named_modules(remove_duplicate=False))
     for n in gm.graph.nodes:
         if n.op == "call_module":
-            mod = mods[n.name] = _resolve(model, gm, str(n.target))
+            mod = submodules.get(str(n.target))
+            if mod is None:
+                mod = _resolve(model, gm, str(n.target))
+            mods[n.name] = mod
             if isinstance(mod, nn.Module):
-                uses.setdefault(n.name, []).extend(mod.parameters())
+                # a childless module's parameters are its own dict (what .parameters() walks to)
+                own = mod._parameters.values() if not mod._modules else mod.parameters()
+                uses.setdefault(n.name, []).extend(p for p in own if p is not None)
         elif n.op == "get_attr":
             t = _resolve(model, gm, str(n.target))
             if isinstance(t, nn.Parameter):

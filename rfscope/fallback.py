@@ -2,7 +2,7 @@
 
 ``trace_model`` tries, in order (``mode="auto"``):
 
-1. ``symbolic_trace`` on the meta copy (module-level graph, plugin classes kept as leaves);
+1. ``symbolic_trace`` on the structural copy (module-level graph, plugin classes kept as leaves);
 2. ``torch.export`` on a meta copy: Python control flow on *shapes* is resolved for the
    given input shape; the ATen graph is analysed by ``plugins/aten.py`` (functionalised
    first when an in-place op writes to a tensor that is read again, see ``_aliasing_hazard``);
@@ -32,7 +32,7 @@ import torch
 import torch.fx as fx
 
 from .registry import Registry
-from .trace import TraceError, clear_hooks, meta_copy, trace
+from .trace import TraceError, clear_hooks, meta_copy, structural_copy, trace
 
 __all__ = ["TRACE_MODES", "PATH_NAMES", "trace_model", "trace_export", "trace_make_fx", "failure_site",
            "symbolic_mutation_hazard", "minimum_input", "explain_shape_error"]
@@ -319,7 +319,7 @@ def trace_model(
 ) -> tuple[fx.GraphModule, str, str | None]:
     """Trace ``model`` by the first path that works.
 
-    ``copy`` is the meta copy to trace symbolically (made here when not given).
+    ``copy`` is the copy to trace symbolically (:func:`structural_copy`, made here when not given).
     Returns ``(graph module, path name, why symbolic tracing was not used or None)``.
     Shapes are not propagated here.
     """
@@ -330,7 +330,7 @@ def trace_model(
         return _wrap(lambda: trace_export(model, example_inputs), "torch.export"), PATH_NAMES["export"], _forced(leaves)
     if mode == "make_fx":
         return _wrap(lambda: trace_make_fx(model, example_inputs), "make_fx"), PATH_NAMES["make_fx"], _forced(leaves)
-    cp = copy if copy is not None else meta_copy(model)
+    cp = copy if copy is not None else structural_copy(model)
     symbolic_err: TraceError | None = None
     try:
         gm = trace(cp, registry, leaves)

@@ -37,7 +37,9 @@ def _plain(x: Any) -> bool:
 
 
 def _same_dtype(x: torch.Tensor, *ps: Any) -> bool:
-    return all(p is None or (p.dtype == x.dtype and p.device.type == "meta") for p in ps)
+    # parameters may be the user's real tensors (rfscope.trace.structural_copy): only their
+    # metadata is read, and the call they would take runs on a meta copy of the module
+    return all(p is None or p.dtype == x.dtype for p in ps)
 
 
 def _like(x: torch.Tensor) -> torch.Tensor:

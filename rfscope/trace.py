@@ -1,8 +1,11 @@
 """Trace a model into an fx graph and propagate shapes on the meta device.
 
-The user's model is never touched: tracing runs on a structural copy whose
-parameters and buffers are meta tensors (tied tensors stay tied), so analysis
-costs the same at 224² or 4096² and works for models built on ``meta``.
+The user's model is never touched: tracing runs on a structural copy of the
+module tree (new module objects in eval mode, without the user's hooks) that
+shares the user's parameter and buffer tensors but never computes with them.
+Shapes propagate on meta tensors — shape rules read only tensor metadata, and a
+module that must really run gets a meta copy of itself — so analysis costs the
+same at 224² or 4096² and works for models built on ``meta``.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from .fastcopy import deepcopy_modules
+from .fastcopy import _ATOMIC, _plain, _value, deepcopy_modules
 from .fastshape import ModuleCallCache, _like, fast_module_output
 from .registry import Registry
 
-__all__ = ["meta_copy", "RFTracer", "trace", "propagate_shapes", "TraceError"]
+__all__ = ["meta_copy", "structural_copy", "RFTracer", "trace", "propagate_shapes", "TraceError"]
 
 
 class TraceError(RuntimeError):
@@ -42,6 +45,46 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     clear_hooks(cp)  # hooks belong to the user; the copy must not run them
     cp.eval()
     return cp
+
+
+_HOOK_DICTS = frozenset(k for k, v in vars(torch.nn.Module()).items() if isinstance(v, dict) and "hook" in k)
+
+
+def structural_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of the module tree that shares the user's tensors, for tracing and shape rules.
+
+    ``copy.deepcopy`` semantics (new module objects, copied attributes, references between
+    modules mapped to the copies) except that parameters, buffers and tensor attributes are
+    the user's own objects, not copies; the copy has no hooks and is in eval mode.  Nothing
+    done to the copy reaches the user's modules.  The copy must never compute with those
+    tensors: shape propagation reads their metadata and runs a meta copy of any module it has
+    to call.  A class with its own copy protocol makes the whole tree a :func:`meta_copy`.
+    """
+    tree = list(model.modules())
+    if not all(_plain(type(m)) for m in tree):
+        return meta_copy(model)
+    memo: dict[int, Any] = {}
+    for m in tree:
+        for t in (*m._parameters.values(), *m._buffers.values(), *vars(m).values()):
+            if isinstance(t, torch.Tensor):
+                memo[id(t)] = t  # shared, not copied
+        memo[id(m)] = type(m).__new__(type(m))
+    for m in tree:
+        d: dict[str, Any] = {}
+        for k, v in m.__dict__.items():
+            if type(v) in _ATOMIC:
+                d[k] = v
+            elif k in ("_parameters", "_buffers"):
+                d[k] = dict(v)
+            elif k == "_modules":
+                d[k] = {name: None if c is None else memo[id(c)] for name, c in v.items()}
+            elif k in _HOOK_DICTS:
+                d[k] = type(v)()
+            else:
+                d[k] = _value(v, memo)
+        d["training"] = False
+        memo[id(m)].__dict__.update(d)
+    return memo[id(model)]  # type: ignore[no-any-return]
 
 
 def clear_hooks(model: torch.nn.Module) -> torch.nn.Module:
@@ -118,6 +161,24 @@ class _ShapePass:
         self.gm = gm
         self.modules = dict(gm.named_modules(remove_duplicate=False))
         self.calls = ModuleCallCache()
+        self._metas: dict[int, Any] = {}  # id(user tensor or module) -> its meta copy
+
+    def _meta_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """A meta tensor like ``t`` (one per tensor, so tied tensors stay tied)."""
+        hit = self._metas.get(id(t))
+        if hit is None:
+            hit = _meta_like(t)
+            if isinstance(t, torch.nn.Parameter):
+                hit = torch.nn.Parameter(hit, requires_grad=t.requires_grad)
+            self._metas[id(t)] = hit
+        return hit
+
+    def _runnable(self, m: torch.nn.Module) -> torch.nn.Module:
+        """``m`` itself for a tensor-free ``torch.nn`` layer, else a meta copy of it (made once)."""
+        hit = self._metas.get(id(m))
+        if hit is None:
+            hit = self._metas[id(m)] = m if _runs_as_is(m) else meta_copy(m)
+        return hit
 
     def fetch_attr(self, target: str) -> Any:
         owner, _, attr = target.rpartition(".")
@@ -141,6 +202,8 @@ class _ShapePass:
                     out = self._placeholder(n, inputs)
                 elif op == "get_attr":
                     out = self.fetch_attr(n.target)
+                    if isinstance(out, torch.Tensor):
+                        out = self._meta_tensor(out)
                 else:
                     a = fx.node.map_arg(n.args, value)
                     kw = fx.node.map_arg(n.kwargs, value)
@@ -176,7 +239,7 @@ class _ShapePass:
         out = fast_module_output(m, args, kwargs)
         if out is not None:
             return out
-        return self.calls.call(m, args, kwargs, lambda: m(*args, **kwargs))
+        return self.calls.call(m, args, kwargs, lambda: self._runnable(m)(*args, **kwargs))
 
     def _error(self, n: fx.Node, e: Exception) -> TraceError:
         if n.op == "call_module":
@@ -191,6 +254,13 @@ class _ShapePass:
             f"shape propagation failed at node {n.name!r}{loc} ({_target_name(n)}): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         )
+
+
+def _runs_as_is(m: torch.nn.Module) -> bool:
+    """A built-in ``torch.nn`` layer without parameters, buffers or children (pooling, dropout...):
+    calling it touches nothing of the user's."""
+    return (type(m).__module__.startswith("torch.nn.modules.") and not m._parameters and not m._buffers
+            and not m._modules and not any(isinstance(v, torch.Tensor) for v in vars(m).values()))
 
 
 def _layer_problem(name: str, m: Any, args: Any) -> str | None:

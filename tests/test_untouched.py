@@ -142,3 +142,55 @@ def test_user_hooks_never_run():
     assert calls == []
     net(torch.zeros(1, 3, 16, 16))  # the hooks are still registered on the user's model
     assert calls == ["fwd", "pre"]
+
+
+class _Stateful(nn.Module):
+    """Python state that a forward touches: a dict cache filled on first use, blocks kept in a plain
+    list (not a ModuleList), a plain tensor attribute, and a leaf layer that counts its calls."""
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[tuple[int, ...]] = []
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            self.seen.append(tuple(x.shape))
+            return self.conv(x)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.a = nn.Conv2d(4, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.blocks = [self.a, self.b]  # plain list: references into the tree
+        self.cache: dict[str, Any] = {}
+        self.scale = torch.full((1, 4, 1, 1), 2.0)
+        self.leaf = _Stateful.Counting()
+
+    def forward(self, x):
+        x = self.stem(x)
+        if "gain" not in self.cache:
+            self.cache["gain"] = torch.ones(1)
+        for blk in self.blocks:
+            x = torch.relu(blk(x)) * self.scale
+        return self.leaf(x * self.cache["gain"])
+
+
+def test_python_state_of_the_model_is_untouched():
+    model = _Stateful()
+    before = _fingerprint_nonseq(model)
+    scale = model.scale.clone()
+    for mode in ("auto", "make_fx"):  # (torch.export of a meta copy refuses the cpu tensor attribute)
+        rep = rfscope.analyze(model, (1, 3, 16, 16), trace=mode, leaf_modules=["leaf"])
+        assert rep.rf("b").size == (7, 7)  # 3 + 2 + 2, hand-derived
+    assert model.cache == {} and model.leaf.seen == []  # the forward's side effects stayed on the copies
+    assert model.blocks[0] is model.a and model.blocks[1] is model.b
+    assert torch.equal(model.scale, scale)
+    assert _fingerprint_nonseq(model) == before
+
+
+def _fingerprint_nonseq(model: nn.Module) -> dict[str, Any]:
+    fp = _fingerprint(model)
+    fp.pop("tied")
+    return fp

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -51,7 +52,14 @@ def materialise(
     meta_param, user_param)`` supplies a value; buffers always come from ``model``.
     Tied tensors stay tied.  Parameters never require grad (input-only gradients).
     """
-    gm = copy.deepcopy(gm_meta)
+    # the graph's tensors (the user's own, or meta) are all replaced below: share them in the copy
+    # instead of copying real weights only to drop them
+    keep: dict[int, Any] = {}
+    for mod in gm_meta.modules():
+        for t in (*mod._parameters.values(), *mod._buffers.values(), *vars(mod).values()):
+            if isinstance(t, torch.Tensor):
+                keep[id(t)] = t
+    gm = copy.deepcopy(gm_meta, keep)
     src_p = dict(model.named_parameters(remove_duplicate=False))
     src_b = dict(model.named_buffers(remove_duplicate=False))
     made: dict[int, torch.Tensor] = {}
