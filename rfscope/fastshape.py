@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 
 __all__ = ["fast_module_output", "ModuleCallCache", "register_function_rule"]
@@ -26,14 +27,22 @@ __all__ = ["fast_module_output", "ModuleCallCache", "register_function_rule"]
 _Rule = Callable[[Any, torch.Tensor], "torch.Tensor | None"]
 
 
+def _standard_strides(shape: torch.Size) -> tuple[int, ...]:
+    out, step = [], 1
+    for n in reversed(shape):
+        out.append(step)
+        step *= max(int(n), 1)
+    return tuple(reversed(out))
+
+
+def _meta_float(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.device.type == "meta" and x.is_floating_point() and not x.requires_grad
+
+
 def _plain(x: Any) -> bool:
-    return (
-        isinstance(x, torch.Tensor)
-        and x.device.type == "meta"
-        and x.is_floating_point()
-        and x.is_contiguous()
-        and not x.requires_grad
-    )
+    # contiguous with the strides torch.empty gives: a size-1 dim with another stride is still
+    # "contiguous", but kernels may then return other strides for it
+    return _meta_float(x) and x.stride() == _standard_strides(x.shape)
 
 
 def _same_dtype(x: torch.Tensor, *ps: Any) -> bool:
@@ -67,12 +76,25 @@ def _batchnorm(m: Any, x: torch.Tensor) -> torch.Tensor | None:
 
 
 def _layernorm(m: Any, x: torch.Tensor) -> torch.Tensor | None:
-    ns = tuple(m.normalized_shape)
-    if x.dim() < len(ns) or tuple(x.shape[x.dim() - len(ns):]) != ns:
+    return _layer_norm_output(x, m.normalized_shape, m.weight, m.bias)
+
+
+def _layer_norm_output(x: Any, normalized_shape: Any, weight: Any = None, bias: Any = None,
+                       *_: Any, **__: Any) -> torch.Tensor | None:
+    """``F.layer_norm``'s output: the kernel normalises ``x.contiguous()``, so a permuted input (channels-last
+    norms in ConvNeXt, Swin) gives a fresh contiguous tensor; a plain one gives a tensor with its strides."""
+    if not _meta_float(x):
         return None
-    if not _same_dtype(x, m.weight, m.bias):
+    ns = (int(normalized_shape),) if isinstance(normalized_shape, int) else tuple(int(n) for n in normalized_shape)
+    if not ns or x.dim() < len(ns) or tuple(x.shape[x.dim() - len(ns):]) != ns:
         return None
-    return _like(x)
+    if any(p is not None and (tuple(p.shape) != ns or p.dtype != x.dtype) for p in (weight, bias)):
+        return None
+    if _plain(x):
+        return _like(x)
+    if x.is_contiguous():
+        return None  # contiguous with odd size-1 strides: leave it to the kernel
+    return torch.empty(tuple(x.shape), dtype=x.dtype, device="meta")
 
 
 def _linear(m: Any, x: torch.Tensor) -> torch.Tensor | None:
@@ -132,6 +154,7 @@ def _gelu(m: Any, x: torch.Tensor) -> torch.Tensor | None:
 
 
 _RULES[nn.GELU] = _gelu
+_ANY_LAYOUT = frozenset({nn.LayerNorm})  # rules that read the input's layout themselves
 
 
 def _global_hooks() -> bool:
@@ -143,7 +166,9 @@ def _global_hooks() -> bool:
 def fast_module_output(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
     """The meta output of ``module(*args, **kwargs)`` when it is known cheaply, else ``None``."""
     rule = _RULES.get(type(module))
-    if rule is None or kwargs or len(args) != 1 or not _plain(args[0]):
+    if rule is None or kwargs or len(args) != 1:
+        return None
+    if not (_plain(args[0]) or type(module) in _ANY_LAYOUT and _meta_float(args[0])):
         return None
     if module._forward_hooks or module._forward_pre_hooks or _global_hooks():
         return None
@@ -279,6 +304,9 @@ def register_function_rule(fn: Any, rule: Callable[..., torch.Tensor | None]) ->
     to ``fn`` during shape propagation, once it has matched one real call (see ``_CheckedRule``)."""
     if fn not in _FN_RULES or _FN_RULES[fn].rule is not rule:
         _FN_RULES[fn] = _CheckedRule(rule)
+
+
+register_function_rule(F.layer_norm, _layer_norm_output)
 
 
 class ModuleCallCache:

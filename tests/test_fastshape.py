@@ -223,3 +223,63 @@ def test_swin_attention_rule_matches_the_real_function(h, w, window, shift, head
     ref = swin.shifted_window_attention(*args, **kw)
     guess = _swin_attention_shape(*args, **kw)
     assert (guess.shape, guess.stride(), guess.dtype) == (ref.shape, ref.stride(), ref.dtype)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    shape=st.lists(st.sampled_from([1, 2, 3, 5]), min_size=2, max_size=4), perm_seed=st.integers(0, 1000),
+    norm_dims=st.integers(1, 2), weight=st.booleans(), bias=st.booleans(), narrow=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float16]), module=st.booleans(),
+)
+def test_layer_norm_shortcut_matches_meta_kernel(shape, perm_seed, norm_dims, weight, bias, narrow, dtype, module):
+    """LayerNorm / F.layer_norm on contiguous, permuted and sliced inputs (size-1 dims included): the
+    shortcut's shape, strides and dtype are the kernel's, or it declines."""
+    import random
+
+    from rfscope.fastshape import _layer_norm_output
+
+    perm = list(range(len(shape)))
+    random.Random(perm_seed).shuffle(perm)
+    x = torch.empty([shape[p] for p in perm], device="meta", dtype=dtype).permute([perm.index(i) for i in perm])
+    if narrow and x.shape[-1] > 1:
+        x = x[..., :1]
+    ns = tuple(x.shape[-min(norm_dims, x.dim()):])
+    if module:
+        m = _meta(nn.LayerNorm(ns, elementwise_affine=weight, bias=bias)).to(dtype)
+        fast = fast_module_output(m, (x,), {})
+        ref = m(x)
+    else:
+        w = torch.empty(ns, device="meta", dtype=dtype) if weight else None
+        b = torch.empty(ns, device="meta", dtype=dtype) if bias else None
+        fast = _layer_norm_output(x, ns, w, b)
+        ref = torch.nn.functional.layer_norm(x, ns, w, b)
+    if fast is not None:
+        assert (fast.shape, fast.stride(), fast.dtype) == (ref.shape, ref.stride(), ref.dtype)
+    if not x.is_contiguous():
+        assert fast is not None  # the permuted case is the one the shortcut is for
+
+
+@settings(max_examples=200, deadline=None)
+@given(shape=st.lists(st.sampled_from([1, 2, 3]), min_size=2, max_size=4), perm_seed=st.integers(0, 1000),
+       which=st.sampled_from(["bn", "relu", "relu_", "gelu", "linear", "conv"]))
+def test_shortcuts_match_or_decline_on_odd_strides(shape, perm_seed, which):
+    """Contiguous tensors whose size-1 dims carry other strides (from permutes): every module shortcut
+    either gives the kernel's exact strides or declines."""
+    import random
+
+    perm = list(range(len(shape)))
+    random.Random(perm_seed).shuffle(perm)
+    x = torch.empty([shape[p] for p in perm], device="meta").permute([perm.index(i) for i in perm])
+    c = x.shape[1] if x.dim() > 1 else x.shape[0]
+    m = {"bn": lambda: nn.BatchNorm1d(c) if x.dim() in (2, 3) else nn.BatchNorm2d(c) if x.dim() == 4 else None,
+         "relu": lambda: nn.ReLU(), "relu_": lambda: nn.ReLU(inplace=True), "gelu": lambda: nn.GELU(),
+         "linear": lambda: nn.Linear(x.shape[-1], 4),
+         "conv": lambda: nn.Conv2d(c, 2, 1) if x.dim() == 4 else None}[which]()
+    if m is None:
+        return
+    m = _meta(m)
+    fast = fast_module_output(m, (x,), {})
+    with torch.no_grad():
+        ref = m(x)
+    if fast is not None:
+        assert (fast.shape, fast.stride(), fast.dtype) == (ref.shape, ref.stride(), ref.dtype)
