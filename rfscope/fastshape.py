@@ -197,9 +197,9 @@ def _freeze(v: Any, tensors: dict[int, int]) -> Any:
         return (t, tuple(_freeze(x, tensors) for x in v))
     if t in _MAPS:
         return (t, tuple((k, _freeze(x, tensors)) for k, x in v.items()))
-    if t is torch.Tensor and v.device.type == "meta":
+    if (t is torch.Tensor or t is nn.Parameter) and v.device.type == "meta":
         alias = tensors.setdefault(id(v), len(tensors))
-        return ("T", alias, _tensor_sig(v), v.storage_offset(), v._is_view())
+        return ("T", t, alias, _tensor_sig(v), v.storage_offset(), v._is_view())
     raise _NoKey
 
 

@@ -174,7 +174,7 @@ class _ShapePass:
         return hit
 
     def _runnable(self, m: torch.nn.Module) -> torch.nn.Module:
-        """``m`` itself for a tensor-free ``torch.nn`` layer, else a meta copy of it (made once)."""
+        """``m`` itself when it holds no tensor, else a meta copy of it (made once)."""
         hit = self._metas.get(id(m))
         if hit is None:
             hit = self._metas[id(m)] = m if _runs_as_is(m) else meta_copy(m)
@@ -257,10 +257,13 @@ class _ShapePass:
 
 
 def _runs_as_is(m: torch.nn.Module) -> bool:
-    """A built-in ``torch.nn`` layer without parameters, buffers or children (pooling, dropout...):
-    calling it touches nothing of the user's."""
-    return (type(m).__module__.startswith("torch.nn.modules.") and not m._parameters and not m._buffers
-            and not m._modules and not any(isinstance(v, torch.Tensor) for v in vars(m).values()))
+    """The module (of the structural copy: its Python state is already a copy) holds no tensor at
+    all, so calling it touches nothing of the user's (tensors, even meta ones, are the user's)."""
+    for sub in m.modules():
+        for t in (*sub._parameters.values(), *sub._buffers.values(), *vars(sub).values()):
+            if isinstance(t, torch.Tensor):
+                return False
+    return True
 
 
 def _layer_problem(name: str, m: Any, args: Any) -> str | None:
