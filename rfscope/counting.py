@@ -310,14 +310,22 @@ def count(report: Report, model: nn.Module) -> Counts:
     """Annotate ``report`` (records, JSON fields) with counts; ``model`` is the analysed copy."""
     gm = report.gm
     records = report.records
+    # one walk over the module tree: parameter names (first qualified name of each tensor), all
+    # parameters and buffers (as model.named_parameters / parameters / buffers would list them)
+    submodules = dict(model.named_modules(remove_duplicate=False))
     names: dict[int, str] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), name)
+    all_params: list[torch.Tensor] = []
+    all_buffers: list[torch.Tensor] = []
+    for mname, m in submodules.items():
+        for pname, p in m._parameters.items():
+            if p is not None:
+                names.setdefault(id(p), f"{mname}.{pname}" if mname else pname)
+                all_params.append(p)
+        all_buffers.extend(b for b in m._buffers.values() if b is not None)
     # Which parameters does each node use?
     uses: dict[str, list[torch.Tensor]] = {}
     mods: dict[str, Any] = {}  # call_module node -> its module, resolved once
     order = {x: i for i, x in enumerate(gm.graph.nodes)}
-    submodules = dict(model.named_modules(remove_duplicate=False))
     for n in gm.graph.nodes:
         if n.op == "call_module":
             mod = submodules.get(str(n.target))
@@ -353,15 +361,15 @@ def count(report: Report, model: nn.Module) -> Counts:
         if g is not None:
             rec.conv_kind = conv_kind(g)
             geo[n.name] = g
-    total, trainable, params = _param_totals(model.parameters())
+    total, trainable, params = _param_totals(all_params)
     used = sum(p.numel() for p in params if id(p) in counted)
-    buffers = sum(b.numel() for b in _unique(model.buffers()))
+    buffers = sum(b.numel() for b in _unique(all_buffers))
     macs = sum(r.macs or 0 for r in records.values())
     unknown = tuple(r.name for r in records.values()
                     if r.op in ("call_module", "call_function", "call_method") and r.macs is None
                     and r.shape is not None and r.plugin is None)
     summary = Summary(total, trainable, total - trainable, buffers, macs, total - used, unknown)
-    blocks = _separable_blocks(report, gm, geo)
+    blocks = _separable_blocks(report, gm, geo, mods)
     counts = Counts(summary, blocks, model, records)
     report.extras["counting"] = counts
     fields = report.extras.setdefault("node_fields", {})
@@ -380,9 +388,9 @@ def count(report: Report, model: nn.Module) -> Counts:
     return counts
 
 
-def _between(n: fx.Node, gm: fx.GraphModule) -> bool:
+def _between(n: fx.Node, mods: dict[str, Any]) -> bool:
     if n.op == "call_module":
-        return isinstance(gm.get_submodule(str(n.target)), _BETWEEN_MODULES)
+        return isinstance(mods.get(n.name), _BETWEEN_MODULES)
     if n.op == "call_function":
         return n.target in _BETWEEN_FUNCS
     if n.op == "call_method":
@@ -390,7 +398,8 @@ def _between(n: fx.Node, gm: fx.GraphModule) -> bool:
     return False
 
 
-def _separable_blocks(report: Report, gm: fx.GraphModule, geo: dict[str, dict[str, Any]]) -> list[SeparableBlock]:
+def _separable_blocks(report: Report, gm: fx.GraphModule, geo: dict[str, dict[str, Any]],
+                      mods: dict[str, Any]) -> list[SeparableBlock]:
     nodes = {n.name: n for n in gm.graph.nodes}
     blocks: list[SeparableBlock] = []
     for name, g in geo.items():
@@ -418,7 +427,7 @@ def _separable_blocks(report: Report, gm: fx.GraphModule, geo: dict[str, dict[st
                 blocks.append(SeparableBlock(
                     name, u.name, via, tuple(g["k"]), c_in, c_out, c_mid // c_in, params,
                     kprod * c_in * c_out, macs, std_macs))
-            elif (_between(u, gm) and len([a for a in u.all_input_nodes if _is_data(a, report)]) == 1) \
+            elif (_between(u, mods) and len([a for a in u.all_input_nodes if _is_data(a, report)]) == 1) \
                     or _gate(u, report):
                 stack.extend((w, (*via, u.name)) for w in u.users)
     order = {name: i for i, name in enumerate(nodes)}
