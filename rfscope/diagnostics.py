@@ -95,10 +95,12 @@ def _arg(n: fx.Node, i: int, name: str, default: Any) -> Any:
     return n.args[i] if i < len(n.args) else n.kwargs.get(name, default)
 
 
-def _geometry(n: fx.Node, gm: fx.GraphModule) -> dict[str, Any] | None:
+def _geometry(n: fx.Node, gm: fx.GraphModule, modules: dict[str, nn.Module] | None = None) -> dict[str, Any] | None:
     """Kernel/stride/padding/dilation of a conv, transposed conv or dilated max-pool node."""
     if n.op == "call_module":
-        m = gm.get_submodule(str(n.target))
+        m = modules.get(str(n.target)) if modules is not None else None
+        if m is None:
+            m = gm.get_submodule(str(n.target))
         if isinstance(m, nn.modules.conv._ConvNd):
             nd = len(m.kernel_size)
             pad = m.padding if isinstance(m.padding, tuple) else (0,) * nd
@@ -116,7 +118,7 @@ def _geometry(n: fx.Node, gm: fx.GraphModule) -> dict[str, Any] | None:
     if n.op != "call_function":
         return None
     if n.target is operator.getitem and n.args and isinstance(n.args[0], fx.Node):
-        return _geometry(n.args[0], gm)  # (values, indices) of a max-pool in ATen graphs
+        return _geometry(n.args[0], gm, modules)  # (values, indices) of a max-pool in ATen graphs
     target: Any = n.target
     spec = _FUNCS.get(target)
     if spec is None:
@@ -155,13 +157,14 @@ class _Geometries:
 
     def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
+        self.modules = dict(gm.named_modules(remove_duplicate=False))
         self.nodes = {n.name: n for n in gm.graph.nodes}
         self.known: dict[str, dict[str, Any] | None] = {}
 
     def __call__(self, name: str) -> dict[str, Any] | None:
         if name not in self.known:
             n = self.nodes.get(name)
-            self.known[name] = _geometry(n, self.gm) if n is not None else None
+            self.known[name] = _geometry(n, self.gm, self.modules) if n is not None else None
         return self.known[name]
 
 
