@@ -13,10 +13,14 @@ $PY -c "import torch, torchvision, rfscope, sys; print('python', sys.version.spl
 echo "== probe tests on cuda (device auto)"
 timeout 200 $PY -m pytest -q -n 8 -p no:cacheprovider tests/test_probe_erf.py tests/test_probe_exact.py tests/test_probe_dist.py 2>&1 | tail -12
 echo "== ERF throughput float32"
-timeout 120 $PY benchmarks/probe_throughput.py --device cuda --out "$OUT/probe_cuda_float32.json"
+timeout 150 $PY benchmarks/probe_throughput.py --device cuda --out "$OUT/probe_cuda_float32.json"
 echo "== ERF throughput bfloat16"
-timeout 120 $PY benchmarks/probe_throughput.py --device cuda --dtype bfloat16 --out "$OUT/probe_cuda_bfloat16.json"
+timeout 150 $PY benchmarks/probe_throughput.py --device cuda --dtype bfloat16 --repeats 2 --out "$OUT/probe_cuda_bfloat16.json"
 echo "== CLI on cuda"
 timeout 60 rfscope probe examples/quickstart.py --mode exact --node stage3 --device cuda
 timeout 60 rfscope probe examples/quickstart.py --mode erf --node stage3 --samples 256 --batch-size 64 --device cuda --quiet --out "$OUT/erf_quickstart"
 ls "$OUT"/erf_quickstart
+if [ -n "${WITH_OVERHEAD:-}" ]; then
+  echo "== analysis overhead on this machine's CPU (no GPU involved)"
+  timeout 120 $PY benchmarks/overhead.py --out "$OUT/overhead_gpu_host.json" | tail -14
+fi
