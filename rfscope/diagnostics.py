@@ -218,12 +218,14 @@ def _gridding(report: Report, geometry: _Geometries) -> list[DesignWarning]:
             isinstance(st, TensorRF) and _has_holes(RF.from_state(st, report.input_size)) for st in rec.state
         ):
             with_holes.add(rec.name)
-    sub: nx.DiGraph = report.graph.subgraph(with_holes)
+    # a real graph, not a view: networkx's traversals take len(G), which a subgraph view counts anew
+    sub: nx.DiGraph = report.graph.subgraph(with_holes).copy()
+    order = {c: i for i, c in enumerate(report.records)}  # graph order, built once (not per layer)
     for name, info in holey.items():
         if nx.descendants(sub, name) & holey.keys():
             continue  # reported with the deepest layer of its chain
-        before = nx.ancestors(sub, name) & holey.keys()  # once per dilated layer, not per record
-        chain = [c for c in report.records if c in before] + [name]
+        before = nx.ancestors(sub, name) & holey.keys()
+        chain = sorted(before, key=order.__getitem__) + [name]
         rec, rf = info["rec"], info["rf"]
         dims_holes: list[list[int]] = []
         n_holes: list[int] = []
