@@ -13,11 +13,18 @@ index maps inside functions that fx keeps as leaves:
   a unit's weight on the wrapped piece is about ``exp(-100)`` (~4e-44, a float32
   subnormal); rfscope treats it as zero, as the Swin paper intends.
 * ``_patch_merging_pad``: pad H, W to even, then the 2x2 space-to-depth
-  concatenation; output unit ``i`` reads input units ``2i, 2i+1`` per axis.
+  concatenation; output unit ``i`` reads input units ``2i, 2i+1`` per axis (leading
+  dims, the frames T of video Swin included, are untouched).
+* ``shifted_window_attention_3d`` (video Swin, ``torchvision.models.video``): the same
+  over (T, H, W) windows of a (B, T, H, W, C) input.  The model clips window and shift
+  to the input beforehand (``_get_window_and_shift_size``); the function itself keeps
+  the shift, and its mask then splits a window that the roll wrapped into two regions,
+  which the same lattice formula gives.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,17 +44,19 @@ def _stochastic_depth(ctx: OpContext) -> TensorRF:
     return same_state(ctx)
 
 
-def _spatial_tags(ctx: OpContext, what: str) -> TensorRF:
-    """The input state, checked to be (..., H, W, C) with plain spatial H, W and a channel-like C."""
+def _spatial_tags(ctx: OpContext, what: str, k: int = 2, leading_spatial: bool = False) -> TensorRF:
+    """The input state, checked to be (..., S1..Sk, C) with plain spatial S1..Sk and a channel-like C
+    (and, unless ``leading_spatial``, no position in the leading dims)."""
     st = ctx.first
     if st.reason is not None:
         return st
-    if len(st.dims) < 3:
-        raise Unsupported(f"{what}: expected a (..., H, W, C) input, got {len(st.dims)} dims")
-    h, w, c = st.dims[-3:]
-    if not isinstance(h, int) or not isinstance(w, int):
-        raise Unsupported(f"{what}: dims H, W are not plain spatial axes (tags {h!r}, {w!r})")
-    if c is not None or any(t is not None for t in st.dims[:-3]):
+    if len(st.dims) < k + 1:
+        raise Unsupported(f"{what}: expected a (..., {k} spatial dims, C) input, got {len(st.dims)} dims")
+    sp, c = st.dims[-k - 1:-1], st.dims[-1]
+    if not all(isinstance(t, int) for t in sp):
+        raise Unsupported(f"{what}: the window dims are not plain spatial axes (tags {sp!r})")
+    lead = st.dims[:-k - 1]
+    if c is not None or any(t is not None and not (leading_spatial and isinstance(t, int)) for t in lead):
         raise Unsupported(f"{what}: channel/batch dims carry spatial positions (tags {st.dims!r})")
     for extra in ctx.args[1:]:
         if isinstance(extra, TensorRF):
@@ -63,21 +72,26 @@ def _window_deps(ws: int, s: int) -> Any:
     return deps
 
 
-def _window_geometry(ctx: OpContext) -> tuple[list[int], list[int], tuple[int, int]]:
-    """Window sizes, effective shifts and padded (H, W), exactly as torchvision computes them."""
+def _window_geometry(ctx: OpContext, k: int = 2) -> tuple[list[int], list[int], tuple[int, ...]]:
+    """Window sizes, effective shifts and padded spatial sizes, exactly as torchvision computes them
+    (``k`` = 2: ``shifted_window_attention``, which zeroes the shift along a dim whose padded size is
+    at most the window; 3: ``shifted_window_attention_3d``, which keeps it)."""
+    what = "shifted_window_attention" + ("_3d" if k == 3 else "")
     window: Sequence[int] = ctx.arg(4, "window_size")
     shift: Sequence[int] = ctx.arg(6, "shift_size")
     shape = ctx.in_shape(0)
-    if len(shape) != 4 or len(window) != 2 or len(shift) != 2:
-        raise Unsupported("shifted_window_attention: expected a (B, H, W, C) input and 2-d window/shift")
+    if len(shape) != k + 2 or len(window) != k or len(shift) != k:
+        raise Unsupported(f"{what}: expected a (B, {k} spatial dims, C) input and {k}-d window/shift")
     ws = [int(v) for v in window]
     sh = [int(v) for v in shift]
-    padded = (-(-shape[1] // ws[0]) * ws[0], -(-shape[2] // ws[1]) * ws[1])
-    for i in range(2):
-        if ws[i] >= padded[i]:
+    if any(v <= 0 for v in ws):
+        raise Unsupported(f"{what}: window {ws} is not positive")
+    padded = tuple(-(-shape[1 + i] // ws[i]) * ws[i] for i in range(k))
+    for i in range(k):
+        if k == 2 and ws[i] >= padded[i]:
             sh[i] = 0
-        if ws[i] <= 0 or not 0 <= sh[i] < ws[i]:
-            raise Unsupported(f"shifted_window_attention: shift {sh[i]} outside [0, window {ws[i]})")
+        if not 0 <= sh[i] < ws[i]:
+            raise Unsupported(f"{what}: shift {sh[i]} outside [0, window {ws[i]})")
     return ws, sh, padded
 
 
@@ -93,17 +107,38 @@ def _swin_attention_rf(ctx: OpContext) -> TensorRF:
     return local(ctx, {1: along(0), 2: along(1)}, st)
 
 
-def _swin_attention_macs(ctx: OpContext) -> int:
+def _swin_attention_3d_rf(ctx: OpContext) -> TensorRF:
+    st = _spatial_tags(ctx, "shifted_window_attention_3d", k=3)
+    if st.reason is not None:
+        return st
+    ws, sh, _ = _window_geometry(ctx, k=3)
+
+    def along(i: int) -> Any:
+        return lambda a: rf.resample(a, _window_deps(ws[i], sh[i]), ws[i], ws[i])
+
+    return local(ctx, {1: along(0), 2: along(1), 3: along(2)}, st)
+
+
+def _attention_macs(ctx: OpContext, k: int) -> int:
     """qkv projection, q.k^T and attn.v within each window, output projection (padded tokens)."""
-    ws, _, padded = _window_geometry(ctx)
-    b, c = ctx.in_shape(0)[0], ctx.in_shape(0)[3]
-    tokens = b * padded[0] * padded[1]
-    n = ws[0] * ws[1]
+    ws, _, padded = _window_geometry(ctx, k)
+    shape = ctx.in_shape(0)
+    b, c = shape[0], shape[-1]
+    tokens = b * math.prod(padded)
+    n = math.prod(ws)
     return tokens * (3 * c * c + 2 * n * c + c * c)
 
 
+def _swin_attention_macs(ctx: OpContext) -> int:
+    return _attention_macs(ctx, 2)
+
+
+def _swin_attention_3d_macs(ctx: OpContext) -> int:
+    return _attention_macs(ctx, 3)
+
+
 def _patch_merging_rf(ctx: OpContext) -> TensorRF:
-    st = _spatial_tags(ctx, "_patch_merging_pad")
+    st = _spatial_tags(ctx, "_patch_merging_pad", leading_spatial=True)
     if st.reason is not None:
         return st
 
@@ -120,12 +155,13 @@ def _swin_attention_shape(
     """Output of ``shifted_window_attention`` for a plain call: the input's (B, H, W, C) shape, contiguous
     (it pads, attends per window, un-shifts and crops back).  Checked against one real call first."""
     x = input
-    if not isinstance(x, torch.Tensor) or x.device.type != "meta" or x.dim() != 4 or not x.is_contiguous():
+    if not isinstance(x, torch.Tensor) or x.device.type != "meta" or x.dim() not in (4, 5) or not x.is_contiguous():
         return None
     c = int(x.shape[3])
     if tuple(qkv_weight.shape) != (3 * c, c) or tuple(proj_weight.shape) != (c, c) or c % int(num_heads):
         return None
-    if qkv_weight.dtype != x.dtype or proj_weight.dtype != x.dtype or len(window_size) != 2 or len(shift_size) != 2:
+    k = x.dim() - 2
+    if qkv_weight.dtype != x.dtype or proj_weight.dtype != x.dtype or len(window_size) != k or len(shift_size) != k:
         return None
     return torch.empty(tuple(x.shape), dtype=x.dtype, device="meta")
 
@@ -154,3 +190,11 @@ def _register_now(reg: Registry) -> None:
     merge = getattr(swin, "_patch_merging_pad", None)
     if merge is not None:
         reg.add("swin_patch_merging", [merge], rf=_patch_merging_rf)
+    try:
+        from torchvision.models.video import swin_transformer as swin3d
+    except Exception:  # noqa: BLE001 - older torchvision without video Swin
+        return
+    attn3d = getattr(swin3d, "shifted_window_attention_3d", None)
+    if attn3d is not None:
+        reg.add("swin3d_window_attention", [attn3d], rf=_swin_attention_3d_rf, macs=_swin_attention_3d_macs)
+        register_function_rule(attn3d, _swin_attention_shape)

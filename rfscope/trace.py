@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 
 from .fastcopy import _ATOMIC, _plain, _value, deepcopy_modules
 from .fastshape import ModuleCallCache, _like, fast_module_output
@@ -205,8 +206,8 @@ class _ShapePass:
                     if isinstance(out, torch.Tensor):
                         out = self._meta_tensor(out)
                 else:
-                    a = fx.node.map_arg(n.args, value)
-                    kw = fx.node.map_arg(n.kwargs, value)
+                    a = _thaw(fx.node.map_arg(n.args, value))
+                    kw = _thaw(fx.node.map_arg(n.kwargs, value))
                     if op == "call_module":
                         out = self._call_module(str(n.target), a, kw)
                     elif op == "call_function":
@@ -254,6 +255,22 @@ class _ShapePass:
             f"shape propagation failed at node {n.name!r}{loc} ({_target_name(n)}): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         )
+
+
+_FROZEN = (immutable_list, immutable_dict)
+
+
+def _thaw(x: Any) -> Any:
+    """fx's immutable argument lists/dicts as the plain ones the model's own code would get (a
+    function may fill in a list it is given, as Swin3d's ``_get_window_and_shift_size`` does)."""
+    t = type(x)
+    if t is tuple:
+        return tuple(_thaw(v) for v in x) if any(type(v) in _FROZEN for v in x) else x
+    if t is immutable_list:
+        return [_thaw(v) for v in x]
+    if t is immutable_dict:
+        return {k: _thaw(v) for k, v in x.items()}
+    return x
 
 
 def _runs_as_is(m: torch.nn.Module) -> bool:
