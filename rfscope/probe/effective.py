@@ -13,6 +13,7 @@ all-reduced, so every rank returns the whole map.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -169,8 +170,9 @@ def _batches(
     """``(count, batch on device)`` per chunk; the next chunks are drawn and copied while this one runs.
 
     Random inputs are drawn on the CPU (so a seed gives the same samples on every device and world
-    size) by two worker threads; on CUDA they land in pinned memory and are copied without blocking,
-    so drawing, copying and the model's forward/backward overlap instead of taking turns.
+    size) by up to four worker threads (one per CPU core); on CUDA they land in pinned memory and are
+    copied without blocking, so drawing, copying and the model's forward/backward overlap instead of
+    taking turns.
     """
     cuda = device.type == "cuda"
 
@@ -180,12 +182,13 @@ def _batches(
         return x.pin_memory() if cuda and x.device.type == "cpu" else x
 
     todo = list(chunks)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        ahead = [pool.submit(load, c) for c in todo[:2]]
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        ahead = [pool.submit(load, c) for c in todo[:workers]]
         for i, c in enumerate(todo):
             x = ahead.pop(0).result()
-            if i + 2 < len(todo):
-                ahead.append(pool.submit(load, todo[i + 2]))
+            if i + workers < len(todo):
+                ahead.append(pool.submit(load, todo[i + workers]))
             yield c[2], x.to(device, non_blocking=cuda)
 
 
