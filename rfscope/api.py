@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from torch.nn.parameter import is_lazy
 
 from .analysis import run_plugins
 from .counting import count
@@ -36,6 +37,19 @@ def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     if any(s <= 0 for s in shape):
         raise AnalysisInputError(f"input_shape {shape} has a zero or negative size")
     return shape
+
+
+def _check_materialised(model: torch.nn.Module) -> None:
+    """Lazy layers (``nn.LazyConv2d``...) have no shapes until a first forward pass fills them in."""
+    lazy = [(name, type(m).__name__) for name, m in model.named_modules()
+            if any(p is not None and is_lazy(p)
+                   for p in (*m._parameters.values(), *m._buffers.values()))]
+    if lazy:
+        where = ", ".join(f"{n or 'the model'!r} ({c})" for n, c in lazy[:3]) + (" ..." if len(lazy) > 3 else "")
+        raise AnalysisInputError(
+            f"the model has lazy layers whose parameters are not created yet: {where}; run one forward "
+            "pass on an input of the right shape first (model(torch.zeros(N, C, H, W))), then analyse it"
+        )
 
 
 def analyze(
@@ -88,6 +102,7 @@ def analyze(
         from .weights import load_weights
 
         model = load_weights(model, weights)
+    _check_materialised(model)
     reg = registry if registry is not None else default_registry()
     reg.ensure_loaded()
     copy = structural_copy(model)

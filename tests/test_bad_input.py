@@ -299,3 +299,14 @@ def test_layer_input_mismatch_names_layer(net, shape, needle):
     with pytest.raises(rfscope.trace.TraceError) as ei:
         rfscope.analyze(net(), shape)
     assert str(ei.value).splitlines()[0].startswith(needle)
+
+
+def test_uninitialised_lazy_layers_named(tmp_path):
+    """Lazy layers have no parameter shapes before a first forward pass: say so, not 'expects 0 channels'."""
+    p = tmp_path / "lazy.py"
+    p.write_text("import torch.nn as nn\nmodel = nn.Sequential(nn.LazyConv2d(8, 3), nn.ReLU(), nn.LazyConv2d(4, 3))\n"
+                 "input_shape = (1, 3, 16, 16)\n")
+    _one_line_error(*_run("analyze", str(p)), "lazy layers", "'0' (LazyConv2d)", "'2' (LazyConv2d)", "forward pass")
+    net = nn.Sequential(nn.LazyConv2d(8, 3), nn.ReLU(), nn.LazyConv2d(4, 3))
+    net(torch.zeros(1, 3, 16, 16))  # materialised: analysed as usual
+    assert rfscope.analyze(net, (1, 3, 16, 16)).rf("2").size == (5, 5)
