@@ -95,28 +95,25 @@ def _window_geometry(ctx: OpContext, k: int = 2) -> tuple[list[int], list[int], 
     return ws, sh, padded
 
 
-def _swin_attention_rf(ctx: OpContext) -> TensorRF:
-    st = _spatial_tags(ctx, "shifted_window_attention")
+def _window_attention_rf(ctx: OpContext, k: int) -> TensorRF:
+    """Each of the ``k`` window dims (1..k of a (B, *spatial, C) input) reads its lattice window."""
+    st = _spatial_tags(ctx, "shifted_window_attention" + ("_3d" if k == 3 else ""), k=k)
     if st.reason is not None:
         return st
-    ws, sh, _ = _window_geometry(ctx)
+    ws, sh, _ = _window_geometry(ctx, k)
 
     def along(i: int) -> Any:
         return lambda a: rf.resample(a, _window_deps(ws[i], sh[i]), ws[i], ws[i])
 
-    return local(ctx, {1: along(0), 2: along(1)}, st)
+    return local(ctx, {1 + i: along(i) for i in range(k)}, st)
+
+
+def _swin_attention_rf(ctx: OpContext) -> TensorRF:
+    return _window_attention_rf(ctx, 2)
 
 
 def _swin_attention_3d_rf(ctx: OpContext) -> TensorRF:
-    st = _spatial_tags(ctx, "shifted_window_attention_3d", k=3)
-    if st.reason is not None:
-        return st
-    ws, sh, _ = _window_geometry(ctx, k=3)
-
-    def along(i: int) -> Any:
-        return lambda a: rf.resample(a, _window_deps(ws[i], sh[i]), ws[i], ws[i])
-
-    return local(ctx, {1: along(0), 2: along(1), 3: along(2)}, st)
+    return _window_attention_rf(ctx, 3)
 
 
 def _attention_macs(ctx: OpContext, k: int) -> int:

@@ -21,7 +21,7 @@ from .fastcopy import _ATOMIC, _plain, _value, deepcopy_modules
 from .fastshape import ModuleCallCache, _like, fast_module_output
 from .registry import Registry
 
-__all__ = ["meta_copy", "structural_copy", "RFTracer", "trace", "propagate_shapes", "TraceError"]
+__all__ = ["meta_copy", "structural_copy", "own_tensors", "RFTracer", "trace", "propagate_shapes", "TraceError"]
 
 
 class TraceError(RuntimeError):
@@ -38,17 +38,22 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     The copy is put in eval mode (BatchNorm uses running statistics).
     """
     memo: dict[int, Any] = {}
-    for t in list(model.parameters()):
-        memo[id(t)] = torch.nn.Parameter(_meta_like(t), requires_grad=t.requires_grad)
-    for b in list(model.buffers()):
-        memo[id(b)] = _meta_like(b)
+    for t in (*model.parameters(), *model.buffers()):
+        memo[id(t)] = _meta_twin(t)
     cp = deepcopy_modules(model, memo)  # copy.deepcopy, minus its per-module overhead
     clear_hooks(cp)  # hooks belong to the user; the copy must not run them
     cp.eval()
     return cp
 
 
+#: a module's hook dictionaries (forward, backward, state-dict...): emptied on every copy
 _HOOK_DICTS = frozenset(k for k, v in vars(torch.nn.Module()).items() if isinstance(v, dict) and "hook" in k)
+
+
+def own_tensors(m: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors ``m`` itself holds (not its children's): parameters, buffers, tensor attributes."""
+    return [t for t in (*m._parameters.values(), *m._buffers.values(), *vars(m).values())
+            if isinstance(t, torch.Tensor)]
 
 
 def structural_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -66,9 +71,8 @@ def structural_copy(model: torch.nn.Module) -> torch.nn.Module:
         return meta_copy(model)
     memo: dict[int, Any] = {}
     for m in tree:
-        for t in (*m._parameters.values(), *m._buffers.values(), *vars(m).values()):
-            if isinstance(t, torch.Tensor):
-                memo[id(t)] = t  # shared, not copied
+        for t in own_tensors(m):
+            memo[id(t)] = t  # shared, not copied
         memo[id(m)] = type(m).__new__(type(m))
     for m in tree:
         d: dict[str, Any] = {}
@@ -91,9 +95,7 @@ def structural_copy(model: torch.nn.Module) -> torch.nn.Module:
 def clear_hooks(model: torch.nn.Module) -> torch.nn.Module:
     """Remove every hook from a *copy*: the user's hooks (and their side effects) stay theirs."""
     for m in model.modules():
-        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                     "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs",
-                     "_forward_hooks_always_called"):
+        for attr in _HOOK_DICTS:
             d = getattr(m, attr, None)
             if d:
                 d.clear()
@@ -107,6 +109,12 @@ def _meta_like(t: torch.Tensor) -> torch.Tensor:
     if t.device.type == "meta" and t.is_contiguous() and type(t) in (torch.Tensor, torch.nn.Parameter):
         return _like(t)  # the same empty_strided as fastshape
     return torch.empty_like(t, device="meta")
+
+
+def _meta_twin(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on meta, a Parameter (with its ``requires_grad``) if ``t`` is one."""
+    m = _meta_like(t)
+    return torch.nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else m
 
 
 class RFTracer(fx.Tracer):
@@ -168,10 +176,7 @@ class _ShapePass:
         """A meta tensor like ``t`` (one per tensor, so tied tensors stay tied)."""
         hit = self._metas.get(id(t))
         if hit is None:
-            hit = _meta_like(t)
-            if isinstance(t, torch.nn.Parameter):
-                hit = torch.nn.Parameter(hit, requires_grad=t.requires_grad)
-            self._metas[id(t)] = hit
+            hit = self._metas[id(t)] = _meta_twin(t)
         return hit
 
     def _runnable(self, m: torch.nn.Module) -> torch.nn.Module:
@@ -276,11 +281,7 @@ def _thaw(x: Any) -> Any:
 def _runs_as_is(m: torch.nn.Module) -> bool:
     """The module (of the structural copy: its Python state is already a copy) holds no tensor at
     all, so calling it touches nothing of the user's (tensors, even meta ones, are the user's)."""
-    for sub in m.modules():
-        for t in (*sub._parameters.values(), *sub._buffers.values(), *vars(sub).values()):
-            if isinstance(t, torch.Tensor):
-                return False
-    return True
+    return not any(own_tensors(sub) for sub in m.modules())
 
 
 def _layer_problem(name: str, m: Any, args: Any) -> str | None:

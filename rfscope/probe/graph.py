@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from ..trace import own_tensors
+
 __all__ = ["ProbeError", "materialise", "select_outputs", "check_trace_path"]
 
 
@@ -54,11 +56,7 @@ def materialise(
     """
     # the graph's tensors (the user's own, or meta) are all replaced below: share them in the copy
     # instead of copying real weights only to drop them
-    keep: dict[int, Any] = {}
-    for mod in gm_meta.modules():
-        for t in (*mod._parameters.values(), *mod._buffers.values(), *vars(mod).values()):
-            if isinstance(t, torch.Tensor):
-                keep[id(t)] = t
+    keep: dict[int, Any] = {id(t): t for mod in gm_meta.modules() for t in own_tensors(mod)}
     gm = copy.deepcopy(gm_meta, keep)
     src_p = dict(model.named_parameters(remove_duplicate=False))
     src_b = dict(model.named_buffers(remove_duplicate=False))
