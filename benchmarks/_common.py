@@ -26,6 +26,31 @@ if str(HERE.parent) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(HERE.parent))
 
 
+def torchvision_model(name: str, meta: bool = False) -> tuple[Any, tuple[int, ...]]:
+    """torchvision model ``name`` with random weights (on ``meta`` if asked) and its input shape:
+    299² for Inception, 16-frame clips for the video models, 224² otherwise."""
+    import torch
+    import torchvision
+
+    kw: dict[str, Any] = {"weights": None}
+    if name in ("googlenet", "inception_v3"):
+        kw.update(aux_logits=False, init_weights=False)
+    if name.startswith(("deeplab", "fcn", "lraspp")):
+        kw["weights_backbone"] = None
+    if name.startswith(("r3d", "mc3", "r2plus1d")):
+        shape: tuple[int, ...] = (1, 3, 16, 112, 112)
+    elif name.startswith(("mvit", "s3d", "swin3d")):
+        shape = (1, 3, 16, 224, 224)
+    else:
+        size = 299 if "inception" in name else 224
+        shape = (1, 3, size, size)
+    builder = torchvision.models.get_model_builder(name)
+    if meta:
+        with torch.device("meta"):
+            return builder(**kw), shape
+    return builder(**kw), shape
+
+
 def machine() -> dict[str, Any]:
     """Where and with what the numbers were measured."""
     import torch

@@ -22,36 +22,11 @@ import warnings
 from typing import Any
 
 import torch
-from _common import HERE  # noqa: F401 - puts the checkout on sys.path
+from _common import torchvision_model
 
 import rfscope
 
 _SKIP = ("raft", "fasterrcnn", "maskrcnn", "keypointrcnn", "retinanet", "ssd", "fcos")
-
-
-def _input_shape(name: str) -> tuple[int, ...]:
-    if name.startswith(("r3d", "mc3", "r2plus1d")):
-        return (1, 3, 16, 112, 112)
-    if name.startswith(("mvit", "s3d", "swin3d")):
-        return (1, 3, 16, 224, 224)
-    size = 299 if "inception" in name else 224
-    return (1, 3, size, size)
-
-
-def _build(name: str, real: bool) -> torch.nn.Module:
-    import torchvision
-
-    builder = torchvision.models.get_model_builder(name)
-    kw: dict[str, Any] = {"weights": None}
-    if name in ("googlenet", "inception_v3"):
-        kw.update(aux_logits=False, init_weights=False)
-    if name.startswith(("deeplab", "fcn", "lraspp")):
-        kw["weights_backbone"] = None
-    torch.manual_seed(0)
-    if real:
-        return builder(**kw).eval()
-    with torch.device("meta"):
-        return builder(**kw).eval()
 
 
 def _layout(v: Any) -> Any:
@@ -71,12 +46,14 @@ def dump(path: str, real: bool, only: list[str]) -> None:
         if name.startswith(_SKIP):
             continue
         try:
-            model = _build(name, real)
+            torch.manual_seed(0)
+            model, shape = torchvision_model(name, meta=not real)
+            model.eval()
         except Exception as e:  # noqa: BLE001 - a builder that fails here fails the same way before and after
             out[name] = {"build_error": type(e).__name__}
             continue
         try:
-            r = rfscope.analyze(model, _input_shape(name))
+            r = rfscope.analyze(model, shape)
         except Exception as e:  # noqa: BLE001 - recorded: an analysis that starts or stops failing is a difference
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             print(f"{name}: {out[name]['error'][:100]}", flush=True)

@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torchvision
-from _common import interleave, median, parser, table, write
+from _common import interleave, median, parser, table, torchvision_model, write
 
 import rfscope
 import rfscope.api
@@ -29,12 +28,7 @@ TARGET = 2.0
 
 
 def build(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
-    kw: dict = {"weights": None}
-    size = 224
-    if name == "inception_v3":
-        kw.update(aux_logits=False, init_weights=False)
-        size = 299
-    return getattr(torchvision.models, name)(**kw), (1, 3, size, size)
+    return torchvision_model(name)
 
 
 STAGES = ["structural_copy", "trace_model", "propagate_shapes", "run_plugins", "build_graph", "count", "diagnose"]

@@ -191,7 +191,7 @@ class _NoKey(Exception):
 def _freeze(v: Any, tensors: dict[int, int]) -> Any:
     """A hashable, type-exact description of a call argument (tensors by metadata and aliasing)."""
     t = type(v)
-    if t in (int, float, bool, str, type(None)):
+    if t in _ATOMS:
         return (t, v)
     if t in _SEQS:
         return (t, tuple(_freeze(x, tensors) for x in v))
@@ -230,7 +230,7 @@ def _module_sig(m: nn.Module) -> Any:
 
 def _record(out: Any, inputs: dict[int, int]) -> Any:
     t = type(out)
-    if t in (int, float, bool, str, type(None)):
+    if t in _ATOMS:
         return ("V", out)
     if t in (tuple, list):
         return (t, tuple(_record(x, inputs) for x in out))
