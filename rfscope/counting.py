@@ -167,16 +167,38 @@ class Counts:
     model: nn.Module
     records: dict[str, NodeRecord] = field(repr=False)
     _macs_by_module: dict[str, int] | None = field(default=None, repr=False)
+    _tensors_by_module: dict[str, tuple[int, int, int]] | None = field(default=None, repr=False)
 
     def module_params(self, path: str) -> ParamCount:
         """Counts for the submodule at ``path`` (``""`` is the whole model)."""
-        try:
-            mod = self.model.get_submodule(path)
-        except AttributeError as e:
-            raise KeyError(f"{path!r} is not a submodule path of the model") from e
-        total, trainable, _ = _param_totals(mod.parameters())
-        buffers = sum(b.numel() for b in _unique(mod.buffers()))
+        got = self._module_tensors().get(path)
+        if got is None:
+            raise KeyError(f"{path!r} is not a submodule path of the model")
+        total, trainable, buffers = got
         return ParamCount(total, trainable, total - trainable, buffers, self._module_macs().get(path, 0))
+
+    def _module_tensors(self) -> dict[str, tuple[int, int, int]]:
+        """(parameters, trainable, buffer elements) of every submodule path, each tensor once per path:
+        one walk over the tree, every tensor added to the paths that enclose its module."""
+        if self._tensors_by_module is None:
+            params: dict[str, dict[int, torch.Tensor]] = {}
+            bufs: dict[str, dict[int, torch.Tensor]] = {}
+            for path, m in self.model.named_modules(remove_duplicate=False):
+                parts = path.split(".") if path else []
+                enclosing = [".".join(parts[:i]) for i in range(len(parts) + 1)]
+                params.setdefault(path, {})
+                bufs.setdefault(path, {})
+                for store, ts in ((params, m._parameters.values()), (bufs, m._buffers.values())):
+                    for t in ts:
+                        if t is not None:
+                            for p in enclosing:
+                                store.setdefault(p, {})[id(t)] = t
+            self._tensors_by_module = {
+                p: (sum(t.numel() for t in ps.values()), sum(t.numel() for t in ps.values() if t.requires_grad),
+                    sum(b.numel() for b in bufs[p].values()))
+                for p, ps in params.items()
+            }
+        return self._tensors_by_module
 
     def _module_macs(self) -> dict[str, int]:
         """MACs summed into every enclosing module path (computed once)."""

@@ -98,7 +98,8 @@ class Report:
         st = rec.state
         if not isinstance(st, TensorRF):
             raise ValueError(f"{name!r} is not a tensor that depends on the input")
-        r = RF.from_state(st, self.input_size)
+        r = self.node_rf(rec)
+        assert r is not None
         if local and r.status == "global":
             if r.local is None:
                 raise ValueError(f"{name!r} is global and has no spatially local path")
@@ -141,27 +142,34 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready report (see README, 'JSON output')."""
+        rf_dicts: dict[int, Any] = {}  # equal states share one RF (build_graph): serialise each once
+
+        def rf_dict(rec: NodeRecord) -> Any:
+            rf = self.node_rf(rec)
+            if rf is None:
+                return None
+            if id(rf) not in rf_dicts:
+                rf_dicts[id(rf)] = rf.to_dict()
+            return rf_dicts[id(rf)]
+
         nodes = []
         for r in self.records.values():
             if r.op == "output":
                 continue
-            rf = self.node_rf(r)
             d: dict[str, Any] = {
                 "name": r.name,
                 "op": r.op,
                 "target": r.target,
                 "module": r.module,
                 "shape": list(r.shape) if r.shape is not None else None,
-                "rf": rf.to_dict() if rf is not None else None,
+                "rf": rf_dict(r),
             }
             for k, v in self.extras.get("node_fields", {}).get(r.name, {}).items():
                 d[k] = v
             nodes.append(d)
         modules = {}
         for m, nname in self.modules.items():
-            rec = self.records[nname]
-            rf = self.node_rf(rec)
-            modules[m] = {"node": nname, "rf": rf.to_dict() if rf is not None else None}
+            modules[m] = {"node": nname, "rf": rf_dict(self.records[nname])}
             if "counting" in self.extras and "@" not in m:
                 try:
                     modules[m]["counts"] = self.module_params(m).to_dict()

@@ -145,8 +145,9 @@ class RF:
                 else:
                     local_infos.append(_info(loc))
             else:
-                infos.append(_info(a))
-                local_infos.append(_info(a))
+                info = _info(a)  # frozen: one object serves both lists
+                infos.append(info)
+                local_infos.append(info)
         status = st.status
         local = cls("exact", tuple(local_infos)) if status == "global" and has_local else None
         return cls(status, tuple(infos), None, local)
