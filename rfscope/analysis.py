@@ -60,11 +60,9 @@ class NodeRecord:
         return f"{self.call}/{self.name}" if self.call else self.name
 
 
-def target_name(n: fx.Node, gm: fx.GraphModule) -> str:
+def target_name(n: fx.Node) -> str:
+    """Readable name of a function or method node's target (``torch.conv2d``, ``Tensor.view``)."""
     t = n.target
-    if n.op == "call_module":
-        assert isinstance(t, str)
-        return type(gm.get_submodule(t)).__qualname__
     if n.op == "call_method":
         return f"Tensor.{t}"
     if isinstance(t, str):
@@ -160,7 +158,7 @@ def run_plugins(
         module = modules[n.target] if n.op == "call_module" else None
         tname = (
             type(module).__qualname__ if module is not None
-            else target_name(n, gm) if n.op not in ("placeholder", "output") else str(n.target)
+            else target_name(n) if n.op not in ("placeholder", "output") else str(n.target)
         )
         plugin: Plugin | None = None
         macs: int | None = None
@@ -215,7 +213,7 @@ def run_plugins(
             else:
                 try:
                     st = plugin.rf(ctx)
-                    _check(st, val, plugin, n)
+                    _check(st, val)
                 except Unsupported as e:
                     st = _unknown_like(val, f"{tname}: {e}")
                     if strict:
@@ -259,7 +257,7 @@ def _handles_unknown(plugin: Plugin | None) -> bool:
     return bool(plugin is not None and plugin.extra.get("handles_unknown"))
 
 
-def _check(st: Any, val: Any, plugin: Plugin, n: fx.Node) -> None:
+def _check(st: Any, val: Any) -> None:
     if isinstance(val, torch.Tensor):
         if not isinstance(st, (TensorRF, Const)):
             raise TypeError(f"returned {type(st).__name__}, expected TensorRF")
@@ -269,4 +267,4 @@ def _check(st: Any, val: Any, plugin: Plugin, n: fx.Node) -> None:
         if not isinstance(st, tuple) or len(st) != len(val):
             raise TypeError("returned a state that does not match the output tuple")
         for s, v in zip(st, val, strict=False):
-            _check(s, v, plugin, n)
+            _check(s, v)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -33,7 +32,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .result import RF
+from .result import RF, _num
 from .rf import holes
 from .state import TensorRF
 
@@ -179,10 +178,6 @@ def transposed_taps(k: int, s: int, p: int = 0, d: int = 1) -> tuple[int, ...]:
     return tuple(sum(1 for t in range(k) if (o + p - t * d) % s == 0) for o in range(s))
 
 
-def _num(x: Fraction) -> float | int:
-    return int(x) if x.denominator == 1 else float(x)
-
-
 def _exact_rf(report: Report, rec: Any) -> RF | None:
     """The node's exact RF, or for a ``global`` one its local RF (SE blocks before a dilated conv)."""
     rf = report.node_rf(rec)
@@ -245,7 +240,7 @@ def _gridding(report: Report, geometry: _Geometries) -> list[DesignWarning]:
             seen.append((a.windows[ph].count, a.windows[ph].size))
         rates = [list(holey[c]["geom"]["d"]) for c in chain]
         layers = [holey[c]["rec"].label for c in chain]
-        cov_json = [_num(c) if c is not None else None for c in rf.coverage]
+        cov_json = [_num(c) for c in rf.coverage]
         i0 = next((i for i, c in enumerate(n_holes) if c), 0)
         first = dims_holes[i0][:8]
         more = "..." if n_holes[i0] > len(first) else ""

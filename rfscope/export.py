@@ -26,7 +26,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .analysis import NodeRecord
+from .analysis import NodeRecord, _flat_states
 from .counting import fmt_count
 from .report import _fmt, _fmt_dims
 from .result import RF
@@ -191,7 +191,7 @@ class _Builder:
     def passthrough(self, rec: NodeRecord) -> bool:
         """Not drawn, but carries tensors (tuple outputs): edges are contracted through it."""
         st = rec.state
-        return isinstance(st, (tuple, list)) and any(isinstance(s, TensorRF) for s in _flat(st))
+        return isinstance(st, (tuple, list)) and any(isinstance(s, TensorRF) for s in _flat_states(st))
 
     def units(self) -> tuple[dict[str, _Unit], dict[str, str]]:
         units: dict[str, _Unit] = {}
@@ -204,14 +204,14 @@ class _Builder:
             if self.depth is not None and len(own) >= self.depth:
                 key = stack[self.depth - 1]
                 uid = "mod:" + key
+                out = self.report.modules.get(key)
                 if uid not in units:
-                    out = self.report.modules.get(key)
                     units[uid] = _Unit(uid, tuple(stack[: self.depth - 1]), None, key)
                     if out is not None:
                         units[uid].rec = self.report.records[out]
                 u = units[uid]
                 u.members.append(rec.name)
-                if u.rec is None or (self.report.modules.get(key) is None):
+                if out is None:
                     u.rec = rec  # the last member in graph order stands for the output
                 of[rec.name] = uid
             else:
@@ -240,11 +240,8 @@ class _Builder:
             count: int | None
             try:
                 count = self.report.module_params(path).total
-            except (AttributeError, KeyError):  # a report without counts: the traced copy
-                try:
-                    count = sum(p.numel() for p in self.report.gm.get_submodule(path).parameters())
-                except AttributeError:
-                    count = None
+            except KeyError:  # a call key that is not a submodule path
+                count = None
             self._param_cache[key] = count
         return self._param_cache[key]
 
@@ -269,7 +266,7 @@ class _Builder:
             return False
         for a in rec.inputs:
             ins = self.report.records[a].state
-            for s in _flat(ins):
+            for s in _flat_states(ins):
                 if isinstance(s, TensorRF) and s.why == st.why:
                     return True
         return False
@@ -539,12 +536,6 @@ class _Builder:
             lines.append(f"  {quote(s)} -> {quote(d)}{extra};")
         lines.append("}")
         return "\n".join(lines) + "\n"
-
-
-def _flat(x: Any) -> list[Any]:
-    if isinstance(x, (tuple, list)):
-        return [s for v in x for s in _flat(v)]
-    return [x]
 
 
 def _attrs(d: Mapping[str, str]) -> str:

@@ -69,7 +69,7 @@ def _exec_file(path: Path) -> Any:
 def _build(obj: Any, what: str) -> torch.nn.Module:
     if isinstance(obj, torch.nn.Module):
         return obj
-    if inspect.isclass(obj) and issubclass(obj, torch.nn.Module) or callable(obj):
+    if callable(obj):  # a class or a factory function
         try:
             sig = inspect.signature(obj)
             required = [

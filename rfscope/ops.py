@@ -102,10 +102,7 @@ def elementwise(ctx: OpContext, what: str = "merge") -> TensorRF:
                 assert isinstance(a, Axis)
                 axes[tag] = select(a, 0)
         states.append(st.with_axes(axes))
-    try:
-        return merge(states, dims, what)
-    except MisalignedError as e:  # pragma: no cover - merge converts these
-        return unknown(dims, f"misaligned {what}: {e}")
+    return merge(states, dims, what)  # merge turns misaligned operands into unknown itself
 
 
 def local(ctx: OpContext, per_dim: Mapping[int, Callable[[Axis], Axis]], state: TensorRF | None = None) -> TensorRF:

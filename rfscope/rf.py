@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import reduce
 from math import gcd
 
 __all__ = [
@@ -140,11 +139,6 @@ class Axis:
         w = self.windows[0]
         return Fraction(w.lo + w.hi, 2)
 
-    @property
-    def uniform(self) -> bool:
-        """True when every unit's window is unit 0's shifted by ``i*stride``."""
-        return self.period == 1
-
 
 IDENTITY = Axis(1, 1, (Window(0, 1),))
 
@@ -218,10 +212,6 @@ def union(a: Axis, b: Axis) -> Axis:
     step = int(a.stride * q)
     wins = tuple(_union_windows((a.window(i), b.window(i))) for i in range(q))
     return _normalize(Axis(q, step, wins))
-
-
-def union_all(axes: Iterable[Axis]) -> Axis:
-    return reduce(union, axes)
 
 
 def coverage(axis: Axis) -> Fraction:

@@ -46,11 +46,6 @@ class Merged:
     def axes(self) -> tuple[int, ...]:
         return tuple(t for t, _ in self.parts if t is not None)
 
-    @property
-    def pure(self) -> bool:
-        """Only spatial dims were flattened (e.g. ``(N, C, H*W)``)."""
-        return all(t is not None for t, _ in self.parts)
-
 
 #: Per tensor dimension: ``None`` (batch/channel/feature), an input axis index, or :class:`Merged`.
 DimTag: TypeAlias = "None | int | Merged"
@@ -104,16 +99,6 @@ class TensorRF:
 
     def with_dims(self, dims: Sequence[DimTag]) -> TensorRF:
         return replace(self, dims=tuple(dims))
-
-    def spatial_dims(self) -> dict[int, int]:
-        """Map tensor dim -> input axis, for plain (un-merged) spatial dims."""
-        return {d: t for d, t in enumerate(self.dims) if isinstance(t, int)}
-
-    def dim_of_axis(self, axis: int) -> int | None:
-        for d, t in enumerate(self.dims):
-            if t == axis:
-                return d
-        return None
 
 
 @dataclass(frozen=True)
