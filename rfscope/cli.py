@@ -7,6 +7,7 @@ Errors are one line; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -124,25 +125,16 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
     elif depth is not None:
         raise CliError("--depth only applies to a diagram: add --diagram out.svg")
     model, shape, ex = _load(target, input_shape)
-    if weights is not None:
-        from .weights import load_weights
-
-        model = load_weights(model, weights)  # a copy: init checks and probes see the trained weights
+    # weights: loaded into a copy by analyze, so the init check sees the trained weights too
     report = run(model, shape, example_inputs=ex, strict=strict, leaf_modules=leaves, check_init=check_init,
-                 trace=trace_mode)
-    for n in nodes:
-        report.node_name(n)  # fail early on unknown names
+                 trace=trace_mode, weights=weights)
+    keep = {report.node_name(n) for n in nodes}  # fails early on unknown names
     if fmt == "json":
+        d = report.to_dict()
         if nodes:
-            d = report.to_dict()
-            keep = {report.node_name(n) for n in nodes}
             d["nodes"] = [x for x in d["nodes"] if x["name"] in keep]
             d["modules"] = {k: v for k, v in d["modules"].items() if v["node"] in keep and k in nodes}
-            import json
-
-            click.echo(json.dumps(d, indent=2))
-        else:
-            click.echo(report.to_json())
+        click.echo(json.dumps(d, indent=2))
     else:
         click.echo(report.table(list(nodes) if nodes else None))
     if diagram is not None:
