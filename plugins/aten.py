@@ -79,9 +79,9 @@ class Args:
         return v.dim()
 
 
-def translate(ctx: OpContext, call: Call) -> OpContext:
-    """The :class:`OpContext` the torch-level plugin would see for ``call``."""
-    a = Args(ctx)
+def translate(ctx: OpContext, call: Call, a: Args | None = None) -> OpContext:
+    """The :class:`OpContext` the torch-level plugin would see for ``call`` (``a``: ``Args(ctx)``)."""
+    a = Args(ctx) if a is None else a
 
     def st(r: Ref) -> Any:
         return CONST if isinstance(r, Lit) else a.state(r)
@@ -108,12 +108,18 @@ Translator = Callable[[Args], Call]
 
 
 def _delegating(reg: Registry, tr: Translator) -> tuple[Callable[[OpContext], Any], Callable[[OpContext], int]]:
+    last: list[Any] = [None, None]  # (ctx, result): run_plugins asks for MACs, then the RF, of one ctx
+
     def plugin_for(ctx: OpContext) -> tuple[Any, OpContext, Call]:
-        call = tr(Args(ctx))
+        if last[0] is ctx:
+            return last[1]  # type: ignore[no-any-return]
+        a = Args(ctx)
+        call = tr(a)
         p = reg.lookup(call.target)
         if p is None:
             raise Unsupported(f"no plugin for the torch-level equivalent {call.target!r}")
-        return p, translate(ctx, call), call
+        last[:] = [ctx, (p, translate(ctx, call, a), call)]
+        return last[1]  # type: ignore[no-any-return]
 
     def rf(ctx: OpContext) -> Any:
         p, c2, call = plugin_for(ctx)
@@ -421,10 +427,6 @@ def _multi_elementwise(ctx: OpContext) -> Any:
                  for v in outs)
 
 
-def _self_only(ctx: OpContext) -> TensorRF:
-    return same_state(ctx)
-
-
 def _restride(ctx: OpContext) -> TensorRF:
     """``as_strided``: exact only when it keeps every element where it was (e.g. re-striding size-1 dims)."""
     x, out = ctx.arg_values[0], ctx.out
@@ -482,7 +484,7 @@ def register(reg: Registry) -> None:
 
     reg.add("aten_elementwise", overloads(_ELEMENTWISE, inplace=True), rf=_elementwise)
     reg.add("aten_multi_elementwise", overloads(["log_sigmoid_forward"]), rf=_multi_elementwise)
-    reg.add("aten_copy", overloads(_SELF_ONLY), rf=_self_only)
+    reg.add("aten_copy", overloads(_SELF_ONLY), rf=same_state)
     reg.add("aten_const", overloads(_CONST), rf=_const)
     reg.add("aten_as_strided", overloads(["as_strided"], inplace=True), rf=_restride)
     d("aten_conv", overloads(["conv1d", "conv2d", "conv3d"]), _conv)

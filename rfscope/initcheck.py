@@ -265,10 +265,6 @@ def _aten_conv_view(ctx: InitContext) -> WeightView | None:
                       int(g) if isinstance(g, int) else 1)
 
 
-_CONV_F = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d)
-_CONVT_F = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
-            torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d)
-
 _DEFAULT: InitRules | None = None
 
 
@@ -276,12 +272,15 @@ def default_init_rules() -> InitRules:
     """The process-wide rule set (built-ins: Linear, Conv, ConvTranspose and their functional forms)."""
     global _DEFAULT
     if _DEFAULT is None:
+        from rfscope.plugins.conv import _FUNC, _FUNC_T  # the conv plugin's function lists (imported late:
+        # rfscope.plugins imports rfscope)
+
         r = InitRules()
         r.register(InitRule("linear", (nn.Linear,), _module_view))
         r.register(InitRule("conv", (nn.modules.conv._ConvNd,), _module_view))
         r.register(InitRule("linear_f", (F.linear,), _functional_view(False)))
-        r.register(InitRule("conv_f", tuple(dict.fromkeys(_CONV_F)), _functional_view(False)))
-        r.register(InitRule("conv_transpose_f", tuple(dict.fromkeys(_CONVT_F)), _functional_view(True)))
+        r.register(InitRule("conv_f", tuple(dict.fromkeys(_FUNC)), _functional_view(False)))
+        r.register(InitRule("conv_transpose_f", tuple(dict.fromkeys(_FUNC_T)), _functional_view(True)))
         # ATen graphs (the torch.export / make_fx fallbacks)
         r.register(InitRule("aten_linear", (torch.ops.aten.linear.default,), _functional_view(False)))
         r.register(InitRule("aten_convolution", (torch.ops.aten.convolution.default,), _aten_conv_view))
@@ -763,7 +762,7 @@ def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry
                 for path, m in model.named_modules():
                     w = getattr(m, "weight", None)
                     if path and rules.lookup_class(type(m)) is not None and isinstance(w, torch.Tensor) \
-                            and w.dim() >= 2 and wstats.get(id(w), _std_mean(w))[0] > 0:
+                            and w.dim() >= 2 and (wstats[id(w)] if id(w) in wstats else _std_mean(w))[0] > 0:
                         paths[path] = g.report.modules.get(path, path)
                 probe = _HookProbe(real, paths)
                 res = real(*inputs)

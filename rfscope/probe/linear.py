@@ -61,7 +61,7 @@ class SumPool(nn.Module):
         pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[self.nd - 1]
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.nd - 1]
         with torch.no_grad():
-            ref = pool(x.detach(), self.k, self.s, self.p, self.d, self.ceil_mode)  # output shape only
+            ref = pool(x.detach().to("meta"), self.k, self.s, self.p, self.d, self.ceil_mode)  # output shape only
         pads: list[int] = []
         for i in reversed(range(self.nd)):
             pads += [self.p[i], self.p[i] + self.s[i]]  # extra right room for ceil_mode windows
