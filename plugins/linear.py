@@ -1,4 +1,4 @@
-"""Dense maps: Linear/Bilinear/F.linear and matmul/bmm/einsum-free products.
+"""Dense maps: Linear/F.linear and matmul/bmm/einsum-free products (``nn.Bilinear`` has no plugin: unknown).
 
 A Linear acts on the last dim: pointwise when that dim is channels (channels-last
 tensors, transformers' feature dim), global when it holds spatial positions
@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rfscope.context import OpContext, Unsupported
-from rfscope.ops import axes_of, elementwise
+from rfscope.ops import axes_of
 from rfscope.registry import Method, Registry
 from rfscope.state import DimTag, TensorRF, make_global, merge
 
@@ -63,13 +63,6 @@ def _matmul_rf(ctx: OpContext) -> TensorRF:
 
 def _matmul_macs(ctx: OpContext) -> int:
     return math.prod(ctx.out_shape) * ctx.in_shape(0)[-1]
-
-
-def _bilinear_rf(ctx: OpContext) -> TensorRF:
-    m = elementwise(ctx, "bilinear")
-    if m.dims[-1] is None:
-        return m
-    return make_global(m, axes_of([m.dims[-1]]), keep_local=False)
 
 
 def register(reg: Registry) -> None:

@@ -55,11 +55,7 @@ def _elementwise(ctx: OpContext) -> TensorRF:
     return elementwise(ctx, f"elementwise op {ctx.node.name}")
 
 
-def _self_only(ctx: OpContext) -> TensorRF:
-    return same_state(ctx)
-
-
 def register(reg: Registry) -> None:
     reg.add("pointwise_modules", (*ACTIVATION_MODULES, *OTHER_MODULES, *BATCHNORM_MODULES), rf=_elementwise)
     reg.add("elementwise", tuple(dict.fromkeys(_FUNCS)) + tuple(Method(m) for m in _METHODS), rf=_elementwise)
-    reg.add("self_only", tuple(Method(m) for m in _SELF_ONLY) + (torch.clone,), rf=_self_only)
+    reg.add("self_only", tuple(Method(m) for m in _SELF_ONLY) + (torch.clone,), rf=same_state)

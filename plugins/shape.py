@@ -79,10 +79,6 @@ def _reshape_rf(ctx: OpContext) -> TensorRF:
     return st.with_dims(reshape_tags(ctx.in_shape(0), ctx.out_shape, st.dims))
 
 
-def _flatten_module_rf(ctx: OpContext) -> TensorRF:
-    return _reshape_rf(ctx)
-
-
 def _permute_rf(ctx: OpContext) -> TensorRF:
     st = ctx.first
     nd = len(st.dims)
@@ -249,7 +245,6 @@ def _getitem_rf(ctx: OpContext) -> Any:
 
 def _cat_rf(ctx: OpContext) -> TensorRF:
     tensors = ctx.args[0]
-    values = ctx.arg_values[0]
     dim = int(ctx.arg(1, "dim", 0))
     is_stack = ctx.node.target in (torch.stack,)
     sts = [s for s in tensors if isinstance(s, TensorRF)]
@@ -262,7 +257,7 @@ def _cat_rf(ctx: OpContext) -> TensorRF:
         return merge(sts, dims, f"stack {ctx.node.name}")
     dims = list(ref.dims)
     tag = None
-    for s, _v in zip(tensors, values, strict=False):
+    for s in tensors:
         if isinstance(s, TensorRF) and s.dims[d] is not None:
             tag = s.dims[d]
     if tag is None:

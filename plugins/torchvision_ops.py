@@ -39,11 +39,6 @@ from rfscope.rf import Axis
 from rfscope.state import TensorRF
 
 
-def _stochastic_depth(ctx: OpContext) -> TensorRF:
-    # Drops whole samples/rows (train) or is the identity (eval): never moves positions.
-    return same_state(ctx)
-
-
 def _spatial_tags(ctx: OpContext, what: str, k: int = 2, leading_spatial: bool = False) -> TensorRF:
     """The input state, checked to be (..., S1..Sk, C) with plain spatial S1..Sk and a channel-like C
     (and, unless ``leading_spatial``, no position in the leading dims)."""
@@ -175,7 +170,8 @@ def _register_now(reg: Registry) -> None:
         return
     fn = getattr(sd_mod, "stochastic_depth", None) if not callable(sd_mod) else sd_mod
     targets = [StochasticDepth] + ([fn] if fn is not None else [])
-    reg.add("torchvision_stochastic_depth", targets, rf=_stochastic_depth)
+    # drops whole samples (train) or is the identity (eval): never moves positions
+    reg.add("torchvision_stochastic_depth", targets, rf=same_state)
     try:
         from torchvision.models import swin_transformer as swin
     except Exception:  # noqa: BLE001 - older torchvision without Swin

@@ -51,10 +51,6 @@ __all__ = [
     "fmt_count",
 ]
 
-_CONV_FUNCS = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
-               F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
-               torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d)
-
 #: Single-input, channel-preserving ops allowed between a depthwise and a pointwise conv.
 _BETWEEN_MODULES: tuple[type, ...] = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.Identity,
@@ -247,12 +243,13 @@ def _conv_geometry(n: fx.Node, module: Any) -> dict[str, Any] | None:
     """Geometry of a conv node (module or functional), or ``None`` if it is not a conv.
 
     ``module`` is the ``call_module`` node's module (already resolved by the caller)."""
+    from rfscope.plugins.conv import _FUNC, _FUNC_T, conv_geometry  # the conv plugin's own reading of calls
+
     if n.op == "call_module":
         if not isinstance(module, nn.modules.conv._ConvNd):
             return None
-    elif not (n.op == "call_function" and n.target in _CONV_FUNCS):
+    elif not (n.op == "call_function" and (n.target in _FUNC or n.target in _FUNC_T)):
         return None
-    from rfscope.plugins.conv import conv_geometry  # the conv plugin's own reading of the call
 
     from .context import OpContext
 
