@@ -412,3 +412,14 @@ def test_cross_attention_to_a_coarser_map_is_global_not_misaligned():
         r = rfscope.analyze(net, input_shape=(1, 3, 32, 32)).rf("output")
         assert r.status == "global", r.reason
         assert r.size == (32, 32)
+
+
+def test_adaptive_pool_subclass_gets_the_same_rf() -> None:
+    """A subclass of AdaptiveAvgPool2d that keeps forward is the same op: conv 3 on 12 -> 10, pooled to 2x2
+    windows of 5 -> 3 + 4 = 7 (hand-derived); it used to pass the conv's 3x3 through unchanged."""
+    class Pool(nn.AdaptiveAvgPool2d):
+        pass
+
+    for pool in (nn.AdaptiveAvgPool2d((2, 2)), Pool((2, 2))):
+        r = rfscope.analyze(nn.Sequential(nn.Conv2d(3, 4, 3), pool), (1, 3, 12, 12)).rf("1")
+        assert (r.status, r.size) == ("exact", (7, 7))
