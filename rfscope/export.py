@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import html
 import os
-import secrets
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .analysis import NodeRecord, _flat_states
+from .atomic import check_output_file, staged, write_file
 from .counting import fmt_count
 from .report import _fmt, _fmt_dims
 from .result import RF
@@ -288,7 +288,9 @@ class _Builder:
             return ["RF unknown", *_wrap(why)]
         if rf.status == "global":
             rows = ["RF global (sees the whole input)"]
-            if rf.local is not None:
+            if rf.local is not None and rf.local.status == "unknown":
+                rows.append("local RF unknown (local paths misaligned)")
+            elif rf.local is not None:
                 rows.append(f"local RF {_sizes(rf.local)}, stride {_fmt_dims(rf.local.stride, '×', '?')}")
             return rows
         rows = [f"RF {_sizes(rf)}, stride {_fmt_dims(rf.stride, '×', '?')}"]
@@ -303,7 +305,7 @@ class _Builder:
         if rf.status == "unknown":
             return UNKNOWN_FILL, "black"
         if rf.status == "global":
-            if rf.local is None:
+            if rf.local is None or rf.local.status != "exact":
                 return GLOBAL_FILL, "black"
             rf = rf.local  # e.g. SE blocks: the border says global, the fill keeps the local RF's growth
         ext = self.report.input_size
@@ -575,7 +577,9 @@ def check_path(path: str | os.PathLike[str]) -> tuple[Path, str]:
     """Validate an output path before any work; returns ``(path, format)``.
 
     Raises ``ValueError`` for an unsupported suffix and ``OSError`` for a missing
-    or unwritable directory (one-line messages that say what to do).
+    or unwritable directory, or a target (through symlinks) that is a directory or
+    read-only; for an image, its ``.dot`` source is checked too (one-line messages
+    that say what to do).
     """
     p = Path(path)
     fmt = p.suffix.lower().lstrip(".")
@@ -587,33 +591,10 @@ def check_path(path: str | os.PathLike[str]) -> tuple[Path, str]:
         raise NotADirectoryError(f"diagram directory {str(d)!r} is not a directory")
     if not d.is_dir():
         raise FileNotFoundError(f"diagram directory {str(d)!r} does not exist; create it first")
-    if not os.access(d, os.W_OK | os.X_OK):
-        raise PermissionError(f"diagram directory {str(d)!r} is not writable")
-    if p.exists() and (p.is_dir() or not os.access(p, os.W_OK)):
-        raise PermissionError(f"cannot write diagram {str(p)!r}")
+    check_output_file(p, "diagram")
+    if fmt not in SOURCE_SUFFIXES:
+        check_output_file(p.with_suffix(".dot"), "diagram source")
     return p, fmt
-
-
-def _temp_beside(path: Path) -> tuple[int, str]:
-    """A new empty file next to ``path`` with the usual permissions (``mkstemp`` gives 0600)."""
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file next to {path}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def render(
@@ -628,16 +609,15 @@ def render(
     The DOT source is always written (``path`` itself for ``.dot``/``.gv``,
     otherwise next to the image with the suffix ``.dot``).  Images are made by
     ``dot`` (``dot=`` overrides the one found on ``PATH``); when there is none,
-    the source is written and :class:`RendererNotFoundError` is raised.  Files
-    are replaced atomically, so a failure leaves nothing half-written.
+    the source is written and :class:`RendererNotFoundError` is raised.  Each file
+    is replaced atomically (:mod:`rfscope.atomic`: through symlinks, keeping the
+    replaced file's permissions and owner), so a failure leaves nothing half-written.
     """
     p, fmt = check_path(path)
     src = p if fmt in SOURCE_SUFFIXES else p.with_suffix(".dot")
     text = to_dot(report, depth=depth, rankdir=rankdir)
     exe = dot if dot is not None else find_dot()
-    if fmt not in SOURCE_SUFFIXES and src.exists() and src.is_dir():
-        raise PermissionError(f"cannot write diagram source {str(src)!r}")
-    _write_atomic(src, text.encode("utf-8"))
+    write_file(src, text.encode("utf-8"))
     if fmt in SOURCE_SUFFIXES:
         return Rendered(src, None, exe)
     if exe is None:
@@ -645,12 +625,11 @@ def render(
             f"wrote {src} but cannot make {p}: no Graphviz 'dot' on PATH; {INSTALL_HINT}, "
             f"or render the .dot elsewhere (dot -T{fmt} {src} -o {p})"
         )
-    fd, tmp = _temp_beside(p)
-    os.close(fd)
-    cmd = [exe, f"-T{fmt}", "-o", tmp, str(src)]
-    if fmt == "png":
-        cmd.insert(1, "-Gdpi=110")
-    try:
+    with staged() as stage:
+        tmp = stage.reserve(p)
+        cmd = [exe, f"-T{fmt}", "-o", str(tmp), str(src)]
+        if fmt == "png":
+            cmd.insert(1, "-Gdpi=110")
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except subprocess.TimeoutExpired as e:
@@ -658,7 +637,4 @@ def render(
         if proc.returncode != 0:
             msg = (proc.stderr.strip().splitlines() or ["no message"])[0]
             raise OSError(f"dot failed to render {p} (exit {proc.returncode}): {msg}; the source is in {src}")
-        os.replace(tmp, p)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return Rendered(src, p, exe)

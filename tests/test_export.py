@@ -14,6 +14,7 @@ import re
 import runpy
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +298,64 @@ def test_failing_renderer_leaves_nothing_half_written(tmp_path: Path, monkeypatc
     assert res.exit_code == 2
     assert "simulated failure" in res.output
     assert [p.name for p in out.iterdir()] == ["net.dot"]
+
+
+def _fake_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``dot`` on PATH that writes ``<svg>`` plus its input to the ``-o`` file."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "dot"
+    fake.write_text(f"#!{sys.executable}\nimport sys\na = sys.argv\n"
+                    "open(a[a.index('-o') + 1], 'w').write('<svg>\\n' + open(a[-1]).read())\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+
+
+def test_diagram_through_symlinks_keeps_links_and_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--diagram onto a symlink replaces the link's target (the link stays); a mode-600 file stays 600."""
+    _fake_dot(tmp_path, monkeypatch)
+    store = tmp_path / "store"
+    out = tmp_path / "out"
+    store.mkdir()
+    out.mkdir()
+    for name in ("net.svg", "net.dot"):
+        (store / name).write_text("old")
+        (store / name).chmod(0o600)
+        (out / name).symlink_to(store / name)
+    res = run_cli(["--diagram", str(out / "net.svg")])
+    assert res.exit_code == 0, res.output
+    for name in ("net.svg", "net.dot"):
+        assert (out / name).is_symlink() and os.readlink(out / name) == str(store / name)
+        assert oct((store / name).stat().st_mode & 0o777) == oct(0o600), name
+    assert (store / "net.dot").read_text().startswith("digraph rfscope")
+    assert (store / "net.svg").read_text().startswith("<svg>\ndigraph rfscope")
+    assert sorted(p.name for p in store.iterdir()) == ["net.dot", "net.svg"]  # no temp files left
+    plain = tmp_path / "plain.dot"
+    plain.write_text("old")
+    plain.chmod(0o640)
+    assert run_cli(["--diagram", str(plain)]).exit_code == 0
+    assert plain.stat().st_mode & 0o777 == 0o640 and plain.read_text().startswith("digraph")
+
+
+def test_diagram_disk_full_keeps_the_old_diagram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_atomic import full_disk_after
+
+    p = tmp_path / "net.dot"
+    p.write_text("previous diagram")
+    full_disk_after(monkeypatch, tmp_path, 100)
+    res = run_cli(["--diagram", str(p)])
+    assert res.exit_code == 2
+    last = res.output.strip().splitlines()[-1]
+    assert "net.dot" in last and "disk is full" in last
+    assert p.read_text() == "previous diagram" and [q.name for q in tmp_path.iterdir()] == ["net.dot"]
+
+
+def test_diagram_onto_a_directory_fails_before_the_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "net.dot").mkdir()  # the image's source would land on a directory
+    called: list[int] = []
+    monkeypatch.setattr(rfscope.api, "analyze", lambda *a, **k: called.append(1))
+    res = run_cli(["--diagram", str(tmp_path / "net.svg")])
+    assert res.exit_code == 2 and "net.dot" in res.output and "directory" in res.output and not called
 
 
 def test_cli_bad_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
