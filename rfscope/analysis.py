@@ -8,6 +8,7 @@ depends on it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from .context import OpContext, Unsupported
 from .registry import Method, Plugin, PluginError, Registry
 from .state import CONST, Const, TensorRF, input_rf, unknown
 
-__all__ = ["NodeRecord", "run_plugins", "StrictError", "target_name"]
+__all__ = ["NodeRecord", "run_plugins", "StrictError", "target_name", "record_fields"]
 
 
 class StrictError(RuntimeError):
@@ -196,7 +197,10 @@ def run_plugins(
                     if strict:
                         raise PluginError(msg) from e
                     errors.append(msg)
-            if not tensors or not _has_tensor(val):
+            fields = record_fields(n.target, args, kwargs) if n.op == "call_function" else None
+            if fields is not None:  # a namedtuple or dataclass built from its fields: their states, in order
+                st = tuple(v for _, v in fields)
+            elif not tensors or not _has_tensor(val):
                 st = CONST if not isinstance(val, (list, tuple)) else tuple(CONST for _ in val)
             elif any(t.reason is not None for t in tensors) and not _handles_unknown(plugin):
                 reason = next(t.reason for t in tensors if t.reason is not None)
@@ -243,6 +247,26 @@ def run_plugins(
             call=call,
         )
     return records, list(unsupported), errors
+
+
+def record_fields(target: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> list[tuple[str, Any]] | None:
+    """``[(field, value), ...]`` when ``target(*args, **kwargs)`` builds a namedtuple or dataclass, else ``None``.
+
+    A field the call leaves to its default is ``CONST``.
+    """
+    if not isinstance(target, type):
+        return None
+    if issubclass(target, tuple) and hasattr(target, "_fields"):
+        names = [str(f) for f in target._fields]
+    elif dataclasses.is_dataclass(target):
+        names = [f.name for f in dataclasses.fields(target) if f.init]
+    else:
+        return None
+    given = dict(zip(names, args, strict=False))
+    if len(args) > len(names) or any(k in given or k not in names for k in kwargs):
+        return None  # not a call that builds the record field by field
+    given.update(kwargs)
+    return [(k, given.get(k, CONST)) for k in names]
 
 
 def _has_tensor(v: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -10,11 +11,11 @@ from typing import Any
 import networkx as nx
 import torch.fx as fx
 
-from .analysis import NodeRecord
+from .analysis import NodeRecord, record_fields
 from .result import RF
 from .state import TensorRF
 
-__all__ = ["Report", "UnknownNameError"]
+__all__ = ["Report", "UnknownNameError", "OutputLeaf"]
 
 
 class UnknownNameError(KeyError):
@@ -42,6 +43,21 @@ def _collapse(parts: list[str]) -> str:
 
 def _fmt_dims(xs: Any, sep: str = "x", none: str = "-") -> str:
     return sep.join(_fmt(x, none) for x in xs)
+
+
+@dataclass(frozen=True)
+class OutputLeaf:
+    """One leaf of what the model returns.
+
+    ``path`` indexes the return value like Python would: ``""`` (a bare tensor), ``"[0]"``,
+    ``"['logits']"``, ``".logits"`` (namedtuple or dataclass field), nested as ``"[1]['z'][0]"``.
+    ``node`` is the fx node that computed it (``None`` for a constant); ``state`` its state.
+    """
+
+    path: str
+    node: str | None
+    state: Any
+    shape: tuple[int, ...] | None
 
 
 @dataclass
@@ -85,26 +101,108 @@ class Report:
 
     @property
     def output_node(self) -> str:
+        """The node of the first output leaf that is a tensor (see :meth:`output_leaves`)."""
+        for leaf in self.output_leaves():
+            if leaf.node is not None and self.records[leaf.node].state is leaf.state \
+                    and isinstance(leaf.state, TensorRF):
+                return leaf.node
         out = [r for r in self.records.values() if r.op == "output"][0]
         return out.inputs[0] if out.inputs else out.name
+
+    def output_leaves(self) -> list[OutputLeaf]:
+        """Every leaf of the model's return value (lists, tuples, dicts, namedtuples, dataclasses)."""
+        out_node = next((n for n in self.gm.graph.nodes if n.op == "output"), None)
+        if out_node is None or not out_node.args:
+            return []
+        value = out_node.args[0]
+        spec = getattr(self.gm, "_out_spec", None)  # torch.export flattens the return value
+        if spec is not None:
+            from torch.utils import _pytree
+
+            flat = list(value) if isinstance(value, (tuple, list)) else [value]
+            if getattr(spec, "num_leaves", None) == len(flat):
+                value = _pytree.tree_unflatten(flat, spec)
+        leaves: list[OutputLeaf] = []
+        self._walk_output(value, "", leaves)
+        return leaves
+
+    def _walk_output(self, x: Any, path: str, leaves: list[OutputLeaf]) -> None:
+        if isinstance(x, fx.Node):
+            fields = record_fields(x.target, x.args, dict(x.kwargs)) if x.op == "call_function" else None
+            if fields is not None:  # a namedtuple/dataclass the graph builds: its fields are the leaves
+                for k, v in fields:
+                    self._walk_output(v, f"{path}.{k}", leaves)
+                return
+            rec = self.records.get(x.name)
+            if rec is None:
+                leaves.append(OutputLeaf(path, x.name, None, None))
+                return
+            self._node_leaves(x.name, rec.state, x.meta.get("val"), path, leaves)
+        elif isinstance(x, tuple) and hasattr(x, "_fields"):
+            for k, v in zip(x._fields, x, strict=False):
+                self._walk_output(v, f"{path}.{k}", leaves)
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            for f in dataclasses.fields(x):
+                self._walk_output(getattr(x, f.name), f"{path}.{f.name}", leaves)
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                self._walk_output(v, f"{path}[{i}]", leaves)
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                self._walk_output(v, f"{path}[{k!r}]", leaves)
+        else:
+            leaves.append(OutputLeaf(path, None, None, None))
+
+    def _node_leaves(self, name: str, st: Any, val: Any, path: str, leaves: list[OutputLeaf]) -> None:
+        """Leaves of a node whose value is a tuple (a module returning several tensors)."""
+        if isinstance(st, tuple) and isinstance(val, (list, tuple)) and len(st) == len(val):
+            names = getattr(val, "_fields", None)
+            for i, (s, v) in enumerate(zip(st, val, strict=False)):
+                self._node_leaves(name, s, v, f"{path}.{names[i]}" if names else f"{path}[{i}]", leaves)
+            return
+        shape = tuple(int(d) for d in val.shape) if hasattr(val, "shape") else None
+        leaves.append(OutputLeaf(path, name, st, shape))
 
     def rf(self, name: str = "output", local: bool = False) -> RF:
         """Receptive field of a module's output (by module path) or of an fx node.
 
+        ``"output"`` is the model's return value, or its first tensor leaf when it returns
+        several; ``"output"`` plus a leaf's path (``"output[1]"``, ``"output['logits']"``,
+        ``"output.feat"``; see :meth:`output_leaves`) names one leaf.
         ``local=True`` gives, for a ``global`` RF, the RF through spatially local
         paths only (``None``-free: raises if there is none).
         """
-        rec = self.records[self.node_name(name)]
-        st = rec.state
-        if not isinstance(st, TensorRF):
+        leaf = self._output_leaf(name)
+        if leaf is not None:
+            r = self._leaf_rf(leaf)
+        else:
+            rec = self.records[self.node_name(name)]
+            r = self.node_rf(rec) if isinstance(rec.state, TensorRF) else None
+        if r is None:
             raise ValueError(f"{name!r} is not a tensor that depends on the input")
-        r = self.node_rf(rec)
-        assert r is not None
         if local and r.status == "global":
             if r.local is None:
                 raise ValueError(f"{name!r} is global and has no spatially local path")
             return r.local
         return r
+
+    def _output_leaf(self, name: str) -> OutputLeaf | None:
+        """The output leaf ``name`` means (``"output"``, ``"output[0]"`` ...), if any."""
+        if name in self.modules or not (name == "output" or name.startswith(("output[", "output."))):
+            return None
+        leaves = self.output_leaves()
+        if name == "output":
+            return next((lf for lf in leaves if isinstance(lf.state, TensorRF)), None)
+        leaf = next((lf for lf in leaves if "output" + lf.path == name), None)
+        if leaf is None:
+            paths = ", ".join("output" + lf.path for lf in leaves)
+            raise UnknownNameError(f"{name!r} is not an output of the model; its outputs are {paths}")
+        return leaf
+
+    def _leaf_rf(self, leaf: OutputLeaf) -> RF | None:
+        if leaf.node is not None and leaf.state is self.records[leaf.node].state:
+            return self.node_rf(self.records[leaf.node])
+        return RF.from_state(leaf.state, self.input_size) if isinstance(leaf.state, TensorRF) else None
 
     def node_rf(self, rec: NodeRecord) -> RF | None:
         attrs = self.graph.nodes.get(rec.name)
@@ -152,6 +250,12 @@ class Report:
                 rf_dicts[id(rf)] = rf.to_dict()
             return rf_dicts[id(rf)]
 
+        def leaf_rf(lf: OutputLeaf) -> Any:
+            if lf.node is not None and lf.state is self.records[lf.node].state:
+                return rf_dict(self.records[lf.node])
+            rf = self._leaf_rf(lf)
+            return None if rf is None else rf.to_dict()
+
         nodes = []
         for r in self.records.values():
             if r.op == "output":
@@ -181,6 +285,11 @@ class Report:
             "nodes": nodes,
             "modules": modules,
             "output": self.output_node,
+            "outputs": [
+                {"path": lf.path, "node": lf.node, "shape": list(lf.shape) if lf.shape is not None else None,
+                 "rf": leaf_rf(lf)}
+                for lf in self.output_leaves()
+            ],
             "unsupported": self.unsupported,
             "errors": self.errors,
             "warnings": [w.to_dict() for w in self.warnings],

@@ -13,6 +13,19 @@ from .state import Global, Status, TensorRF
 __all__ = ["RF", "AxisInfo"]
 
 
+def _short(x: Fraction | int | None) -> str:
+    """``32``, ``1/2`` or ``None``: a readable number for ``repr``."""
+    if x is None:
+        return "None"
+    if isinstance(x, Fraction) and x.denominator != 1:
+        return f"{x.numerator}/{x.denominator}"
+    return str(int(x))
+
+
+def _tup(xs: Sequence[Fraction | int | None]) -> str:
+    return "(" + ", ".join(_short(x) for x in xs) + ("," if len(xs) == 1 else "") + ")"
+
+
 def _num(x: Fraction | int | None) -> float | int | None:
     if x is None:
         return None
@@ -37,6 +50,11 @@ class AxisInfo:
     center: Fraction | None
     exact: Axis | None
 
+    def __repr__(self) -> str:  # the exact windows are bit masks that can be thousands of digits long
+        phases = self.exact.period if self.exact is not None else None
+        return (f"AxisInfo(size={self.size}, stride={_short(self.stride)}, padding={_short(self.padding)}, "
+                f"center={_short(self.center)}, phases={phases})")
+
 
 @dataclass(frozen=True)
 class RF:
@@ -52,6 +70,24 @@ class RF:
     dims: tuple[AxisInfo, ...]
     reason: str | None = None
     local: RF | None = None
+
+    def __repr__(self) -> str:
+        """Short and bounded, e.g. ``RF(status='exact', size=(427, 427), stride=(32, 32), padding=(213, 213))``.
+
+        A global RF shows its local part (``local=None``: no spatially local path);
+        an unknown one, its reason.
+        """
+        if self.status == "unknown":
+            return f"RF(status='unknown', reason={self.reason!r})"
+        out = f"RF(status={self.status!r}, size={_tup(self.size)}, stride={_tup(self.stride)}, " \
+              f"padding={_tup(self.padding)}"
+        if any(d.exact is not None and d.exact.period > 1 for d in self.dims):
+            out += f", phases={_tup([d.exact.period if d.exact is not None else None for d in self.dims])}"
+        if self.status == "global":
+            out += f", local={self.local!r}"
+        return out + ")"
+
+    __str__ = __repr__
 
     @property
     def size(self) -> tuple[int, ...]:
