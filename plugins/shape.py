@@ -15,7 +15,7 @@ from rfscope import rf
 from rfscope.context import OpContext, Unsupported
 from rfscope.ops import norm_dim
 from rfscope.registry import Method, Registry
-from rfscope.state import CONST, DimTag, Global, Merged, TensorRF, merge
+from rfscope.state import CONST, DimTag, Global, Merged, TensorRF, map_axis, merge
 
 
 def _parts(tag: DimTag, size: int) -> list[tuple[int | None, int]]:
@@ -149,8 +149,8 @@ def _expand_rf(ctx: OpContext) -> TensorRF:
     off = len(out) - len(shp)
     axes = list(st.axes)
     for i, (t, s) in enumerate(zip(st.dims, shp, strict=False)):
-        if isinstance(t, int) and s == 1 and out[off + i] != 1 and isinstance(axes[t], rf.Axis):
-            axes[t] = rf.select(axes[t], 0)  # type: ignore[arg-type]
+        if isinstance(t, int) and s == 1 and out[off + i] != 1:
+            axes[t] = map_axis(axes[t], lambda a: rf.select(a, 0))
     return TensorRF(tuple([None] * off + list(st.dims)), tuple(axes), st.reason, st.scrambled)
 
 
@@ -164,8 +164,8 @@ def _select_rf(ctx: OpContext) -> TensorRF:
     axes = list(st.axes)
     if isinstance(tag, Merged) and not _all_global(st, tag):
         raise Unsupported("selecting from a flattened spatial dim")
-    if isinstance(tag, int) and isinstance(axes[tag], rf.Axis):
-        axes[tag] = rf.select(axes[tag], i)  # type: ignore[arg-type]
+    if isinstance(tag, int):
+        axes[tag] = map_axis(axes[tag], lambda a: rf.select(a, i))
     dims = [t for k, t in enumerate(st.dims) if k != d]
     return TensorRF(tuple(dims), tuple(axes), st.reason, st.scrambled)
 
@@ -180,8 +180,8 @@ def _narrow_rf(ctx: OpContext) -> TensorRF:
     axes = list(st.axes)
     if isinstance(tag, Merged) and not _all_global(st, tag) and start != 0:
         raise Unsupported("narrowing a flattened spatial dim")
-    if isinstance(tag, int) and isinstance(axes[tag], rf.Axis):
-        axes[tag] = _crop(axes[tag], start, 1)  # type: ignore[arg-type]
+    if isinstance(tag, int):
+        axes[tag] = map_axis(axes[tag], lambda a: _crop(a, start, 1))
     return st.with_axes(axes)
 
 
@@ -220,9 +220,7 @@ def _getitem_rf(ctx: OpContext) -> Any:
         if isinstance(it, int):
             i = it % size
             if isinstance(tag, int):
-                a = axes[tag]
-                if isinstance(a, rf.Axis):
-                    axes[tag] = rf.select(a, i)
+                axes[tag] = map_axis(axes[tag], lambda a, i=i: rf.select(a, i))
             elif isinstance(tag, Merged) and not _all_global(src, tag):
                 raise Unsupported("indexing a flattened spatial dim")
         elif isinstance(it, slice):
@@ -232,9 +230,7 @@ def _getitem_rf(ctx: OpContext) -> Any:
             if isinstance(tag, Merged) and (start, step) != (0, 1) and not _all_global(src, tag):
                 raise Unsupported("slicing a flattened spatial dim")
             if isinstance(tag, int) and (start, step) != (0, 1):
-                a = axes[tag]
-                if isinstance(a, rf.Axis):
-                    axes[tag] = _crop(a, start, step)
+                axes[tag] = map_axis(axes[tag], lambda a, start=start, step=step: _crop(a, start, step))
             dims.append(tag)
         else:
             raise Unsupported(f"index {it!r}")
@@ -289,9 +285,7 @@ def _split_rf(ctx: OpContext) -> Any:
             s = st
         elif isinstance(tag, int):
             axes = list(st.axes)
-            a = axes[tag]
-            if isinstance(a, rf.Axis):
-                axes[tag] = rf.select(a, off) if unbind else _crop(a, off, 1)
+            axes[tag] = map_axis(axes[tag], lambda a, off=off: rf.select(a, off) if unbind else _crop(a, off, 1))
             s = st.with_axes(axes)
         else:
             raise Unsupported("splitting a flattened spatial dim")

@@ -183,7 +183,9 @@ def _exact_rf(report: Report, rec: Any) -> RF | None:
     rf = report.node_rf(rec)
     if rf is None or rf.status == "unknown":
         return None
-    return rf.local if rf.status == "global" else rf
+    if rf.status == "global":
+        return rf.local if rf.local is not None and rf.local.status == "exact" else None
+    return rf
 
 
 def _has_holes(rf: RF) -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from .context import OpContext, Unsupported
 from .rf import Axis, MisalignedError, select
-from .state import DimTag, Global, Merged, TensorRF, make_global, merge, unknown
+from .state import DimTag, Global, Merged, TensorRF, make_global, map_axis, merge, unknown
 
 __all__ = [
     "elementwise",
@@ -97,10 +97,8 @@ def elementwise(ctx: OpContext, what: str = "merge") -> TensorRF:
                 continue
             i = od - off
             broadcast = i < 0 or shp[i] == 1 and out_shape[od] != 1
-            if broadcast and tag < len(axes) and isinstance(axes[tag], Axis):
-                a = axes[tag]
-                assert isinstance(a, Axis)
-                axes[tag] = select(a, 0)
+            if broadcast and tag < len(axes):
+                axes[tag] = map_axis(axes[tag], lambda a: select(a, 0))
         states.append(st.with_axes(axes))
     return merge(states, dims, what)  # merge turns misaligned operands into unknown itself
 
@@ -124,7 +122,7 @@ def local(ctx: OpContext, per_dim: Mapping[int, Callable[[Axis], Axis]], state: 
             raise Unsupported("local op over positions that were concatenated or shuffled")
         cur = axes[tag]
         if isinstance(cur, Global):
-            axes[tag] = Global(fn(cur.local) if cur.local is not None else None)
+            axes[tag] = map_axis(cur, fn)
         else:
             try:
                 axes[tag] = fn(cur)

@@ -9,7 +9,7 @@ along that axis).  A tensor whose RF cannot be stated exactly is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
 
@@ -27,6 +27,7 @@ __all__ = [
     "unknown",
     "merge",
     "Status",
+    "map_axis",
 ]
 
 Status = Literal["exact", "global", "unknown"]
@@ -56,10 +57,15 @@ class Global:
     """Every unit sees the whole input along this axis.
 
     ``local`` is the exact RF through the spatially local paths only (what papers
-    quote for networks with SE blocks), or ``None`` when no such path exists.
+    quote for networks with SE blocks), or ``None``.  ``None`` means no such path
+    exists unless ``local_why`` is set: then local paths exist but their union is not
+    one exact RF (branches with different strides met after the global op), and
+    ``local_why`` says so.  The two must never be confused: a later merge with one
+    aligned branch would otherwise report that branch's RF as the local one.
     """
 
     local: Axis | None = None
+    local_why: str | None = None
 
 
 AxisState: TypeAlias = "Axis | Global"
@@ -122,6 +128,9 @@ def input_rf(ndim: int, n_spatial: int) -> TensorRF:
 
 def _union_state(a: AxisState, b: AxisState) -> AxisState:
     if isinstance(a, Global) or isinstance(b, Global):
+        for g in (a, b):
+            if isinstance(g, Global) and g.local_why is not None:
+                return g  # a local path of unknown RF stays unknown whatever joins it
         la = a.local if isinstance(a, Global) else a
         lb = b.local if isinstance(b, Global) else b
         if la is None:
@@ -130,9 +139,25 @@ def _union_state(a: AxisState, b: AxisState) -> AxisState:
             return Global(la)
         try:
             return Global(_union_axis(la, lb))
-        except MisalignedError:
-            return Global(None)
+        except MisalignedError as e:
+            return Global(None, f"local paths misaligned ({e})")
     return _union_axis(a, b)
+
+
+def map_axis(a: AxisState, fn: Callable[[Axis], Axis]) -> AxisState:
+    """Apply a per-axis index map to an exact axis, or to a global axis's local path.
+
+    A global axis stays global; its local RF moves with the positions just as an exact one
+    would (slicing ``x[..., ::2]`` after a GroupNorm doubles the local stride).
+    """
+    if not isinstance(a, Global):
+        return fn(a)
+    if a.local is None:
+        return a  # no local path, or one of unknown RF: nothing to move
+    try:
+        return Global(fn(a.local))
+    except MisalignedError as e:
+        return Global(None, f"local path: {e}")
 
 
 def _empty_units(s: TensorRF) -> bool:
