@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -220,7 +221,7 @@ def _getitem_rf(ctx: OpContext) -> Any:
         if isinstance(it, int):
             i = it % size
             if isinstance(tag, int):
-                axes[tag] = map_axis(axes[tag], lambda a, i=i: rf.select(a, i))
+                axes[tag] = map_axis(axes[tag], partial(rf.select, i=i))
             elif isinstance(tag, Merged) and not _all_global(src, tag):
                 raise Unsupported("indexing a flattened spatial dim")
         elif isinstance(it, slice):
@@ -230,7 +231,7 @@ def _getitem_rf(ctx: OpContext) -> Any:
             if isinstance(tag, Merged) and (start, step) != (0, 1) and not _all_global(src, tag):
                 raise Unsupported("slicing a flattened spatial dim")
             if isinstance(tag, int) and (start, step) != (0, 1):
-                axes[tag] = map_axis(axes[tag], lambda a, start=start, step=step: _crop(a, start, step))
+                axes[tag] = map_axis(axes[tag], partial(_crop, start=start, step=step))
             dims.append(tag)
         else:
             raise Unsupported(f"index {it!r}")
@@ -285,7 +286,7 @@ def _split_rf(ctx: OpContext) -> Any:
             s = st
         elif isinstance(tag, int):
             axes = list(st.axes)
-            axes[tag] = map_axis(axes[tag], lambda a, off=off: rf.select(a, off) if unbind else _crop(a, off, 1))
+            axes[tag] = map_axis(axes[tag], partial(rf.select, i=off) if unbind else partial(_crop, start=off, step=1))
             s = st.with_axes(axes)
         else:
             raise Unsupported("splitting a flattened spatial dim")

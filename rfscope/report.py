@@ -332,7 +332,8 @@ class Report:
                 pad = _collapse([_fmt(x) for x in rf.padding])
             status: str = rf.status
             if rf.status == "global" and rf.local is not None:
-                status = f"global (local {_fmt_dims(rf.local.size)})"
+                status = ("global (local unknown)" if rf.local.status == "unknown"
+                          else f"global (local {_fmt_dims(rf.local.size)})")
             if rf.status == "unknown" and rf.reason:
                 status = f"unknown: {rf.reason}"
             rows.append(

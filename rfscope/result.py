@@ -147,9 +147,14 @@ class RF:
             if any(x.exact is not None and x.exact.period > 1 for x in self.dims):
                 d["phase_sizes"] = [list(s) if s is not None else None for s in self.sizes]
         if self.status == "global":
-            d["local"] = None if self.local is None else {
-                k: v for k, v in self.local.to_dict().items() if k in ("size", "stride", "padding", "center")
-            }
+            if self.local is None:
+                d["local"] = None  # no spatially local path at all
+            elif self.local.status == "unknown":
+                d["local"] = {"status": "unknown", "reason": self.local.reason}
+            else:
+                d["local"] = {
+                    k: v for k, v in self.local.to_dict().items() if k in ("size", "stride", "padding", "center")
+                }
         if self.status == "unknown":
             d["reason"] = self.reason
         return d
@@ -164,6 +169,7 @@ class RF:
         infos: list[AxisInfo] = []
         local_infos: list[AxisInfo] = []
         has_local = True
+        local_why = next((a.local_why for a in st.axes if isinstance(a, Global) and a.local_why), None)
         for a, ext in zip(st.axes, input_size, strict=False):
             if isinstance(a, Global):
                 loc = a.local
@@ -186,6 +192,9 @@ class RF:
                 local_infos.append(info)
         status = st.status
         local = cls("exact", tuple(local_infos)) if status == "global" and has_local else None
+        if local_why is not None:  # local paths exist, but their RF is not one exact value
+            blank = tuple(AxisInfo(0, None, None, None, None) for _ in input_size)
+            local = cls("unknown", blank, local_why)
         return cls(status, tuple(infos), None, local)
 
 
