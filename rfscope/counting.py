@@ -215,13 +215,24 @@ class Counts:
 
 # ---------------------------------------------------------------------------
 def fmt_count(n: int | None) -> str:
-    """``1234567 -> '1.23M'``; ``None -> '-'``."""
+    """Three significant digits with a unit: ``1234567 -> '1.23M'``, ``None -> '-'``.
+
+    The unit is chosen after rounding, so ``999_999`` is ``'1.00M'``, never ``'1e+03K'``.
+
+    >>> [fmt_count(v) for v in (999, 1000, 12_345, 999_500, 999_999, 123_456_789, None)]
+    ['999', '1.00K', '12.3K', '1.00M', '1.00M', '123M', '-']
+    """
     if n is None:
         return "-"
-    for div, suf in ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{suf}"
-    return str(n)
+    if abs(n) < 1000:
+        return str(n)
+    units = ((10**3, "K"), (10**6, "M"), (10**9, "G"), (10**12, "T"))
+    for i, (div, suf) in enumerate(units):
+        v = float(f"{n / div:.3g}")  # rounded to three significant digits
+        if abs(v) < 1000 or i == len(units) - 1:
+            decimals = max(0, 2 - len(str(int(abs(v)))) + 1)
+            return f"{v:.{decimals}f}{suf}"
+    raise AssertionError("unreachable")
 
 
 def _unique(ts: Iterable[torch.Tensor]) -> list[torch.Tensor]:
