@@ -52,9 +52,9 @@ def _error(e: OSError, shown: str | os.PathLike[str], doing: str = "write") -> O
         return e
     if e.errno in _FULL:
         return DiskFullError(e.errno, f"cannot {doing} {str(shown)!r}: the disk is full ({e.strerror or 'no space'}); "
-                                      "the previous file is unchanged")
+                                      "no file was replaced")
     why = e.strerror or str(e) or type(e).__name__
-    return OutputError(e.errno, f"cannot {doing} {str(shown)!r}: {why}; the previous file is unchanged")
+    return OutputError(e.errno, f"cannot {doing} {str(shown)!r}: {why}; no file was replaced")
 
 
 def real_target(path: str | os.PathLike[str]) -> Path:

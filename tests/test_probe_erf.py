@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from click.testing import CliRunner
 
 import rfscope
 from rfscope.cli import main
-from rfscope.probe import area_ratio, area_ratios, erf, gaussian_fit_sigma, gaussian_sigma
+from rfscope.probe import NonFiniteError, area_ratio, area_ratios, erf, erf_extent, gaussian_sigma, support
 from rfscope.probe.inputs import random_chunk
 
 
@@ -46,8 +48,9 @@ def test_ones_stack_gives_binomial_outer_product_exactly(n: int, k: int) -> None
     expected = np.zeros((size, size))
     expected[lo:lo + c.size, lo:lo + c.size] = 2 * np.outer(c, c)  # linear: same map for every sample
     assert np.array_equal(r.map, expected)
-    # REFERENCE §4: per-axis variance n(k^2-1)/12
-    assert r.sigma_moments == pytest.approx((math.sqrt(n * (k * k - 1) / 12),) * 2, rel=1e-12)
+    # per-axis variance n(k^2-1)/12; the support is the RF, n(k-1)+1
+    assert r.sigma == pytest.approx((math.sqrt(n * (k * k - 1) / 12),) * 2, rel=1e-12)
+    assert r.support == (c.size, c.size) == tuple(r.rf["size"])
 
 
 def _slope(ns: list[int], sig: list[float]) -> float:
@@ -58,17 +61,15 @@ NS = [5, 10, 20, 40]
 
 
 def test_luo_sqrt_law_uniform() -> None:
-    fit, mom = [], []
+    mom = []
     for n in NS:
         r = erf(_ones_stack(n, 3, nd=1), input_shape=(1, 1, 2 * n + 3), samples=1, device="cpu",
                 dtype=torch.float64, progress=False)
-        assert r.sigma_moments[0] ** 2 == pytest.approx(n * 8 / 12, rel=1e-12)
-        fit.append(r.sigma[0])
-        mom.append(r.sigma_moments[0])
+        assert r.sigma[0] ** 2 == pytest.approx(n * 8 / 12, rel=1e-12)
+        mom.append(r.sigma[0])
     assert abs(_slope(NS, mom) - 0.5) < 1e-9
-    assert abs(_slope(NS, fit) - 0.5) <= 0.05
-    # the RF grows like n, so ERF/RF shrinks
-    assert r.erf_rf_ratio[0] is not None and r.erf_rf_ratio[0] < 0.5
+    # the RF grows like n, so ERF/RF shrinks: n = 40, 4 sqrt(40 * 8 / 12) / 81 = 0.2551
+    assert r.erf_rf_ratio[0] == pytest.approx(4 * math.sqrt(40 * 8 / 12) / 81, rel=1e-12)
 
 
 def test_luo_sqrt_law_random_relu() -> None:
@@ -120,7 +121,7 @@ def test_area_ratio_gaussian() -> None:
         r = next(r for r in range(1, c + 1) if (g[c - r:c + r + 1].sum() / g.sum()) ** 2 > t)
         assert area_ratio(m, t, (c, c)) == (2 * r + 1, (2 * r + 1) ** 2 / n ** 2)
     assert gaussian_sigma(m) == pytest.approx((s, s), rel=1e-6)
-    assert gaussian_fit_sigma(m) == pytest.approx((s, s), rel=1e-9)
+    assert support(m) == (n, n) and erf_extent(m) == pytest.approx((4 * s, 4 * s), rel=1e-6)
     assert area_ratio(np.zeros((5, 5)), 0.5, (2, 2)) is None
 
 
@@ -246,9 +247,11 @@ def test_png_skipped_without_matplotlib(tmp_path, monkeypatch, capsys) -> None: 
     import sys
 
     r = erf(_small_cnn(), node="2", input_shape=(1, 3, 12, 12), samples=1, device="cpu", progress=False)
+    (tmp_path / "erf.png").write_bytes(b"a PNG of another run")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     paths = r.save(tmp_path)
     assert {p.name for p in paths} == {"erf.npy", "erf.json"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["erf.json", "erf.npy"]  # the stale PNG is gone
     assert "matplotlib is not installed" in capsys.readouterr().err
 
 
@@ -276,3 +279,266 @@ def test_cli_erf_uses_weights_checkpoint(tmp_path) -> None:
     res = CliRunner().invoke(main, ["probe", str(src), "--mode", "erf", "--node", "0", "--out", str(tmp_path / "x"),
                                     "--weights", str(tmp_path / "missing.pt")])
     assert res.exit_code == 2 and "missing.pt" in res.output
+
+
+# ----------------------------------------------------------------------------- one estimator: sigma, extent, ERF/RF
+def _embed(c: np.ndarray, size: int = 21, at: int = 4) -> np.ndarray:
+    m = np.zeros((size, size))
+    m[at:at + c.size, at:at + c.size] = np.outer(c, c)
+    return m
+
+
+@pytest.mark.parametrize("n,k,sigma,extent", [
+    # binomial maps: variance n(k^2-1)/12; extent min(4 sigma, n(k-1)+1)
+    (3, 3, math.sqrt(2.0), 4 * math.sqrt(2.0)),  # 5.657 < 7
+    (2, 3, math.sqrt(16 / 12), 4 * math.sqrt(16 / 12)),  # 4.619 < 5
+    (1, 5, math.sqrt(2.0), 5.0),  # uniform 5 wide: 4 sigma = 5.657 is clipped to the support
+    (1, 3, math.sqrt(8 / 12), 3.0),  # uniform 3 wide: 3.266 clipped
+])
+def test_estimator_on_binomial_maps(n: int, k: int, sigma: float, extent: float) -> None:
+    m = _embed(_coeffs(n, k))
+    assert gaussian_sigma(m) == pytest.approx((sigma, sigma), rel=1e-12)
+    assert support(m) == (n * (k - 1) + 1,) * 2
+    assert erf_extent(m) == pytest.approx((extent, extent), rel=1e-12)
+
+
+def test_estimator_on_a_gaussian_and_two_spikes() -> None:
+    x = np.arange(61) - 30.0
+    g = np.exp(-x ** 2 / (2 * 2.5 ** 2))
+    m = np.outer(g, np.ones(5))  # axis 0 Gaussian sigma 2.5, axis 1 uniform over 5
+    s = gaussian_sigma(m)
+    assert s[0] == pytest.approx(2.5, rel=1e-9) and s[1] == pytest.approx(math.sqrt(2.0), rel=1e-12)
+    assert erf_extent(m) == pytest.approx((10.0, 5.0), rel=1e-9)
+    spikes = np.zeros((1, 9))
+    spikes[0, [2, 6]] = 1.0  # sigma 2, 4 sigma = 8 > the 5 pixels from spike to spike
+    assert gaussian_sigma(spikes)[1] == 2.0 and support(spikes) == (1, 5) and erf_extent(spikes)[1] == 5.0
+    z = np.zeros((4, 4))
+    assert support(z) == (0, 0) and all(math.isnan(v) for v in erf_extent(z))
+
+
+@pytest.mark.parametrize("n,k,ratio", [(1, 3, 1.0), (1, 5, 1.0), (2, 3, 4 * math.sqrt(16 / 12) / 5),
+                                       (3, 3, 4 * math.sqrt(2.0) / 7)])
+def test_shallow_ones_stack_erf_never_exceeds_its_rf(n: int, k: int, ratio: float) -> None:
+    """The map's support is exactly the RF: ERF/RF is min(4 sigma, RF) / RF (was 5.5e7 for n=1, k=3)."""
+    r = erf(_ones_stack(n, k), input_shape=(1, 1, 15, 15), samples=1, device="cpu", dtype=torch.float64,
+            progress=False)
+    rf = n * (k - 1) + 1
+    assert r.rf["size"] == [rf, rf] and r.support == (rf, rf)
+    assert r.erf_rf_ratio == pytest.approx((ratio, ratio), rel=1e-12)
+    d = r.to_dict()
+    assert d["erf_rf_ratio"] == pytest.approx([ratio, ratio], rel=1e-12) and "sigma_moments" not in d
+    assert "clipped to the support" in d["erf_extent_definition"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_shallow_random_relu_net_ratio_at_most_one(seed: int) -> None:
+    """Conv-ReLU-conv, random weights: the gradient stays inside the 5x5 RF, so ERF/RF <= 1
+    (the earlier Gaussian fit gave 1.4-7.5 on these nets)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3))
+    r = erf(net, input_shape=(1, 3, 15, 15), samples=16, device="cpu", progress=False)
+    assert r.rf["size"] == [5, 5]
+    assert all(0 < s <= 5 for s in r.support)
+    assert all(x is not None and 0 < x <= 1.0 for x in r.erf_rf_ratio), r.erf_rf_ratio
+    for a in range(2):
+        assert r.erf_extent[a] == pytest.approx(min(4 * r.sigma[a], r.support[a]), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- non-finite values are errors
+class _NaNWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 3, padding=1)
+        self.b = nn.Conv2d(2, 2, 3, padding=1)
+        self.c = nn.Conv2d(2, 1, 3, padding=1)
+        with torch.no_grad():
+            self.b.weight[0, 0, 0, 0] = float("nan")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+class _BadBackward(nn.Module):
+    """Finite forward (sqrt(0) = 0), infinite backward (d sqrt/dx at 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return torch.sqrt(y - y) + y
+
+
+def test_nan_map_is_an_error_naming_the_first_node() -> None:
+    kw = dict(input_shape=(1, 1, 12, 12), samples=2, device="cpu", progress=False)
+    with pytest.raises(NonFiniteError) as ei:
+        erf(_NaNWeight(), **kw)  # type: ignore[arg-type]
+    assert ei.value.node == "b" and ei.value.phase == "forward"
+    assert "node 'b' (call_module b)" in str(ei.value) and "NaN" in str(ei.value)
+    assert isinstance(ei.value, rfscope.probe.ProbeError) and isinstance(ei.value, ValueError)
+    with pytest.raises(NonFiniteError) as ei:
+        erf(_BadBackward(), **kw)  # type: ignore[arg-type]
+    assert ei.value.phase == "backward" and ei.value.node == "sqrt", str(ei.value)
+    assert "backward pass of node 'sqrt'" in str(ei.value)
+    x = torch.randn(3, 1, 12, 12)
+    x[1, 0, 5, 5] = float("inf")
+    with pytest.raises(NonFiniteError, match="input batch") as ei:
+        erf(_ones_stack(1, 3), inputs=x, device="cpu", progress=False)
+    assert ei.value.phase == "inputs"
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        area_ratios(np.full((5, 5), np.nan), (2, 2))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        gaussian_sigma(np.array([[1.0, np.inf]]))
+
+
+def test_cli_nan_map_exits_2_with_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "net.py"
+    src.write_text(
+        "import torch, torch.nn as nn\n"
+        "input_shape = (1, 1, 12, 12)\n"
+        "model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 1, 3))\n"
+        "with torch.no_grad():\n    model[2].weight.fill_(float('nan'))\n"
+    )
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["probe", str(src), "--mode", "erf", "--samples", "2", "--device", "cpu",
+                                    "--out", str(out), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "node '_2'" in res.output
+    assert "area ratio" not in res.output and not out.exists()
+
+
+# ----------------------------------------------------------------------------- outputs: all or nothing
+def _run_files(d) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_save_on_a_full_disk_leaves_the_previous_run(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from test_atomic import full_disk_after
+
+    src = tmp_path / "net.py"
+    src.write_text("import torch.nn as nn\ninput_shape = (1, 1, 12, 12)\n"
+                   "model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 1, 3))\n")
+    out = tmp_path / "out"
+    args = ["probe", str(src), "--mode", "erf", "--device", "cpu", "--out", str(out), "--quiet"]
+    assert CliRunner().invoke(main, [*args, "--seed", "1"]).exit_code == 0
+    before = _run_files(out)
+    assert set(before) == {"erf.npy", "erf.json", "erf.png"}
+    # erf.npy fits, the disk fills while erf.json is written
+    full_disk_after(monkeypatch, out, len(before["erf.npy"]) + 10)
+    res = CliRunner().invoke(main, [*args, "--seed", "2"])
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert "erf.json" in res.output and "disk is full" in res.output
+    assert _run_files(out) == before  # nothing half-written, no temp files, no mix of runs
+    monkeypatch.undo()
+    assert CliRunner().invoke(main, [*args, "--seed", "2"]).exit_code == 0
+    after = _run_files(out)
+    assert set(after) == set(before) and all(after[k] != before[k] for k in ("erf.npy", "erf.json"))
+
+
+def test_save_writes_through_symlinks_and_keeps_modes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    r = erf(_ones_stack(1, 3), input_shape=(1, 1, 9, 9), samples=1, device="cpu", progress=False)
+    out, store = tmp_path / "out", tmp_path / "store"
+    out.mkdir()
+    store.mkdir()
+    (store / "erf.json").write_text("old")
+    (out / "erf.json").symlink_to(store / "erf.json")
+    (out / "erf.npy").write_bytes(b"old")
+    (out / "erf.npy").chmod(0o600)
+    paths = r.save(out, png=False)
+    assert paths == [out / "erf.npy", out / "erf.json"]
+    assert (out / "erf.json").is_symlink() and json.loads((store / "erf.json").read_text())["samples"] == 1
+    assert (out / "erf.npy").stat().st_mode & 0o777 == 0o600
+    assert np.array_equal(np.load(out / "erf.npy"), r.map)
+    assert sorted(p.name for p in out.iterdir()) == ["erf.json", "erf.npy"]
+
+
+def test_out_is_checked_before_any_work(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import rfscope.loader
+
+    loaded: list[str] = []
+    monkeypatch.setattr(rfscope.loader, "load_model", lambda t: loaded.append(t))
+    f = tmp_path / "afile"
+    f.write_text("x")
+    blocked = tmp_path / "blocked"
+    (blocked / "erf.npy").mkdir(parents=True)
+    for out, why in ((f, "not a directory"), (f / "sub", "not a directory"), (blocked, "is a directory")):
+        res = CliRunner().invoke(main, ["probe", "m.py", "--mode", "erf", "--out", str(out)])
+        assert res.exit_code == 2 and why in res.output, res.output
+    assert loaded == []
+
+
+# ----------------------------------------------------------------------------- samples stream
+def test_samples_stream_with_memory_bounded_by_the_batch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import time
+    import tracemalloc
+
+    import rfscope.probe.effective as E
+
+    tracemalloc.start()
+    try:
+        it = E._batches(E._chunks(10**6, 1), None, (1, 1, 4, 4), 0, torch.device("cpu"))
+        n, x = next(it)
+        it.close()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (n, tuple(x.shape)) == (1, (1, 1, 4, 4))
+    assert peak < 1_000_000, peak  # a list of a million chunks alone is ~100 MB
+    big = E._chunks(10**12, 8)
+    assert len(big) == 125_000_000_000 and big.total() == 10**12
+    odd = E._chunks(10**12 + 3, 8)  # shares of 3 ranks cover every sample once; only the last chunk is short
+    assert sum(odd[r::3].total() for r in range(3)) == 10**12 + 3 and list(odd[-1:]) == [(odd.ks[-1], 10**12, 3)]
+
+    class Stop(Exception):
+        pass
+
+    def stop(self, k):  # type: ignore[no-untyped-def]
+        raise Stop(k)
+
+    net = _ones_stack(1, 3)
+    rep = rfscope.analyze(net, (1, 1, 16, 16))
+    monkeypatch.setattr(E.Progress, "update", stop)
+    t0 = time.perf_counter()
+    tracemalloc.start()
+    try:
+        with pytest.raises(Stop) as ei:
+            erf(net, samples=10**12, batch_size=4, device="cpu", progress=False, report=rep)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ei.value.args == (4,) and time.perf_counter() - t0 < 60
+    assert peak < 20_000_000, peak
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or sys.platform != "linux",
+                    reason="mounting a tiny tmpfs needs root on Linux")
+def test_really_full_disk(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A 1 MiB tmpfs filled to 36 KiB free: the second run's erf.npy (32 KiB) fits, erf.json does not."""
+    import subprocess
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        src = tmp_path / "net.py"
+        src.write_text("import torch.nn as nn\ninput_shape = (1, 1, 64, 64)\n"
+                       "model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 1, 3))\n")
+        out = mnt / "o"
+        args = ["probe", str(src), "--mode", "erf", "--device", "cpu", "--samples", "1", "--out", str(out),
+                "--quiet"]
+        assert CliRunner().invoke(main, [*args, "--seed", "1"]).exit_code == 0
+        before = _run_files(out)
+        st = os.statvfs(mnt)
+        (mnt / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 36 * 1024))
+        res = CliRunner().invoke(main, [*args, "--seed", "2"])
+        assert res.exit_code == 2 and "disk is full" in res.output and "erf." in res.output, res.output
+        assert _run_files(out) == before
+        assert np.load(out / "erf.npy").shape == (64, 64)
+        res = CliRunner().invoke(main, [*args, "--out", str(mnt / "new" / "dir")])
+        assert res.exit_code == 2 and "disk is full" in res.output
+        assert sorted(p.name for p in mnt.iterdir()) == ["filler", "o"]  # no empty folders left
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

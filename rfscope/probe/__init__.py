@@ -6,15 +6,15 @@
   (Luo et al. 2016) with RepLKNet's area-ratio metrics (REFERENCE §4).
 """
 
-from .effective import REDUCTIONS, ERFResult, erf
+from .effective import REDUCTIONS, ERFResult, NonFiniteError, erf
 from .exact import AxisMeasure, NodeCheck, Validation, validate
 from .graph import ProbeError
 from .inputs import load_images, load_tensors
-from .metrics import THRESHOLDS, area_ratio, area_ratios, gaussian_fit_sigma, gaussian_sigma, replknet_transform
+from .metrics import THRESHOLDS, area_ratio, area_ratios, erf_extent, gaussian_sigma, replknet_transform, support
 
 __all__ = [
     "validate", "Validation", "NodeCheck", "AxisMeasure", "ProbeError",
-    "erf", "ERFResult", "REDUCTIONS",
-    "area_ratio", "area_ratios", "gaussian_sigma", "gaussian_fit_sigma", "replknet_transform", "THRESHOLDS",
+    "erf", "ERFResult", "REDUCTIONS", "NonFiniteError",
+    "area_ratio", "area_ratios", "gaussian_sigma", "erf_extent", "support", "replknet_transform", "THRESHOLDS",
     "load_images", "load_tensors",
 ]

@@ -51,6 +51,11 @@ def run_probe(
         raise CliError("--inputs/--image-dir are for --mode erf; the exact probe uses an all-ones input")
     if mode == "erf" and len(nodes) > 1:
         raise CliError("--mode erf probes one --node at a time")
+    if mode == "erf" and out_dir:
+        from ..atomic import check_output_dir
+        from .effective import OUTPUT_FILES
+
+        check_output_dir(out_dir, OUTPUT_FILES, "--out")  # fail before the model is even loaded
     lm = load_model(target)
     if weights is not None:  # trained weights matter for the ERF; the exact probe linearises them away
         from ..weights import load_weights

@@ -8,20 +8,30 @@ summed over input channels and samples; ``"abs"`` (Luo et al.): ``|grad|`` summe
 the same way.  The map is a sum, not a mean.  Under ``torchrun`` (an initialised
 process group) each rank takes every ``world_size``-th batch and the sums are
 all-reduced, so every rank returns the whole map.
+
+Samples stream: batches are drawn (or sliced) one at a time, a few ahead, so memory
+is bounded by the batch size whatever ``samples`` is.  A NaN or infinite gradient,
+probed unit or map raises :class:`NonFiniteError` naming the first node that made
+non-finite values.  Outputs are written atomically (:mod:`rfscope.atomic`).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.fx as fx
+from torch.utils._pytree import tree_leaves
 
 from ..api import analyze
 from ..registry import Registry
@@ -29,11 +39,33 @@ from ..report import Report
 from ..state import Global, TensorRF
 from .graph import ProbeError, check_trace_path, materialise, select_outputs
 from .inputs import random_chunk
-from .metrics import area_ratios, gaussian_fit_sigma, gaussian_sigma
+from .metrics import area_ratios, erf_extent, gaussian_sigma, support
 from .runtime import Progress, all_reduce_sum, dist_info, resolve_device
 from .units import axis_extents, layout_of, unit_mask
 
-__all__ = ["erf", "ERFResult", "REDUCTIONS"]
+__all__ = ["erf", "ERFResult", "REDUCTIONS", "NonFiniteError", "OUTPUT_FILES"]
+
+#: The files :meth:`ERFResult.save` writes (the PNG only with matplotlib).
+OUTPUT_FILES = ("erf.npy", "erf.json", "erf.png")
+
+SIGMA_DEFINITION = ("per axis, standard deviation (pixels) of the raw map taken as a distribution: "
+                    "second moment of its marginal about the centroid")
+EXTENT_DEFINITION = ("per axis, min(4*sigma, support) pixels: the +-2 sigma box about the centroid, "
+                     "clipped to the support (first to last non-zero position of the marginal)")
+RATIO_DEFINITION = "erf_extent / static RF size, per axis"
+
+
+class NonFiniteError(ProbeError):
+    """The ERF gradient, the probed unit or the map has NaN/inf values; ``node`` made them first.
+
+    ``node`` is the fx node name (``None`` when no single node could be named),
+    ``phase`` is ``"inputs"``, ``"forward"``, ``"backward"`` or ``"map"``.
+    """
+
+    def __init__(self, message: str, node: str | None = None, phase: str = "map") -> None:
+        super().__init__(message)
+        self.node = node
+        self.phase = phase
 
 REDUCTIONS = {
     "clip": "negative input gradients clipped to 0 (RepLKNet), summed over input channels and samples",
@@ -52,8 +84,12 @@ class ERFResult:
     rf: dict[str, Any]
     center: tuple[int, ...]
     area_ratio: dict[str, Any]
+    #: per axis, the map's standard deviation about its centroid (pixels; NaN for an all-zero map)
     sigma: tuple[float, ...]
-    sigma_moments: tuple[float, ...]
+    #: per axis, min(4 sigma, support) (pixels)
+    erf_extent: tuple[float, ...]
+    #: per axis, first to last non-zero position of the map's marginal (pixels)
+    support: tuple[int, ...]
     erf_rf_ratio: tuple[float | None, ...]
     bfloat16_check: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
@@ -66,13 +102,13 @@ class ERFResult:
             "area_ratio": self.area_ratio,
             "area_ratio_definition": "RepLKNet: log10(x+1)/max, smallest centred odd square whose sum is "
                                      "strictly above t of the total, side^2/(H*W)",
-            "sigma": list(self.sigma),
-            "sigma_definition": "per axis, Gaussian fitted (least squares on log) to the core (>= e^-2 of the "
-                                "peak) of the raw map's marginal, pixels",
-            "sigma_moments": list(self.sigma_moments),
-            "sigma_moments_definition": "per-axis standard deviation of the raw map taken as a distribution",
+            "sigma": [_num(s) for s in self.sigma],
+            "sigma_definition": SIGMA_DEFINITION,
+            "erf_extent": [_num(s) for s in self.erf_extent],
+            "erf_extent_definition": EXTENT_DEFINITION,
+            "support": list(self.support),
             "erf_rf_ratio": list(self.erf_rf_ratio),
-            "erf_rf_ratio_definition": "4*sigma / static RF size, per axis",
+            "erf_rf_ratio_definition": RATIO_DEFINITION,
             "bfloat16_check": self.bfloat16_check,
             "notes": self.notes,
         }
@@ -89,27 +125,53 @@ class ERFResult:
         for k, v in self.area_ratio.items():
             lines.append(f"  area ratio t={k:>4}: " + ("-" if v is None else f"{100 * v['ratio']:.2f}% "
                                                         f"(side {v['side']})"))
-        lines.append("  Gaussian sigma per axis (fit): " + ", ".join(f"{s:.2f}" for s in self.sigma)
-                     + "   (moments: " + ", ".join(f"{s:.2f}" for s in self.sigma_moments) + ")")
-        lines.append("  ERF/RF (4 sigma / RF size): "
+        lines.append("  sigma per axis (moments about the centroid): " + ", ".join(f"{s:.2f}" for s in self.sigma)
+                     + "   support: " + ", ".join(map(str, self.support)))
+        lines.append("  ERF/RF (min(4 sigma, support) / RF size): "
                      + ", ".join("-" if r is None else f"{r:.3f}" for r in self.erf_rf_ratio))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def save(self, out_dir: str | Path, png: bool = True) -> list[Path]:
-        """Write ``erf.npy``, ``erf.json`` and (with matplotlib) ``erf.png`` into ``out_dir``."""
-        d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        paths = [d / "erf.npy", d / "erf.json"]
-        np.save(paths[0], self.map)
-        paths[1].write_text(json.dumps(self.to_dict(), indent=2))
-        if png:
-            from .plot import save_heatmap
+        """Write ``erf.npy``, ``erf.json`` and (with matplotlib) ``erf.png`` into ``out_dir``, all or none.
 
-            p = save_heatmap(self, d / "erf.png")
-            if p is not None:
-                paths.append(p)
+        Every file is rendered in memory, staged next to its target and renamed only
+        when all are written (:mod:`rfscope.atomic`), so a failure (full disk,
+        Ctrl-C) leaves the previous run's files as they were.  A previous
+        ``erf.png`` is removed when no PNG is written, so no file describes another run.
+        """
+        from ..atomic import check_output_dir, staged
+
+        d = check_output_dir(out_dir, OUTPUT_FILES, "--out")
+        buf = io.BytesIO()
+        np.save(buf, self.map)
+        image = None
+        if png:
+            from .plot import heatmap_png
+
+            image = heatmap_png(self)
+        created = [p for p in (d, *d.parents) if not p.exists()]  # deepest first
+        d.mkdir(parents=True, exist_ok=True)
+        try:
+            with staged() as stage:
+                paths = [stage.write(d / "erf.npy", buf.getvalue()),
+                         stage.write(d / "erf.json", json.dumps(self.to_dict(), indent=2).encode("utf-8"))]
+                if image is not None:
+                    paths.append(stage.write(d / "erf.png", image))
+                else:
+                    stage.remove(d / "erf.png")
+        except BaseException:
+            for p in created:  # a failed first run leaves no empty folders behind
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+            raise
         return paths
+
+
+def _num(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _centre_and_rf(report: Report, name: str, index: dict[int, int]) -> tuple[tuple[int, ...], dict[str, Any],
@@ -155,18 +217,47 @@ def _sides(ratios: dict[str, dict[str, float | int] | None]) -> dict[str, int | 
     return {k: (None if v is None else int(v["side"])) for k, v in ratios.items()}
 
 
-def _chunks(samples: int, batch_size: int) -> list[tuple[int, int, int]]:
-    """``(chunk index, start, count)`` for fixed global batches (independent of the world size)."""
-    out = []
-    for k, s in enumerate(range(0, samples, batch_size)):
-        out.append((k, s, min(batch_size, samples - s)))
-    return out
+@dataclass(frozen=True)
+class _Chunks:
+    """``(chunk index, start, count)`` of fixed global batches (independent of the world size), lazily.
+
+    ``ks`` is a ``range`` of chunk indices (a rank's share is ``ks[rank::world]``), so
+    a trillion samples cost no more memory than ten.
+    """
+
+    samples: int
+    batch: int
+    ks: range
+
+    def chunk(self, k: int) -> tuple[int, int, int]:
+        s = k * self.batch
+        return k, s, min(self.batch, self.samples - s)
+
+    def __len__(self) -> int:
+        return len(self.ks)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return (self.chunk(k) for k in self.ks)
+
+    def __getitem__(self, sl: slice) -> _Chunks:
+        return _Chunks(self.samples, self.batch, self.ks[sl])
+
+    def total(self) -> int:
+        """Samples in these chunks (only the global last chunk can be short)."""
+        last = -(-self.samples // self.batch) - 1
+        short = self.batch - self.chunk(last)[2] if last in self.ks else 0
+        return len(self.ks) * self.batch - short
+
+
+def _chunks(samples: int, batch_size: int) -> _Chunks:
+    """All chunks of ``samples`` in batches of ``batch_size``."""
+    return _Chunks(samples, batch_size, range(-(-samples // batch_size)))
 
 
 def _batches(
     chunks: Iterable[tuple[int, int, int]], inputs: torch.Tensor | None, in_shape: Sequence[int], seed: int,
     device: torch.device,
-) -> Iterator[tuple[int, torch.Tensor]]:
+) -> Generator[tuple[int, torch.Tensor], None, None]:
     """``(count, batch on device)`` per chunk; the next chunks are drawn and copied while this one runs.
 
     Random inputs are drawn on the CPU (so a seed gives the same samples on every device and world
@@ -181,15 +272,24 @@ def _batches(
         x = inputs[s:s + n] if inputs is not None else random_chunk(k, n, in_shape[1:], seed)
         return x.pin_memory() if cuda and x.device.type == "cpu" else x
 
-    todo = list(chunks)
+    todo = iter(chunks)
     workers = max(1, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        ahead = [pool.submit(load, c) for c in todo[:workers]]
-        for i, c in enumerate(todo):
-            x = ahead.pop(0).result()
-            if i + workers < len(todo):
-                ahead.append(pool.submit(load, todo[i + workers]))
-            yield c[2], x.to(device, non_blocking=cuda)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    ahead: deque[tuple[int, Future[torch.Tensor]]] = deque()
+    try:
+        for c in todo:  # at most `workers` batches in flight: memory bounded by the batch size
+            ahead.append((c[2], pool.submit(load, c)))
+            if len(ahead) >= workers:
+                break
+        while ahead:
+            n, fut = ahead.popleft()
+            x = fut.result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                ahead.append((nxt[2], pool.submit(load, nxt)))
+            yield n, x.to(device, non_blocking=cuda)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _accumulate(
@@ -198,18 +298,72 @@ def _accumulate(
     progress: Progress | None,
 ) -> torch.Tensor:
     acc = torch.zeros(tuple(in_shape[2:]), dtype=torch.float64, device=device)
+    sel = mask != 0
     for n, x0 in _batches(chunks, inputs, in_shape, seed, device):
         x = x0.to(dtype=dtype).requires_grad_(True)
         (out,) = gm(x)
         if not isinstance(out, torch.Tensor) or out.shape[0] != n:
             raise ProbeError("the probed node has no batch dimension; the ERF needs one")
         (g,) = torch.autograd.grad((out * mask).sum(), x)
+        if not (bool(torch.isfinite(g).all()) and bool(torch.isfinite(out.detach()[:, sel]).all())):
+            raise _locate_non_finite(gm, x0.to(dtype=dtype), mask)
         g = g.detach().to(torch.float64)
         g = g.clamp_min(0) if reduction == "clip" else g.abs() if reduction == "abs" else g * g
         acc += g.sum(dim=(0, 1))
         if progress is not None:
             progress.update(n)
     return acc
+
+
+def _describe(n: fx.Node) -> str:
+    what = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+    return f"node {n.name!r} ({n.op} {what})"
+
+
+def _non_finite(v: Any) -> bool:
+    return any(isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+               for t in tree_leaves(v))
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the probe graph keeping every node's value (one batch, for error reports only)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        v = super().run_node(n)
+        self.values[n] = v
+        return v
+
+
+def _locate_non_finite(gm: fx.GraphModule, x: torch.Tensor, mask: torch.Tensor) -> NonFiniteError:
+    """Rerun the batch node by node: the first node whose output, or whose backward, is not finite."""
+    tail = ("the ERF would be meaningless; check the model, its weights (--weights) and the inputs, "
+            "or probe an earlier --node")
+    x = x.detach().requires_grad_(True)
+    rec = _Recorder(gm)
+    with torch.enable_grad():
+        (out,) = rec.run(x)
+    for node, v in rec.values.items():
+        if node.op != "output" and _non_finite(v):
+            if node.op == "placeholder":
+                return NonFiniteError(f"the input batch holds NaN or infinite values; {tail}", node.name, "inputs")
+            return NonFiniteError(f"{_describe(node)} is the first to output NaN or infinite values; {tail}",
+                                  node.name, "forward")
+    tracked = [(n, v) for n, v in rec.values.items()
+               if n.op != "output" and isinstance(v, torch.Tensor) and v.requires_grad]
+    grads = torch.autograd.grad((out * mask).sum(), [v for _, v in tracked], allow_unused=True)
+    for (node, _), g in reversed(list(zip(tracked, grads, strict=True))):  # from the probed node back
+        if g is not None and not bool(torch.isfinite(g).all()):
+            users = [u for u in node.users if u.op != "output"]
+            by = " / ".join(_describe(u) for u in users) if users else _describe(node)
+            return NonFiniteError(
+                f"the backward pass of {by} is the first to give NaN or infinite gradients "
+                f"(to {node.name!r}); {tail}", users[0].name if len(users) == 1 else node.name, "backward")
+    return NonFiniteError(f"the ERF gradient had NaN or infinite values that a rerun of the batch did not "
+                          f"reproduce (nondeterministic kernels?); {tail}", None, "backward")
 
 
 def erf(
@@ -292,25 +446,29 @@ def erf(
 
     graphs: dict[torch.dtype, torch.fx.GraphModule] = {}  # the low-precision check reuses the main copy
 
-    def run(dt: torch.dtype, which: Sequence[tuple[int, int, int]], prog: Progress | None) -> torch.Tensor:
+    def run(dt: torch.dtype, which: Iterable[tuple[int, int, int]], prog: Progress | None) -> torch.Tensor:
         if dt not in graphs:
             graphs[dt] = select_outputs(materialise(report.gm, model, device=dev, dtype=dt), [name])
         mask = unit_mask(dims, out_shape, index, dtype=dt, device=dev)
         return _accumulate(graphs[dt], mask, which, inputs, shape, seed, dev, dt, reduction, prog)
 
-    prog = Progress(sum(c[2] for c in mine), f"ERF {name}", enabled=progress and len(mine) > 1)
+    prog = Progress(mine.total(), f"ERF {name}", enabled=progress and len(mine) > 1)
     try:
         acc = run(dtype, mine, prog)
     finally:
         prog.close()
     acc = all_reduce_sum(acc)
     m = acc.cpu().numpy()
+    if not np.isfinite(m).all():
+        raise NonFiniteError("the ERF map overflowed to infinity (every batch's gradient was finite); "
+                             "use fewer --samples or --dtype float64", None, "map")
     ratios = area_ratios(m, centre)
-    sig_m = gaussian_sigma(m)
-    sig = tuple(f if np.isfinite(f) else mo for f, mo in zip(gaussian_fit_sigma(m), sig_m, strict=True))
+    sig = gaussian_sigma(m)
+    extent = erf_extent(m)
+    sup = support(m)
     sizes = rf_desc.get("size")
     erf_rf = tuple(
-        (4 * s / sizes[a]) if sizes and sizes[a] and np.isfinite(s) else None for a, s in enumerate(sig)
+        (e / sizes[a]) if sizes and sizes[a] and np.isfinite(e) else None for a, e in enumerate(extent)
     )
     check = None
     if dtype in (torch.bfloat16, torch.float16):
@@ -320,7 +478,7 @@ def erf(
         diffs = {k: (None if low[k] is None or ref[k] is None else abs(int(low[k] or 0) - int(ref[k] or 0)))
                  for k in ref}
         agree = all(d is not None and d <= 2 for d in diffs.values())
-        check = {"samples": first[0][2], "float32_sides": ref, "low_precision_sides": low, "agree": agree}
+        check = {"samples": first.total(), "float32_sides": ref, "low_precision_sides": low, "agree": agree}
         if not agree:
             raise ProbeError(
                 f"{str(dtype).replace('torch.', '')} ERF disagrees with float32 by more than one square step "
@@ -346,4 +504,4 @@ def erf(
         "dtype": str(dtype).replace("torch.", ""),
         "world_size": world,
     }
-    return ERFResult(m, conventions, rf_desc, centre, ratios, sig, sig_m, erf_rf, check, notes)
+    return ERFResult(m, conventions, rf_desc, centre, ratios, sig, extent, sup, erf_rf, check, notes)

@@ -4,9 +4,14 @@
   ``log10(x + 1)``, divide by the max, grow centred odd cubes (side 3, 5, …) until
   the covered fraction of the total is *strictly* above ``t``, report
   ``side**d / numel`` (capped at 1; cubes are clipped to the map when summing).
-- :func:`gaussian_fit_sigma`: per-axis σ of a Gaussian fitted to the core of the
-  raw map's marginal (robust to the RF boundary truncating the tails);
-  :func:`gaussian_sigma`: the moments (standard deviation of the map taken as a distribution).
+- The ERF size, one estimator: :func:`gaussian_sigma` is the per-axis standard
+  deviation of the map taken as a distribution (second moment of the marginal about
+  its centroid); :func:`erf_extent` is ``4σ`` (the ±2σ box) clipped to the
+  marginal's :func:`support` (first to last non-zero position), so the extent never
+  exceeds the pixels the gradient reaches.  The ERF/RF ratio the probe reports is
+  this extent over the static RF size.
+
+Every function raises ``ValueError`` on a map with NaN or infinite values.
 """
 
 from __future__ import annotations
@@ -15,14 +20,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["THRESHOLDS", "replknet_transform", "area_ratio", "area_ratios", "gaussian_sigma", "gaussian_fit_sigma"]
+__all__ = ["THRESHOLDS", "replknet_transform", "area_ratio", "area_ratios", "gaussian_sigma", "support",
+           "erf_extent"]
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
 
 def replknet_transform(m: np.ndarray) -> np.ndarray:
     """``log10(m + 1)`` divided by its max (all zeros stays all zeros)."""
-    t = np.log10(np.asarray(m, dtype=np.float64) + 1.0)
+    t = np.log10(_finite(m) + 1.0)
     mx = float(t.max()) if t.size else 0.0
     return t / mx if mx > 0 else t
 
@@ -33,7 +39,7 @@ def area_ratio(m: np.ndarray, t: float, center: Sequence[int]) -> tuple[int, flo
     ``m`` is used as given (apply :func:`replknet_transform` first for RepLKNet's
     metric).  ``None`` when the map sums to zero.
     """
-    m = np.asarray(m, dtype=np.float64)
+    m = _finite(m)
     total = float(m.sum())
     if total <= 0:
         return None
@@ -52,7 +58,7 @@ def area_ratios(
     m: np.ndarray, center: Sequence[int], thresholds: Sequence[float] = THRESHOLDS, transform: bool = True
 ) -> dict[str, dict[str, float | int] | None]:
     """RepLKNet area ratios keyed ``"20%"``, ``"30%"``, ``"50%"``, ``"99%"`` (``{"side", "ratio"}``)."""
-    mm = replknet_transform(m) if transform else np.asarray(m, dtype=np.float64)
+    mm = replknet_transform(m) if transform else _finite(m)
     out: dict[str, dict[str, float | int] | None] = {}
     for t in thresholds:
         r = area_ratio(mm, t, center)
@@ -60,42 +66,55 @@ def area_ratios(
     return out
 
 
+def _finite(m: np.ndarray) -> np.ndarray:
+    a = np.asarray(m, dtype=np.float64)
+    if not np.isfinite(a).all():
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        raise ValueError(f"the ERF map has {bad} NaN or infinite value(s) of {a.size}; no metric is defined")
+    return a
+
+
+def _marginal(m: np.ndarray, axis: int) -> np.ndarray:
+    return m.sum(axis=tuple(i for i in range(m.ndim) if i != axis))
+
+
 def gaussian_sigma(m: np.ndarray) -> tuple[float, ...]:
-    """Per-axis standard deviation (in pixels) of ``m / m.sum()``; NaN for an all-zero map."""
-    m = np.asarray(m, dtype=np.float64)
+    """Per-axis standard deviation (pixels) of ``m / m.sum()`` about its centroid; NaN for an all-zero map.
+
+    For ``n`` stacked all-ones ``k``-tap linear convolutions the map is the outer
+    product of the coefficients of ``(1 + z + … + z^(k-1))^n``, whose variance per
+    axis is ``n (k² - 1) / 12`` exactly.
+    """
+    m = _finite(m)
     total = float(m.sum())
     if total <= 0:
         return tuple(float("nan") for _ in m.shape)
     out = []
     for a in range(m.ndim):
-        p = m.sum(axis=tuple(i for i in range(m.ndim) if i != a)) / total
+        p = _marginal(m, a) / total
         x = np.arange(m.shape[a], dtype=np.float64)
         mu = float((p * x).sum())
         out.append(float(np.sqrt(max(0.0, float((p * (x - mu) ** 2).sum())))))
     return tuple(out)
 
 
-def gaussian_fit_sigma(m: np.ndarray, floor: float = float(np.exp(-2.0))) -> tuple[float, ...]:
-    """Per-axis σ of a Gaussian fitted to the core of the map's marginal.
-
-    Least squares of ``log p = a + b x + c x²`` over the positions where the
-    marginal ``p`` is at least ``floor`` times its peak (``e⁻²``: the central
-    ±2σ of a Gaussian); ``σ = sqrt(-1 / 2c)``.  Unlike the moments this ignores
-    the tails, which the RF boundary truncates.  NaN when fewer than 3 points
-    qualify or the fit is not concave.
-    """
-    m = np.asarray(m, dtype=np.float64)
+def support(m: np.ndarray) -> tuple[int, ...]:
+    """Per axis, the number of positions from the first to the last non-zero entry of the marginal (0 if none)."""
+    m = _finite(m)
     out = []
     for a in range(m.ndim):
-        p = m.sum(axis=tuple(i for i in range(m.ndim) if i != a))
-        if p.size == 0 or float(p.max()) <= 0:
-            out.append(float("nan"))
-            continue
-        keep = p >= floor * float(p.max())
-        x = np.arange(p.size, dtype=np.float64)[keep]
-        if x.size < 3:
-            out.append(float("nan"))
-            continue
-        c2, _, _ = np.polyfit(x - x.mean(), np.log(p[keep]), 2)
-        out.append(float(np.sqrt(-1.0 / (2.0 * c2))) if c2 < 0 else float("nan"))
+        nz = np.flatnonzero(_marginal(np.abs(m), a))
+        out.append(int(nz[-1] - nz[0] + 1) if nz.size else 0)
     return tuple(out)
+
+
+def erf_extent(m: np.ndarray) -> tuple[float, ...]:
+    """Per-axis ERF extent in pixels: ``min(4σ, support)`` (σ from :func:`gaussian_sigma`); NaN if all zero.
+
+    ``4σ`` is the width of the ±2σ box about the centroid (95 % of a Gaussian);
+    clipping to the support keeps a flat or two-peaked map (whose ``4σ`` can exceed
+    its width: ``4·sqrt((k²-1)/12) > k`` for a uniform ``k``-wide map, ``k ≥ 2``) from
+    reporting an ERF wider than the pixels its gradient reaches.
+    """
+    return tuple(min(4.0 * s, float(n)) if np.isfinite(s) else float("nan")
+                 for s, n in zip(gaussian_sigma(m), support(m), strict=True))

@@ -1,11 +1,13 @@
 """ERF heatmap PNG (matplotlib, Agg): RepLKNet-transformed map, static RF box, centre, colour bar.
 
 matplotlib is optional (``pip install 'rfscope[images]'``); without it
-:func:`save_heatmap` warns once and returns ``None``.
+:func:`heatmap_png` and :func:`save_heatmap` warn and return ``None``.  The PNG is
+rendered in memory and written with :mod:`rfscope.atomic`.
 """
 
 from __future__ import annotations
 
+import io
 import sys
 import textwrap
 from pathlib import Path
@@ -16,7 +18,7 @@ from .metrics import replknet_transform
 if TYPE_CHECKING:
     from .effective import ERFResult
 
-__all__ = ["save_heatmap"]
+__all__ = ["heatmap_png", "save_heatmap"]
 
 
 def _caption(res: ERFResult) -> str:
@@ -30,8 +32,8 @@ def _caption(res: ERFResult) -> str:
     return "\n".join(textwrap.wrap(text, 110))
 
 
-def save_heatmap(res: ERFResult, path: str | Path) -> Path | None:
-    """Write the heatmap to ``path``; ``None`` (with a message) when matplotlib is missing."""
+def heatmap_png(res: ERFResult) -> bytes | None:
+    """The heatmap as PNG bytes; ``None`` (with a message) when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -77,8 +79,16 @@ def save_heatmap(res: ERFResult, path: str | Path) -> Path | None:
         ax.set_title(title, fontsize=9)
         fig.text(0.01, 0.01, _caption(res), fontsize=6.5, va="bottom", ha="left")
         fig.subplots_adjust(bottom=0.17)
-        out = Path(path)
-        fig.savefig(out, dpi=110)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
     finally:
         plt.close(fig)
-    return out
+    return buf.getvalue()
+
+
+def save_heatmap(res: ERFResult, path: str | Path) -> Path | None:
+    """Write the heatmap to ``path`` atomically; ``None`` (with a message) when matplotlib is missing."""
+    from ..atomic import write_file
+
+    data = heatmap_png(res)
+    return None if data is None else write_file(path, data)
