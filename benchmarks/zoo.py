@@ -454,7 +454,7 @@ _IMPORTS = {"timm": ("timm", "timm.data"), "torchvision": ("torchvision",), "mon
 # ----------------------------------------------------------------------------- reasons
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-_NUM = re.compile(r"(?<![A-Za-z_])-?\d+(\.\d+)?(?![A-Za-z_]*\d*d\b)")
+_NUM = re.compile(r"(?<![A-Za-z_\d.])-?\d+(\.\d+)?(?![A-Za-z_\d])")
 _TUPLE = re.compile(r"[\(\[]\s*N(\s*,\s*N)*\s*,?\s*[\)\]]")
 _PLUGIN_RAISED = re.compile(r"plugin '([^']*)' raised at node '[^']*' \(([^)]*)\): (\w+)")
 
