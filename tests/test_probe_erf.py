@@ -542,3 +542,46 @@ def test_really_full_disk(tmp_path) -> None:  # type: ignore[no-untyped-def]
         assert sorted(p.name for p in mnt.iterdir()) == ["filler", "o"]  # no empty folders left
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_image_folder_is_read_batch_by_batch(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    import rfscope.probe.effective as E
+    import rfscope.probe.inputs as I
+
+    for i in range(40):
+        Image.fromarray(np.full((10, 12, 3), 5 * i, dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    folder = I.ImageFolder(tmp_path, (3, 8, 8))
+    assert len(folder) == 40 and folder.shape == (40, 3, 8, 8)
+    whole = I.load_images(tmp_path, (3, 8, 8))
+    assert torch.equal(folder[4:8], whole[4:8]) and whole.shape == (40, 3, 8, 8)
+    read: list[str] = []
+    real = I._read_image
+    def counting(p):  # type: ignore[no-untyped-def]
+        read.append(p.name)
+        return real(p)
+
+    monkeypatch.setattr(I, "_read_image", counting)
+
+    class Stop(Exception):
+        pass
+
+    def stop(self, k):  # type: ignore[no-untyped-def]
+        raise Stop(k)
+
+    real_update = E.Progress.update
+    monkeypatch.setattr(E.Progress, "update", stop)
+    with pytest.raises(Stop):
+        erf(nn.Sequential(nn.Conv2d(3, 2, 3)), inputs=folder, samples=10**12, batch_size=2, device="cpu",
+            progress=False)
+    # the first batch, plus at most four batches read ahead: never the whole folder
+    assert 2 <= len(read) <= 10 and read[:2] == ["00.png", "01.png"], read
+    read.clear()
+    monkeypatch.setattr(E.Progress, "update", real_update)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    r = erf(net, inputs=folder.subset(6), batch_size=4, device="cpu", progress=False, dtype=torch.float64)
+    ref = erf(net, inputs=whole[:6], batch_size=4, device="cpu", progress=False, dtype=torch.float64)
+    assert r.conventions["samples"] == 6 and len(read) == 6  # each image read once
+    assert r.map.any() and np.array_equal(r.map, ref.map)

@@ -40,7 +40,7 @@ def run_probe(
     """Run one probe and print its result; returns the exit status (1 when a node disagrees)."""
     from ..cli import CliError
     from ..loader import load_model
-    from . import erf, load_images, load_tensors, validate
+    from . import erf, load_tensors, validate
     from .runtime import dist_info, init_from_env
 
     if inputs_path and image_dir:
@@ -76,15 +76,17 @@ def run_probe(
         return 0 if res.ok else 1
 
     desc = None
+    images = None
     if image_dir:
-        x = load_images(image_dir, shape[1:], limit=samples)
-        from .inputs import NORMALISATION
+        from .inputs import NORMALISATION, ImageFolder
 
-        desc = f"{x.shape[0]} images from {image_dir} (resized, {NORMALISATION})"
+        images = ImageFolder(image_dir, shape[1:], limit=samples)  # read batch by batch
+        desc = f"{len(images)} images from {image_dir} (resized, {NORMALISATION})"
     elif x is not None:
         desc = f"tensors from {inputs_path}"
     init_from_env()
-    r = erf(lm.model, node=nodes[0] if nodes else "output", input_shape=shape, samples=samples, inputs=x,
+    r = erf(lm.model, node=nodes[0] if nodes else "output", input_shape=shape, samples=samples,
+            inputs=images if image_dir else x,
             device=device, dtype=_DTYPES[dtype or "float32"], batch_size=batch_size or 8, progress=not quiet,
             reduction=reduction, seed=seed, inputs_desc=desc)
     if dist_info()[0] != 0:

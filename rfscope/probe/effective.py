@@ -38,7 +38,7 @@ from ..registry import Registry
 from ..report import Report
 from ..state import Global, TensorRF
 from .graph import ProbeError, check_trace_path, materialise, select_outputs
-from .inputs import random_chunk
+from .inputs import ImageFolder, random_chunk
 from .metrics import area_ratios, erf_extent, gaussian_sigma, support
 from .runtime import Progress, all_reduce_sum, dist_info, resolve_device
 from .units import axis_extents, layout_of, unit_mask
@@ -255,7 +255,8 @@ def _chunks(samples: int, batch_size: int) -> _Chunks:
 
 
 def _batches(
-    chunks: Iterable[tuple[int, int, int]], inputs: torch.Tensor | None, in_shape: Sequence[int], seed: int,
+    chunks: Iterable[tuple[int, int, int]], inputs: torch.Tensor | ImageFolder | None, in_shape: Sequence[int],
+    seed: int,
     device: torch.device,
 ) -> Generator[tuple[int, torch.Tensor], None, None]:
     """``(count, batch on device)`` per chunk; the next chunks are drawn and copied while this one runs.
@@ -293,7 +294,8 @@ def _batches(
 
 
 def _accumulate(
-    gm: torch.fx.GraphModule, mask: torch.Tensor, chunks: Iterable[tuple[int, int, int]], inputs: torch.Tensor | None,
+    gm: torch.fx.GraphModule, mask: torch.Tensor, chunks: Iterable[tuple[int, int, int]],
+    inputs: torch.Tensor | ImageFolder | None,
     in_shape: Sequence[int], seed: int, device: torch.device, dtype: torch.dtype, reduction: str,
     progress: Progress | None,
 ) -> torch.Tensor:
@@ -371,7 +373,7 @@ def erf(
     node: str = "output",
     input_shape: Sequence[int] | None = None,
     samples: int = 32,
-    inputs: torch.Tensor | None = None,
+    inputs: torch.Tensor | ImageFolder | None = None,
     device: str | torch.device = "auto",
     dtype: torch.dtype = torch.float32,
     batch_size: int = 8,
@@ -410,12 +412,16 @@ def erf(
     if batch_size < 1 or samples < 1:
         raise ProbeError("samples and batch_size must be at least 1")
     dev = resolve_device(device)
-    if inputs is not None:
+    if isinstance(inputs, ImageFolder):  # read batch by batch
+        samples = min(samples, len(inputs))
+        inputs = inputs.subset(samples)
+        shape: tuple[int, ...] = (1, *inputs.shape[1:])
+    elif inputs is not None:
         if inputs.dim() < 3:
             raise ProbeError(f"inputs must be (N, C, *spatial), got shape {tuple(inputs.shape)}")
         samples = min(samples, inputs.shape[0]) if samples else inputs.shape[0]
-        inputs = inputs[:samples].detach()
-        shape: tuple[int, ...] = (1, *inputs.shape[1:])
+        inputs = inputs[:samples].detach()  # a view: a memory-mapped file stays mapped
+        shape = (1, *inputs.shape[1:])
     elif input_shape is not None:
         shape = (1, *tuple(int(s) for s in input_shape)[1:])
     elif report is not None:
