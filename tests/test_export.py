@@ -388,6 +388,6 @@ def test_resnet152_depth2_is_bounded() -> None:
     # x, conv1, bn1, relu, maxpool; 3 + 8 + 36 + 3 bottlenecks; avgpool, flatten, fc, output
     assert len(nodes) == 5 + 50 + 4 < 80
     assert len(set(edges(dot))) == len(edges(dot))
-    # layer4's last block: resnet50's layer4 is 427 (REFERENCE.md); 152 adds (8-4 + 36-6) blocks' 3x3s
+    # layer4's last block: resnet50's layer4 is 427 (README's probe table); 152 adds (8-4 + 36-6) blocks' 3x3s
     # at strides 8 and 16: 427 + 4*2*8 + 30*2*16 = 1451
     assert "RF 1451×1451, stride 32×32" in node_attrs(dot, "mod:layer4.2")

@@ -147,7 +147,7 @@ def test_unknown_is_measured() -> None:
     assert "measured" in res.table()
 
 
-# resnet50: REFERENCE §2 (35, 91, 267, 427).  resnet18 by hand: stem 7/2/3 + max-pool 3/2/1 gives
+# resnet50: published stage RFs (35, 91, 267, 427).  resnet18 by hand: stem 7/2/3 + max-pool 3/2/1 gives
 # r=11 at j=4; each stage has four 3x3 convs, the first (from layer2 on) with stride 2, so a stage
 # adds 2*j + 3*(2*2j) at the new jump 2j: 11+32=43, 43+8+48=99, 99+16+96=211, 211+32+192=435.
 @pytest.mark.parametrize("name,sizes", [
@@ -179,7 +179,7 @@ def test_vgg16_features_agree() -> None:
     res = validate(feats, input_shape=(1, 3, 64, 64), nodes=["28", "30"], device="cpu",
                    dtype=torch.float32, border=False, batch_size=4)
     assert res.ok and all(c.verdict == "agree" for c in res.checks), res.table()
-    # REFERENCE §2: features[28] 196/16/90, features[30] (pool5) 212/32/90
+    # published VGG-16 RFs: features[28] 196/16/90, features[30] (pool5) 212/32/90
     assert [(m.size, m.stride, m.padding) for m in res["28"].measured] == [(196, 16, 90)] * 2
     assert [(m.size, m.stride, m.padding) for m in res["30"].measured] == [(212, 32, 90)] * 2
 

@@ -1,9 +1,10 @@
 """Gradient probes: exact validation of the static RF and the effective receptive field.
 
 - :func:`validate` runs a linearised float64 copy of the analysed graph and checks
-  every probed unit's gradient support against the static windows (REFERENCE §3).
+  every probed unit's gradient support against the static windows (README, "Gradient probe").
 - :func:`erf` measures the effective receptive field of the model as given
-  (Luo et al. 2016) with RepLKNet's area-ratio metrics (REFERENCE §4).
+  (Luo et al. 2016) with RepLKNet's area-ratio metrics and
+  one size estimator (σ, ERF extent, ERF/RF; :mod:`rfscope.probe.metrics`).
 """
 
 from .effective import REDUCTIONS, ERFResult, NonFiniteError, erf
