@@ -386,6 +386,11 @@ def test_nan_map_is_an_error_naming_the_first_node() -> None:
     with pytest.raises(NonFiniteError, match="input batch") as ei:
         erf(_ones_stack(1, 3), inputs=x, device="cpu", progress=False)
     assert ei.value.phase == "inputs"
+    for bad in (5, 9):  # a middle batch and the last one (batches of 4: checked one batch late)
+        x = torch.randn(10, 1, 12, 12)
+        x[bad, 0, 0, 0] = float("nan")
+        with pytest.raises(NonFiniteError, match="input batch"):
+            erf(_ones_stack(5, 3), inputs=x, batch_size=4, device="cpu", progress=False)
     with pytest.raises(ValueError, match="NaN or infinite"):
         area_ratios(np.full((5, 5), np.nan), (2, 2))
     with pytest.raises(ValueError, match="NaN or infinite"):

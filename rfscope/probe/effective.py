@@ -301,19 +301,25 @@ def _accumulate(
 ) -> torch.Tensor:
     acc = torch.zeros(tuple(in_shape[2:]), dtype=torch.float64, device=device)
     sel = mask != 0
+    # each batch's finiteness is checked one batch late, so the check never stalls a GPU's queue
+    pending: tuple[torch.Tensor, torch.Tensor] | None = None
     for n, x0 in _batches(chunks, inputs, in_shape, seed, device):
         x = x0.to(dtype=dtype).requires_grad_(True)
         (out,) = gm(x)
         if not isinstance(out, torch.Tensor) or out.shape[0] != n:
             raise ProbeError("the probed node has no batch dimension; the ERF needs one")
         (g,) = torch.autograd.grad((out * mask).sum(), x)
-        if not (bool(torch.isfinite(g).all()) and bool(torch.isfinite(out.detach()[:, sel]).all())):
-            raise _locate_non_finite(gm, x0.to(dtype=dtype), mask)
+        finite = torch.isfinite(g).all() & torch.isfinite(torch.where(sel, out.detach(), 0)).all()
         g = g.detach().to(torch.float64)
         g = g.clamp_min(0) if reduction == "clip" else g.abs() if reduction == "abs" else g * g
         acc += g.sum(dim=(0, 1))
+        if pending is not None and not bool(pending[0]):
+            raise _locate_non_finite(gm, pending[1].to(dtype=dtype), mask)
+        pending = (finite, x0)
         if progress is not None:
             progress.update(n)
+    if pending is not None and not bool(pending[0]):
+        raise _locate_non_finite(gm, pending[1].to(dtype=dtype), mask)
     return acc
 
 
