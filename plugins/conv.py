@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from rfscope import rf
 from rfscope.context import OpContext, Unsupported
+from rfscope.geometry import Geometry
 from rfscope.ops import local
 from rfscope.registry import Registry
 from rfscope.state import TensorRF
@@ -28,11 +30,11 @@ def _tup(v: Any, n: int) -> tuple[int, ...]:
     return t
 
 
-def conv_geometry(ctx: OpContext) -> dict[str, Any]:
-    """Kernel, stride, left padding, dilation, groups, transposed? for any conv call."""
+def conv_geometry(ctx: OpContext) -> Geometry:
+    """The geometry of any conv call: a module's attributes, or a functional call's arguments."""
     m = ctx.module
     if m is not None:
-        assert isinstance(m, (nn.modules.conv._ConvNd,))
+        assert isinstance(m, nn.modules.conv._ConvNd)
         n = len(m.kernel_size)
         k, s, d = tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)
         pad: Any = m.padding
@@ -41,23 +43,18 @@ def conv_geometry(ctx: OpContext) -> dict[str, Any]:
         weight_shape = tuple(m.weight.shape)
         out_pad = tuple(m.output_padding) if transposed else (0,) * n
     else:
-        w = ctx.arg(1, "weight")
+        w = ctx.param("weight")
         if not isinstance(w, torch.Tensor):
             raise Unsupported("weight is not a tensor")
         weight_shape = tuple(w.shape)
         n = w.dim() - 2
         k = weight_shape[2:]
         transposed = ctx.node.target in _FUNC_T
-        s = _tup(ctx.arg(3, "stride", 1), n)
-        pad = ctx.arg(4, "padding", 0)
-        if transposed:
-            out_pad = _tup(ctx.arg(5, "output_padding", 0), n)
-            groups = int(ctx.arg(6, "groups", 1))
-            d = _tup(ctx.arg(7, "dilation", 1), n)
-        else:
-            out_pad = (0,) * n
-            d = _tup(ctx.arg(5, "dilation", 1), n)
-            groups = int(ctx.arg(6, "groups", 1))
+        s = _tup(ctx.param("stride", 1), n)
+        pad = ctx.param("padding", 0)
+        out_pad = _tup(ctx.param("output_padding", 0), n) if transposed else (0,) * n
+        groups = int(ctx.param("groups", 1))
+        d = _tup(ctx.param("dilation", 1), n)
     if isinstance(pad, str):
         if pad == "valid":
             left: Sequence[int] = (0,) * n
@@ -68,36 +65,32 @@ def conv_geometry(ctx: OpContext) -> dict[str, Any]:
             raise Unsupported(f"padding={pad!r}")
     else:
         left = _tup(pad, n)
-    return dict(k=tuple(k), s=tuple(s), p=tuple(left), d=tuple(d), groups=groups,
-                transposed=transposed, weight_shape=weight_shape, n=n, output_padding=out_pad)
+    return Geometry("conv", tuple(k), tuple(s), tuple(left), tuple(d), groups=groups, transposed=transposed,
+                    output_padding=out_pad, weight_shape=weight_shape)
 
 
 def _rf(ctx: OpContext) -> TensorRF:
     g = conv_geometry(ctx)
-    n = g["n"]
-    fns = {}
-    for i in range(n):
-        k, s, p, d = g["k"][i], g["s"][i], g["p"][i], g["d"][i]
-        if g["transposed"]:
-            fns[-n + i] = (lambda a, k=k, s=s, p=p, d=d: rf.conv_transpose(a, k, s, p, d))
-        else:
-            fns[-n + i] = (lambda a, k=k, s=s, p=p, d=d: rf.conv(a, k, s, p, d))
+    op = rf.conv_transpose if g.transposed else rf.conv
+    fns = {-g.n + i: partial(_axis, op, k, s, p, d)
+           for i, (k, s, p, d) in enumerate(zip(g.kernel, g.stride, g.padding, g.dilation, strict=True))}
     return local(ctx, fns)
+
+
+def _axis(op: Any, k: int, s: int, p: int, d: int, a: rf.Axis) -> rf.Axis:
+    return op(a, k, s, p, d)  # type: ignore[no-any-return]
 
 
 def _macs(ctx: OpContext) -> int:
     g = conv_geometry(ctx)
-    ws = g["weight_shape"]
-    kprod = math.prod(g["k"])
-    if g["transposed"]:
+    ws = g.weight_shape
+    assert ws is not None
+    kprod = math.prod(g.kernel)
+    if g.transposed:
         # every input element is multiplied by C_out/groups * k taps
         x = ctx.in_shape(0)
-        c_in = ws[0]
-        c_out_per_g = ws[1]
-        return math.prod(x[:1]) * math.prod(x[2:]) * c_in * c_out_per_g * kprod
-    out = ctx.out_shape
-    c_in_per_g = ws[1]
-    return math.prod(out) * c_in_per_g * kprod
+        return math.prod(x[:1]) * math.prod(x[2:]) * ws[0] * ws[1] * kprod
+    return math.prod(ctx.out_shape) * ws[1] * kprod
 
 
 _FUNC = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d)
@@ -106,6 +99,6 @@ _FUNC_T = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
 
 
 def register(reg: Registry) -> None:
-    reg.add("conv", (nn.Conv1d, nn.Conv2d, nn.Conv3d, *set(_FUNC)), rf=_rf, macs=_macs)
+    reg.add("conv", (nn.Conv1d, nn.Conv2d, nn.Conv3d, *set(_FUNC)), rf=_rf, macs=_macs, geometry=conv_geometry)
     reg.add("conv_transpose", (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, *set(_FUNC_T)),
-            rf=_rf, macs=_macs)
+            rf=_rf, macs=_macs, geometry=conv_geometry)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from math import gcd
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn as nn
 import torch.nn.functional as F
 
 from rfscope import rf
 from rfscope.context import OpContext
+from rfscope.geometry import Geometry
 from rfscope.ops import local, reduce_dims
 from rfscope.registry import Registry
 
@@ -43,7 +45,16 @@ except AttributeError:  # pragma: no cover
     pass
 
 
-def pool_geometry(ctx: OpContext) -> dict[str, Any]:
+def _kind(m: Any, t: Any) -> Literal["max", "avg", "lp"]:
+    if isinstance(m, tuple(_MAX)) or t in _F_MAX:
+        return "max"
+    if isinstance(m, tuple(_AVG)) or t in _F_AVG:
+        return "avg"
+    return "lp"
+
+
+def pool_geometry(ctx: OpContext) -> Geometry:
+    """Kernel, stride, left padding and dilation of a max/avg/LP pooling call."""
     m: Any = ctx.module
     t: Any = ctx.node.target
     if m is not None:
@@ -52,35 +63,33 @@ def pool_geometry(ctx: OpContext) -> dict[str, Any]:
         s = _tup(m.stride if m.stride is not None else m.kernel_size, n) or k
         p = _tup(getattr(m, "padding", 0), n)
         d = _tup(getattr(m, "dilation", 1), n)
-    elif t in _F_LP:
-        n = _F_LP[t]
-        k = _tup(ctx.arg(2, "kernel_size"), n)
-        s = _tup(ctx.arg(3, "stride"), n) or k
-        p, d = (0,) * n, (1,) * n
     else:
-        n = {**_F_MAX, **_F_AVG}[t]
-        k = _tup(ctx.arg(1, "kernel_size"), n)
-        s = _tup(ctx.arg(2, "stride"), n) or k
-        p = _tup(ctx.arg(3, "padding", 0), n)
-        d = _tup(ctx.arg(4, "dilation", 1), n) if t in _F_MAX else (1,) * n
-    return dict(n=n, k=k, s=s, p=p, d=d)
+        n = {**_F_MAX, **_F_AVG, **_F_LP}[t]
+        k = _tup(ctx.param("kernel_size"), n)
+        s = _tup(ctx.param("stride"), n) or k
+        p = _tup(ctx.param("padding", 0), n)
+        d = _tup(ctx.param("dilation", 1), n)
+    return Geometry("pool", k, s, p, d, pool=_kind(m, t))
 
 
 def _pool_rf(ctx: OpContext) -> Any:
     g = pool_geometry(ctx)
-    n = g["n"]
-    fns = {-n + i: (lambda a, k=g["k"][i], s=g["s"][i], p=g["p"][i], d=g["d"][i]: rf.conv(a, k, s, p, d))
-           for i in range(n)}
+    fns = {-g.n + i: partial(_conv_axis, k, s, p, d)
+           for i, (k, s, p, d) in enumerate(zip(g.kernel, g.stride, g.padding, g.dilation, strict=True))}
     if isinstance(ctx.out, (tuple, list)):  # (values, indices)
         st = local(ctx, fns)
         return (st, st)
     return local(ctx, fns)
 
 
+def _conv_axis(k: int, s: int, p: int, d: int, a: rf.Axis) -> rf.Axis:
+    return rf.conv(a, k, s, p, d)
+
+
 def _pool_macs(ctx: OpContext) -> int:
     g = pool_geometry(ctx)
     out = ctx.out[0] if isinstance(ctx.out, (tuple, list)) else ctx.out
-    return math.prod(out.shape) * math.prod(g["k"])
+    return math.prod(out.shape) * math.prod(g.kernel)
 
 
 def adaptive(a: rf.Axis, n_in: int, n_out: int) -> rf.Axis:
@@ -132,5 +141,6 @@ def _adaptive_macs(ctx: OpContext) -> int:
 
 
 def register(reg: Registry) -> None:
-    reg.add("pool", (*_MAX, *_AVG, *_LP, *_F_MAX, *_F_AVG, *_F_LP), rf=_pool_rf, macs=_pool_macs)
+    reg.add("pool", (*_MAX, *_AVG, *_LP, *_F_MAX, *_F_AVG, *_F_LP), rf=_pool_rf, macs=_pool_macs,
+            geometry=pool_geometry)
     reg.add("adaptive_pool", (*_ADA, *_F_ADA), rf=_adaptive_rf, macs=_adaptive_macs)

@@ -35,6 +35,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .geometry import Geometry
 from .state import TensorRF
 
 if TYPE_CHECKING:
@@ -250,7 +251,7 @@ def _param_totals(ps: Iterable[torch.Tensor]) -> tuple[int, int, list[torch.Tens
     return total, trainable, u
 
 
-def _conv_geometry(n: fx.Node, module: Any) -> dict[str, Any] | None:
+def _conv_geometry(n: fx.Node, module: Any) -> Geometry | None:
     """Geometry of a conv node (module or functional), or ``None`` if it is not a conv.
 
     ``module`` is the ``call_module`` node's module (already resolved by the caller)."""
@@ -275,24 +276,10 @@ def _conv_geometry(n: fx.Node, module: Any) -> dict[str, Any] | None:
         return None
 
 
-def conv_kind(g: dict[str, Any]) -> list[str]:
-    """Primary kind then flags (see the module docstring) from :func:`conv_geometry`'s dict."""
-    ws = g["weight_shape"]
-    groups = int(g["groups"])
-    c_in = int(ws[0]) if g["transposed"] else int(ws[1]) * groups
-    one = all(k == 1 for k in g["k"])
-    if groups > 1 and groups == c_in:
-        kind = ["depthwise"]
-    elif groups > 1:
-        kind = ["grouped"]
-    else:
-        kind = ["pointwise" if one else "standard"]
-    if groups > 1 and one:
-        kind.append("pointwise")
-    if any(d > 1 and k > 1 for d, k in zip(g["d"], g["k"], strict=False)):
-        kind.append("dilated")
-    if g["transposed"]:
-        kind.append("transposed")
+def conv_kind(g: Geometry) -> list[str]:
+    """Primary kind then flags (see the module docstring) of a convolution's geometry."""
+    kind = g.conv_kind()
+    assert kind is not None, "not a convolution"
     return kind
 
 
@@ -372,7 +359,7 @@ def count(report: Report, model: nn.Module) -> Counts:
                 names.setdefault(id(t), str(n.target))
                 uses.setdefault(_first_data_consumer(n, records, order).name, []).append(t)
     counted: dict[int, str] = {}
-    geo: dict[str, dict[str, Any]] = {}  # conv node -> its geometry, for the separable-block search
+    geo: dict[str, Geometry] = {}  # conv node -> its geometry, for the separable-block search
     for n in gm.graph.nodes:
         rec = records.get(n.name)
         if rec is None:
@@ -428,34 +415,35 @@ def _between(n: fx.Node, mods: dict[str, Any]) -> bool:
     return False
 
 
-def _separable_blocks(report: Report, gm: fx.GraphModule, geo: dict[str, dict[str, Any]],
+def _separable_blocks(report: Report, gm: fx.GraphModule, geo: dict[str, Geometry],
                       mods: dict[str, Any]) -> list[SeparableBlock]:
     nodes = {n.name: n for n in gm.graph.nodes}
     blocks: list[SeparableBlock] = []
     for name, g in geo.items():
         rec = report.records[name]
-        if g["transposed"] or not rec.conv_kind or rec.conv_kind[0] != "depthwise":
+        if g.transposed or g.weight_shape is None or not rec.conv_kind or rec.conv_kind[0] != "depthwise":
             continue
-        c_in = int(g["groups"])
-        c_mid = int(g["weight_shape"][0])
+        c_in = g.groups
+        c_mid = int(g.weight_shape[0])
         # Follow single-input, channel-preserving ops to pointwise convs.
         stack: list[tuple[fx.Node, tuple[str, ...]]] = [(u, ()) for u in nodes[name].users]
         while stack:
             u, via = stack.pop()
             ug = geo.get(u.name)
             urec = report.records.get(u.name)
-            if ug is not None and urec is not None and urec.conv_kind == ["pointwise"] \
-                    and int(ug["weight_shape"][1]) == c_mid and u.args and isinstance(u.args[0], fx.Node):
-                c_out = int(ug["weight_shape"][0])
-                kprod = math.prod(g["k"])
-                params = math.prod(g["weight_shape"]) + math.prod(ug["weight_shape"])
+            if ug is not None and ug.weight_shape is not None and urec is not None \
+                    and urec.conv_kind == ["pointwise"] and int(ug.weight_shape[1]) == c_mid \
+                    and u.args and isinstance(u.args[0], fx.Node):
+                c_out = int(ug.weight_shape[0])
+                kprod = math.prod(g.kernel)
+                params = math.prod(g.weight_shape) + math.prod(ug.weight_shape)
                 std_macs = None
                 out = urec.shape
                 if out is not None and len(out) >= 2:
                     std_macs = math.prod(out) * c_in * kprod
                 macs = (rec.macs + urec.macs) if rec.macs is not None and urec.macs is not None else None
                 blocks.append(SeparableBlock(
-                    name, u.name, via, tuple(g["k"]), c_in, c_out, c_mid // c_in, params,
+                    name, u.name, via, g.kernel, c_in, c_out, c_mid // c_in, params,
                     kprod * c_in * c_out, macs, std_macs))
             elif (_between(u, mods) and len([a for a in u.all_input_nodes if _is_data(a, report)]) == 1) \
                     or _gate(u, report):
