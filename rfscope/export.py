@@ -15,6 +15,7 @@ source is always written, so a diagram can be rendered elsewhere.
 
 from __future__ import annotations
 
+import errno
 import html
 import os
 import shutil
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .analysis import NodeRecord, _flat_states
-from .atomic import check_output_file, staged, write_file
+from .atomic import DiskFullError, check_output_file, staged, write_file
 from .counting import fmt_count
 from .report import _fmt, _fmt_dims
 from .result import RF
@@ -597,6 +598,14 @@ def check_path(path: str | os.PathLike[str]) -> tuple[Path, str]:
     return p, fmt
 
 
+def _disk_full(path: Path) -> bool:
+    """No free block left where ``path`` lives (why an external writer failed)."""
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def render(
     report: Report,
     path: str | os.PathLike[str],
@@ -636,5 +645,8 @@ def render(
             raise OSError(f"dot took over 10 minutes to render {p}; try --depth; the source is in {src}") from e
         if proc.returncode != 0:
             msg = (proc.stderr.strip().splitlines() or ["no message"])[0]
+            if _disk_full(tmp):
+                raise DiskFullError(errno.ENOSPC, f"cannot write {str(p)!r}: the disk is full (dot: {msg}); "
+                                                  f"the previous image is unchanged; the source is in {src}")
             raise OSError(f"dot failed to render {p} (exit {proc.returncode}): {msg}; the source is in {src}")
     return Rendered(src, p, exe)

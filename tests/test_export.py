@@ -350,6 +350,29 @@ def test_diagram_disk_full_keeps_the_old_diagram(tmp_path: Path, monkeypatch: py
     assert p.read_text() == "previous diagram" and [q.name for q in tmp_path.iterdir()] == ["net.dot"]
 
 
+def test_dot_failing_on_a_full_disk_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "dot").write_text("#!/bin/sh\necho 'Error: write failed' >&2\nexit 1\n")
+    (bindir / "dot").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "net.svg").write_text("previous image")
+    real = os.statvfs
+
+    class Full:
+        f_bavail = 0
+
+    monkeypatch.setattr(os, "statvfs", lambda p: Full() if Path(p) == out else real(p))
+    res = run_cli(["--diagram", str(out / "net.svg")])
+    assert res.exit_code == 2
+    last = res.output.strip().splitlines()[-1]
+    assert "net.svg" in last and "disk is full" in last and "write failed" in last
+    assert (out / "net.svg").read_text() == "previous image"
+    assert sorted(p.name for p in out.iterdir()) == ["net.dot", "net.svg"]
+
+
 def test_diagram_onto_a_directory_fails_before_the_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "net.dot").mkdir()  # the image's source would land on a directory
     called: list[int] = []
