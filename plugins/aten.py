@@ -21,8 +21,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from rfscope.context import OpContext, Unsupported
+from rfscope.geometry import Geometry
 from rfscope.ops import elementwise, norm_dim, reduce_dims, same_state
-from rfscope.registry import Method, Registry
+from rfscope.registry import Method, Plugin, Registry
 from rfscope.state import CONST, TensorRF, make_global
 
 aten = torch.ops.aten
@@ -107,19 +108,19 @@ def translate(ctx: OpContext, call: Call, a: Args | None = None) -> OpContext:
 Translator = Callable[[Args], Call]
 
 
-def _delegating(reg: Registry, tr: Translator) -> tuple[Callable[[OpContext], Any], Callable[[OpContext], int]]:
-    last: list[Any] = [None, None]  # (ctx, result): run_plugins asks for MACs, then the RF, of one ctx
+def _delegating(reg: Registry, tr: Translator) -> Plugin:
+    """A plugin that translates each call once and hands RF, MACs and geometry to the torch-level plugin."""
 
     def plugin_for(ctx: OpContext) -> tuple[Any, OpContext, Call]:
-        if last[0] is ctx:
-            return last[1]  # type: ignore[no-any-return]
-        a = Args(ctx)
-        call = tr(a)
-        p = reg.lookup(call.target)
-        if p is None:
-            raise Unsupported(f"no plugin for the torch-level equivalent {call.target!r}")
-        last[:] = [ctx, (p, translate(ctx, call, a), call)]
-        return last[1]  # type: ignore[no-any-return]
+        hit = ctx.memo.get("aten")  # one translation per node, kept on that node's own context
+        if hit is None:
+            a = Args(ctx)
+            call = tr(a)
+            p = reg.lookup(call.target)
+            if p is None:
+                raise Unsupported(f"no plugin for the torch-level equivalent {call.target!r}")
+            hit = ctx.memo["aten"] = (p, translate(ctx, call, a), call)
+        return hit  # type: ignore[no-any-return]
 
     def rf(ctx: OpContext) -> Any:
         p, c2, call = plugin_for(ctx)
@@ -134,7 +135,11 @@ def _delegating(reg: Registry, tr: Translator) -> tuple[Callable[[OpContext], An
             raise Unsupported("no MAC count")
         return int(p.macs(c2))
 
-    return rf, macs
+    def geometry(ctx: OpContext) -> Geometry | None:
+        p, c2, _ = plugin_for(ctx)
+        return p.geometry(c2) if p.geometry is not None else None
+
+    return Plugin("", (), rf, macs, geometry=geometry)
 
 
 # -- translators ---------------------------------------------------------------------------
@@ -479,8 +484,8 @@ _CONST = ["zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "ra
 
 def register(reg: Registry) -> None:
     def d(name: str, ops: list[Any], tr: Translator) -> None:
-        rf, macs = _delegating(reg, tr)
-        reg.add(name, ops, rf=rf, macs=macs)
+        p = _delegating(reg, tr)
+        reg.add(name, ops, rf=p.rf, macs=p.macs, geometry=p.geometry)
 
     reg.add("aten_elementwise", overloads(_ELEMENTWISE, inplace=True), rf=_elementwise)
     reg.add("aten_multi_elementwise", overloads(["log_sigmoid_forward"]), rf=_multi_elementwise)

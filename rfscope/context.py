@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from types import MappingProxyType
 from typing import Any
@@ -38,6 +38,8 @@ class OpContext:
     kwarg_values: dict[str, Any]
     out: Any
     input_size: tuple[int, ...]
+    #: per-call scratch space for plugins (one context per node and analysis, so never shared)
+    memo: dict[str, Any] = field(default_factory=dict)
 
     # -- convenience ----------------------------------------------------
     @property
