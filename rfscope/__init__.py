@@ -7,17 +7,56 @@
 ((7, 7), (Fraction(2, 1), Fraction(2, 1)))
 """
 
-from . import design, export, probe
-from .api import AnalysisInputError, analyze
-from .context import OpContext, Unsupported
-from .counting import ParamCount, SeparableBlock, Summary
-from .diagnostics import DesignWarning
-from .export import RendererNotFoundError
-from .initcheck import Finding, InitCheckError, InitRule, WeightView, check_init
-from .registry import Method, Plugin, PluginError, Registry, default_registry
-from .report import Report, UnknownNameError
-from .result import RF, AxisInfo
-from .weights import WeightsError, load_weights
+# Names load on first use (PEP 562): ``rfscope --help`` starts without importing torch, and the
+# CLI turns a Ctrl-C while torch loads into one line (see rfscope.cli).
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import design, export, probe
+    from .api import AnalysisInputError, analyze
+    from .context import OpContext, Unsupported
+    from .counting import ParamCount, SeparableBlock, Summary
+    from .diagnostics import DesignWarning
+    from .export import RendererNotFoundError
+    from .initcheck import Finding, InitCheckError, InitRule, WeightView, check_init
+    from .registry import Method, Plugin, PluginError, Registry, default_registry
+    from .report import Report, UnknownNameError
+    from .result import RF, AxisInfo
+    from .weights import WeightsError, load_weights
+
+_FROM = {
+    "api": ("AnalysisInputError", "analyze"),
+    "context": ("OpContext", "Unsupported"),
+    "counting": ("ParamCount", "SeparableBlock", "Summary"),
+    "diagnostics": ("DesignWarning",),
+    "export": ("RendererNotFoundError",),
+    "initcheck": ("Finding", "InitCheckError", "InitRule", "WeightView", "check_init"),
+    "registry": ("Method", "Plugin", "PluginError", "Registry", "default_registry"),
+    "report": ("Report", "UnknownNameError"),
+    "result": ("RF", "AxisInfo"),
+    "weights": ("WeightsError", "load_weights"),
+}
+_HOME = {name: mod for mod, names in _FROM.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)  # a submodule: rfscope.probe, rfscope.state ...
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "analyze",

@@ -1,14 +1,16 @@
 """Command line: ``rfscope analyze model.py[:attr] --input-shape 3,224,224``.
 
-Exit status: 0 fine, 1 a finding of severity ``error`` (``--check-init``), 2 bad input.
-Errors are one line; ``--debug`` shows the traceback.
+Exit status: 0 fine, 1 a finding of severity ``error`` (``--check-init``), 2 bad input,
+130 interrupted (Ctrl-C).  Errors are one line; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,6 +20,9 @@ __all__ = ["main", "parse_shape", "CliError"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: the largest tensor size torch can index (int64 element counts)
+_MAX_NUMEL = 2**63 - 1
+
 
 class CliError(click.ClickException):
     """A one-line user error; exit status 2."""
@@ -26,6 +31,29 @@ class CliError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"rfscope: error: {self.format_message()}", err=True)
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C: one line, exit status 130 (128 + SIGINT), no traceback."""
+
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__("interrupted")
+
+    def show(self, file: Any = None) -> None:
+        click.echo("rfscope: interrupted", err=True)
+
+
+class _Main(click.Group):
+    """The ``rfscope`` group: a Ctrl-C anywhere in a command (importing torch, building the
+    model, tracing, probing) is :class:`Interrupted`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -39,7 +67,41 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise CliError(f"--input-shape {text!r} needs channels and at least one spatial size, e.g. 3,224,224")
     if any(d <= 0 for d in dims):
         raise CliError(f"--input-shape {text!r} has a zero or negative size")
+    numel = 1
+    for d in dims:
+        numel *= d
+    if numel > _MAX_NUMEL // 8:  # bytes of a float64 copy must fit in int64 too
+        raise CliError(f"--input-shape {text!r} is too large: {numel:.3g} elements do not fit in a tensor "
+                       "(at most 2**60); give the real input size")
     return (1, *dims)
+
+
+def _show_note(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+               file: Any = None, line: str | None = None) -> None:
+    """One ``rfscope: note:`` line on stderr for rfscope's own notes (which checkpoint entry was loaded)."""
+    if category.__module__.startswith("rfscope"):
+        click.echo(f"rfscope: note: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _user_error(e: BaseException) -> str | None:
+    """torch errors that bad input causes, as a one-line message (``None``: not one of them)."""
+    msg = str(e)
+    first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+    if isinstance(e, RuntimeError) and ("does not require grad" in msg or "not have been used in the graph" in msg):
+        return ("no gradient reaches the input from the probed node: its output does not depend on the input "
+                "through differentiable ops (a constant, detach(), argmax ...); probe a node that does (--node)")
+    if isinstance(e, (RuntimeError, OverflowError)) and "overflow" in msg.lower():
+        return f"a tensor size overflowed ({first}); the input is too large: give a smaller --input-shape"
+    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("can't allocate memory" in msg
+                                                                        or "out of memory" in msg.lower())):
+        return (f"out of memory ({first}); use a smaller --input-shape, --batch-size or --samples, "
+                "or another --device")
+    return None
 
 
 def handle_errors(fn: F) -> F:
@@ -49,13 +111,15 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool(kwargs.get("debug"))
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_note
+                return fn(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as e:
             if debug:
                 raise
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            msg = _user_error(e) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
             from .analysis import StrictError
             from .api import AnalysisInputError
             from .loader import LoadError
@@ -65,14 +129,14 @@ def handle_errors(fn: F) -> F:
 
             known = (LoadError, AnalysisInputError, TraceError, UnknownNameError, StrictError, PluginError,
                      OSError, ValueError)
-            if not isinstance(e, known):
+            if not isinstance(e, known) and _user_error(e) is None:
                 msg = f"internal error ({type(e).__name__}: {msg}); rerun with --debug and report it"
             raise CliError(msg) from e
 
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rfscope")
 def main() -> None:
     """rfscope: receptive fields, counts and init checks for PyTorch models."""
@@ -89,6 +153,17 @@ def _load(target: str, input_shape: str | None) -> tuple[Any, tuple[int, ...] | 
             f"no input shape: pass --input-shape C,H,W (e.g. 3,224,224) or define input_shape in {lm.source}"
         )
     return lm.model, shape, ex
+
+
+def _check_leaves(model: Any, leaves: tuple[str, ...]) -> None:
+    """A ``--leaf`` that names no submodule is an error listing close matches (it would be ignored)."""
+    paths = [name for name, _ in model.named_modules() if name]
+    known = set(paths)
+    for leaf in leaves:
+        if leaf not in known:
+            close = difflib.get_close_matches(leaf, paths, n=5, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; `rfscope analyze` lists the layers"
+            raise CliError(f"--leaf {leaf!r} is not a submodule path of the model{hint}")
 
 
 @main.command()
@@ -125,6 +200,7 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
     elif depth is not None:
         raise CliError("--depth only applies to a diagram: add --diagram out.svg")
     model, shape, ex = _load(target, input_shape)
+    _check_leaves(model, leaves)
     # weights: loaded into a copy by analyze, so the init check sees the trained weights too
     report = run(model, shape, example_inputs=ex, strict=strict, leaf_modules=leaves, check_init=check_init,
                  trace=trace_mode, weights=weights)
@@ -181,6 +257,10 @@ def probe(target: str, mode: str, nodes: tuple[str, ...], input_shape: str | Non
     """Gradient probe of TARGET: exact RF validation (exit 1 on a disagreement) or the ERF."""
     from .probe.command import run_probe
 
+    if samples < 1:
+        raise CliError(f"--samples must be at least 1 (got {samples})")
+    if batch_size is not None and batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1 (got {batch_size})")
     status = run_probe(target, mode, nodes, input_shape, samples, inputs_path, image_dir, device, dtype,
                        batch_size, reduction, seed, out_dir, fmt, not no_grow, quiet, weights=weights)
     if status:

@@ -188,7 +188,7 @@ def test_probe_out_not_a_directory(small, tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("not a folder")
     _one_line_error(*_run("probe", str(small), "--mode", "erf", "--samples", "2", "--out", str(blocker / "x"),
-                          "--input-shape", "3,16,16"), "Not a directory", str(blocker))
+                          "--input-shape", "3,16,16"), "a directory", str(blocker))
     assert blocker.read_text() == "not a folder"
 
 
@@ -310,3 +310,115 @@ def test_uninitialised_lazy_layers_named(tmp_path):
     net = nn.Sequential(nn.LazyConv2d(8, 3), nn.ReLU(), nn.LazyConv2d(4, 3))
     net(torch.zeros(1, 3, 16, 16))  # materialised: analysed as usual
     assert rfscope.analyze(net, (1, 3, 16, 16)).rf("2").size == (5, 5)
+
+
+# -- Ctrl-C: one line, exit status 130, no traceback, at any moment ---------------------
+
+_CLI = "import sys; from rfscope.cli import main; sys.exit(main())"
+
+
+def _interrupt(args: list[str], after: float = 0.0, ready: str | None = None) -> tuple[int, str]:
+    """Run the CLI in a subprocess and send SIGINT ``after`` seconds (after ``ready`` is printed)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p = subprocess.Popen([sys.executable, "-c", _CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        if ready is not None:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            assert ready in line, line
+        time.sleep(after)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return p.returncode, err
+
+
+_SLOW_BUILD = """
+import time
+import torch.nn as nn
+print("building", flush=True)
+time.sleep(60)
+model = nn.Conv2d(3, 4, 3)
+"""
+
+_SLOW_FORWARD = """
+import time
+import torch.nn as nn
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3)
+    def forward(self, x):
+        print("forward", flush=True)
+        time.sleep(60)
+        return self.c(x)
+model = M()
+input_shape = (1, 3, 16, 16)
+"""
+
+
+@pytest.mark.parametrize("when", ["importing", "building", "tracing", "probing"])
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, when):
+    f = tmp_path / "m.py"
+    f.write_text(_SLOW_BUILD if when == "building" else _SLOW_FORWARD)
+    if when == "importing":  # torch takes about a second to import: interrupt it
+        code, err = _interrupt(["analyze", "torchvision:resnet18", "--input-shape", "3,64,64"], after=0.3)
+    elif when == "building":
+        code, err = _interrupt(["analyze", str(f)], ready="building")
+    elif when == "tracing":
+        code, err = _interrupt(["analyze", str(f)], ready="forward")
+    else:
+        code, err = _interrupt(["probe", str(f), "--mode", "erf", "--out", str(tmp_path / "o"), "--quiet"],
+                               ready="forward")
+    assert code == 130, err
+    assert "Traceback" not in err
+    assert err.strip() == "rfscope: interrupted", err
+
+
+def test_bad_numbers_are_one_line_errors_not_internal(small):
+    _one_line_error(*_run("analyze", str(small), "--input-shape", "3,99999999999999999999999,9"),
+                    "--input-shape", "too large")
+    _one_line_error(*_run("analyze", str(small), "--input-shape", "3,300000000,1000000000"),
+                    "overflowed", "--input-shape")
+    code, out = _run("analyze", str(small), "--input-shape", "3,99999999999999,9")
+    _one_line_error(code, out, "input too small")
+    for args in (["--batch-size", "-3"], ["--batch-size", "0"], ["--samples", "-1"]):
+        code, out = _run("probe", str(small), *args)
+        _one_line_error(code, out, args[0], "at least 1")
+        assert "internal error" not in out
+
+
+def test_probe_without_a_gradient_path_is_a_user_error(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text("import torch, torch.nn as nn\n"
+                 "class M(nn.Module):\n"
+                 "    def __init__(self):\n        super().__init__()\n        self.c = nn.Conv2d(3, 8, 3)\n"
+                 "    def forward(self, x):\n        return self.c(torch.zeros_like(x))\n"
+                 "model = M()\ninput_shape = (1, 3, 16, 16)\n")
+    for args in ([], ["--mode", "erf", "--out", str(tmp_path / "o"), "--quiet", "--samples", "2"]):
+        code, out = _run("probe", str(p), *args)
+        _one_line_error(code, out, "no gradient reaches the input")
+        assert "internal error" not in out
+
+
+def test_mistyped_leaf_is_an_error_with_close_matches(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text("import torch.nn as nn\n"
+                 "class M(nn.Module):\n"
+                 "    def __init__(self):\n        super().__init__()\n"
+                 "        self.stem = nn.Conv2d(3, 8, 3)\n"
+                 "        self.body = nn.Sequential(nn.Conv2d(8, 8, 3), nn.ReLU())\n"
+                 "    def forward(self, x):\n        return self.body(self.stem(x))\n"
+                 "model = M()\ninput_shape = (1, 3, 16, 16)\n")
+    _one_line_error(*_run("analyze", str(p), "--leaf", "bodi"), "--leaf 'bodi'", "did you mean body")
+    _one_line_error(*_run("analyze", str(p), "--leaf", "body.0", "--leaf", "stm"), "'stm'", "stem")
+    _one_line_error(*_run("analyze", str(p), "--leaf", "qqqqqq"), "'qqqqqq'", "not a submodule path")
+    code, out = _run("analyze", str(p), "--leaf", "body")
+    assert code == 0 and "body " in out, out
