@@ -9,6 +9,7 @@ depends on it.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,7 +189,13 @@ def run_plugins(
             )
             if plugin is not None and plugin.macs is not None:
                 try:
-                    macs = int(plugin.macs(ctx))
+                    macs = _checked_macs(plugin.macs(ctx))
+                except _BadMacs as e:  # a wrong count is worse than none: unknown, with a warning
+                    msg = (f"plugin {plugin.name!r} returned {e} as the MACs of node {n.name!r} ({tname}); "
+                           "MACs must be a non-negative integer or None, so they are unknown here")
+                    if strict:
+                        raise PluginError(msg) from e
+                    errors.append(msg)
                 except Unsupported:
                     macs = None
                 except Exception as e:  # noqa: BLE001
@@ -267,6 +274,29 @@ def record_fields(target: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> l
         return None  # not a call that builds the record field by field
     given.update(kwargs)
     return [(k, given.get(k, CONST)) for k in names]
+
+
+class _BadMacs(ValueError):
+    """A plugin's ``macs`` returned something that is not a count."""
+
+
+def _checked_macs(v: Any) -> int | None:
+    """``v`` as a MAC count: a non-negative integer (``int``, NumPy or 0-d integer tensor) or ``None``.
+
+    Anything else (a negative number, a float, a bool, a string...) raises :class:`_BadMacs`
+    rather than being truncated or summed into the total.
+    """
+    if v is None:
+        return None
+    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.is_floating_point()):
+        raise _BadMacs(repr(v))
+    try:
+        n = operator.index(v)
+    except TypeError:
+        raise _BadMacs(f"{type(v).__name__} {v!r}"[:80]) from None
+    if n < 0:
+        raise _BadMacs(repr(n))
+    return n
 
 
 def _has_tensor(v: Any) -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from ._locks import TRACE_LOCK, serialised
 from .registry import Registry
 from .trace import TraceError, clear_hooks, meta_copy, structural_copy, trace
 
@@ -195,6 +196,7 @@ def symbolic_mutation_hazard(gm: fx.GraphModule) -> str | None:
     return None
 
 
+@serialised  # torch.export keeps process-wide tracer state (rfscope._locks)
 def trace_export(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
     """``torch.export`` a meta copy of ``model``; returns the functional ATen graph."""
     cp = meta_copy(model)
@@ -263,6 +265,7 @@ def _meta_attrs(gm: fx.GraphModule) -> None:
                 setattr(mod, name, torch.empty_like(v, device="meta"))
 
 
+@serialised  # make_fx patches nn.Module and keeps process-wide node meta (rfscope._locks)
 def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
     """Trace the path the example input takes through a deep copy of ``model`` (real tensors)."""
     import torch.fx.traceback as fxt
@@ -420,13 +423,14 @@ def explain_shape_error(gm: fx.GraphModule, example_inputs: Sequence[Any], err: 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Silence log records up to WARNING (torch logs failed export attempts at length)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
+    with TRACE_LOCK:  # logging and sys.stderr are process-wide: one silencer at a time (rfscope._locks)
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            logging.disable(previous)
 
 
 _LEAF_NOTE = "leaf_modules are ignored by the ATen-level tracers (their ops are analysed one by one)"

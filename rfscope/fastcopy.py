@@ -25,6 +25,9 @@ __all__ = ["deepcopy_modules"]
 
 _ATOMIC = (int, float, bool, str, bytes, type(None))
 _EMPTY_CONTAINERS = (dict, OrderedDict, set, list)
+#: class -> copies through the default protocol.  Process-wide and unlocked on purpose: the value
+#: is a pure function of the class, and a dict get/set is atomic, so threads that race at worst
+#: compute the same bool twice.
 _plain_cache: dict[type, bool] = {}
 
 

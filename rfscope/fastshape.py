@@ -13,6 +13,7 @@ returns ``None`` and the module runs as usual (so errors are unchanged).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from types import BuiltinFunctionType, FunctionType
 from typing import Any
@@ -21,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.immutable_collections import immutable_dict, immutable_list
+
+from ._locks import TRACE_LOCK
 
 __all__ = ["fast_module_output", "ModuleCallCache", "register_function_rule"]
 
@@ -268,42 +271,81 @@ def _tensors_in(x: Any, out: dict[int, Any]) -> list[Any]:
 
 
 class _CheckedRule:
-    """A shape rule for a Python function from another library, trusted once it matched the real call.
+    """A shape rule for a Python function from another library, trusted per call signature.
 
-    The first call that the rule answers also runs for real (once per process); the rule is
-    used from then on only if its tensor had the real output's shape, strides and dtype, and
-    never again otherwise.  So a library version whose function behaves differently costs time,
-    never a wrong shape.
+    The signature of a call is every argument as :func:`_freeze` describes it: the values of
+    the non-tensor arguments, and each tensor's shape, strides, dtype, storage offset and
+    aliasing.  The first call with a signature runs for real as well; the rule answers later
+    calls with that signature only if its tensor had the real output's shape, strides, dtype
+    and storage offset, and never otherwise.  A call whose arguments cannot be described
+    (a real tensor, an arbitrary object) always runs for real.  So a rule that is right for
+    ``f(x, s=1)`` is still checked for ``f(x, s=2)`` or another input size, and a library
+    version whose function behaves differently costs time, never a wrong shape.
+
+    The verdicts are kept for the process (repeated analyses of a model reuse them): a verdict
+    is a fact about one signature, so results never depend on what was analysed before.
+    Writes hold a lock; at most ``MAX_SIGNATURES`` are kept per rule, later ones are checked
+    on every call.
     """
+
+    MAX_SIGNATURES = 4096
 
     def __init__(self, rule: Callable[..., torch.Tensor | None]) -> None:
         self.rule = rule
-        self.trusted: bool | None = None
+        self.verdicts: dict[Any, bool] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any], run: Callable[[], Any]) -> Any:
-        if self.trusted is False:
+        try:
+            ids: dict[int, int] = {}
+            key = (_freeze(args, ids), _freeze(kwargs, ids))
+            trusted = self.verdicts.get(key)
+        except Exception:  # noqa: BLE001 - _NoKey, an unhashable value...: no signature, the real call decides
+            return run()
+        if trusted is False:
             return run()
         try:
             guess = self.rule(*args, **kwargs)
         except Exception:  # noqa: BLE001 - arguments the rule does not understand: the real call decides
             guess = None
-        if guess is None:
+        if not isinstance(guess, torch.Tensor):
             return run()
-        if self.trusted:
+        if trusted:
             return guess
         out = run()
-        self.trusted = isinstance(out, torch.Tensor) and _tensor_sig(out) == _tensor_sig(guess)
+        ok = isinstance(out, torch.Tensor) and _out_sig(out) == _out_sig(guess)
+        with self._lock:
+            if len(self.verdicts) < self.MAX_SIGNATURES:
+                self.verdicts[key] = ok
         return out
 
 
-_FN_RULES: dict[Any, _CheckedRule] = {}
+def _out_sig(t: torch.Tensor) -> tuple[Any, ...]:
+    return (*_tensor_sig(t), t.storage_offset())
+
+
+_FN_RULES: dict[Any, _CheckedRule] = {}  # written under rfscope._locks.TRACE_LOCK
 
 
 def register_function_rule(fn: Any, rule: Callable[..., torch.Tensor | None]) -> None:
     """Use ``rule(*args, **kwargs)`` (a meta tensor, or ``None`` to decline) as the output of calls
-    to ``fn`` during shape propagation, once it has matched one real call (see ``_CheckedRule``)."""
-    if fn not in _FN_RULES or _FN_RULES[fn].rule is not rule:
-        _FN_RULES[fn] = _CheckedRule(rule)
+    to ``fn`` during shape propagation, for each call signature once it has matched one real call
+    with that signature (see ``_CheckedRule``)."""
+    with TRACE_LOCK:
+        if fn not in _FN_RULES or _FN_RULES[fn].rule is not rule:
+            _FN_RULES[fn] = _CheckedRule(rule)
+
+
+def _function_rules() -> dict[Any, _CheckedRule]:
+    """A snapshot of the registered function rules (for rolling back a failing plugin)."""
+    with TRACE_LOCK:
+        return dict(_FN_RULES)
+
+
+def _restore_function_rules(snapshot: dict[Any, _CheckedRule]) -> None:
+    with TRACE_LOCK:
+        _FN_RULES.clear()
+        _FN_RULES.update(snapshot)
 
 
 register_function_rule(F.layer_norm, _layer_norm_output)

@@ -43,6 +43,7 @@ Checks (``Finding.check``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +55,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._locks import TRACE_LOCK
 from .registry import Method, Registry, default_registry
 
 if TYPE_CHECKING:
@@ -269,9 +271,16 @@ _DEFAULT: InitRules | None = None
 
 
 def default_init_rules() -> InitRules:
-    """The process-wide rule set (built-ins: Linear, Conv, ConvTranspose and their functional forms)."""
+    """The process-wide rule set (built-ins: Linear, Conv, ConvTranspose and their functional forms).
+
+    Built once, under :data:`rfscope._locks.TRACE_LOCK`, and published only when complete.
+    """
     global _DEFAULT
-    if _DEFAULT is None:
+    if _DEFAULT is not None:
+        return _DEFAULT
+    with TRACE_LOCK:
+        if _DEFAULT is not None:
+            return _DEFAULT
         from rfscope.plugins.conv import _FUNC, _FUNC_T  # the conv plugin's function lists (imported late:
         # rfscope.plugins imports rfscope)
 
@@ -643,6 +652,12 @@ class _Probe(fx.Interpreter):
         self.stds: list[tuple[str, float, float]] = []  # node, input std (nan: not measured), output std
         self.nonfinite: str | None = None
         self.first: float | None = None
+
+    def _set_current_node(self, node: fx.Node) -> Any:
+        # fx.Interpreter copies each node's meta into torch.fx.traceback's process-wide current_meta
+        # while a torch.export / make_fx trace (in another thread) preserves node meta, which would
+        # rewrite that trace's module stacks; the probe reads no node meta (see rfscope._locks)
+        return contextlib.nullcontext()
 
     def run_node(self, n: fx.Node) -> Any:
         out = super().run_node(n)

@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from ._locks import TRACE_LOCK
+
 if TYPE_CHECKING:
     from .context import OpContext
+    from .geometry import Geometry
 
 __all__ = ["Method", "Plugin", "Registry", "PluginError", "default_registry", "ENTRY_POINT_GROUP"]
 
@@ -48,8 +51,10 @@ class Plugin:
     """One rule set for one family of operations.
 
     ``rf(ctx)`` returns the output's :class:`~rfscope.state.TensorRF` (or a tuple of
-    them for multi-output ops); ``macs(ctx)`` the multiply-accumulates of the call.
-    Either may be ``None``.  ``override=True`` replaces an earlier registration
+    them for multi-output ops); ``macs(ctx)`` the multiply-accumulates of the call;
+    ``geometry(ctx)`` the :class:`~rfscope.geometry.Geometry` of a sliding-window op
+    (convolutions and pools: what counting and the design diagnostics read).
+    Any may be ``None``.  ``override=True`` replaces an earlier registration
     for the same targets instead of raising.
     """
 
@@ -59,6 +64,7 @@ class Plugin:
     macs: Callable[[OpContext], int] | None = None
     override: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    geometry: Callable[[OpContext], Geometry | None] | None = None
 
 
 def _key_name(t: Any) -> str:
@@ -69,18 +75,34 @@ def _key_name(t: Any) -> str:
     return f"{mod}.{name}" if mod else name
 
 
+#: a registration waiting for its module: (module, register, entry point that asked for it or None)
+_Deferred = tuple[str, Callable[["Registry"], None], Any]
+
+
 class Registry:
-    """Maps fx targets to plugins."""
+    """Maps fx targets to plugins.
+
+    Thread safety: registration, plugin loading and the deferred registrations all hold
+    :data:`rfscope._locks.TRACE_LOCK`, so a registry can be shared by threads that analyse at
+    once; lookups read a dict and take no lock.  A plugin registered while another thread
+    analyses applies to the nodes that analysis has not reached yet: register plugins first.
+    """
 
     def __init__(self) -> None:
         self._by_target: dict[Any, Plugin] = {}
         self._loaded = False
-        self._deferred: list[tuple[str, Callable[[Registry], None]]] = []
+        self._loading = False  # entry points are being loaded (by the thread holding the lock)
+        self._deferred: list[_Deferred] = []
+        self._current_ep: Any = None  # third-party entry point being loaded, if any
         self.load_errors: list[str] = []
 
     # -- registration -------------------------------------------------
     def register(self, plugin: Plugin) -> Plugin:
         """Add ``plugin``; a second plugin for the same target is an error unless it overrides."""
+        with TRACE_LOCK:
+            return self._register(plugin)
+
+    def _register(self, plugin: Plugin) -> Plugin:
         if not plugin.targets:
             raise PluginError(f"plugin {plugin.name!r} names no targets")
         for t in plugin.targets:
@@ -107,14 +129,16 @@ class Registry:
         rf: Callable[[OpContext], Any] | None = None,
         macs: Callable[[OpContext], int] | None = None,
         override: bool = False,
+        geometry: Callable[[OpContext], Geometry | None] | None = None,
     ) -> Plugin:
-        """Shorthand for ``register(Plugin(name, tuple(targets), rf, macs, override))``."""
-        return self.register(Plugin(name, tuple(targets), rf, macs, override))
+        """Shorthand for ``register(Plugin(name, tuple(targets), rf, macs, override, geometry=geometry))``."""
+        return self.register(Plugin(name, tuple(targets), rf, macs, override, geometry=geometry))
 
     def unregister(self, name: str) -> None:
-        for t, p in list(self._by_target.items()):
-            if p.name == name:
-                del self._by_target[t]
+        with TRACE_LOCK:
+            for t, p in list(self._by_target.items()):
+                if p.name == name:
+                    del self._by_target[t]
 
     # -- lookup -------------------------------------------------------
     def lookup_module(self, module: Any) -> Plugin | None:
@@ -150,74 +174,123 @@ class Registry:
     def plugins(self) -> list[Plugin]:
         self.ensure_loaded()
         seen: dict[str, Plugin] = {}
-        for p in self._by_target.values():
+        for p in list(self._by_target.values()):
             seen.setdefault(p.name, p)
         return list(seen.values())
 
     # -- entry points -------------------------------------------------
     def ensure_loaded(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            self.load_entry_points()
-        if self._deferred:
-            self._run_deferred()
+        """Load the entry points once, and run deferred registrations whose module is now imported.
+
+        Another thread waits until loading has finished (it would otherwise see half the
+        plugins and report their ops as unsupported); a plugin that looks something up while
+        it registers (same thread) sees the registry as loaded so far.
+        """
+        if self._loaded and not self._deferred:
+            return
+        with TRACE_LOCK:
+            if not self._loaded and not self._loading:
+                self._loading = True
+                try:
+                    self.load_entry_points()
+                    self._loaded = True
+                finally:
+                    self._loading = False
+            if self._deferred:
+                self._run_deferred()
 
     def when_imported(self, module: str, register: Callable[[Registry], None]) -> None:
         """Run ``register(self)`` once ``module`` has been imported (by the user's model).
 
         Plugins for optional libraries use this so that loading rfscope never pays
         for importing them (torchvision pulls in torch._dynamo: seconds per start).
+        A deferred registration of a third-party entry point that fails is rolled back
+        and reported like a failing entry point.
         """
-        if module in sys.modules:
-            register(self)
-        else:
-            self._deferred.append((module, register))
+        with TRACE_LOCK:
+            if module in sys.modules:
+                register(self)
+            else:
+                self._deferred.append((module, register, self._current_ep))
 
     def _run_deferred(self) -> None:
         ready = [d for d in self._deferred if d[0] in sys.modules]
         if ready:
             self._deferred = [d for d in self._deferred if d[0] not in sys.modules]
-            for _, fn in ready:
-                fn(self)
+            for _, fn, ep in ready:
+                if ep is None:
+                    fn(self)
+                else:
+                    self._contained(ep, fn)
+
+    def _contained(self, ep: Any, register: Callable[[Registry], None]) -> None:
+        """Run a third-party ``register(self)``; if it raises (even ``SystemExit`` or
+        ``KeyboardInterrupt``), undo everything it registered, warn, and record it in ``load_errors``.
+
+        Called with the lock held, so the snapshot sees no other thread's registrations.
+        """
+        from . import fastshape
+
+        by_target, deferred = dict(self._by_target), list(self._deferred)
+        rules = fastshape._function_rules()
+        outer, self._current_ep = self._current_ep, ep
+        try:
+            register(self)
+        except (Exception, SystemExit, KeyboardInterrupt) as e:  # noqa: BLE001 - a broken plugin must not break us
+            self._by_target, self._deferred = by_target, deferred
+            fastshape._restore_function_rules(rules)
+            what = f"SystemExit({e.code!r})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
+            msg = (
+                f"rfscope: skipping plugin entry point {ep.name!r} ({ep.value}): {what}; none of its "
+                "registrations were kept. Set RFSCOPE_DISABLE_PLUGIN_AUTOLOAD=1 to skip all third-party plugins."
+            )
+            self.load_errors.append(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        finally:
+            self._current_ep = outer
 
     def load_entry_points(self) -> None:
         """Load built-in plugins, then third-party ones (unless RFSCOPE_DISABLE_PLUGIN_AUTOLOAD=1).
 
-        A third-party entry point that fails to load is warned about and skipped.
+        A third-party entry point that fails to load or register is warned about and skipped,
+        with all of its registrations rolled back (see :meth:`_contained`).
         """
-        eps = list(entry_points(group=ENTRY_POINT_GROUP))
-        builtin = [ep for ep in eps if ep.value.startswith(_BUILTIN_PREFIX)]
-        if not builtin:  # running from a source tree that was never installed
-            from importlib import import_module
+        with TRACE_LOCK:
+            eps = list(entry_points(group=ENTRY_POINT_GROUP))
+            builtin = [ep for ep in eps if ep.value.startswith(_BUILTIN_PREFIX)]
+            if not builtin:  # running from a source tree that was never installed
+                from importlib import import_module
 
-            from . import _builtin_names
+                from . import _builtin_names
 
-            for mod in _builtin_names.MODULES:
-                import_module(f"{_BUILTIN_PREFIX}.{mod}").register(self)
-        else:
-            for ep in sorted(builtin, key=lambda e: e.name):
-                ep.load()(self)
-        if os.environ.get("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0"):
-            return
-        for ep in sorted((e for e in eps if e not in builtin), key=lambda e: e.name):
-            try:
-                ep.load()(self)
-            except Exception as e:  # noqa: BLE001 - a broken third-party plugin must not break us
-                msg = (
-                    f"rfscope: skipping plugin entry point {ep.name!r} ({ep.value}): "
-                    f"{type(e).__name__}: {e}. Set RFSCOPE_DISABLE_PLUGIN_AUTOLOAD=1 to skip "
-                    "all third-party plugins."
-                )
-                self.load_errors.append(msg)
-                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                for mod in _builtin_names.MODULES:
+                    import_module(f"{_BUILTIN_PREFIX}.{mod}").register(self)
+            else:
+                for ep in sorted(builtin, key=lambda e: e.name):
+                    ep.load()(self)
+            if os.environ.get("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0"):
+                return
+            for ep in sorted((e for e in eps if e not in builtin), key=lambda e: e.name):
+                self._contained(ep, _loader(ep))
+
+
+def _loader(ep: Any) -> Callable[[Registry], None]:
+    """``register(registry)`` that imports the entry point first (so an import error is contained too)."""
+
+    def load(reg: Registry) -> None:
+        ep.load()(reg)
+
+    return load
 
 
 _DEFAULT: Registry | None = None
 
 
 def default_registry() -> Registry:
-    """The process-wide registry used when ``analyze`` is not given one."""
+    """The process-wide registry used when ``analyze`` is not given one (created once, under the lock)."""
     global _DEFAULT
     if _DEFAULT is None:
-        _DEFAULT = Registry()
+        with TRACE_LOCK:
+            if _DEFAULT is None:
+                _DEFAULT = Registry()
     return _DEFAULT

@@ -10,6 +10,7 @@ same at 224² or 4096² and works for models built on ``meta``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 import torch.fx as fx
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 
+from ._locks import serialised
 from .fastcopy import _ATOMIC, _plain, _value, deepcopy_modules
 from .fastshape import ModuleCallCache, _like, fast_module_output
 from .registry import Registry
@@ -124,6 +126,19 @@ class RFTracer(fx.Tracer):
         super().__init__()
         self.registry = registry
         self.leaf_paths = set(leaf_modules)
+        self._thread = threading.get_ident()
+
+    # While tracing, fx patches nn.Module.__call__/__getattr__ for every thread: another thread's
+    # module calls and attribute reads reach this tracer, which hands them straight back.
+    def call_module(self, m: torch.nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def is_leaf_module(self, m: torch.nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_paths:
@@ -133,6 +148,7 @@ class RFTracer(fx.Tracer):
         return super().is_leaf_module(m, module_qualified_name)
 
 
+@serialised  # fx patches nn.Module process-wide while it traces: one trace at a time (rfscope._locks)
 def trace(
     model: torch.nn.Module, registry: Registry, leaf_modules: Iterable[str] = ()
 ) -> fx.GraphModule:

@@ -207,6 +207,51 @@ def test_function_rule_is_trusted_only_after_it_matched_a_real_call():
     assert calls.count(2) == 3 and all(o.shape == (1, 4) for o in outs)  # wrong once: never used
 
 
+def maybe_pool(x, s):
+    """A "library function" fx keeps as one call (``torch.fx.wrap``): max-pool 3x3 with stride ``s``."""
+    return torch.nn.functional.max_pool2d(x, 3, stride=s, padding=1)
+
+
+torch.fx.wrap("maybe_pool")
+
+
+class _PoolNet(nn.Module):
+    def __init__(self, s):
+        super().__init__()
+        self.s = s
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return self.head(maybe_pool(self.conv(x), self.s))
+
+
+class _InlinePoolNet(_PoolNet):
+    def forward(self, x):
+        return self.head(torch.nn.functional.max_pool2d(self.conv(x), 3, stride=self.s, padding=1))
+
+
+def test_function_rule_is_checked_per_call_signature():
+    """A rule right for ``maybe_pool(x, 1)`` (output shaped like the input) and trusted there is
+    checked again for ``maybe_pool(x, 2)``: the stride-2 model still gets its real shape and MACs."""
+    import rfscope
+    from rfscope.fastshape import register_function_rule
+
+    def same_shape(x, s):  # right for s=1 only
+        return torch.empty(tuple(x.shape), dtype=x.dtype, device="meta")
+
+    register_function_rule(maybe_pool, same_shape)
+    shape = (1, 3, 30, 30)
+    for s in (1, 2, 1, 2):  # the s=1 verdict exists before the first s=2 call
+        rep = rfscope.analyze(_PoolNet(s), input_shape=shape)
+        node = next(r for r in rep.records.values() if r.target_obj is maybe_pool)
+        real = tuple(maybe_pool(_PoolNet(s).conv(torch.zeros(shape)), s).shape)
+        assert node.shape == real == ((1, 8, 28, 28) if s == 1 else (1, 8, 14, 14))
+        inline = rfscope.analyze(_InlinePoolNet(s), input_shape=shape)
+        assert rep.records["head"].macs == inline.records["head"].macs == 8 * 8 * real[2] * real[3]
+        assert rep.records["head"].shape == inline.records["head"].shape
+
+
 @pytest.mark.parametrize("h,w,window,shift,heads", [(8, 8, 4, 2, 2), (7, 9, 4, 2, 1), (5, 5, 7, 3, 4), (4, 4, 4, 0, 2)])
 @pytest.mark.parametrize("v2", [False, True])
 def test_swin_attention_rule_matches_the_real_function(h, w, window, shift, heads, v2):

@@ -47,8 +47,13 @@ def register(registry):
 """
 
 
-def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool = False) -> ModuleType:
-    """Write package ``rfs_ext_<id>`` and its dist-info; return the package's ``layers`` module."""
+def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool = False,
+              extra: dict[str, str] | None = None) -> ModuleType:
+    """Write package ``rfs_ext_<id>`` and its dist-info; return the package's ``layers`` module.
+
+    ``extra`` maps more entry-point names to the source of a module ``<name>.py`` in the package
+    whose ``register`` the entry point names (``{pkg}`` in the source is the package name).
+    """
     pkg = f"rfs_ext_{uuid.uuid4().hex[:8]}"
     root = tmp_path / "site"
     (root / pkg).mkdir(parents=True)
@@ -61,6 +66,9 @@ def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool = Fa
     eps = f"[rfscope.plugins]\n{pkg} = {pkg}.plugin:register\n"
     if broken:
         eps += f"{pkg}_broken = {pkg}.missing_module:register\n"
+    for name, src in (extra or {}).items():
+        (root / pkg / f"{name}.py").write_text(src.replace("{pkg}", pkg))
+        eps += f"{name} = {pkg}.{name}:register\n"
     (info / "entry_points.txt").write_text(eps)
     monkeypatch.syspath_prepend(str(root))
     importlib.invalidate_caches()
@@ -121,6 +129,106 @@ def test_broken_entry_point_is_warned_and_skipped(tmp_path: Path, monkeypatch: p
     assert len(reg.load_errors) == 1 and "missing_module" in reg.load_errors[0]
     # the good plugin of the same distribution and the built-ins still work
     assert analyze(Net(layers.BlurPool()), reg).rf("head").size == (11,)
+
+
+HALF = """
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rfscope.fastshape import register_function_rule
+
+
+def half_fn(x):
+    return x
+
+
+def register(registry):
+    registry.add("half.relu", [nn.ReLU], rf=lambda ctx: ctx.unknown("half-registered relu"), override=True)
+    registry.add("half.conv", [nn.Conv1d], rf=lambda ctx: ctx.first, macs=lambda ctx: -999, override=True)
+    registry.add("half.fn", [half_fn], rf=lambda ctx: ctx.first)
+    registry.when_imported("rfs_never_imported_module", lambda reg: None)
+    register_function_rule(half_fn, lambda x: x)
+    raise RuntimeError("failed half-way")
+"""
+
+
+def test_failing_entry_point_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry point that raises after registering leaves nothing behind: no plugin, override,
+    deferred registration or function rule of it stays, and the analysis is the one without it."""
+    from rfscope import fastshape
+
+    monkeypatch.setenv("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Conv1d(2, 2, 3))
+    clean = rfscope.analyze(net, input_shape=(1, 1, 16), registry=Registry())
+    monkeypatch.delenv("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD")
+    layers = make_dist(tmp_path, monkeypatch, extra={"zz_half": HALF})
+    reg = Registry()
+    with pytest.warns(RuntimeWarning, match="zz_half.*failed half-way"):
+        reg.ensure_loaded()
+    assert not [p.name for p in reg.plugins() if p.name.startswith("half.")]
+    assert reg.lookup_module(nn.ReLU()).name != "half.relu"
+    assert reg.lookup_module(layers.BlurPool()).name.endswith(".blurpool")  # the good entry point stays
+    assert not any(d[0] == "rfs_never_imported_module" for d in reg._deferred)
+    half = sys.modules[f"{layers.__name__.rsplit('.', 1)[0]}.zz_half"]
+    assert half.half_fn not in fastshape._FN_RULES
+    rep = rfscope.analyze(net, input_shape=(1, 1, 16), registry=reg)
+    assert rep.to_json() == clean.to_json()
+    assert rep.rf("2").size == (5,) and rep.summary.macs > 0
+    assert len(reg.load_errors) == 1 and "none of its registrations" in reg.load_errors[0]
+
+
+EXITS = {
+    "sys_exit_at_import": "import sys\nsys.exit(3)\n\ndef register(registry):\n    pass\n",
+    "keyboard_interrupt": "import torch.nn as nn\n\ndef register(registry):\n"
+                          "    registry.add('ki.relu', [nn.ReLU], rf=lambda ctx: ctx.first, override=True)\n"
+                          "    raise KeyboardInterrupt\n",
+    "system_exit_in_register": "def register(registry):\n    raise SystemExit('bye')\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXITS))
+def test_system_exit_and_keyboard_interrupt_are_contained(name: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    layers = make_dist(tmp_path, monkeypatch, extra={name: EXITS[name]})
+    reg = Registry()
+    with pytest.warns(RuntimeWarning, match=f"skipping plugin entry point {name!r}"):
+        reg.ensure_loaded()
+    assert len(reg.load_errors) == 1 and name in reg.load_errors[0]
+    assert reg.lookup_module(nn.ReLU()).name != "ki.relu"
+    assert analyze(Net(layers.BlurPool()), reg).rf("head").size == (11,)
+
+
+def _macs_net() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(1, 2, 3), Custom(), nn.Conv1d(2, 2, 3))
+
+
+@pytest.mark.parametrize("bad", [-999_999_604_800, -1, 2.5, 3.0, True, "12", float("nan"), [4]])
+def test_plugin_macs_must_be_a_non_negative_integer(bad: object) -> None:
+    """A plugin's MACs that are not a count make that node's MACs unknown, with a warning: never a
+    truncated, negative or boolean count in the total."""
+    reg = Registry()
+    reg.add("custom", [Custom], rf=lambda ctx: ctx.first, macs=lambda ctx: bad)  # type: ignore[arg-type,return-value]
+    rep = rfscope.analyze(_macs_net(), input_shape=(1, 1, 16), registry=reg)
+    node = rep.records[rep.modules["1"]]
+    assert node.macs is None
+    assert any("custom" in e and "non-negative integer" in e and repr(node.name) in e for e in rep.errors)
+    convs = rep.records[rep.modules["0"]].macs + rep.records[rep.modules["2"]].macs
+    assert rep.summary.macs == convs
+    with pytest.raises(PluginError, match="non-negative integer"):
+        rfscope.analyze(_macs_net(), input_shape=(1, 1, 16), registry=reg, strict=True)
+
+
+@pytest.mark.parametrize("good", [0, 7, None])
+def test_plugin_macs_integer_or_none_is_kept(good: object) -> None:
+    np = pytest.importorskip("numpy")
+    for value in (good, np.int64(good) if good is not None else None):
+        reg = Registry()
+        reg.add("custom", [Custom], rf=lambda ctx: ctx.first, macs=lambda ctx, v=value: v)  # type: ignore[misc]
+        rep = rfscope.analyze(_macs_net(), input_shape=(1, 1, 16), registry=reg)
+        macs = rep.records[rep.modules["1"]].macs
+        assert macs == good and type(macs) in (int, type(None))
+        assert not rep.errors
 
 
 def test_duplicate_registration_needs_override() -> None:
