@@ -176,16 +176,21 @@ def _desc_shape(shape: Sequence[int]) -> str:
 # -- timm ---------------------------------------------------------------------------------
 
 
+def _per_module(sample: str | None) -> int | None:
+    """``per-module`` -> 1, ``per-module:2`` -> 2, anything else -> ``None`` (no sampling)."""
+    if not sample or not sample.startswith("per-module"):
+        return None
+    _, _, n = sample.partition(":")
+    return int(n) if n else 1
+
+
 def timm_specs(sample: str | None) -> list[Spec]:
     import timm
 
-    if sample == "per-module":
-        out = []
-        for mod in sorted(timm.list_modules()):
-            names = timm.list_models(module=mod)
-            if names:
-                out.append(Spec("timm", names[0], group=mod))
-        return out
+    k = _per_module(sample)
+    if k:  # the first k models of each timm module
+        return [Spec("timm", n, group=mod) for mod in sorted(timm.list_modules())
+                for n in timm.list_models(module=mod)[:k]]
     return [Spec("timm", n) for n in timm.list_models()]
 
 
@@ -215,8 +220,9 @@ def torchvision_specs(sample: str | None) -> list[Spec]:
     for fam in _TV_FAMILIES:
         module = getattr(tvm, fam) if fam else tvm
         names = sorted(tvm.list_models(module=module))
-        if sample == "per-module":
-            names = names[:1]
+        k = _per_module(sample)
+        if k:
+            names = names[:k]
         out.extend(Spec("torchvision", n, group=fam or "classification") for n in names)
     return out
 
@@ -279,6 +285,7 @@ MONAI_NETS: dict[str, tuple[dict[str, Any], Any]] = {
     "AttentionUnet": ({"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": (16, 32, 64, 128),
                        "strides": (2, 2, 2)}, (1, 1, 128, 128)),
     "SwinUNETR": ({"in_channels": 1, "out_channels": 2, "feature_size": 24}, _S3),
+    "HyenaNDUNETR": ({"in_channels": 1, "out_channels": 2, "hyena_stages": (False, False, True, True)}, _S3),
     "UNETR": ({"in_channels": 1, "out_channels": 2, "img_size": (96, 96, 96)}, _S3),
     "VNet": (_SEG3, _S3_64),
     "SegResNet": (_SEG3, _S3),
@@ -297,6 +304,8 @@ MONAI_NETS: dict[str, tuple[dict[str, Any], Any]] = {
     "DenseNet264": ({"spatial_dims": 2, "in_channels": 3, "out_channels": 2}, _S2),
     "ResNet": ({"block": "basic", "layers": [2, 2, 2, 2], "block_inplanes": [64, 128, 256, 512],
                 "spatial_dims": 3, "n_input_channels": 1, "num_classes": 2}, _S3_64),
+    "ResNetEncoder": ({"model_name": "resnet10", "pretrained": False, "spatial_dims": 3, "in_channels": 1},
+                      _S3_64),
     "ResNetFeatures": ({"model_name": "resnet10", "pretrained": False, "spatial_dims": 3, "in_channels": 1},
                        _S3_64),
     "EfficientNetBN": ({"model_name": "efficientnet-b0", "pretrained": False, "spatial_dims": 2,
@@ -311,6 +320,7 @@ MONAI_NETS: dict[str, tuple[dict[str, Any], Any]] = {
     "SEResNet152": ({"spatial_dims": 2, "in_channels": 3, "num_classes": 2, "pretrained": False}, _S2),
     "SEResNext50": ({"spatial_dims": 2, "in_channels": 3, "num_classes": 2, "pretrained": False}, _S2),
     "SEResNext101": ({"spatial_dims": 2, "in_channels": 3, "num_classes": 2, "pretrained": False}, _S2),
+    "MILModel": ({"num_classes": 2, "pretrained": False}, (1, 4, 3, 224, 224)),
     "TorchVisionFCModel": ({"model_name": "resnet18", "num_classes": 2, "pretrained": False}, _S2),
     "ViT": ({"in_channels": 1, "img_size": 96, "patch_size": 16, "spatial_dims": 3}, _S3),
     "ViTAutoEnc": ({"in_channels": 1, "img_size": 96, "patch_size": 16, "spatial_dims": 3}, _S3),
@@ -330,7 +340,7 @@ MONAI_NETS: dict[str, tuple[dict[str, Any], Any]] = {
                   (1, 1, 64, 64)),
     "PatchDiscriminator": ({"spatial_dims": 2, "channels": 8, "in_channels": 1}, (1, 1, 64, 64)),
     "MultiScalePatchDiscriminator": ({"num_d": 2, "num_layers_d": 3, "spatial_dims": 2, "channels": 8,
-                                      "in_channels": 1}, (1, 1, 64, 64)),
+                                      "in_channels": 1}, (1, 1, 256, 256)),
     "HoVerNet": ({}, (1, 3, 256, 256)),
     "Quicknat": ({}, (1, 1, 256, 256)),
     "GlobalNet": ({"image_size": [64, 64, 64], "spatial_dims": 3, "in_channels": 2, "num_channel_initial": 16,
@@ -346,10 +356,17 @@ MONAI_NETS: dict[str, tuple[dict[str, Any], Any]] = {
     "FullyConnectedNet": ({"in_channels": 10, "out_channels": 2, "hidden_channels": [16, 16]}, (1, 10)),
     "Generator": ({"latent_shape": (64,), "start_shape": (8, 8, 8), "channels": (8, 1), "strides": (2, 2)},
                   (1, 64)),
+    "DecoderOnlyTransformer": ({"num_tokens": 10, "max_seq_len": 16, "attn_layers_dim": 8, "attn_layers_depth": 2,
+                                "attn_layers_heads": 2}, ((1, 16), "tokens")),
     "DiffusionModelUNet": ({"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": (32, 64, 64),
                             "attention_levels": (False, True, True), "num_res_blocks": 1,
                             "num_head_channels": 32}, ((1, 1, 64, 64), "timesteps")),
 }
+
+#: classes of monai.networks.nets that are parts of networks, not networks
+MONAI_BLOCKS = {"BertAttention", "BertMixedLayer", "BertOutput", "BertPreTrainedModel", "HighResBlock", "PatchMerging",
+                "PatchMergingV2", "Pooler", "ResNetBlock", "ResNetBottleneck", "TopologyConstruction",
+                "TopologyInstance", "TopologySearch", "EfficientNetEncoder"}
 
 
 def monai_specs(sample: str | None) -> list[Spec]:
@@ -366,7 +383,8 @@ def monai_specs(sample: str | None) -> list[Spec]:
     out = []
     for cls, attr in seen.items():
         name = cls.__name__ if getattr(nets, cls.__name__, None) is cls else attr  # canonical, not an alias
-        skip = None if name in MONAI_NETS else "needs arguments (or is a building block)"
+        skip = None if name in MONAI_NETS else (
+            "a building block, not a network" if name in MONAI_BLOCKS else "needs arguments or inputs of its own")
         out.append(Spec("monai", name, skip=skip))
     return sorted(out, key=lambda s: (s.skip is not None, s.name))
 
@@ -383,8 +401,10 @@ def monai_build(name: str, device: str) -> Built:
 
     def inputs(model: Any) -> dict[str, Any]:
         g = torch.Generator().manual_seed(0)
-        if name == "DiffusionModelUNet":
+        if name == "DiffusionModelUNet":  # an image and a diffusion time step
             return {"example_inputs": (torch.rand(*shape[0], generator=g), torch.tensor([10]))}
+        if name == "DecoderOnlyTransformer":  # token ids
+            return {"example_inputs": (torch.randint(0, 10, shape[0], generator=g),)}
         if isinstance(shape[0], tuple):
             return {"example_inputs": tuple(torch.rand(*s, generator=g) for s in shape)}
         if len(shape) < 3:
@@ -459,34 +479,63 @@ _TUPLE = re.compile(r"[\(\[]\s*N(\s*,\s*N)*\s*,?\s*[\)\]]")
 _PLUGIN_RAISED = re.compile(r"plugin '([^']*)' raised at node '[^']*' \(([^)]*)\): (\w+)")
 
 
+def op_name(target: str) -> str:
+    """One name for an op whichever tracer produced it: ``aten.view.default``, ``Tensor.view`` -> ``view``,
+    ``torch.nn.functional.normalize`` -> ``F.normalize``, ``torch.cat`` -> ``cat``."""
+    t = target
+    m = re.fullmatch(r"(?:torch\.ops\.)?aten\.(\w+)(?:\.\w+)?", t)
+    if m:
+        return m.group(1).rstrip("_") if m.group(1) not in ("add_", "mul_") else m.group(1)
+    for prefix, repl in (("torch.nn.functional.", "F."), ("torch.Tensor.", ""), ("Tensor.", ""),
+                         ("torch._C._nn.", ""), ("torch.", ""), ("_operator.", ""), ("operator.", "")):
+        if t.startswith(prefix):
+            return repl + t[len(prefix):]
+    return t
+
+
+_OP = re.compile(r"(?:torch\.ops\.)?aten\.\w+(?:\.\w+)?|torch\.nn\.functional\.\w+|(?:torch\.)?Tensor\.\w+"
+                 r"|torch\.\w+|_?operator\.\w+")
+_RESHAPES = {"view", "reshape", "flatten", "unflatten", "_unsafe_view", "view_copy"}
+
+
 def reason_category(reason: str | None) -> str:
     """A short, model-independent category for an unknown reason.
 
-    Node names (``node 'add_3'``), numbers and shapes are stripped; the op and the message's
-    key phrase are kept (the text before the first ``;``):
+    Node names (``node 'add_3'``, ``add_16``), numbers and shapes are stripped; op names are
+    made tracer-independent (:func:`op_name`); the op and the message's key phrase are kept
+    (the text before the first ``;``):
 
     >>> reason_category("positions along axis 0, 1 were concatenated or shuffled; only a global op is exact")
     'positions along axis N were concatenated or shuffled'
     >>> reason_category("plugin 'shape' raised at node 'view_3' (Tensor.view): ValueError: bad")
-    'plugin shape raised on Tensor.view: ValueError'
+    'plugin shape raised on view: ValueError'
+    >>> reason_category("aten.view.default: aten.view.default: reshape splits a spatial dimension")
+    'reshape: reshape splits a spatial dimension'
     """
     if not reason:
         return "(no reason given)"
     r = " ".join(reason.split())
     m = _PLUGIN_RAISED.match(r)
     if m:
-        return f"plugin {m.group(1)} raised on {m.group(2)}: {m.group(3)}"
+        return f"plugin {m.group(1)} raised on {op_name(m.group(2))}: {m.group(3)}"
+    r = _OP.sub(lambda o: op_name(o.group(0)), r)
     if r.startswith("no plugin for "):
         return r[:120]
     r = r.split("; ")[0]
     r = re.sub(r"\b(node|layer|module)\s+'[^']*'", r"\1", r)
+    r = re.sub(r"\b([A-Za-z]+)_\d+\b", r"\1", r)  # fx node names: add_16 -> add
     r = _QUOTED.sub(lambda q: q.group(0) if len(q.group(0)) <= 40 and "_" not in q.group(0)[1:-1]
                     or "." in q.group(0) else "'…'", r)
     r = _NUM.sub("N", r)
     r = _TUPLE.sub("(…)", r)
     r = re.sub(r"N(\s*,\s*N)+", "N", r)
     r = re.sub(r"\s+", " ", r).strip(" :,.")
-    return r[:140]
+    parts = r.split(": ")
+    while len(parts) > 1 and parts[0] == parts[1]:  # "view: view: reshape ..." -> "view: reshape ..."
+        parts.pop(0)
+    if len(parts) > 1 and parts[0] in _RESHAPES:  # view and reshape are one category
+        parts[0] = "reshape"
+    return ": ".join(parts)[:140]
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -937,7 +986,8 @@ def _zoo_section(z: str, ds: list[dict[str, Any]]) -> list[str]:
     stops: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
     for d in ok:
-        for cat in d.get("unknown_reasons", {}):
+        # categories are normalised again: records written by an older version of reason_category merge
+        for cat in {reason_category(c) for c in d.get("unknown_reasons", {})}:
             stops[cat] += 1
             examples.setdefault(cat, []).append(d["model"])
     if stops:
@@ -955,25 +1005,31 @@ def _zoo_section(z: str, ds: list[dict[str, Any]]) -> list[str]:
         lines += ["Failures by error:", "", "| error | models |", "|---|---|"]
         lines += [f"| {_esc(c)} | {n} |" for c, n in cats.most_common()]
         lines.append("")
-    listed = sorted(fails + [d for d in ok if d.get("unknown_nodes")],
+    listed = sorted(fails + [d for d in ok if d.get("unknown_nodes") or d.get("output_status") == "none"],
                     key=lambda d: (d["status"] == "ok", d["model"]))
     if listed:
         lines += ["Models with a failure or unknown nodes:", "",
                   "| model | status | input | unknown / nodes | output | first reason |", "|---|---|---|---|---|---|"]
         for d in listed:
             if d["status"] == "ok":
-                fu = d.get("first_unknown", {})
-                why = f"{fu.get('op', '')}: {fu.get('category', '')}"
+                fu = d.get("first_unknown")
+                if fu:
+                    op, cat = op_name(fu.get("op", "")), reason_category(fu.get("category", ""))
+                    why = cat if op in cat else f"{op}: {cat}"
+                else:
+                    why = f"no RF on any node ({d.get('output_reason', '')})"
                 lines.append(f"| {d['model']} | ok | {d.get('input', '')} | {d['unknown_nodes']} / {d['nodes']} | "
                              f"{d.get('output_status')} | {_esc(why)} |")
             else:
                 lines.append(f"| {d['model']} | {d['status']} | {d.get('input', '')} | | | "
                              f"{_esc(d.get('error', ''))[:200]} |")
         lines.append("")
-    skipped = [d["model"] for d in ds if d["status"] == "skipped"]
-    if skipped:
-        lines += [f"Skipped ({len(skipped)}; {ds[[d['status'] for d in ds].index('skipped')].get('error')}): "
-                  + ", ".join(sorted(skipped)) + ".", ""]
+    skipped: dict[str, list[str]] = {}
+    for d in ds:
+        if d["status"] == "skipped":
+            skipped.setdefault(d.get("error") or "skipped", []).append(d["model"])
+    for why, names in skipped.items():
+        lines += [f"Skipped, {why} ({len(names)}): " + ", ".join(sorted(names)) + ".", ""]
     return lines
 
 
@@ -996,8 +1052,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def selection(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--zoo", default="timm", help="timm, torchvision, monai, hf, comma-separated, or all")
-        sp.add_argument("--sample", choices=["per-module"], default=None,
-                        help="per-module: the first model of each timm module / torchvision family")
+        sp.add_argument("--sample", default=None, metavar="per-module[:K]",
+                        help="the first K (default 1) models of each timm module / torchvision family")
         sp.add_argument("--filter", default=None, help="shell glob on model names, e.g. 'resnet*'")
         sp.add_argument("--limit", type=int, default=None, help="at most N models (after filter and resume)")
 
