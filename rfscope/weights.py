@@ -80,12 +80,22 @@ def _load_failure(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
+def _looks_like_safetensors(p: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then the JSON header."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(10)
+    except OSError:
+        return False
+    return len(head) == 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 100_000_000
+
+
 def _read(p: Path) -> Any:
     if not p.exists():
         raise WeightsError(f"checkpoint {str(p)!r} does not exist")
     if p.is_dir():
         raise WeightsError(f"checkpoint {str(p)!r} is a directory; give a file saved with torch.save(state_dict)")
-    if p.suffix == ".safetensors":
+    if p.suffix == ".safetensors" or _looks_like_safetensors(p):
         try:
             from safetensors.torch import load_file
         except ImportError as e:

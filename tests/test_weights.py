@@ -160,6 +160,9 @@ def test_safetensors(tmp_path: Path) -> None:
     save_model(t, str(ck))  # stores the shared weight once
     cp = rfscope.load_weights(Tied(), ck)
     assert cp.head.weight is cp.emb.weight and torch.equal(cp.emb.weight, t.emb.weight)
+    renamed = tmp_path / "model.bin"  # recognised by its header, whatever the name
+    renamed.write_bytes(ck.read_bytes())
+    assert torch.equal(rfscope.load_weights(Tied(), renamed).head.weight, t.emb.weight)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{bogus}!")
     with pytest.raises(WeightsError, match="cannot read safetensors file"):
