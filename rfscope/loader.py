@@ -5,9 +5,11 @@ Loading a ``.py`` file executes it, exactly like ``python file.py`` would.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
+import keyword
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,26 @@ class LoadedModel:
     example_inputs: tuple[Any, ...] | None = None
 
 
+def _module_name(path: Path) -> str:
+    """The file's stem (``net.py`` -> ``net``: readable, stable node targets such as ``net.Out``) unless
+    that names another module; then a name derived from the full path (stable across runs)."""
+    real = path.resolve()
+    stem = path.stem
+    if stem.isidentifier() and not keyword.iskeyword(stem):
+        loaded = sys.modules.get(stem)
+        if loaded is not None:
+            if getattr(loaded, "__file__", None) == str(real):
+                return stem
+        else:
+            try:
+                found = importlib.util.find_spec(stem)
+            except (ImportError, ValueError):
+                found = None
+            if found is None or found.origin == str(real):
+                return stem
+    return f"_rfscope_user_{hashlib.sha1(str(real).encode()).hexdigest()[:12]}"
+
+
 def _exec_file(path: Path) -> Any:
     if not path.exists():
         raise LoadError(f"model file {str(path)!r} does not exist")
@@ -45,7 +67,7 @@ def _exec_file(path: Path) -> Any:
         compile(src, str(path), "exec")
     except SyntaxError as e:
         raise LoadError(f"syntax error in {path}, line {e.lineno}: {e.msg}") from e
-    name = f"_rfscope_user_{abs(hash(str(path.resolve())))}"
+    name = _module_name(path)
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)

@@ -240,3 +240,29 @@ def test_table_output(tmp_path: Path) -> None:
 def test_strict_exits_2(tmp_path: Path) -> None:
     res = run(write(tmp_path, SHAPES), "--strict")
     assert res.exit_code == 2 and "cumsum" in res.output
+
+
+def test_user_file_functions_have_readable_stable_names(tmp_path):
+    import hashlib
+
+    from rfscope.loader import _module_name
+
+    src = ("import torch.fx, torch.nn as nn\n"
+           "def double(x):\n    return x * 2\n"
+           "torch.fx.wrap('double')\n"
+           "class M(nn.Module):\n"
+           "    def __init__(self):\n        super().__init__()\n        self.c = nn.Conv2d(3, 4, 3)\n"
+           "    def forward(self, x):\n        return double(self.c(x))\n"
+           "model = M()\ninput_shape = (1, 3, 16, 16)\n")
+    f = tmp_path / "rfs_readable_net.py"
+    f.write_text(src)
+    res = CliRunner().invoke(main, ["analyze", str(f), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["unsupported"] == ["rfs_readable_net.double"]
+    shadow = tmp_path / "json.py"  # a stem that names another module gets a path-derived name, the same every run
+    shadow.write_text(src)
+    want = "_rfscope_user_" + hashlib.sha1(str(shadow.resolve()).encode()).hexdigest()[:12]
+    assert _module_name(shadow) == want
+    res = CliRunner().invoke(main, ["analyze", str(shadow), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["unsupported"] == [f"{want}.double"]
