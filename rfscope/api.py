@@ -16,7 +16,7 @@ from .fallback import explain_shape_error, trace_model
 from .registry import Registry, default_registry
 from .report import Report, build_graph
 from .state import TensorRF
-from .trace import TraceError, propagate_shapes, structural_copy
+from .trace import TraceError, call_deep, deep_tree, named_modules, propagate_shapes, structural_copy
 
 __all__ = ["analyze", "AnalysisInputError"]
 
@@ -41,7 +41,7 @@ def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
 
 def _check_materialised(model: torch.nn.Module) -> None:
     """Lazy layers (``nn.LazyConv2d``...) have no shapes until a first forward pass fills them in."""
-    lazy = [(name, type(m).__name__) for name, m in model.named_modules()
+    lazy = [(name, type(m).__name__) for name, m in named_modules(model)
             if any(p is not None and is_lazy(p)
                    for p in (*m._parameters.values(), *m._buffers.values()))]
     if lazy:
@@ -85,6 +85,11 @@ def analyze(
     """
     if not isinstance(model, torch.nn.Module):
         raise AnalysisInputError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    depth = deep_tree(model)
+    if depth:  # modules nested hundreds of levels deep: run where the stack has room for them
+        return call_deep(depth, analyze, model, input_shape, example_inputs=example_inputs, strict=strict,
+                         registry=registry, leaf_modules=leaf_modules, check_init=check_init, trace=trace,
+                         weights=weights)
     if example_inputs is None:
         if input_shape is None:
             raise AnalysisInputError("give input_shape=(N, C, H, W) or example_inputs=(tensor, ...)")

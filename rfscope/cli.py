@@ -157,7 +157,11 @@ def _load(target: str, input_shape: str | None) -> tuple[Any, tuple[int, ...] | 
 
 def _check_leaves(model: Any, leaves: tuple[str, ...]) -> None:
     """A ``--leaf`` that names no submodule is an error listing close matches (it would be ignored)."""
-    paths = [name for name, _ in model.named_modules() if name]
+    if not leaves:
+        return
+    from .trace import named_modules  # iterative: a model nested thousands of levels deep has no limit
+
+    paths = [name for name, _ in named_modules(model) if name]
     known = set(paths)
     for leaf in leaves:
         if leaf not in known:

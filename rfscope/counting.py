@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from .geometry import Geometry
 from .state import TensorRF
+from .trace import named_modules
 
 if TYPE_CHECKING:
     from .analysis import NodeRecord
@@ -180,11 +181,13 @@ class Counts:
         if self._tensors_by_module is None:
             params: dict[str, dict[int, torch.Tensor]] = {}
             bufs: dict[str, dict[int, torch.Tensor]] = {}
-            for path, m in self.model.named_modules(remove_duplicate=False):
-                parts = path.split(".") if path else []
-                enclosing = [".".join(parts[:i]) for i in range(len(parts) + 1)]
+            for path, m in named_modules(self.model, remove_duplicate=False):  # iterative: no depth limit
                 params.setdefault(path, {})
                 bufs.setdefault(path, {})
+                if not (m._parameters or m._buffers):
+                    continue  # (enclosing paths cost depth^2 characters: only for modules with tensors)
+                parts = path.split(".") if path else []
+                enclosing = [".".join(parts[:i]) for i in range(len(parts) + 1)]
                 for store, ts in ((params, m._parameters.values()), (bufs, m._buffers.values())):
                     for t in ts:
                         if t is not None:
@@ -329,7 +332,7 @@ def count(report: Report, model: nn.Module) -> Counts:
     records = report.records
     # one walk over the module tree: parameter names (first qualified name of each tensor), all
     # parameters and buffers (as model.named_parameters / parameters / buffers would list them)
-    submodules = dict(model.named_modules(remove_duplicate=False))
+    submodules = dict(named_modules(model, remove_duplicate=False))
     names: dict[int, str] = {}
     all_params: list[torch.Tensor] = []
     all_buffers: list[torch.Tensor] = []

@@ -33,7 +33,7 @@ import torch.fx as fx
 
 from ._locks import TRACE_LOCK, serialised
 from .registry import Registry
-from .trace import TraceError, clear_hooks, meta_copy, structural_copy, trace
+from .trace import TraceError, clear_hooks, keep_rng_state, meta_copy, modules, named_modules, structural_copy, trace
 
 __all__ = ["TRACE_MODES", "PATH_NAMES", "trace_model", "trace_export", "trace_make_fx", "failure_site",
            "symbolic_mutation_hazard", "minimum_input", "explain_shape_error"]
@@ -80,21 +80,24 @@ def _to_meta(x: Any) -> Any:
     return x
 
 
-def _to_real(x: Any) -> Any:
-    """A real tensor for an example input: a clone of a real one, random values for a meta one."""
+def _to_real(x: Any, gen: torch.Generator | None = None) -> Any:
+    """A real tensor for an example input: a clone of a real one, random values for a meta one
+    (from a private generator: the user's random stream does not move)."""
+    if gen is None:
+        gen = torch.Generator().manual_seed(0)
     if isinstance(x, torch.Tensor):
         if x.device.type != "meta":
             return x.detach().clone()
         if x.is_floating_point() or x.is_complex():
-            return torch.randn(x.shape, dtype=x.dtype)
+            return torch.randn(x.shape, dtype=x.dtype, generator=gen)
         return torch.zeros(x.shape, dtype=x.dtype)
     if isinstance(x, (list, tuple)):
-        return type(x)(_to_real(v) for v in x)
+        return type(x)(_to_real(v, gen) for v in x)
     return x
 
 
 def _module_types(model: torch.nn.Module) -> dict[str, type]:
-    return {name: type(m) for name, m in model.named_modules()}
+    return {name: type(m) for name, m in named_modules(model)}
 
 
 def _normalise_stacks(gm: fx.GraphModule, types: dict[str, type]) -> None:
@@ -244,7 +247,7 @@ def _stack_hooks(model: torch.nn.Module, calls: dict[str, int]) -> list[Any]:
 
         return hook
 
-    for name, m in model.named_modules():
+    for name, m in named_modules(model):
         if name:
             handles.append(m.register_forward_pre_hook(pre(name, m)))
             handles.append(m.register_forward_hook(post(name)))
@@ -253,7 +256,7 @@ def _stack_hooks(model: torch.nn.Module, calls: dict[str, int]) -> list[Any]:
 
 def _meta_attrs(gm: fx.GraphModule) -> None:
     """Replace every tensor the graph holds (constants lifted by make_fx) by a meta tensor."""
-    for mod in gm.modules():
+    for mod in modules(gm):
         for name, p in list(mod._parameters.items()):
             if p is not None:
                 mod._parameters[name] = torch.nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
@@ -272,17 +275,19 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.G
     from torch.func import functionalize
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    if any(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()]):
+    if any(t is not None and t.device.type == "meta"
+           for m in modules(model) for t in (*m._parameters.values(), *m._buffers.values())):
         raise TraceError("make_fx runs the model on real tensors, but the model is on the meta device")
     cp = clear_hooks(_copy.deepcopy(model))
     cp.eval()
     types = _module_types(cp)
-    inputs = tuple(_to_real(x) for x in example_inputs)
+    gen = torch.Generator().manual_seed(0)
+    inputs = tuple(_to_real(x, gen) for x in example_inputs)
     calls: dict[str, int] = {}
     _stack_hooks(cp, calls)
     # real tensors may be read (``if x.sum() > 0``): the graph follows the branch this input takes
     opts: dict[str, Any] = {"tracing_mode": "real", "_error_on_data_dependent_ops": False}
-    with torch.no_grad(), fxt.preserve_node_meta():
+    with torch.no_grad(), fxt.preserve_node_meta(), keep_rng_state():  # the forward may draw (noise)
         gm = make_fx(cp, **opts)(*inputs)
         if _aliasing_hazard(gm):
             calls.clear()

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 
 from ._locks import TRACE_LOCK
 from .registry import Method, Registry, default_registry
+from .trace import deep_entry, keep_rng_state
 
 if TYPE_CHECKING:
     from .report import Report
@@ -743,14 +744,26 @@ class _HookProbe:
         return h
 
 
+def _private_copy(model: nn.Module) -> tuple[nn.Module, bool]:
+    """``(a deep copy of model without hooks, True)``; ``(model, False)`` when it cannot be copied
+    (its weights are then only read, never run)."""
+    from .trace import clear_hooks
+
+    try:
+        return clear_hooks(copy.deepcopy(model)), True
+    except Exception:  # noqa: BLE001 - e.g. a non-leaf tensor attribute refuses deepcopy
+        return model, False
+
+
 def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry: Registry,
             leaf_modules: Iterable[str], seed: int, wstats: dict[int, tuple[float, float]],
-            rules: InitRules) -> list[Finding]:
+            rules: InitRules, owned: bool = False) -> list[Finding]:
+    """The random-input forward pass; ``owned``: ``model`` is already a private copy (run it)."""
     from .trace import clear_hooks, trace
 
     tracked = {n.name for n, v in g.views.items() if wstats.get(id(v.weight), (0.0, 0.0))[0] > 0}
     try:
-        real = clear_hooks(copy.deepcopy(model)).float().eval()
+        real = (model if owned else clear_hooks(copy.deepcopy(model))).float().eval()
         for m in real.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.train()
@@ -821,6 +834,7 @@ def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry
 
 
 # ---------------------------------------------------------------------------
+@deep_entry  # a model nested thousands of levels deep runs where the stack has room
 def check_init(
     model: nn.Module,
     input_shape: Sequence[int] | None = None,
@@ -867,12 +881,15 @@ def check_init(
                          leaf_modules=leaf_modules)
     if example_inputs is None:
         example_inputs = (torch.empty(report.input_shape, device="meta"),)
-    g = _Graph(report, model, rules, reg)
+    # weights are read from a private copy: reading a parametrized weight runs its parametrization,
+    # which may update state (spectral_norm's power iteration in training mode)
+    work, owned = _private_copy(model)
+    g = _Graph(report, work, rules, reg)
     wstats: dict[int, tuple[float, float]] = {}
     for v in g.views.values():
         if id(v.weight) not in wstats:
             wstats[id(v.weight)] = _std_mean(v.weight)
-    findings = _nonfinite(model, g.names, wstats)
+    findings = _nonfinite(work, g.names, wstats)
     bad = {f.param for f in findings}
     users: dict[int, set[Any]] = {}
     for n, v in g.views.items():
@@ -893,7 +910,8 @@ def check_init(
         findings += _symmetry(g, n, v, dead)
         findings += _stats(g, n, v, len(users.get(id(v.weight), ())) > 1, *wstats[id(v.weight)])
     if forward and not any(f.check == "nonfinite" for f in findings):
-        findings += _signal(model, g, example_inputs, reg, leaf_modules, seed, wstats, rules)
+        with keep_rng_state():  # the forward may draw from the global generator (noise)
+            findings += _signal(work, g, example_inputs, reg, leaf_modules, seed, wstats, rules, owned)
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order.get(f.severity, 3))
     report.extras["findings"] = findings

@@ -1,29 +1,42 @@
 """Trace a model into an fx graph and propagate shapes on the meta device.
 
 The user's model is never touched: tracing runs on a structural copy of the
-module tree (new module objects in eval mode, without the user's hooks) that
-shares the user's parameter and buffer tensors but never computes with them.
-Shapes propagate on meta tensors — shape rules read only tensor metadata, and a
+module tree (new module objects in eval mode, without the user's hooks) whose
+buffers and tensor attributes are private clones, so a forward that updates its
+state in place (``self.steps += 1``, ``ema.mul_()``, ``hist[0] = v``) updates the
+copy.  Parameters are shared (copying every weight would cost more than the whole
+analysis) and guarded: while the copy is traced, an in-place write to a parameter's
+storage (weight clipping under ``no_grad``) is refused, and ``trace="auto"`` then
+uses ``torch.export`` on a meta copy.  Shapes propagate on meta tensors — shape rules read only tensor metadata, and a
 module that must really run gets a meta copy of itself — so analysis costs the
 same at 224² or 4096² and works for models built on ``meta``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
 import threading
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.fx as fx
 from torch.fx.immutable_collections import immutable_dict, immutable_list
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ._locks import serialised
 from .fastcopy import _ATOMIC, _plain, _value, deepcopy_modules
 from .fastshape import ModuleCallCache, _like, fast_module_output
 from .registry import Registry
 
-__all__ = ["meta_copy", "structural_copy", "own_tensors", "RFTracer", "trace", "propagate_shapes", "TraceError"]
+__all__ = ["meta_copy", "structural_copy", "own_tensors", "RFTracer", "trace", "propagate_shapes", "TraceError",
+           "keep_rng_state", "keeps_rng_state", "tree_depth", "deep_tree", "call_deep", "deep_entry",
+           "named_modules", "modules"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_R = TypeVar("_R")
 
 
 class TraceError(RuntimeError):
@@ -40,8 +53,10 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     The copy is put in eval mode (BatchNorm uses running statistics).
     """
     memo: dict[int, Any] = {}
-    for t in (*model.parameters(), *model.buffers()):
-        memo[id(t)] = _meta_twin(t)
+    for m in modules(model):
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None and id(t) not in memo:
+                memo[id(t)] = _meta_twin(t)
     cp = deepcopy_modules(model, memo)  # copy.deepcopy, minus its per-module overhead
     clear_hooks(cp)  # hooks belong to the user; the copy must not run them
     cp.eval()
@@ -59,22 +74,24 @@ def own_tensors(m: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def structural_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of the module tree that shares the user's tensors, for tracing and shape rules.
+    """A deep copy of the module tree for tracing and shape rules.
 
     ``copy.deepcopy`` semantics (new module objects, copied attributes, references between
-    modules mapped to the copies) except that parameters, buffers and tensor attributes are
-    the user's own objects, not copies; the copy has no hooks and is in eval mode.  Nothing
-    done to the copy reaches the user's modules.  The copy must never compute with those
-    tensors: shape propagation reads their metadata and runs a meta copy of any module it has
-    to call.  A class with its own copy protocol makes the whole tree a :func:`meta_copy`.
+    modules mapped to the copies) except for tensors: parameters are the user's own objects
+    (:func:`trace` refuses in-place writes to them, shape propagation reads only their
+    metadata), buffers and tensor attributes are clones (real values, so a forward that
+    branches on a flag buffer traces as it runs, and updates them in place on the copy);
+    tied tensors stay tied.  The copy has no hooks and is in eval mode.  A class with its own
+    copy protocol makes the whole tree a :func:`meta_copy`.
     """
-    tree = list(model.modules())
+    tree = modules(model)
     if not all(_plain(type(m)) for m in tree):
         return meta_copy(model)
     memo: dict[int, Any] = {}
     for m in tree:
         for t in own_tensors(m):
-            memo[id(t)] = t  # shared, not copied
+            if id(t) not in memo:
+                memo[id(t)] = _private_twin(t)
         memo[id(m)] = type(m).__new__(type(m))
     for m in tree:
         d: dict[str, Any] = {}
@@ -82,7 +99,7 @@ def structural_copy(model: torch.nn.Module) -> torch.nn.Module:
             if type(v) in _ATOMIC:
                 d[k] = v
             elif k in ("_parameters", "_buffers"):
-                d[k] = dict(v)
+                d[k] = {name: None if t is None else memo[id(t)] for name, t in v.items()}
             elif k == "_modules":
                 d[k] = {name: None if c is None else memo[id(c)] for name, c in v.items()}
             elif k in _HOOK_DICTS:
@@ -94,9 +111,50 @@ def structural_copy(model: torch.nn.Module) -> torch.nn.Module:
     return memo[id(model)]  # type: ignore[no-any-return]
 
 
+def _private_twin(t: torch.Tensor) -> torch.Tensor:
+    """The structural copy's version of a user tensor: a parameter itself (see :func:`trace`),
+    any other tensor a detached clone (a forward may read and update a buffer's value)."""
+    if isinstance(t, torch.nn.Parameter):
+        return t
+    if t.is_meta:
+        return _meta_twin(t)
+    c = t.detach().clone()
+    return c.requires_grad_() if t.requires_grad and c.is_floating_point() else c
+
+
+class _ParameterWriteGuard(TorchDispatchMode):
+    """Refuses any ATen op that writes into the storage of one of the given (name, real tensor) pairs.
+
+    Active while the structural copy is traced: fx proxies parameters reached as attributes,
+    but a forward can reach the real objects (``for p in self.parameters(): p.clamp_(...)``)
+    and would run that update on the user's weights.
+    """
+
+    def __init__(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        super().__init__()
+        self.storages = {t.untyped_storage().data_ptr(): name for name, t in tensors if not t.is_meta
+                         and t.numel()}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        schema = func._schema
+        if schema.is_mutable and self.storages:
+            for i, a in enumerate(schema.arguments):
+                if a.alias_info is None or not a.alias_info.is_write:
+                    continue
+                x = args[i] if i < len(args) else kwargs.get(a.name)
+                for t in x if isinstance(x, (list, tuple)) else (x,):
+                    if isinstance(t, torch.Tensor) and not t.is_meta and t.numel():
+                        name = self.storages.get(t.untyped_storage().data_ptr())
+                        if name is not None:
+                            raise TraceError(f"the forward writes to parameter {name!r} in place ({func}); "
+                                             "rfscope never modifies the model")
+        return func(*args, **kwargs)
+
+
 def clear_hooks(model: torch.nn.Module) -> torch.nn.Module:
     """Remove every hook from a *copy*: the user's hooks (and their side effects) stay theirs."""
-    for m in model.modules():
+    for m in modules(model):
         for attr in _HOOK_DICTS:
             d = getattr(m, attr, None)
             if d:
@@ -117,6 +175,156 @@ def _meta_twin(t: torch.Tensor) -> torch.Tensor:
     """``t`` on meta, a Parameter (with its ``requires_grad``) if ``t`` is one."""
     m = _meta_like(t)
     return torch.nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else m
+
+
+@contextlib.contextmanager
+def keep_rng_state() -> Iterator[None]:
+    """Restore the global random generators (CPU, and every initialised CUDA device) on exit.
+
+    Wraps the places where the model's own code runs on real tensors (make_fx tracing, the
+    init check's forward pass, the probes): a forward that draws from the global generator
+    (``torch.randn_like`` noise, dropout) must not move the user's random stream.  rfscope's
+    own random inputs come from private ``torch.Generator`` objects.  Draws made by other
+    threads while this is active are rewound with it.
+    """
+    cpu = torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def keeps_rng_state(fn: _F) -> _F:
+    """Decorator form of :func:`keep_rng_state`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with keep_rng_state():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def named_modules(model: torch.nn.Module, remove_duplicate: bool = True) -> list[tuple[str, torch.nn.Module]]:
+    """``list(model.named_modules(remove_duplicate=...))``, walked without recursion.
+
+    ``nn.Module.named_modules`` nests one generator per level, so a walk costs depth x modules
+    steps (minutes for a 5,000-level model) and fails past the recursion limit; this one is
+    linear and has no depth limit.
+    """
+    out: list[tuple[str, torch.nn.Module]] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, torch.nn.Module]] = [("", model)]
+    while stack:
+        name, m = stack.pop()
+        if remove_duplicate:
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+        out.append((name, m))
+        kids = [(f"{name}.{k}" if name else k, c) for k, c in m._modules.items() if c is not None]
+        stack.extend(reversed(kids))
+    return out
+
+
+def modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """``list(model.modules())`` without recursion (see :func:`named_modules`)."""
+    return [m for _, m in named_modules(model)]
+
+
+def tree_depth(model: torch.nn.Module) -> int:
+    """Nesting depth of the module tree (1 for a module without children), walked iteratively."""
+    best, stack, seen = 0, [(model, 1)], {id(model)}
+    while stack:
+        m, d = stack.pop()
+        best = max(best, d)
+        for c in m._modules.values():
+            if c is not None and id(c) not in seen:
+                seen.add(id(c))
+                stack.append((c, d + 1))
+    return best
+
+
+#: module nesting up to which the caller's stack and recursion limit suffice (fx tracing takes
+#: about six Python frames per level; the default limit is 1000)
+SHALLOW = 60
+_DEEP_LOCK = threading.Lock()
+_deep_users = 0
+_saved_limit = 0
+
+
+def deep_tree(model: torch.nn.Module) -> int:
+    """``model``'s nesting depth if it needs :func:`call_deep` (deeper than :data:`SHALLOW`, and not
+    already in a deep worker), else 0."""
+    if threading.current_thread().name.startswith("rfscope-deep"):
+        return 0
+    depth = tree_depth(model)
+    return depth if depth > SHALLOW else 0
+
+
+def call_deep(depth: int, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+    """``fn(*args, **kwargs)``, in a worker thread with a stack and recursion limit for ``depth``
+    nested modules when ``depth`` exceeds :data:`SHALLOW` (tracing, copying and walking a module
+    tree recurse once or more per level).
+
+    The recursion limit is process-wide: it is raised while any such call runs and restored
+    when the last one ends (counted under a lock, so concurrent calls are safe).  Exceptions
+    are re-raised in the caller.
+    """
+    if depth <= SHALLOW or threading.current_thread().name.startswith("rfscope-deep"):
+        return fn(*args, **kwargs)  # shallow, or already in a deep worker
+    global _deep_users, _saved_limit
+    need = 1000 + 40 * depth
+    stack = min(1 << 31, (64 << 20) + depth * (256 << 10))  # bytes; untouched pages cost nothing
+    with _DEEP_LOCK:
+        if _deep_users == 0:
+            _saved_limit = sys.getrecursionlimit()
+        _deep_users += 1
+        if sys.getrecursionlimit() < need:
+            sys.setrecursionlimit(need)
+        old = threading.stack_size()
+        try:
+            threading.stack_size(stack)
+            box: dict[str, Any] = {}
+
+            def work() -> None:
+                try:
+                    box["out"] = fn(*args, **kwargs)
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    box["err"] = e
+
+            t = threading.Thread(target=work, name="rfscope-deep", daemon=True)
+            t.start()
+        finally:
+            threading.stack_size(old)
+    try:
+        while t.is_alive():
+            t.join(0.1)  # in short waits, so that Ctrl-C reaches the caller
+    finally:
+        with _DEEP_LOCK:
+            _deep_users -= 1
+            if _deep_users == 0:
+                sys.setrecursionlimit(_saved_limit)
+    if "err" in box:
+        raise box["err"]
+    return box["out"]  # type: ignore[no-any-return]
+
+
+def deep_entry(fn: _F) -> _F:
+    """Decorator for entry points whose first argument is the model: a deeply nested one runs
+    through :func:`call_deep`."""
+
+    @functools.wraps(fn)
+    def wrapper(model: Any, *args: Any, **kwargs: Any) -> Any:
+        depth = deep_tree(model) if isinstance(model, torch.nn.Module) else 0
+        if depth:
+            return call_deep(depth, fn, model, *args, **kwargs)
+        return fn(model, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class RFTracer(fx.Tracer):
@@ -154,7 +362,10 @@ def trace(
 ) -> fx.GraphModule:
     tracer = RFTracer(registry, leaf_modules)
     try:
-        graph = tracer.trace(model)
+        params = ((f"{path}.{k}" if path else k, p) for path, m in named_modules(model)
+                  for k, p in m._parameters.items() if p is not None)
+        with _ParameterWriteGuard(params):
+            graph = tracer.trace(model)
     except Exception as e:
         err = TraceError(f"torch.fx could not trace the model: {type(e).__name__}: {e}")
         # the module being traced when it failed (fx leaves its stack as it was): see rfscope.fallback
@@ -184,7 +395,7 @@ class _ShapePass:
 
     def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
-        self.modules = dict(gm.named_modules(remove_duplicate=False))
+        self.modules = dict(named_modules(gm, remove_duplicate=False))
         self.calls = ModuleCallCache()
         self._metas: dict[int, Any] = {}  # id(user tensor or module) -> its meta copy
 
@@ -297,7 +508,7 @@ def _thaw(x: Any) -> Any:
 def _runs_as_is(m: torch.nn.Module) -> bool:
     """The module (of the structural copy: its Python state is already a copy) holds no tensor at
     all, so calling it touches nothing of the user's (tensors, even meta ones, are the user's)."""
-    return not any(own_tensors(sub) for sub in m.modules())
+    return not any(own_tensors(sub) for sub in modules(m))
 
 
 def _layer_problem(name: str, m: Any, args: Any) -> str | None:

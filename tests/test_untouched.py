@@ -37,8 +37,9 @@ def _fingerprint(model: nn.Module) -> dict[str, Any]:
                   for k, m in model.named_modules()},
         "tensor_hooks": {k: len(p._backward_hooks or {}) for k, p in model.named_parameters(remove_duplicate=False)},
         "devices": {k: str(v.device) for k, v in model.state_dict(keep_vars=True).items()},
-        "tied": model[0].weight is model[-1].weight if isinstance(model, nn.Sequential) and len(model) > 1
-        and hasattr(model[0], "weight") and hasattr(model[-1], "weight") else None,
+        # (``_parameters``, not ``.weight``: reading a parametrized weight in training mode changes it)
+        "tied": model[0]._parameters.get("weight") is model[-1]._parameters.get("weight")
+        if isinstance(model, nn.Sequential) and len(model) > 1 and "weight" in model[0]._parameters else None,
     }
 
 
@@ -194,3 +195,168 @@ def _fingerprint_nonseq(model: nn.Module) -> dict[str, Any]:
     fp = _fingerprint(model)
     fp.pop("tied")
     return fp
+
+
+# ---------------------------------------------------------------------------
+# Models whose forward mutates their own state.  Every entry point must leave that state as it was:
+# buffers, parameters, Python attributes, parametrizations and the global RNG.
+class _BufferCounter(nn.Module):
+    """``self.steps += 1`` on a registered buffer (a step counter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        self.steps += 1
+        return self.conv(x)
+
+
+class _Ema(nn.Module):
+    """``ema.mul_().add_()`` with a constant and with a value computed from the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("ema", torch.ones(4))
+        self.register_buffer("ema_x", torch.ones(()))
+
+    def forward(self, x):
+        self.ema.mul_(0.9).add_(0.1)
+        y = self.conv(x)
+        self.ema_x.mul_(0.9).add_(y.detach().mean() * 0.1)
+        return y
+
+
+class _FillAssignCopy(nn.Module):
+    """``fill_``, item assignment and ``copy_`` on buffers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("flag", torch.zeros(()))
+        self.register_buffer("hist", torch.zeros(3))
+        self.register_buffer("last", torch.zeros(4))
+
+    def forward(self, x):
+        self.flag.fill_(1.0)
+        self.hist[0] = 7.0
+        self.last.copy_(torch.full_like(self.last, 3.0))
+        return self.conv(x)
+
+
+class _ParamInNoGrad(nn.Module):
+    """Weight clipping in the forward: parameters changed in place under ``torch.no_grad()``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        with torch.no_grad():
+            for p in self.conv.parameters():
+                p.mul_(0.5)
+            self.conv.weight.clamp_(-0.01, 0.01)
+        return self.conv(x)
+
+
+class _PythonAttrs(nn.Module):
+    """Python attributes updated by the forward: a counter, a list and a dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.calls = 0
+        self.log: list[str] = []
+        self.meta_info: dict[str, int] = {}
+
+    def forward(self, x):
+        self.calls += 1
+        self.log.append("fwd")
+        self.meta_info["n"] = self.meta_info.get("n", 0) + 1
+        return self.conv(x)
+
+
+class _Noisy(nn.Module):
+    """Draws from the global generator in the forward (noise of weight zero)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x + 0.0 * torch.randn_like(x))
+
+
+def _spectral() -> nn.Module:
+    """``spectral_norm`` parametrizations: in training mode every weight read advances ``_u``."""
+    P = nn.utils.parametrizations
+    return nn.Sequential(P.spectral_norm(nn.Conv2d(3, 4, 3)), nn.ReLU(), P.spectral_norm(nn.Conv2d(4, 4, 3)))
+
+
+MUTATING: dict[str, Callable[[], nn.Module]] = {
+    "buffer_iadd": _BufferCounter,
+    "buffer_ema": _Ema,
+    "buffer_fill_setitem_copy": _FillAssignCopy,
+    "param_no_grad": _ParamInNoGrad,
+    "python_attrs": _PythonAttrs,
+    "global_rng": _Noisy,
+    "spectral_norm": _spectral,
+}
+
+
+def _python_state(model: nn.Module) -> dict[str, Any]:
+    skip = {"training"}
+    return {k: {a: repr(v) for a, v in vars(m).items()
+                if not a.startswith("_") and a not in skip and not isinstance(v, (torch.Tensor, nn.Module))}
+            for k, m in model.named_modules()}
+
+
+def _full_fingerprint(model: nn.Module) -> dict[str, Any]:
+    fp = _fingerprint_nonseq(model)
+    fp["python"] = _python_state(model)
+    fp["rng"] = hashlib.sha256(torch.random.get_rng_state().numpy().tobytes()).hexdigest()
+    return fp
+
+
+def _entry(name: str) -> Callable[[nn.Module], Any]:
+    shape = (1, 3, 16, 16)
+    if name.startswith("analyze:"):
+        mode = name.split(":", 1)[1]
+        return lambda m: rfscope.analyze(m, shape, trace=mode)
+    if name == "check_init":
+        return lambda m: rfscope.check_init(m, shape)
+    import rfscope.probe as probe
+
+    if name == "probe.erf":
+        return lambda m: probe.erf(m, "output", shape, samples=2, batch_size=2, progress=False, device="cpu")
+    return lambda m: probe.validate(m, input_shape=shape, device="cpu", grow=False)
+
+
+#: known refusals: an in-place update that merges a weight into a weight read again (symbolic_trace
+#: cannot follow it), and make_fx's functionalisation of a view of a mutated buffer
+_REFUSALS = {("param_no_grad", "analyze:symbolic_trace"), ("buffer_fill_setitem_copy", "analyze:make_fx")}
+
+ENTRIES = ["analyze:symbolic_trace", "analyze:export", "analyze:make_fx", "analyze:auto", "check_init",
+           "probe.erf", "probe.validate"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", list(MUTATING))
+def test_mutating_forward_leaves_model_untouched(name, train, entry):
+    torch.manual_seed(0)
+    model = MUTATING[name]()
+    model.train(train)
+    before = _full_fingerprint(model)
+    from rfscope.probe import ProbeError
+    from rfscope.trace import TraceError
+
+    try:
+        _entry(entry)(model)
+    except (TraceError, ProbeError) as e:  # a refusal is fine; a changed model is not
+        if (name, entry) not in _REFUSALS:
+            raise AssertionError(f"{entry} refused {name}: {e}") from e
+    after = _full_fingerprint(model)
+    assert after == before

@@ -37,6 +37,7 @@ from ..api import analyze
 from ..registry import Registry
 from ..report import Report
 from ..state import Global, TensorRF
+from ..trace import deep_entry, keeps_rng_state
 from .graph import ProbeError, check_trace_path, materialise, select_outputs
 from .inputs import ImageFolder, random_chunk
 from .metrics import area_ratios, erf_extent, gaussian_sigma, support
@@ -374,6 +375,8 @@ def _locate_non_finite(gm: fx.GraphModule, x: torch.Tensor, mask: torch.Tensor) 
                           f"reproduce (nondeterministic kernels?); {tail}", None, "backward")
 
 
+@deep_entry  # a model nested thousands of levels deep runs where the stack has room
+@keeps_rng_state  # the model's own random draws (noise layers) must not move the user's generator
 def erf(
     model: torch.nn.Module,
     node: str = "output",

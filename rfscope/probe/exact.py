@@ -29,6 +29,7 @@ from ..report import Report
 from ..result import RF
 from ..rf import Axis
 from ..state import Global, TensorRF
+from ..trace import deep_entry, keeps_rng_state
 from .effective import _resolve
 from .graph import ProbeError, check_trace_path, materialise, select_outputs
 from .linear import constant_param, linearise
@@ -309,6 +310,8 @@ def _label(report: Report, node: str, asked: str | None) -> str:
     return node
 
 
+@deep_entry  # a model nested thousands of levels deep runs where the stack has room
+@keeps_rng_state  # the linearised graph may still hold the model's random draws
 def validate(
     model: torch.nn.Module,
     report: Report | None = None,

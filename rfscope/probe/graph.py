@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ..trace import own_tensors
+from ..trace import modules, named_modules, own_tensors
 
 __all__ = ["ProbeError", "materialise", "select_outputs", "check_trace_path"]
 
@@ -56,10 +56,11 @@ def materialise(
     """
     # the graph's tensors (the user's own, or meta) are all replaced below: share them in the copy
     # instead of copying real weights only to drop them
-    keep: dict[int, Any] = {id(t): t for mod in gm_meta.modules() for t in own_tensors(mod)}
+    keep: dict[int, Any] = {id(t): t for mod in modules(gm_meta) for t in own_tensors(mod)}
     gm = copy.deepcopy(gm_meta, keep)
-    src_p = dict(model.named_parameters(remove_duplicate=False))
-    src_b = dict(model.named_buffers(remove_duplicate=False))
+    tree = named_modules(model, remove_duplicate=False)
+    src_p = {_qual(p, k): t for p, m in tree for k, t in m._parameters.items() if t is not None}
+    src_b = {_qual(p, k): t for p, m in tree for k, t in m._buffers.items() if t is not None}
     made: dict[int, torch.Tensor] = {}
 
     def convert(t: torch.Tensor) -> torch.Tensor:
@@ -88,8 +89,10 @@ def materialise(
             raise ProbeError(f"buffer {qual!r} is on the meta device; build the model on a real device")
         return convert(user_b)
 
-    for mname, mod in gm.named_modules():
-        for store, make in ((mod._parameters, param), (mod._buffers, buffer)):  # tied tensors: one copy
+    for mname, mod in named_modules(gm):
+        stores: tuple[tuple[dict[str, Any], Callable[[str, torch.Tensor], torch.Tensor]], ...] = (
+            (mod._parameters, param), (mod._buffers, buffer))
+        for store, make in stores:  # tied tensors: one copy
             for tname, t in list(store.items()):
                 if t is None:
                     continue
@@ -104,8 +107,35 @@ def materialise(
                         "the probe needs real values"
                     )
                 setattr(mod, aname, convert(v))
+    flat = _flatten_deep_targets(gm)
+    _retarget_devices(gm, device, flat)
     gm.eval()
     return gm
+
+
+def _retarget_devices(gm: fx.GraphModule, device: torch.device, recompile: bool = False) -> None:
+    """Devices the trace recorded (``torch.zeros(..., device=next(self.parameters()).device)``) name
+    the analysis copy's device, ``meta``: the probe creates those tensors on its own device."""
+
+    def fix(a: Any) -> Any:
+        if isinstance(a, torch.device):
+            return device
+        if isinstance(a, (tuple, list)):
+            return type(a)(fix(v) for v in a)
+        if isinstance(a, dict):
+            return {k: fix(v) for k, v in a.items()}
+        return a
+
+    changed = False
+    for n in gm.graph.nodes:
+        if n.op in ("call_function", "call_method"):
+            args, kwargs = fix(n.args), fix(n.kwargs)
+            if kwargs.get("device") == "meta":
+                kwargs["device"] = device
+            if args != n.args or kwargs != n.kwargs:
+                n.args, n.kwargs, changed = args, kwargs, True
+    if changed or recompile:
+        gm.recompile()
 
 
 def select_outputs(gm: fx.GraphModule, names: Sequence[str]) -> fx.GraphModule:
@@ -117,5 +147,35 @@ def select_outputs(gm: fx.GraphModule, names: Sequence[str]) -> fx.GraphModule:
     out = next(n for n in gm.graph.nodes if n.op == "output")
     out.args = (tuple(nodes[n] for n in names),)
     gm.graph.eliminate_dead_code()
+    _flatten_deep_targets(gm)
     gm.recompile()
     return gm
+
+
+#: module paths nested deeper than this are called through a flat alias (fx writes a path as nested
+#: ``getattr`` calls, and Python's parser refuses more than 200 nested parentheses)
+_DEEP_PATH = 64
+
+
+def _flatten_deep_targets(gm: fx.GraphModule) -> bool:
+    """Give modules and tensors with very deep paths an alias on the root (the same objects);
+    True if any target changed."""
+    changed = False
+    for k, n in enumerate(gm.graph.nodes):
+        if n.op not in ("call_module", "get_attr") or str(n.target).count(".") < _DEEP_PATH:
+            continue
+        owner, _, attr = str(n.target).rpartition(".")
+        parent = gm.get_submodule(owner)
+        obj = getattr(parent, attr)
+        alias = f"_rfscope_flat_{k}"
+        if isinstance(obj, torch.nn.Module):
+            gm.add_module(alias, obj)
+        elif isinstance(obj, torch.nn.Parameter):
+            gm.register_parameter(alias, obj)
+        elif attr in parent._buffers:
+            gm.register_buffer(alias, obj)
+        else:
+            setattr(gm, alias, obj)
+        n.target = alias
+        changed = True
+    return changed
