@@ -186,8 +186,8 @@ class Registry:
         plugins and report their ops as unsupported); a plugin that looks something up while
         it registers (same thread) sees the registry as loaded so far.
         """
-        if self._loaded and not self._deferred:
-            return
+        if self._loaded and not any(d[0] in sys.modules for d in self._deferred):
+            return  # the common case takes no lock (lookups would wait for another thread's trace)
         with TRACE_LOCK:
             if not self._loaded and not self._loading:
                 self._loading = True
