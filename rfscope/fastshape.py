@@ -365,7 +365,8 @@ class ModuleCallCache:
     cached; an output that *is* an argument (in-place) is returned as that
     argument, and a view comes back as a fresh tensor of the same shape and
     strides (shape propagation reads no data).  Only successful calls are
-    stored, so errors are raised as before.
+    stored, so errors are raised as before.  Each shape pass makes its own cache (keys
+    hold ``id()`` of its modules): nothing is shared between analyses or threads.
     """
 
     def __init__(self) -> None:
