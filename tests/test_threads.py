@@ -92,3 +92,28 @@ def test_concurrent_reports_equal_sequential_ones() -> None:
     differ = [f"{name}: {sum(r != reference[name] for r in rs)} of {len(rs)} reports differ"
               for name, rs in results.items() if any(r != reference[name] for r in rs)]
     assert not failures and not differ, "\n".join(failures + differ)
+
+
+def test_threads_sharing_a_registry_that_is_still_loading() -> None:
+    """Threads that start on a fresh registry all wait until its plugins are loaded: none sees half
+    of them (its ops would be "unsupported")."""
+    model = Small()
+    reference = rfscope.analyze(model, input_shape=(1, 3, 32, 32), registry=rfscope.Registry()).to_json()
+    for _ in range(10):
+        reg = rfscope.Registry()
+        start = threading.Barrier(4)
+        out: list[str] = []
+
+        def worker(reg: rfscope.Registry = reg, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                out.append(rfscope.analyze(model, input_shape=(1, 3, 32, 32), registry=reg).to_json())
+            except Exception as e:  # noqa: BLE001 - reported below
+                out.append(f"{type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert out == [reference] * 4
