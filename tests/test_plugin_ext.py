@@ -103,7 +103,7 @@ def test_third_party_plugin_from_entry_point(tmp_path: Path, monkeypatch: pytest
     # the custom class is a leaf: one call_module node, nothing traced inside it
     blur_nodes = [n for n, a in rep.graph.nodes(data=True) if (a["module"] or "").startswith("blur")]
     assert len(blur_nodes) == 1 and rep.graph.nodes[blur_nodes[0]]["op"] == "call_module"
-    assert rep.records[blur_nodes[0]].plugin and "blurpool" in rep.records[blur_nodes[0]].plugin
+    assert "blurpool" in (rep.records[blur_nodes[0]].plugin or "")
 
 
 def test_without_the_plugin_the_module_is_traced_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,8 +166,9 @@ def test_failing_entry_point_is_rolled_back(tmp_path: Path, monkeypatch: pytest.
     with pytest.warns(RuntimeWarning, match="zz_half.*failed half-way"):
         reg.ensure_loaded()
     assert not [p.name for p in reg.plugins() if p.name.startswith("half.")]
-    assert reg.lookup_module(nn.ReLU()).name != "half.relu"
-    assert reg.lookup_module(layers.BlurPool()).name.endswith(".blurpool")  # the good entry point stays
+    relu, blur = reg.lookup_module(nn.ReLU()), reg.lookup_module(layers.BlurPool())
+    assert relu is not None and relu.name != "half.relu"
+    assert blur is not None and blur.name.endswith(".blurpool")  # the good entry point stays
     assert not any(d[0] == "rfs_never_imported_module" for d in reg._deferred)
     half = sys.modules[f"{layers.__name__.rsplit('.', 1)[0]}.zz_half"]
     assert half.half_fn not in fastshape._FN_RULES
@@ -195,7 +196,8 @@ def test_system_exit_and_keyboard_interrupt_are_contained(name: str, tmp_path: P
     with pytest.warns(RuntimeWarning, match=f"skipping plugin entry point {name!r}"):
         reg.ensure_loaded()
     assert len(reg.load_errors) == 1 and name in reg.load_errors[0]
-    assert reg.lookup_module(nn.ReLU()).name != "ki.relu"
+    relu = reg.lookup_module(nn.ReLU())
+    assert relu is not None and relu.name != "ki.relu"
     assert analyze(Net(layers.BlurPool()), reg).rf("head").size == (11,)
 
 
@@ -213,8 +215,8 @@ def test_plugin_macs_must_be_a_non_negative_integer(bad: object) -> None:
     node = rep.records[rep.modules["1"]]
     assert node.macs is None
     assert any("custom" in e and "non-negative integer" in e and repr(node.name) in e for e in rep.errors)
-    convs = rep.records[rep.modules["0"]].macs + rep.records[rep.modules["2"]].macs
-    assert rep.summary.macs == convs
+    convs = [rep.records[rep.modules[k]].macs for k in ("0", "2")]
+    assert all(c for c in convs) and rep.summary.macs == sum(c or 0 for c in convs)
     with pytest.raises(PluginError, match="non-negative integer"):
         rfscope.analyze(_macs_net(), input_shape=(1, 1, 16), registry=reg, strict=True)
 
@@ -238,10 +240,10 @@ def test_duplicate_registration_needs_override() -> None:
         reg.add("mine", [nn.ReLU], rf=lambda ctx: ctx.first)
     # override=True replaces the built-in rule, and the new rule is used
     reg.add("mine", [nn.ReLU], rf=lambda ctx: ctx.unknown("custom relu rule"), override=True)
-    assert reg.lookup_module(nn.ReLU()).name == "mine"
+    assert getattr(reg.lookup_module(nn.ReLU()), "name", None) == "mine"
     rep = rfscope.analyze(nn.Sequential(nn.Conv1d(1, 1, 3), nn.ReLU()), input_shape=(1, 1, 16), registry=reg)
     assert rep.rf("1").status == "unknown" and rep.rf("1").reason == "custom relu rule"
-    assert rfscope.default_registry().lookup_module(nn.ReLU()).name != "mine"
+    assert getattr(rfscope.default_registry().lookup_module(nn.ReLU()), "name", None) not in (None, "mine")
 
 
 def test_registration_errors() -> None:
