@@ -566,19 +566,19 @@ def describe_report(report: Any) -> dict[str, Any]:
     layers = report.layers()
     unknown = [r for r in layers if _why(r.state) is not None]
     whys = {r.name: _why(r.state) for r in report.records.values()}
-    roots: Counter[str] = Counter()
-    for r in unknown:
-        w = whys[r.name]
-        if not any(whys.get(i) == w for i in r.inputs):
-            roots[reason_category(w)] += 1
+    # roots over every node, not only the table's layers: a module returning a tuple (nn.LSTM) is
+    # not a layer, but it is where the reason starts
+    roots = [r for r in report.records.values() if r.op != "output" and whys[r.name] is not None
+             and not any(whys.get(i) == whys[r.name] for i in r.inputs)]
+    cats: Counter[str] = Counter(reason_category(whys[r.name]) for r in roots)
     out: dict[str, Any] = {
         "trace_path": report.trace_path,
         "nodes": len(layers),
         "unknown_nodes": len(unknown),
-        "unknown_reasons": dict(roots.most_common()),
+        "unknown_reasons": dict(cats.most_common()),
     }
-    if unknown:
-        first = unknown[0]
+    if roots:
+        first = roots[0]
         out["first_unknown"] = {"node": first.name, "op": first.target,
                                 "category": reason_category(whys[first.name]),
                                 "reason": (whys[first.name] or "")[:300]}
@@ -927,8 +927,7 @@ def summarize(runs: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
             v = r.get("versions", {})
             vs = ", ".join(f"{k} {x}" for k, x in v.items())
             lines.append(f"- {r.get('date')}: `{' '.join(r.get('argv', []))}` ({r.get('models')} models, "
-                         f"{r.get('jobs')} job(s), timeout {r.get('timeout_s')} s, {r.get('cpus')} CPUs; {vs})"
-                         + (f" {r['label']}" if r.get("label") else ""))
+                         f"{r.get('jobs')} job(s), timeout {r.get('timeout_s')} s, {r.get('cpus')} CPUs; {vs})")
         lines.append("")
     zoos = [z for z in ZOOS if any(d["zoo"] == z for d in results)]
     lines += ["## Overview", "",
@@ -965,9 +964,32 @@ def summarize(runs: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
             tot += est
             lines.append(f"| {z} | {full[z]} | {statistics.mean(walls):.1f} | {est / 3600:.1f} h |")
         lines += [f"| all | | | {tot / 3600:.1f} h |", ""]
+    if len(zoos) > 1:
+        lines += _reasons_table([d for d in results if d["status"] == "ok"], "## Unknown reasons, all zoos together",
+                                with_zoo=True)
     for z in zoos:
         lines += _zoo_section(z, per[z])
     return "\n".join(lines) + "\n"
+
+
+def _reasons_table(ok: list[dict[str, Any]], title: str, with_zoo: bool = False) -> list[str]:
+    """How many models each unknown reason stops (a model counts once per reason)."""
+    stops: Counter[str] = Counter()
+    examples: dict[str, list[str]] = {}
+    for d in ok:
+        # categories are normalised again: records written by an older version of reason_category merge
+        for cat in {reason_category(c) for c in d.get("unknown_reasons", {})}:
+            stops[cat] += 1
+            examples.setdefault(cat, []).append(f"{d['zoo']}:{d['model']}" if with_zoo else d["model"])
+    if not stops:
+        return []
+    lines = [title, "", "| reason | models | e.g. |", "|---|---|---|"]
+    for cat, n in stops.most_common(25):
+        ex = ", ".join(examples[cat][:4]) + (" ..." if len(examples[cat]) > 4 else "")
+        lines.append(f"| {_esc(cat)} | {n} | {_esc(ex)} |")
+    if len(stops) > 25:
+        lines.append(f"| ({len(stops) - 25} more) | | |")
+    return lines + [""]
 
 
 def _zoo_section(z: str, ds: list[dict[str, Any]]) -> list[str]:
@@ -983,22 +1005,7 @@ def _zoo_section(z: str, ds: list[dict[str, Any]]) -> list[str]:
         lines.append("Parameter counts that differ from PyTorch's: " + ", ".join(
             f"{d['model']} ({d.get('params_rfscope')} vs {d.get('params_torch')})" for d in mism) + ".")
     lines.append("")
-    stops: Counter[str] = Counter()
-    examples: dict[str, list[str]] = {}
-    for d in ok:
-        # categories are normalised again: records written by an older version of reason_category merge
-        for cat in {reason_category(c) for c in d.get("unknown_reasons", {})}:
-            stops[cat] += 1
-            examples.setdefault(cat, []).append(d["model"])
-    if stops:
-        lines += ["Unknown reasons (root nodes only), by the number of models they stop:", "",
-                  "| reason | models | e.g. |", "|---|---|---|"]
-        for cat, n in stops.most_common(25):
-            ex = ", ".join(examples[cat][:4]) + (" ..." if len(examples[cat]) > 4 else "")
-            lines.append(f"| {_esc(cat)} | {n} | {_esc(ex)} |")
-        if len(stops) > 25:
-            lines.append(f"| ({len(stops) - 25} more) | | |")
-        lines.append("")
+    lines += _reasons_table(ok, "Unknown reasons (root nodes only), by the number of models they stop:")
     fails = [d for d in ds if d["status"] in ("crash", "timeout", "build-failed")]
     if fails:
         cats = Counter(reason_category(d.get("error", "")) for d in fails)
