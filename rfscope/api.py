@@ -12,7 +12,15 @@ from torch.nn.parameter import is_lazy
 from .analysis import run_plugins
 from .counting import count
 from .diagnostics import diagnose
-from .fallback import explain_shape_error, trace_model
+from .fallback import (
+    PATH_NAMES,
+    explain_shape_error,
+    fallback_paths,
+    graph_differs,
+    real_outputs,
+    tests_tensor_types,
+    trace_model,
+)
 from .registry import Registry, default_registry
 from .report import Report, build_graph
 from .state import TensorRF
@@ -50,6 +58,42 @@ def _check_materialised(model: torch.nn.Module) -> None:
             f"the model has lazy layers whose parameters are not created yet: {where}; run one forward "
             "pass on an input of the right shape first (model(torch.zeros(N, C, H, W))), then analyse it"
         )
+
+
+def _shapes(gm: Any, example_inputs: Sequence[Any]) -> None:
+    try:
+        propagate_shapes(gm, example_inputs)
+    except TraceError as e:
+        raise explain_shape_error(gm, example_inputs, e) from e
+
+
+def _type_tested(gm: Any, model: torch.nn.Module, example_inputs: Sequence[Any],
+                 leaves: list[str]) -> tuple[Any, str, str | None]:
+    """A forward that tests ``isinstance(x, Tensor)`` is False for fx's Proxy and may take another
+    branch under fx (with the same shapes, so nothing else shows it): use the ATen tracers, which
+    run the model's code on tensors.  When both fail, the symbolic graph is kept only if its outputs
+    match the model's own (one forward on meta)."""
+    why = ("a forward tests isinstance(..., Tensor), which is False for torch.fx's Proxy: the symbolic graph "
+           "may follow another branch than the model")
+    try:
+        gm2, path, why2 = fallback_paths(model, example_inputs, why, leaves)
+    except TraceError as e:
+        diff = graph_differs(gm, model, example_inputs)
+        if diff is not None:
+            raise TraceError(f"{diff}: torch.fx traced another program than the model's, and {e}") from e
+        return gm, PATH_NAMES["symbolic_trace"], (f"kept symbolic_trace although {why}: torch.export and make_fx "
+                                                  "failed, and the graph's outputs match the model's")
+    _shapes(gm2, example_inputs)
+    return gm2, path, why2
+
+
+def _model_runs(model: torch.nn.Module, example_inputs: Sequence[Any]) -> bool:
+    """The model itself runs on the example inputs (on a meta copy)."""
+    try:
+        real_outputs(model, example_inputs)
+    except Exception:  # noqa: BLE001 - any failure: it does not (or not on meta)
+        return False
+    return True
 
 
 def analyze(
@@ -112,10 +156,20 @@ def analyze(
     reg.ensure_loaded()
     copy = structural_copy(model)
     gm, trace_path, trace_why = trace_model(model, reg, example_inputs, leaf_modules, trace, copy=copy)
+    symbolic_auto = trace == "auto" and trace_path == PATH_NAMES["symbolic_trace"]
     try:
         propagate_shapes(gm, example_inputs)
     except TraceError as e:
-        raise explain_shape_error(gm, example_inputs, e) from e
+        if not (symbolic_auto and _model_runs(model, example_inputs)):
+            raise explain_shape_error(gm, example_inputs, e) from e
+        # the model runs on this input but its symbolic graph does not: fx traced another program
+        why = (f"the symbolic graph fails where the model runs ({str(e).splitlines()[0]}): torch.fx traced "
+               "another program than the model's")
+        gm, trace_path, trace_why = fallback_paths(model, example_inputs, why, list(leaf_modules))
+        _shapes(gm, example_inputs)
+    else:
+        if symbolic_auto and tests_tensor_types(model):
+            gm, trace_path, trace_why = _type_tested(gm, model, example_inputs, list(leaf_modules))
     input_size = tuple(shape[2:]) if len(shape) >= 3 else ()
     records, unsupported, errors = run_plugins(gm, reg, input_size, strict=strict)
     modules: dict[str, str] = {}

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import copy as _copy
+import inspect
 import io
 import logging
 import operator
 import os
+import re
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -33,10 +35,21 @@ import torch.fx as fx
 
 from ._locks import TRACE_LOCK, serialised
 from .registry import Registry
-from .trace import TraceError, clear_hooks, keep_rng_state, meta_copy, modules, named_modules, structural_copy, trace
+from .trace import (
+    TYPE_TESTS,
+    TraceError,
+    clear_hooks,
+    keep_rng_state,
+    meta_copy,
+    modules,
+    named_modules,
+    structural_copy,
+    trace,
+)
 
 __all__ = ["TRACE_MODES", "PATH_NAMES", "trace_model", "trace_export", "trace_make_fx", "failure_site",
-           "symbolic_mutation_hazard", "minimum_input", "explain_shape_error"]
+           "symbolic_mutation_hazard", "minimum_input", "explain_shape_error", "fallback_paths",
+           "graph_differs", "real_outputs", "tests_tensor_types"]
 
 #: values of ``analyze(..., trace=)``
 TRACE_MODES = ("auto", "symbolic_trace", "export", "make_fx")
@@ -348,15 +361,44 @@ def trace_model(
         symbolic_err = err
     else:
         hazard = symbolic_mutation_hazard(gm)
-        if hazard is None:
+        tests: list[str] = gm.meta.get(TYPE_TESTS) or []
+        if hazard is None and (not tests or mode == "symbolic_trace"):
             return gm, PATH_NAMES["symbolic_trace"], None
         if mode == "symbolic_trace":
             raise TraceError(f"symbolic_trace cannot follow an {hazard}: use trace='auto' (--trace auto), "
                              "which uses torch.export, or write that update out of place (y = y + z)")
+        if hazard is None:
+            why = (f"the forward tests the type of a traced value ({'; '.join(dict.fromkeys(tests))}), which "
+                   "torch.fx answers for its Proxy, not for the tensor: the symbolic graph may follow another "
+                   "branch than the model")
+            return fallback_paths(model, example_inputs, why, leaves)
     if symbolic_err is None:
         why = f"symbolic_trace cannot follow an {hazard}"
     else:
         why = _explain(symbolic_err, []).split(". Fix:")[0]
+    try:
+        return fallback_paths(model, example_inputs, why, leaves)
+    except _AllFailed as e:
+        if symbolic_err is None:
+            raise TraceError(f"{e}; write that update out of place (y = y + z)") from None
+        raise TraceError(_explain(symbolic_err, e.tried)) from symbolic_err
+
+
+class _AllFailed(TraceError):
+    """Neither fallback tracer worked (``tried`` says why, one entry each)."""
+
+    def __init__(self, msg: str, tried: list[str]) -> None:
+        super().__init__(msg)
+        self.tried = tried
+
+
+def fallback_paths(model: torch.nn.Module, example_inputs: Sequence[Any], why: str,
+                   leaves: Sequence[str] = ()) -> tuple[fx.GraphModule, str, str]:
+    """``torch.export``, then ``make_fx``, when the symbolic graph cannot be used (``why``).
+
+    Returns ``(graph module, path name, why)``; raises a :class:`TraceError` naming ``why`` and
+    each tracer's failure when neither works.
+    """
     if leaves:
         why += f"; {_LEAF_NOTE}"
     tried: list[str] = []
@@ -370,9 +412,70 @@ def trace_model(
             return trace_make_fx(model, example_inputs), PATH_NAMES["make_fx"], why
     except Exception as e:  # noqa: BLE001
         tried.append(f"make_fx failed: {_first_line(e)}")
-    if symbolic_err is None:
-        raise TraceError(f"{why}, and {'; '.join(tried)}; write that update out of place (y = y + z)")
-    raise TraceError(_explain(symbolic_err, tried)) from symbolic_err
+    raise _AllFailed(f"{why}, and {'; '.join(tried)}", tried)
+
+
+def real_outputs(model: torch.nn.Module, example_inputs: Sequence[Any]) -> Any:
+    """What the model itself returns for the example inputs, run on a meta copy (no values)."""
+    cp = meta_copy(model)
+    with torch.no_grad():
+        return cp(*_to_meta(tuple(example_inputs)))
+
+
+def _signature(x: Any) -> tuple[str, list[tuple[tuple[int, ...], torch.dtype] | str]]:
+    """Output structure and, per leaf, the shape and dtype of a tensor (the type name otherwise)."""
+    from torch.utils._pytree import tree_flatten
+
+    leaves, spec = tree_flatten(x)
+    return str(spec), [(tuple(int(d) for d in v.shape), v.dtype) if isinstance(v, torch.Tensor) else type(v).__name__
+                       for v in leaves]
+
+
+def graph_differs(gm: fx.GraphModule, model: torch.nn.Module, example_inputs: Sequence[Any]) -> str | None:
+    """How the shape-propagated graph's output differs from the model's own (run on meta), or None.
+
+    None also when the model cannot run on meta (nothing to compare with).
+    """
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    try:
+        ref = real_outputs(model, example_inputs)
+    except Exception:  # noqa: BLE001 - the model needs real values: no comparison
+        return None
+    (gs, gl), (rs, rl) = _signature(out.meta.get("val")), _signature(ref)
+    if gs != rs:
+        return "the symbolic graph returns another structure than the model"
+    for i, (g, r) in enumerate(zip(gl, rl, strict=True)):
+        if g != r:
+            return f"output {i} of the symbolic graph is {_fmt(g)}, the model's is {_fmt(r)}"
+    return None
+
+
+def _fmt(sig: Any) -> str:
+    if isinstance(sig, tuple):
+        return f"{'x'.join(map(str, sig[0]))} {str(sig[1]).replace('torch.', '')}"
+    return str(sig)
+
+
+_TYPE_TEST = re.compile(r"\bisinstance\(\s*[\w.\[\]]+\s*,\s*\(?\s*(torch\.)?Tensor\b")
+_type_test_cache: dict[type, bool] = {}
+
+
+def tests_tensor_types(model: torch.nn.Module) -> bool:
+    """A module class of ``model`` (outside torch) whose ``forward`` tests ``isinstance(..., Tensor)``:
+    a cheap screen for code that branches on the type of a traced value (a Proxy under fx)."""
+    for cls in {type(m) for m in modules(model)}:
+        hit = _type_test_cache.get(cls)
+        if hit is None:
+            hit = False
+            if not cls.__module__.startswith("torch."):
+                try:
+                    hit = bool(_TYPE_TEST.search(inspect.getsource(cls.forward)))
+                except (OSError, TypeError):
+                    hit = False
+            _type_test_cache[cls] = hit  # a pure function of the class: a racing thread writes the same
+        if hit:
+            return True
+    return False
 
 
 def minimum_input(gm: fx.GraphModule, example_inputs: Sequence[Any], limit: int = 8192) -> tuple[int, ...] | None:

@@ -364,14 +364,51 @@ def trace(
     try:
         params = ((f"{path}.{k}" if path else k, p) for path, m in named_modules(model)
                   for k, p in m._parameters.items() if p is not None)
-        with _ParameterWriteGuard(params):
+        with _ParameterWriteGuard(params), _TypeTests(tracer) as tests:
             graph = tracer.trace(model)
     except Exception as e:
         err = TraceError(f"torch.fx could not trace the model: {type(e).__name__}: {e}")
         # the module being traced when it failed (fx leaves its stack as it was): see rfscope.fallback
         err.module = next(reversed(tracer.module_stack.values()))[0] if tracer.module_stack else None
         raise err from e
-    return _graph_module(tracer.root, graph, type(model).__name__)
+    gm = _graph_module(tracer.root, graph, type(model).__name__)
+    if tests.seen:
+        gm.meta[TYPE_TESTS] = tests.seen
+    return gm
+
+
+#: ``GraphModule.meta`` key: where the forward tested the type of a traced value (see :class:`_TypeTests`)
+TYPE_TESTS = "rfscope_type_tests"
+
+
+class _TypeTests:
+    """Records ``torch.jit.isinstance`` calls on fx proxies while tracing.
+
+    Such a test is answered for the Proxy (``False`` for ``torch.Tensor``), not for the tensor the
+    model really gets, so the graph may follow another branch than the model (MONAI's ``UpCat``
+    drops its skip connection).  ``torch.jit.isinstance`` is swapped for a recording wrapper for
+    the duration of the trace (traces are serialised; other callers get the same answers).
+    """
+
+    def __init__(self, tracer: fx.Tracer) -> None:
+        self.tracer = tracer
+        self.seen: list[str] = []
+
+    def __enter__(self) -> _TypeTests:
+        self.original = orig = torch.jit.isinstance
+
+        def recording(obj: Any, target_type: Any) -> bool:
+            if isinstance(obj, fx.Proxy):
+                stack = getattr(self.tracer, "module_stack", None)
+                where = next(reversed(stack.values()))[0] if stack else ""
+                self.seen.append(f"torch.jit.isinstance in {where or 'the model'!r}")
+            return orig(obj, target_type)
+
+        torch.jit.isinstance = recording  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.jit.isinstance = self.original  # type: ignore[assignment]
 
 
 def _graph_module(root: torch.nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
