@@ -285,7 +285,6 @@ def _meta_attrs(gm: fx.GraphModule) -> None:
 def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
     """Trace the path the example input takes through a deep copy of ``model`` (real tensors)."""
     import torch.fx.traceback as fxt
-    from torch.func import functionalize
     from torch.fx.experimental.proxy_tensor import make_fx
 
     if any(t is not None and t.device.type == "meta"
@@ -304,7 +303,7 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.G
         gm = make_fx(cp, **opts)(*inputs)
         if _aliasing_hazard(gm):
             calls.clear()
-            gm = make_fx(functionalize(cp, remove="mutations_and_views"), **opts)(*inputs)
+            gm = _functional_make_fx(cp, inputs, opts)
     _meta_attrs(gm)
     for n in gm.graph.nodes:  # factory calls recorded with device=cpu (torch.zeros(...)) must make meta tensors
         if isinstance(n.kwargs.get("device"), (torch.device, str)):
@@ -312,6 +311,37 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.G
     gm.graph.eliminate_dead_code()
     gm.recompile()
     _normalise_stacks(gm, types)
+    return gm
+
+
+def _functional_make_fx(cp: torch.nn.Module, inputs: tuple[Any, ...], opts: dict[str, Any]) -> fx.GraphModule:
+    """``make_fx(functionalize(cp))``, with the buffers passed in as inputs: functionalisation only
+    follows mutations of its inputs, and a forward may update a buffer through a view
+    (``self.hist[0] = v``).  The buffer inputs become ``get_attr`` nodes again; the final
+    write-back into them has no users and is dropped."""
+    from torch.func import functional_call, functionalize
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    bufs = [(f"{p}.{k}" if p else k, b) for p, m in named_modules(cp) for k, b in m._buffers.items()
+            if b is not None]
+    names = [n for n, _ in bufs]
+
+    def run(*args: Any) -> Any:
+        return functional_call(cp, dict(zip(names, args[:len(names)], strict=True)), args[len(names):])
+
+    gm = make_fx(functionalize(run, remove="mutations_and_views"), **opts)(*(b for _, b in bufs), *inputs)
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"][:len(bufs)]
+    for i, ph in enumerate(phs):
+        attr = f"_rfscope_buffer_{i}"
+        gm.register_buffer(attr, bufs[i][1])
+        with gm.graph.inserting_before(ph):
+            ga = gm.graph.get_attr(attr)
+        ph.replace_all_uses_with(ga)
+        gm.graph.erase_node(ph)
+    for n in list(gm.graph.nodes):  # the write-back of updated buffers: nothing reads it
+        if n.op == "call_function" and n.target is torch.ops.aten.copy_.default and not n.users \
+                and isinstance(n.args[0], fx.Node) and n.args[0].op == "get_attr":
+            gm.graph.erase_node(n)
     return gm
 
 

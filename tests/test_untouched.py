@@ -334,9 +334,9 @@ def _entry(name: str) -> Callable[[nn.Module], Any]:
     return lambda m: probe.validate(m, input_shape=shape, device="cpu", grow=False)
 
 
-#: known refusals: an in-place update that merges a weight into a weight read again (symbolic_trace
-#: cannot follow it), and make_fx's functionalisation of a view of a mutated buffer
-_REFUSALS = {("param_no_grad", "analyze:symbolic_trace"), ("buffer_fill_setitem_copy", "analyze:make_fx")}
+#: the one expected refusal: symbolic_trace refuses a forward that writes to a parameter in place
+#: (trace="auto" analyses it with torch.export instead)
+_REFUSALS = {("param_no_grad", "analyze:symbolic_trace")}
 
 ENTRIES = ["analyze:symbolic_trace", "analyze:export", "analyze:make_fx", "analyze:auto", "check_init",
            "probe.erf", "probe.validate"]
@@ -360,3 +360,18 @@ def test_mutating_forward_leaves_model_untouched(name, train, entry):
             raise AssertionError(f"{entry} refused {name}: {e}") from e
     after = _full_fingerprint(model)
     assert after == before
+
+
+def test_parameter_write_is_refused_on_the_symbolic_path():
+    """symbolic_trace shares the parameters: the guard refuses the write instead of running it, and
+    trace='auto' analyses the model with torch.export (on a meta copy)."""
+    from rfscope.trace import TraceError
+
+    model = _ParamInNoGrad()
+    w = model.conv.weight.detach().clone()
+    with pytest.raises(TraceError, match="writes to parameter 'conv.weight' in place"):
+        rfscope.analyze(model, (1, 3, 16, 16), trace="symbolic_trace")
+    rep = rfscope.analyze(model, (1, 3, 16, 16))
+    assert rep.trace_path == "torch.export"
+    assert rep.rf("output").size == (3, 3)  # one 3x3 conv, hand-derived
+    assert torch.equal(model.conv.weight, w)
