@@ -38,8 +38,9 @@ file; a line with ``"kind": "run"`` records each invocation's command, date and 
                     fault), ``skipped`` (e.g. a MONAI class that needs arguments)
 ``error``           first line of the exception (``error_type`` its class)
 ``build_device``    ``meta`` or ``cpu`` (meta construction failed: ``meta_error``).  A
-                    model built on meta whose analysis crashes is retried once on CPU;
-                    ``meta_error`` then holds the meta crash
+                    model built on meta whose analysis crashes is retried once on CPU
+                    (up to 400 M parameters): ``cpu_retry`` is set and ``meta_error`` holds
+                    the meta crash
 ``input``           the input given to analyze (shapes)
 ``trace_path``      ``report.trace_path``: symbolic_trace, export or make_fx
 ``nodes``           nodes with an input-dependent tensor value (``report.layers()``)
@@ -88,7 +89,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,6 @@ class Built:
     input_desc: str
     device: str = "meta"
     meta_error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _first_line(e: BaseException | str, limit: int = 300) -> str:
@@ -601,6 +601,10 @@ def _analyze(built: Built) -> tuple[Any, float]:
     return report, time.perf_counter() - t0
 
 
+#: a model built on meta whose analysis crashes is rebuilt on CPU and analysed again, up to this size
+CPU_RETRY_MAX_PARAMS = 400_000_000
+
+
 def run_model(zoo: str, name: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Build one model and analyse it, in this process; the JSON-ready result record.
 
@@ -626,7 +630,8 @@ def run_model(zoo: str, name: str, progress: Callable[[str], None] | None = None
     try:
         report, dt = _analyze(built)
     except Exception as e:  # noqa: BLE001
-        if built.device != "meta" or type(e).__name__ == "AnalysisInputError":
+        if built.device != "meta" or type(e).__name__ == "AnalysisInputError" \
+                or torch_param_count(built.model) > CPU_RETRY_MAX_PARAMS:
             raise_into(rec, e, built)
             return rec
         meta_error = f"{type(e).__name__}: {_first_line(e)}"
@@ -639,6 +644,7 @@ def run_model(zoo: str, name: str, progress: Callable[[str], None] | None = None
             rec["cpu_build_error"] = f"{type(e2).__name__}: {_first_line(e2)}"
             return rec
         built.meta_error = meta_error
+        rec["cpu_retry"] = True
         rec["build_s"] = round(rec["build_s"] + time.perf_counter() - t0, 3)
         say("analyze")
         try:
@@ -1000,6 +1006,12 @@ def _zoo_section(z: str, ds: list[dict[str, Any]]) -> list[str]:
     devs = Counter(d.get("build_device") for d in ok)
     lines.append("Built on: " + ", ".join(f"{k} {v}" for k, v in devs.most_common()) + "; trace path: "
                  + ", ".join(f"{k} {v}" for k, v in Counter(d.get("trace_path") for d in ok).most_common()) + ".")
+    on_cpu: dict[str, list[str]] = {}
+    for d in ds:
+        if d.get("build_device") == "cpu":
+            on_cpu.setdefault(reason_category(d.get("meta_error") or "?"), []).append(d["model"])
+    for why, names in on_cpu.items():
+        lines.append(f"Built on CPU after the meta device failed ({why}): {', '.join(names)}.")
     mism = [d for d in ok if not d.get("params_match")]
     if mism:
         lines.append("Parameter counts that differ from PyTorch's: " + ", ".join(
@@ -1022,7 +1034,7 @@ def _zoo_section(z: str, ds: list[dict[str, Any]]) -> list[str]:
                 fu = d.get("first_unknown")
                 if fu:
                     op, cat = op_name(fu.get("op", "")), reason_category(fu.get("category", ""))
-                    why = cat if op in cat else f"{op}: {cat}"
+                    why = cat if ": " in cat or cat.startswith("no plugin") else f"{op}: {cat}"
                 else:
                     why = f"no RF on any node ({d.get('output_reason', '')})"
                 lines.append(f"| {d['model']} | ok | {d.get('input', '')} | {d['unknown_nodes']} / {d['nodes']} | "
