@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ._locks import TRACE_LOCK, serialised
+from ._locks import TRACE_LOCK, exclusive, running
 from .registry import Registry
 from .trace import (
     TYPE_TESTS,
@@ -212,7 +212,7 @@ def symbolic_mutation_hazard(gm: fx.GraphModule) -> str | None:
     return None
 
 
-@serialised  # torch.export keeps process-wide tracer state (rfscope._locks)
+@exclusive  # torch.export keeps process-wide tracer state and hijacks other threads (rfscope._locks)
 def trace_export(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
     """``torch.export`` a meta copy of ``model``; returns the functional ATen graph."""
     cp = meta_copy(model)
@@ -281,7 +281,7 @@ def _meta_attrs(gm: fx.GraphModule) -> None:
                 setattr(mod, name, torch.empty_like(v, device="meta"))
 
 
-@serialised  # make_fx patches nn.Module and keeps process-wide node meta (rfscope._locks)
+@exclusive  # make_fx patches nn.Module and keeps process-wide node meta (rfscope._locks)
 def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
     """Trace the path the example input takes through a deep copy of ``model`` (real tensors)."""
     import torch.fx.traceback as fxt
@@ -448,7 +448,7 @@ def fallback_paths(model: torch.nn.Module, example_inputs: Sequence[Any], why: s
 def real_outputs(model: torch.nn.Module, example_inputs: Sequence[Any]) -> Any:
     """What the model itself returns for the example inputs, run on a meta copy (no values)."""
     cp = meta_copy(model)
-    with torch.no_grad():
+    with torch.no_grad(), running():  # not while torch.export traces (rfscope._locks)
         return cp(*_to_meta(tuple(example_inputs)))
 
 

@@ -55,7 +55,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._locks import TRACE_LOCK
+from ._locks import TRACE_LOCK, running
 from .registry import Method, Registry, default_registry
 from .trace import deep_entry, keep_rng_state
 
@@ -777,7 +777,7 @@ def _signal(model: nn.Module, g: _Graph, example_inputs: Sequence[Any], registry
             except Exception:  # noqa: BLE001 - fall back to module hooks
                 gm = None
         probe: _Probe | _HookProbe
-        with torch.no_grad():
+        with torch.no_grad(), running():  # not while torch.export traces (rfscope._locks)
             if gm is not None:
                 probe = _Probe(gm, tracked)
                 probe.run(*inputs)

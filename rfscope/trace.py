@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ._locks import serialised
+from ._locks import running, serialised
 from .fastcopy import _ATOMIC, _plain, _value, deepcopy_modules
 from .fastshape import ModuleCallCache, _like, fast_module_output
 from .registry import Registry
@@ -607,5 +607,5 @@ def _to_meta(x: Any) -> Any:
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     """Run ``gm`` on meta tensors, storing each node's value in ``node.meta['val']``."""
-    with torch.no_grad():
+    with torch.no_grad(), running():  # not while torch.export traces (rfscope._locks)
         _ShapePass(gm).run(*[_to_meta(x) for x in example_inputs])

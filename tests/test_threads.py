@@ -1,11 +1,12 @@
 """Concurrent analyses give exactly the sequential reports.
 
 Several threads analyse different models, the same architecture (separate instances) and the
-very same model object at once, on every trace path; every report's JSON must equal the one
-a sequential run gives, byte for byte, and no thread may raise.  torch.fx's symbolic tracer
-patches ``nn.Module`` process-wide, torch.export and make_fx keep global tracing state, and
-rfscope's own caches were once process-wide: any leak between threads shows up here as a
-different report (other nodes, MACs, module map) or an exception.
+very same model object at once, on every trace path, with and without the init check; every
+report's JSON must equal the one a sequential run gives, byte for byte, and no thread may raise.
+torch.fx's symbolic tracer patches ``nn.Module`` process-wide, torch.export and make_fx keep
+global tracing state (and torch.export's tracer answers other threads' submodule lookups when a
+module is registered twice), and rfscope's own caches were once process-wide: any leak between
+threads shows up here as a different report (other nodes, MACs, module map) or an exception.
 """
 
 from __future__ import annotations
@@ -43,12 +44,29 @@ class Small(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
+class Shared(Small):
+    """Registers one ReLU under two names (torch.export's tracer then proxies every submodule
+    lookup, in every thread) and runs a multi-head attention leaf that has child modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+        self.act2 = self.act
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn(self.stem(x)))
+        y = self.pool(y + self.act2(self.block(y)))
+        s = y.flatten(2).transpose(1, 2)
+        return self.head(self.mha(s, s, s)[0].mean(1))
+
+
 def _jobs() -> list[tuple[str, Callable[[], str]]]:
     torch.manual_seed(0)
     r18, swin = tvm.resnet18(weights=None), tvm.swin_t(weights=None)
     mob, eff = tvm.mobilenet_v3_small(weights=None), tvm.efficientnet_b0(weights=None)
     r18b, swinb = tvm.resnet18(weights=None), tvm.swin_t(weights=None)
-    small = Small()
+    small, shared, shared2 = Small(), Shared(), Shared()
 
     def job(model: nn.Module, shape: tuple[int, ...] = SHAPE, **kw: Any) -> Callable[[], str]:
         return lambda: rfscope.analyze(model, input_shape=shape, **kw).to_json()
@@ -64,6 +82,10 @@ def _jobs() -> list[tuple[str, Callable[[], str]]]:
         ("small, export", job(small, (1, 3, 32, 32), trace="export")),
         ("small, make_fx", job(small, (1, 3, 32, 32), trace="make_fx")),
         ("small, check_init", job(small, (1, 3, 32, 32), check_init=True)),
+        ("shared submodule, export", job(shared, (1, 3, 32, 32), trace="export")),
+        ("shared submodule, export (same object)", job(shared, (1, 3, 32, 32), trace="export")),
+        ("shared submodule, check_init", job(shared2, (1, 3, 32, 32), check_init=True)),
+        ("shared submodule", job(shared2, (1, 3, 32, 32))),
     ]
 
 
@@ -71,7 +93,7 @@ def test_concurrent_reports_equal_sequential_ones() -> None:
     jobs = _jobs()
     reference = {name: fn() for name, fn in jobs}
     assert reference == {name: fn() for name, fn in jobs}  # the reports themselves are deterministic
-    rounds = int(os.environ.get("RFSCOPE_THREAD_ROUNDS", "4"))
+    rounds = int(os.environ.get("RFSCOPE_THREAD_ROUNDS", "6"))
     results: dict[str, list[str]] = {name: [] for name, _ in jobs}
     failures: list[str] = []
     start = threading.Barrier(len(jobs))
@@ -117,3 +139,84 @@ def test_threads_sharing_a_registry_that_is_still_loading() -> None:
         for t in threads:
             t.join()
         assert out == [reference] * 4
+
+
+_ORIG_CALL = nn.Module.__call__
+_WAIT = 2.0
+
+
+class _Paused(Shared):
+    """At the start of its traced forward, waits (at most ``_WAIT`` s) for ``events[0]`` when set."""
+
+    events: tuple[threading.Event, ...] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if nn.Module.__call__ is not _ORIG_CALL and _Paused.events is not None:  # fx patches it while tracing
+            _Paused.events[1].set()
+            _Paused.events[0].wait(_WAIT)
+        return super().forward(x)
+
+
+class _Waiter(nn.Module):
+    """Signals ``events[0]``, then waits (at most ``_WAIT`` s) for ``events[1]`` when set."""
+
+    events: tuple[threading.Event, ...] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _Waiter.events is not None:
+            _Waiter.events[0].set()
+            _Waiter.events[1].wait(_WAIT)
+        return x * 2
+
+
+class _Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.child = _Waiter()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.child(self.conv(x))
+
+
+def test_modules_run_in_other_threads_wait_for_torch_export() -> None:
+    """While torch.export traces a model that registers a submodule twice, its tracer answers every
+    thread's submodule lookups and pushes their calls on its own module stack.  A thread that runs
+    a model then (here the graph cross-check, paused inside a submodule while the export goes on)
+    must wait for the export instead: neither side's result may change."""
+    from rfscope.fallback import real_outputs
+
+    paused, outer = _Paused(), _Outer()
+    x = (torch.empty(1, 3, 32, 32, device="meta"),)
+    reference = rfscope.analyze(paused, input_shape=(1, 3, 32, 32), trace="export").to_json()
+    want = tuple(real_outputs(outer, x).shape)
+    in_child, export_started, export_done = threading.Event(), threading.Event(), threading.Event()
+    got: dict[str, Any] = {}
+
+    def exporter() -> None:
+        try:
+            got["report"] = rfscope.analyze(paused, input_shape=(1, 3, 32, 32), trace="export").to_json()
+        except Exception as e:  # noqa: BLE001 - compared below
+            got["report"] = f"{type(e).__name__}: {e}"
+        export_done.set()
+
+    def runner() -> None:
+        export_started.wait(10)
+        try:
+            got["out"] = tuple(real_outputs(outer, x).shape)
+        except Exception as e:  # noqa: BLE001 - compared below
+            got["out"] = f"{type(e).__name__}: {e}"
+
+    _Paused.events = (in_child, export_started)  # the export waits until the runner is inside _Waiter
+    _Waiter.events = (in_child, export_done)  # ... which waits until the export is done
+    try:
+        threads = [threading.Thread(target=exporter), threading.Thread(target=runner)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        _Paused.events = _Waiter.events = None
+    assert export_started.is_set() and in_child.is_set()
+    assert got["report"] == reference
+    assert got["out"] == want
