@@ -446,8 +446,11 @@ def hf_build(name: str, device: str) -> Built:
 
     cfg_name, shape = HF_MODELS[name]
     config = getattr(transformers, cfg_name)()
-    if name == "WhisperEncoder":
-        from transformers.models.whisper.modeling_whisper import WhisperEncoder as cls
+    cls: Any
+    if name == "WhisperEncoder":  # the encoder alone: Whisper's decoder needs decoder_input_ids
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        cls = WhisperEncoder
     else:
         cls = getattr(transformers, name)
 
@@ -727,7 +730,7 @@ def sweep(specs: Sequence[Spec], out: Path, jobs: int, timeout: float, isolation
     """Run every spec in its own child process, ``jobs`` at a time, appending records to ``out``."""
     import multiprocessing as mp
 
-    ctx = mp.get_context(isolation)
+    ctx: Any = mp.get_context(isolation)
     todo = list(specs)
     total = len(todo)
     done = 0
@@ -805,11 +808,14 @@ def _git_rev() -> str:
     return (rev + ("+dirty" if dirty else "")) if rev else where
 
 
+_PACKAGES = {"timm": "timm", "torchvision": "torchvision", "monai": "monai", "hf": "transformers"}
+
+
 def _versions(zoos: Iterable[str]) -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "rfscope": _git_rev()}
-    for pkg in ("torch", *(("torchvision", "timm", "monai", "transformers")[ZOOS.index(z)] for z in zoos)):
+    for pkg in ("torch", *(_PACKAGES[z] for z in zoos)):
         with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
     return out
