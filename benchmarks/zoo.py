@@ -10,7 +10,7 @@ Run (always nice'd on a shared machine)::
     nice -n 19 python benchmarks/zoo.py run --zoo timm --sample per-module --jobs 1 --out zoo.jsonl
     nice -n 19 python benchmarks/zoo.py run --zoo torchvision --filter 'resnet*' --out zoo.jsonl --resume
     nice -n 19 python benchmarks/zoo.py run --zoo all --jobs 4 --timeout 300 --out zoo.jsonl
-    python benchmarks/zoo.py summarize zoo.jsonl > benchmarks/ZOO.md
+    python benchmarks/zoo.py summarize zoo.jsonl --title-from benchmarks/ZOO.md > ZOO.new  # keeps its notes
     python benchmarks/zoo.py list --zoo monai          # what would run, with each model's input
 
 Zoos (``--zoo``, comma-separated or ``all``):
@@ -1064,8 +1064,13 @@ def cmd_summarize(a: argparse.Namespace) -> int:
     if not a.no_extrapolate:
         full = _full_counts(sorted({d["zoo"] for d in results}))
     text = summarize(runs, results, full)
-    if a.title:
-        text = text.replace("# rfscope zoo sweep\n", f"# rfscope zoo sweep\n\n{a.title}\n", 1)
+    title = a.title
+    if a.title_from:  # the hand-written paragraphs of an earlier summary: between the heading and the runs
+        old = Path(a.title_from).read_text()
+        _, _, rest = old.partition("# rfscope zoo sweep\n")
+        title = rest.split("Runs recorded in the results file:")[0].split("\n## ")[0].strip() or None
+    if title:
+        text = text.replace("# rfscope zoo sweep\n", f"# rfscope zoo sweep\n\n{title}\n", 1)
     sys.stdout.write(text)
     return 0
 
@@ -1100,6 +1105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = sub.add_parser("summarize", help="markdown summary of result files")
     s.add_argument("results", nargs="+")
     s.add_argument("--title", default=None, help="a paragraph under the heading (e.g. 'sample, not a full sweep')")
+    s.add_argument("--title-from", default=None, metavar="MD",
+                   help="reuse the paragraphs under the heading of an earlier summary (e.g. benchmarks/ZOO.md)")
     s.add_argument("--no-extrapolate", action="store_true", help="do not import the zoos to count their models")
     s.set_defaults(fn=cmd_summarize)
     a = p.parse_args(argv)
