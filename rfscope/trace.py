@@ -177,6 +177,11 @@ def _meta_twin(t: torch.Tensor) -> torch.Tensor:
     return torch.nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else m
 
 
+_RNG_LOCK = threading.Lock()
+_rng_saved: list[Any] = []  # [cpu state, cuda states or None] while any keep_rng_state is active
+_rng_depth = 0  # how many keep_rng_state blocks are active, in any thread
+
+
 @contextlib.contextmanager
 def keep_rng_state() -> Iterator[None]:
     """Restore the global random generators (CPU, and every initialised CUDA device) on exit.
@@ -184,17 +189,28 @@ def keep_rng_state() -> Iterator[None]:
     Wraps the places where the model's own code runs on real tensors (make_fx tracing, the
     init check's forward pass, the probes): a forward that draws from the global generator
     (``torch.randn_like`` noise, dropout) must not move the user's random stream.  rfscope's
-    own random inputs come from private ``torch.Generator`` objects.  Draws made by other
-    threads while this is active are rewound with it.
+    own random inputs come from private ``torch.Generator`` objects.  Blocks that overlap in
+    several threads are counted under a lock: the state is saved when the first one starts and
+    restored when the last one ends, so overlapping analyses cannot leave it moved.  Draws
+    made by other threads while a block is active are rewound with it.
     """
-    cpu = torch.random.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    global _rng_depth
+    with _RNG_LOCK:
+        if _rng_depth == 0:
+            cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+            _rng_saved[:] = [torch.random.get_rng_state(), cuda]
+        _rng_depth += 1
     try:
         yield
     finally:
-        torch.random.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        with _RNG_LOCK:
+            _rng_depth -= 1
+            if _rng_depth == 0:
+                cpu, cuda = _rng_saved
+                torch.random.set_rng_state(cpu)
+                if cuda is not None:
+                    torch.cuda.set_rng_state_all(cuda)
+                _rng_saved.clear()
 
 
 def keeps_rng_state(fn: _F) -> _F:

@@ -220,3 +220,37 @@ def test_modules_run_in_other_threads_wait_for_torch_export() -> None:
     assert export_started.is_set() and in_child.is_set()
     assert got["report"] == reference
     assert got["out"] == want
+
+
+def test_overlapping_rng_guards_leave_the_users_generator_where_it_was() -> None:
+    """Two analyses whose model code draws random numbers overlap in two threads: when the last
+    one ends, the global generator is back where the user left it (a per-call save/restore let
+    the second thread restore the state the first had already moved)."""
+    import threading
+
+    from rfscope.trace import keep_rng_state
+
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
+    drawn, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with keep_rng_state():
+            torch.randn(100)  # the model's forward draws noise
+            drawn.set()
+            assert second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        assert drawn.wait(10)
+        with keep_rng_state():
+            second_in.set()
+            assert first_out.wait(10)
+            torch.randn(7)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert torch.equal(torch.random.get_rng_state(), before)
