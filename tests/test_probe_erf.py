@@ -581,7 +581,8 @@ def test_image_folder_is_read_batch_by_batch(tmp_path, monkeypatch) -> None:  # 
         erf(nn.Sequential(nn.Conv2d(3, 2, 3)), inputs=folder, samples=10**12, batch_size=2, device="cpu",
             progress=False)
     # the first batch, plus at most four batches read ahead: never the whole folder
-    assert 2 <= len(read) <= 10 and read[:2] == ["00.png", "01.png"], read
+    # (worker threads read the batches ahead, so images of different batches may interleave)
+    assert 2 <= len(read) <= 10 and {"00.png", "01.png"} <= set(read), read
     read.clear()
     monkeypatch.setattr(E.Progress, "update", real_update)
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ non-finite values.  Outputs are written atomically (:mod:`rfscope.atomic`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -33,6 +34,7 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
+from .._locks import running
 from ..api import analyze
 from ..registry import Registry
 from ..report import Report
@@ -341,6 +343,11 @@ class _Recorder(fx.Interpreter):
         super().__init__(gm)
         self.values: dict[fx.Node, Any] = {}
 
+    def _set_current_node(self, node: fx.Node) -> Any:
+        # fx.Interpreter copies node meta into torch.fx.traceback's process-wide current_meta, which
+        # a torch.export / make_fx trace in another thread would record (see rfscope._locks)
+        return contextlib.nullcontext()
+
     def run_node(self, n: fx.Node) -> Any:
         v = super().run_node(n)
         self.values[n] = v
@@ -353,7 +360,7 @@ def _locate_non_finite(gm: fx.GraphModule, x: torch.Tensor, mask: torch.Tensor) 
             "or probe an earlier --node")
     x = x.detach().requires_grad_(True)
     rec = _Recorder(gm)
-    with torch.enable_grad():
+    with torch.enable_grad(), running():
         (out,) = rec.run(x)
     for node, v in rec.values.items():
         if node.op != "output" and _non_finite(v):
@@ -465,7 +472,8 @@ def erf(
         if dt not in graphs:
             graphs[dt] = select_outputs(materialise(report.gm, model, device=dev, dtype=dt), [name])
         mask = unit_mask(dims, out_shape, index, dtype=dt, device=dev)
-        return _accumulate(graphs[dt], mask, which, inputs, shape, seed, dev, dt, reduction, prog)
+        with running():  # the graph's modules run: not while torch.export traces in another thread
+            return _accumulate(graphs[dt], mask, which, inputs, shape, seed, dev, dt, reduction, prog)
 
     prog = Progress(mine.total(), f"ERF {name}", enabled=progress and len(mine) > 1)
     try:

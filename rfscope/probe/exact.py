@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from .._locks import running
 from ..api import analyze
 from ..registry import Registry
 from ..report import Report
@@ -402,7 +403,7 @@ def validate(
     supports: list[torch.Tensor] = []
     tiny = float("inf")
     in_shape = tuple(report.input_shape[1:])
-    with exact_kernels(dev):
+    with exact_kernels(dev), running():  # not while torch.export traces in another thread
         for k, name in enumerate(names):
             # one graph per node, cut after it (weights shared): shallow nodes cost only their depth
             gm = select_outputs(fx.GraphModule(lin, copy.deepcopy(lin.graph)), [name])
