@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy as _copy
+import dataclasses
 import inspect
 import io
 import logging
@@ -300,7 +301,7 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.G
     # real tensors may be read (``if x.sum() > 0``): the graph follows the branch this input takes
     opts: dict[str, Any] = {"tracing_mode": "real", "_error_on_data_dependent_ops": False}
     with torch.no_grad(), fxt.preserve_node_meta(), keep_rng_state():  # the forward may draw (noise)
-        gm = make_fx(cp, **opts)(*inputs)
+        gm = make_fx(lambda *a: plain_outputs(cp(*a)), **opts)(*inputs)
         if _aliasing_hazard(gm):
             calls.clear()
             gm = _functional_make_fx(cp, inputs, opts)
@@ -312,6 +313,30 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.G
     gm.recompile()
     _normalise_stacks(gm, types)
     return gm
+
+
+def plain_outputs(v: Any) -> Any:
+    """``v`` with dataclass instances turned into dicts of their fields, recursively.
+
+    make_fx follows outputs through PyTorch's pytree registry, which does not know a model's own
+    dataclasses: their tensors would be recorded as constants, as if they did not depend on the
+    input.  As dicts they are followed (their leaves are then reported as ``['field']``).
+    """
+    if isinstance(v, torch.Tensor):
+        return v
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        from torch.utils._pytree import SUPPORTED_NODES
+
+        if type(v) not in SUPPORTED_NODES:
+            return {f.name: plain_outputs(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        return v
+    if isinstance(v, tuple) and hasattr(v, "_fields"):  # namedtuple: pytree knows it
+        return type(v)(*(plain_outputs(x) for x in v))
+    if isinstance(v, (list, tuple)):
+        return type(v)(plain_outputs(x) for x in v)
+    if isinstance(v, dict):
+        return {k: plain_outputs(x) for k, x in v.items()}
+    return v
 
 
 def _functional_make_fx(cp: torch.nn.Module, inputs: tuple[Any, ...], opts: dict[str, Any]) -> fx.GraphModule:
@@ -327,7 +352,7 @@ def _functional_make_fx(cp: torch.nn.Module, inputs: tuple[Any, ...], opts: dict
     names = [n for n, _ in bufs]
 
     def run(*args: Any) -> Any:
-        return functional_call(cp, dict(zip(names, args[:len(names)], strict=True)), args[len(names):])
+        return plain_outputs(functional_call(cp, dict(zip(names, args[:len(names)], strict=True)), args[len(names):]))
 
     gm = make_fx(functionalize(run, remove="mutations_and_views"), **opts)(*(b for _, b in bufs), *inputs)
     phs = [n for n in gm.graph.nodes if n.op == "placeholder"][:len(bufs)]

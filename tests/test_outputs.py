@@ -178,3 +178,10 @@ def test_rf_of_one_output_leaf_by_its_path() -> None:
         r.rf("output[2]")
     n = rfscope.analyze(_two("namedtuple"), input_shape=(1, 3, 16, 16))
     assert n.rf("output").size == (5, 5) and n.rf("output.feat").size == (3, 3)
+
+
+def test_dataclass_outputs_on_the_make_fx_path_depend_on_the_input() -> None:
+    # make_fx follows outputs through PyTorch's pytree registry, which does not know DOut: its tensors
+    # used to be recorded as constants (rf None: "does not depend on the input"), a silently wrong answer
+    r = rfscope.analyze(_two("dataclass"), input_shape=(1, 3, 16, 16), trace="make_fx", strict=True)
+    assert _leaves(r.to_dict()) == [("['logits']", LOGITS), ("['feat']", FEAT), ("['extra']", None)]
