@@ -18,7 +18,7 @@ import torch.fx as fx
 from _common import interleave, median, parser, table, torchvision_model, write
 
 import rfscope
-import rfscope.api
+import rfscope.pipeline
 
 MODELS = [
     "resnet50", "resnet152", "inception_v3", "mobilenet_v3_large", "efficientnet_b7",
@@ -37,7 +37,7 @@ STAGES = ["structural_copy", "trace_model", "propagate_shapes", "run_plugins", "
 def stages(m: torch.nn.Module, shape: tuple[int, ...], reps: int) -> dict[str, float]:
     """Median seconds spent in each stage of ``analyze`` (its module-level helpers, wrapped)."""
     acc: dict[str, list[float]] = {k: [] for k in STAGES}
-    saved = {k: getattr(rfscope.api, k) for k in STAGES}
+    saved = {k: getattr(rfscope.pipeline, k) for k in STAGES}
 
     def wrap(k: str, f: Any) -> Any:
         def timed(*a: Any, **kw: Any) -> Any:
@@ -50,12 +50,12 @@ def stages(m: torch.nn.Module, shape: tuple[int, ...], reps: int) -> dict[str, f
 
     try:
         for k, f in saved.items():
-            setattr(rfscope.api, k, wrap(k, f))
+            setattr(rfscope.pipeline, k, wrap(k, f))
         for _ in range(reps):
             rfscope.analyze(m, input_shape=shape)
     finally:
         for k, f in saved.items():
-            setattr(rfscope.api, k, f)
+            setattr(rfscope.pipeline, k, f)
     return {k: median(v) if v else 0.0 for k, v in acc.items()}
 
 

@@ -11,7 +11,7 @@ Two topologies, built on the meta device:
 Target: time per node stays flat (10k/1k time ratio <= 12).  The bare
 ``torch.fx.symbolic_trace`` is timed too, as the floor any fx-based tool pays.
 ``analyze_s`` is the whole analysis (trace, shapes, plugins, counting, design diagnostics,
-report); ``diagnose_s`` is the design diagnostics' share (``rfscope.diagnostics``), timed
+report); ``diagnose_s`` is the design diagnostics' share (``rfscope.passes.diagnostics``), timed
 again on their own up to ``--diag-max`` nodes.
 
     python benchmarks/scaling.py [--sizes 1000,10000,50000] [--reps 3] [--profile chain:10000]
@@ -27,8 +27,8 @@ import torch.nn as nn
 from _common import interleave, median, parser, table, write
 
 import rfscope
-import rfscope.api
-from rfscope.diagnostics import diagnose
+import rfscope.pipeline
+from rfscope.passes.diagnostics import diagnose
 
 TARGET = 12.0
 

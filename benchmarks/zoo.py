@@ -545,7 +545,7 @@ def reason_category(reason: str | None) -> str:
 
 
 def _states(st: Any) -> Iterator[Any]:
-    from rfscope.state import TensorRF
+    from rfscope.core.state import TensorRF
 
     if isinstance(st, TensorRF):
         yield st

@@ -11,7 +11,7 @@ matrices W (288 x 10 x 16 x 8 = 368,640), counted with the rest.
 
 import torch.nn as nn
 
-from rfscope.layers import DigitCaps, PrimaryCaps
+from rfscope.models.capsule import DigitCaps, PrimaryCaps
 
 input_shape = (1, 1, 28, 28)
 

@@ -16,28 +16,30 @@ import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from . import design, export, probe
-    from .api import AnalysisInputError, analyze
-    from .context import OpContext, Unsupported
-    from .counting import ParamCount, SeparableBlock, Summary
-    from .diagnostics import DesignWarning
-    from .export import RendererNotFoundError
-    from .initcheck import Finding, InitCheckError, InitRule, WeightView, check_init
-    from .registry import Method, Plugin, PluginError, Registry, default_registry
-    from .report import Report, UnknownNameError
-    from .result import RF, AxisInfo
-    from .weights import WeightsError, load_weights
+    from rfscope import design, export, probe
+    from rfscope.core.context import OpContext, Unsupported
+    from rfscope.core.registry import Method, Plugin, PluginError, Registry, default_registry
+    from rfscope.core.result import RF, AxisInfo
+    from rfscope.export import RendererNotFoundError
+    from rfscope.passes.counts import ParamCount, SeparableBlock, Summary
+    from rfscope.passes.diagnostics import DesignWarning
+    from rfscope.passes.initcheck import Finding, InitCheckError, InitRule, WeightView, check_init
+    from rfscope.pipeline import AnalysisInputError, analyze
+    from rfscope.report import Report, UnknownNameError
+    from rfscope.weights import WeightsError, load_weights
 
 _FROM = {
-    "api": ("AnalysisInputError", "analyze"),
-    "context": ("OpContext", "Unsupported"),
-    "counting": ("ParamCount", "SeparableBlock", "Summary"),
-    "diagnostics": ("DesignWarning",),
-    "export": ("RendererNotFoundError",),
-    "initcheck": ("Finding", "InitCheckError", "InitRule", "WeightView", "check_init"),
-    "registry": ("Method", "Plugin", "PluginError", "Registry", "default_registry"),
+    "pipeline": ("AnalysisInputError", "analyze"),
+    "core.context": ("OpContext", "Unsupported"),
+    "core.errors": ("RfscopeError", "TraceError"),
+    "passes.counts": ("ParamCount", "SeparableBlock", "Summary"),
+    "passes.diagnostics": ("DesignWarning",),
+    "export.dot": ("RendererNotFoundError",),
+    "passes.initcheck": ("Finding", "InitCheckError", "InitRule", "WeightView", "check_init"),
+    "passes.interpret": ("StrictError",),
+    "core.registry": ("Method", "Plugin", "PluginError", "Registry", "default_registry"),
     "report": ("Report", "UnknownNameError"),
-    "result": ("RF", "AxisInfo"),
+    "core.result": ("RF", "AxisInfo"),
     "weights": ("WeightsError", "load_weights"),
 }
 _HOME = {name: mod for mod, names in _FROM.items() for name in names}
@@ -47,7 +49,7 @@ def __getattr__(name: str) -> Any:
     if name in _HOME:
         value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
     elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f".{name}", __name__)  # a submodule: rfscope.probe, rfscope.state ...
+        value = importlib.import_module(f".{name}", __name__)  # a submodule: rfscope.probe, rfscope.core.state ...
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -87,5 +89,9 @@ __all__ = [
     "Summary",
     "SeparableBlock",
     "probe",
+    "plugin",
+    "RfscopeError",
+    "TraceError",
+    "StrictError",
 ]
 __version__ = "0.1.0"

@@ -120,12 +120,12 @@ def handle_errors(fn: F) -> F:
             if debug:
                 raise
             msg = _user_error(e) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
-            from .analysis import StrictError
-            from .api import AnalysisInputError
-            from .loader import LoadError
-            from .registry import PluginError
-            from .report import UnknownNameError
-            from .trace import TraceError
+            from rfscope.core.errors import TraceError
+            from rfscope.core.registry import PluginError
+            from rfscope.loader import LoadError
+            from rfscope.passes.interpret import StrictError
+            from rfscope.pipeline import AnalysisInputError
+            from rfscope.report import UnknownNameError
 
             known = (LoadError, AnalysisInputError, TraceError, UnknownNameError, StrictError, PluginError,
                      OSError, ValueError)
@@ -143,7 +143,7 @@ def main() -> None:
 
 
 def _load(target: str, input_shape: str | None) -> tuple[Any, tuple[int, ...] | None, tuple[Any, ...] | None]:
-    from .loader import load_model
+    from rfscope.loader import load_model
 
     lm = load_model(target)
     shape = parse_shape(input_shape) if input_shape else lm.input_shape
@@ -159,7 +159,7 @@ def _check_leaves(model: Any, leaves: tuple[str, ...]) -> None:
     """A ``--leaf`` that names no submodule is an error listing close matches (it would be ignored)."""
     if not leaves:
         return
-    from .trace import named_modules  # iterative: a model nested thousands of levels deep has no limit
+    from rfscope.trace.copy import named_modules  # iterative: a model nested thousands of levels deep has no limit
 
     paths = [name for name, _ in named_modules(model) if name]
     known = set(paths)
@@ -195,10 +195,10 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
             strict: bool, diagram: str | None, depth: int | None, rankdir: str, debug: bool,
             check_init: bool = False, weights: str | None = None, trace_mode: str = "auto") -> None:
     """Trace TARGET (model.py[:attr], module.path:attr, torchvision:NAME) and print per-layer RFs."""
-    from .api import analyze as run
+    from rfscope.pipeline import analyze as run
 
     if diagram is not None:
-        from .export import check_path
+        from rfscope.export import check_path
 
         check_path(diagram)  # fail before the analysis
     elif depth is not None:
@@ -218,7 +218,7 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
     else:
         click.echo(report.table(list(nodes) if nodes else None))
     if diagram is not None:
-        from .export import render
+        from rfscope.export import render
 
         click.echo(render(report, diagram, depth=depth, rankdir=rankdir).message, err=True)
     if check_init:
@@ -259,7 +259,7 @@ def probe(target: str, mode: str, nodes: tuple[str, ...], input_shape: str | Non
           reduction: str, seed: int, out_dir: str | None, fmt: str, no_grow: bool, quiet: bool,
           weights: str | None, debug: bool) -> None:
     """Gradient probe of TARGET: exact RF validation (exit 1 on a disagreement) or the ERF."""
-    from .probe.command import run_probe
+    from rfscope.probe.command import run_probe
 
     if samples < 1:
         raise CliError(f"--samples must be at least 1 (got {samples})")

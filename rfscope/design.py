@@ -1,7 +1,7 @@
 """Helpers for choosing hyper-parameters: RF of a layer spec, dilation schedules, RF assertions.
 
 Everything here is one spatial dimension at a time (call once per dimension for
-anisotropic designs) and uses the exact window algebra of :mod:`rfscope.rf`, so
+anisotropic designs) and uses the exact window algebra of :mod:`rfscope.core.rf`, so
 dilation holes and fractional strides are exact, not approximated.
 
 >>> from rfscope import design
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import rf as _rf
+from rfscope.core import rf as _rf
 
 __all__ = ["Layer", "StackRF", "stack_rf", "stack_rfs", "plain_depth", "dilation_schedule", "assert_rf"]
 
@@ -219,7 +219,7 @@ def assert_rf(
     Traceback (most recent call last):
     AssertionError: layer '1' has RF 5x5, smaller than at_least 7x7 (dim 0: 5 < 7)
     """
-    from .api import analyze
+    from rfscope.pipeline import analyze
 
     rep = analyze(model, input_shape, example_inputs=example_inputs)
     r = rep.rf(layer)

@@ -11,9 +11,9 @@ from typing import Any
 import networkx as nx
 import torch.fx as fx
 
-from .analysis import NodeRecord, record_fields
-from .result import RF
-from .state import TensorRF
+from rfscope.core.result import RF
+from rfscope.core.state import TensorRF
+from rfscope.passes.interpret import NodeRecord, record_fields
 
 __all__ = ["Report", "UnknownNameError", "OutputLeaf"]
 
@@ -66,7 +66,7 @@ class Report:
 
     ``graph`` is a :class:`networkx.DiGraph` with one node per fx node and the
     attributes ``op``, ``target``, ``module``, ``module_class``, ``shape``, ``rf``
-    (an :class:`~rfscope.result.RF` or ``None``) and ``record``.
+    (an :class:`~rfscope.core.result.RF` or ``None``) and ``record``.
     """
 
     input_shape: tuple[int, ...]
@@ -78,7 +78,7 @@ class Report:
     errors: list[str] = field(default_factory=list)
     trace_path: str = "symbolic_trace"
     extras: dict[str, Any] = field(default_factory=dict)
-    #: design warnings (:class:`rfscope.diagnostics.DesignWarning`): gridding, checkerboard
+    #: design warnings (:class:`rfscope.passes.diagnostics.DesignWarning`): gridding, checkerboard
     warnings: list[Any] = field(default_factory=list)
 
     # ------------------------------------------------------------------
@@ -210,19 +210,19 @@ class Report:
             return attrs.get("rf")  # computed once by build_graph from this very record
         return RF.from_state(rec.state, self.input_size) if isinstance(rec.state, TensorRF) else None
 
-    # -- counts and init findings (rfscope.counting, rfscope.initcheck) --
+    # -- counts and init findings (rfscope.passes.counts, rfscope.passes.initcheck) --
     @property
     def summary(self) -> Any:
-        """Whole-model :class:`rfscope.counting.Summary` (params, buffers, MACs)."""
+        """Whole-model :class:`rfscope.passes.counts.Summary` (params, buffers, MACs)."""
         return self.extras["counting"].summary
 
     @property
     def separable_blocks(self) -> list[Any]:
-        """Depthwise-separable blocks (:class:`rfscope.counting.SeparableBlock`)."""
+        """Depthwise-separable blocks (:class:`rfscope.passes.counts.SeparableBlock`)."""
         return list(self.extras["counting"].separable_blocks)
 
     def module_params(self, path: str) -> Any:
-        """:class:`rfscope.counting.ParamCount` of the submodule at ``path`` (``""``: the model)."""
+        """:class:`rfscope.passes.counts.ParamCount` of the submodule at ``path`` (``""``: the model)."""
         return self.extras["counting"].module_params(path)
 
     @property
@@ -303,20 +303,20 @@ class Report:
 
     def to_dot(self, depth: int | None = None, rankdir: str = "TB") -> str:
         """Graphviz DOT source of the analysed graph (see :func:`rfscope.export.to_dot`)."""
-        from .export import to_dot
+        from rfscope.export import to_dot
 
         return to_dot(self, depth=depth, rankdir=rankdir)
 
     def render(self, path: Any, depth: int | None = None, rankdir: str = "TB") -> Any:
         """Write a diagram (``.svg``/``.png``/``.pdf`` via ``dot``, or ``.dot``/``.gv``); see
         :func:`rfscope.export.render`."""
-        from .export import render
+        from rfscope.export import render
 
         return render(self, path, depth=depth, rankdir=rankdir)
 
     def table(self, nodes: list[str] | None = None) -> str:
         """A plain-text per-layer table."""
-        from .counting import fmt_count
+        from rfscope.passes.counts import fmt_count
 
         rows = [("layer", "op", "output shape", "params", "MACs", "RF size", "stride", "padding", "status")]
         recs = self.layers() if nodes is None else [self.records[self.node_name(n)] for n in nodes]
@@ -360,7 +360,7 @@ class Report:
         if self.warnings:
             lines.append("")
             lines.extend(str(w) for w in self.warnings)
-        if self.trace_path != "symbolic_trace":  # a fallback tracer was used (rfscope.fallback)
+        if self.trace_path != "symbolic_trace":  # a fallback tracer was used (rfscope.trace.strategy)
             why = self.extras.get("top_level", {}).get("trace_fallback")
             lines.append(f"trace: {self.trace_path}" + (f" ({why})" if why else ""))
         return "\n".join(lines)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rfscope.atomic import DiskFullError, OutputError, check_output_dir, check_output_file, staged, write_file
+from rfscope.export.files import DiskFullError, OutputError, check_output_dir, check_output_file, staged, write_file
 
 
 def _leftovers(d: Path) -> list[str]:

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 import rfscope
 import rfscope.trace
-from rfscope import registry as registry_mod
 from rfscope.cli import main
+from rfscope.core import registry as registry_mod
 
 SMALL = """
 import torch.nn as nn
@@ -98,7 +98,7 @@ def test_input_shape_too_small_names_layer_and_minimum(small):
                     "too small", "layer '3'", "3x3", "at least 5x5", "at least 12x12", "--input-shape 3,12,12")
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 5))
     assert rfscope.analyze(net, (1, 3, 12, 12)).rf("3").size == (12, 12)
-    with pytest.raises(rfscope.trace.TraceError, match="at least 12x12"):
+    with pytest.raises(rfscope.core.errors.TraceError, match="at least 12x12"):
         rfscope.analyze(net, (1, 3, 11, 11))
     _one_line_error(*_run("analyze", str(small), "--input-shape", "3,8,40"), "the whole model", "12x40")
 
@@ -296,7 +296,7 @@ def test_weights_into_meta_model_keep_ties(tmp_path):
      (1, 3, 8, 8), "layer '3' (Conv2d) expects a 3-d or 4-d input but gets a 2-d one"),
 ])
 def test_layer_input_mismatch_names_layer(net, shape, needle):
-    with pytest.raises(rfscope.trace.TraceError) as ei:
+    with pytest.raises(rfscope.core.errors.TraceError) as ei:
         rfscope.analyze(net(), shape)
     assert str(ei.value).splitlines()[0].startswith(needle)
 

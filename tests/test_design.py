@@ -1,7 +1,7 @@
 """rfscope.design: stack RF without a model, dilation schedules, assert_rf.
 
 References: the Araujo et al. recurrence written out here, a brute-force bit-set
-search for schedules, and a gradient oracle for holes — none of them use rfscope.rf.
+search for schedules, and a gradient oracle for holes — none of them use rfscope.core.rf.
 """
 
 from __future__ import annotations

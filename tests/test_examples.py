@@ -194,7 +194,7 @@ def test_capsnet() -> None:
 
 def test_capsule_routing_matches_reference_math() -> None:
     """DigitCaps computes dynamic routing (Sabour et al. Procedure 1), written here with loops."""
-    from rfscope.layers import DigitCaps, squash
+    from rfscope.models.capsule import DigitCaps, squash
 
     torch.manual_seed(0)
     caps = DigitCaps(in_caps=5, in_dim=3, out_caps=2, out_dim=4, iterations=3)

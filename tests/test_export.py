@@ -376,7 +376,7 @@ def test_dot_failing_on_a_full_disk_says_so(tmp_path: Path, monkeypatch: pytest.
 def test_diagram_onto_a_directory_fails_before_the_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "net.dot").mkdir()  # the image's source would land on a directory
     called: list[int] = []
-    monkeypatch.setattr(rfscope.api, "analyze", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(rfscope.pipeline, "analyze", lambda *a, **k: called.append(1))
     res = run_cli(["--diagram", str(tmp_path / "net.svg")])
     assert res.exit_code == 2 and "net.dot" in res.output and "directory" in res.output and not called
 
@@ -392,7 +392,8 @@ def test_cli_bad_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     res = run_cli(["--diagram", str(tmp_path / "net.jpg")])
     assert res.exit_code == 2 and ".svg" in res.output
     real_access = os.access
-    monkeypatch.setattr(export.os, "access", lambda p, m: False if Path(p) == tmp_path else real_access(p, m))
+    monkeypatch.setattr(rfscope.export.files.os, "access",
+                        lambda p, m: False if Path(p) == tmp_path else real_access(p, m))
     res = run_cli(["--diagram", str(tmp_path / "net.dot")])
     assert res.exit_code == 2 and "not writable" in res.output
     assert [p.name for p in tmp_path.iterdir()] == ["file"]

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 import rfscope
-import rfscope.state
+import rfscope.core.state
 from rfscope.cli import main
-from rfscope.registry import Registry
-from rfscope.trace import TraceError
+from rfscope.core.errors import TraceError
+from rfscope.core.registry import Registry
 
 tv = pytest.importorskip("torchvision")
 
@@ -29,7 +29,7 @@ def _same_rfs(ref: rfscope.Report, other: rfscope.Report) -> int:
     assert common
     for k in sorted(common):
         assert ref.rf(k).to_dict() == other.rf(k).to_dict(), k
-    if isinstance(ref.records["output"].state, rfscope.state.TensorRF):
+    if isinstance(ref.records["output"].state, rfscope.core.state.TensorRF):
         assert ref.rf("output").to_dict() == other.rf("output").to_dict()
     return len(common)
 
@@ -214,8 +214,8 @@ def test_leaf_module_is_opaque_or_plugin():
     assert rep.rf("stem").size == (3, 3)
     reg = Registry()
     reg.ensure_loaded()
-    reg.add("test-block", [ShapeBlock], rf=lambda ctx: rfscope.ops.local(
-        ctx, {-1: lambda a: rfscope.rf.conv(a, 5, 1, 2), -2: lambda a: rfscope.rf.conv(a, 5, 1, 2)}))
+    reg.add("test-block", [ShapeBlock], rf=lambda ctx: rfscope.core.ops.local(
+        ctx, {-1: lambda a: rfscope.core.rf.conv(a, 5, 1, 2), -2: lambda a: rfscope.core.rf.conv(a, 5, 1, 2)}))
     rep2 = rfscope.analyze(m, (1, 3, 32, 32), registry=reg)  # a plugin class is a leaf by itself
     assert rep2.trace_path == "symbolic_trace"
     # hand-derived: k3 s2, then k5 p2 at stride 2: size 3 + 4*2 = 11, padding 2*2 = 4

@@ -1,11 +1,11 @@
-"""rfscope.fastcopy.deepcopy_modules gives what copy.deepcopy gives, structure and identities."""
+"""rfscope.trace.copy.deepcopy_modules gives what copy.deepcopy gives, structure and identities."""
 
 import copy
 
 import torch
 import torch.nn as nn
 
-from rfscope.fastcopy import deepcopy_modules
+from rfscope.trace.copy import deepcopy_modules
 
 tv = __import__("pytest").importorskip("torchvision")
 

@@ -1,4 +1,4 @@
-"""The shape shortcuts of rfscope.fastshape agree with PyTorch's own meta kernels."""
+"""The shape shortcuts of rfscope.trace.shortcuts agree with PyTorch's own meta kernels."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rfscope.fastshape import fast_module_output
+from rfscope.trace.shortcuts import fast_module_output
 
 CASES = [
     (nn.BatchNorm2d(8), (2, 8, 5, 7)),
@@ -115,9 +115,11 @@ def _vals(gm):
 
 def test_call_cache_replays_what_the_call_returns(monkeypatch):
     """Repeated identical calls come from the cache; their layout is what running them gives."""
-    from rfscope.fastshape import ModuleCallCache
-    from rfscope.registry import default_registry
-    from rfscope.trace import meta_copy, propagate_shapes, trace
+    from rfscope.core.registry import default_registry
+    from rfscope.trace.copy import meta_copy
+    from rfscope.trace.shapes import propagate_shapes
+    from rfscope.trace.shortcuts import ModuleCallCache
+    from rfscope.trace.symbolic import trace
 
     reg = default_registry()
     reg.ensure_loaded()
@@ -178,7 +180,7 @@ def test_conv_shortcut_matches_meta_kernel(nd, groups, cin, cout, k, stride, dil
 
 
 def test_function_rule_is_trusted_only_after_it_matched_a_real_call():
-    from rfscope.fastshape import ModuleCallCache, register_function_rule
+    from rfscope.trace.shortcuts import ModuleCallCache, register_function_rule
 
     calls = []
 
@@ -235,7 +237,7 @@ def test_function_rule_is_checked_per_call_signature():
     """A rule right for ``maybe_pool(x, 1)`` (output shaped like the input) and trusted there is
     checked again for ``maybe_pool(x, 2)``: the stride-2 model still gets its real shape and MACs."""
     import rfscope
-    from rfscope.fastshape import register_function_rule
+    from rfscope.trace.shortcuts import register_function_rule
 
     def same_shape(x, s):  # right for s=1 only
         return torch.empty(tuple(x.shape), dtype=x.dtype, device="meta")
@@ -281,7 +283,7 @@ def test_layer_norm_shortcut_matches_meta_kernel(shape, perm_seed, norm_dims, we
     shortcut's shape, strides and dtype are the kernel's, or it declines."""
     import random
 
-    from rfscope.fastshape import _layer_norm_output
+    from rfscope.trace.shortcuts import _layer_norm_output
 
     perm = list(range(len(shape)))
     random.Random(perm_seed).shuffle(perm)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import rfscope
 from rfscope.cli import main
-from rfscope.initcheck import InitRule, WeightView
+from rfscope.passes.initcheck import InitRule, WeightView
 
 tv = pytest.importorskip("torchvision")
 
@@ -367,7 +367,7 @@ def test_custom_rule_for_a_custom_layer():
     nn.init.constant_(net[2].weight, 1.0)
     x = torch.randn(2, 4)
     assert _ids(_check(net, x, forward=False)) == []  # no rule: not judged
-    rules = rfscope.initcheck.default_init_rules().copy()
+    rules = rfscope.passes.initcheck.default_init_rules().copy()
     rules.register(InitRule("mydense", (MyDense,),
                             lambda ctx: WeightView(ctx.module.w, None, ctx.name(ctx.module.w) or "w")))
     assert _ids(_check(net, x, rules=rules)) == [("symmetric-units", "0.w")]

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import rfscope
-from rfscope.analysis import StrictError
+from rfscope.passes.interpret import StrictError
 
 Fr = Fraction
 

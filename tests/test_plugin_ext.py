@@ -33,8 +33,8 @@ class BlurPool(nn.Module):
 """
 
 PLUGIN = """
-from rfscope import rf
-from rfscope.ops import local
+from rfscope.core import rf
+from rfscope.core.ops import local
 from {pkg}.layers import BlurPool
 
 
@@ -135,7 +135,7 @@ HALF = """
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rfscope.fastshape import register_function_rule
+from rfscope.trace.shortcuts import register_function_rule
 
 
 def half_fn(x):
@@ -155,7 +155,7 @@ def register(registry):
 def test_failing_entry_point_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An entry point that raises after registering leaves nothing behind: no plugin, override,
     deferred registration or function rule of it stays, and the analysis is the one without it."""
-    from rfscope import fastshape
+    from rfscope.core import shape_rules as fastshape
 
     monkeypatch.setenv("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", "1")
     net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Conv1d(2, 2, 3))

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 import rfscope
-from rfscope import rf
 from rfscope.cli import main
-from rfscope.ops import local
+from rfscope.core import rf
+from rfscope.core.ops import local
 from rfscope.probe import validate
 
 

@@ -184,7 +184,7 @@ def test_modules_run_in_other_threads_wait_for_torch_export() -> None:
     thread's submodule lookups and pushes their calls on its own module stack.  A thread that runs
     a model then (here the graph cross-check, paused inside a submodule while the export goes on)
     must wait for the export instead: neither side's result may change."""
-    from rfscope.fallback import real_outputs
+    from rfscope.trace.strategy import real_outputs
 
     paused, outer = _Paused(), _Outer()
     x = (torch.empty(1, 3, 32, 32, device="meta"),)
@@ -228,7 +228,7 @@ def test_overlapping_rng_guards_leave_the_users_generator_where_it_was() -> None
     the second thread restore the state the first had already moved)."""
     import threading
 
-    from rfscope.trace import keep_rng_state
+    from rfscope.trace.runtime import keep_rng_state
 
     torch.manual_seed(1234)
     before = torch.random.get_rng_state()

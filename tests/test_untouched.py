@@ -350,8 +350,8 @@ def test_mutating_forward_leaves_model_untouched(name, train, entry):
     model = MUTATING[name]()
     model.train(train)
     before = _full_fingerprint(model)
+    from rfscope.core.errors import TraceError
     from rfscope.probe import ProbeError
-    from rfscope.trace import TraceError
 
     try:
         _entry(entry)(model)
@@ -365,7 +365,7 @@ def test_mutating_forward_leaves_model_untouched(name, train, entry):
 def test_parameter_write_is_refused_on_the_symbolic_path():
     """symbolic_trace shares the parameters: the guard refuses the write instead of running it, and
     trace='auto' analyses the model with torch.export (on a meta copy)."""
-    from rfscope.trace import TraceError
+    from rfscope.core.errors import TraceError
 
     model = _ParamInNoGrad()
     w = model.conv.weight.detach().clone()

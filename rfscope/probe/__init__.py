@@ -7,11 +7,19 @@
   one size estimator (σ, ERF extent, ERF/RF; :mod:`rfscope.probe.metrics`).
 """
 
-from .effective import REDUCTIONS, ERFResult, NonFiniteError, erf
-from .exact import AxisMeasure, NodeCheck, Validation, validate
-from .graph import ProbeError
-from .inputs import load_images, load_tensors
-from .metrics import THRESHOLDS, area_ratio, area_ratios, erf_extent, gaussian_sigma, replknet_transform, support
+from rfscope.probe.effective import REDUCTIONS, ERFResult, NonFiniteError, erf
+from rfscope.probe.exact import AxisMeasure, NodeCheck, Validation, validate
+from rfscope.probe.graph import ProbeError
+from rfscope.probe.inputs import load_images, load_tensors
+from rfscope.probe.metrics import (
+    THRESHOLDS,
+    area_ratio,
+    area_ratios,
+    erf_extent,
+    gaussian_sigma,
+    replknet_transform,
+    support,
+)
 
 __all__ = [
     "validate", "Validation", "NodeCheck", "AxisMeasure", "ProbeError",

@@ -2,7 +2,7 @@
 
 import sys
 
-from ..cli import main
+from rfscope.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["probe", *sys.argv[1:]], prog_name="rfscope probe"))

@@ -9,7 +9,7 @@ from typing import Any
 import click
 import torch
 
-from .graph import ProbeError
+from rfscope.probe.graph import ProbeError
 
 __all__ = ["run_probe"]
 
@@ -17,7 +17,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 
 
 def _shape(target_shape: str | None, lm: Any, x: torch.Tensor | None) -> tuple[int, ...]:
-    from ..cli import CliError, parse_shape
+    from rfscope.cli import CliError, parse_shape
 
     if target_shape:
         return parse_shape(target_shape)
@@ -38,10 +38,10 @@ def run_probe(
     weights: str | None = None,
 ) -> int:
     """Run one probe and print its result; returns the exit status (1 when a node disagrees)."""
-    from ..cli import CliError
-    from ..loader import load_model
-    from . import erf, load_tensors, validate
-    from .runtime import dist_info, init_from_env
+    from rfscope.cli import CliError
+    from rfscope.loader import load_model
+    from rfscope.probe import erf, load_tensors, validate
+    from rfscope.probe.runtime import dist_info, init_from_env
 
     if inputs_path and image_dir:
         raise CliError("give --inputs or --image-dir, not both")
@@ -52,13 +52,13 @@ def run_probe(
     if mode == "erf" and len(nodes) > 1:
         raise CliError("--mode erf probes one --node at a time")
     if mode == "erf" and out_dir:
-        from ..atomic import check_output_dir
-        from .effective import OUTPUT_FILES
+        from rfscope.export.files import check_output_dir
+        from rfscope.probe.effective import OUTPUT_FILES
 
         check_output_dir(out_dir, OUTPUT_FILES, "--out")  # fail before the model is even loaded
     lm = load_model(target)
     if weights is not None:  # trained weights matter for the ERF; the exact probe linearises them away
-        from ..weights import load_weights
+        from rfscope.weights import load_weights
 
         lm.model = load_weights(lm.model, weights)
     x = load_tensors(inputs_path) if inputs_path else None
@@ -78,7 +78,7 @@ def run_probe(
     desc = None
     images = None
     if image_dir:
-        from .inputs import NORMALISATION, ImageFolder
+        from rfscope.probe.inputs import NORMALISATION, ImageFolder
 
         images = ImageFolder(image_dir, shape[1:], limit=samples)  # read batch by batch
         desc = f"{len(images)} images from {image_dir} (resized, {NORMALISATION})"

@@ -12,7 +12,7 @@ all-reduced, so every rank returns the whole map.
 Samples stream: batches are drawn (or sliced) one at a time, a few ahead, so memory
 is bounded by the batch size whatever ``samples`` is.  A NaN or infinite gradient,
 probed unit or map raises :class:`NonFiniteError` naming the first node that made
-non-finite values.  Outputs are written atomically (:mod:`rfscope.atomic`).
+non-finite values.  Outputs are written atomically (:mod:`rfscope.export.files`).
 """
 
 from __future__ import annotations
@@ -34,17 +34,17 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
-from .._locks import running
-from ..api import analyze
-from ..registry import Registry
-from ..report import Report
-from ..state import Global, TensorRF
-from ..trace import deep_entry, keeps_rng_state
-from .graph import ProbeError, check_trace_path, materialise, select_outputs
-from .inputs import ImageFolder, random_chunk
-from .metrics import area_ratios, erf_extent, gaussian_sigma, support
-from .runtime import Progress, all_reduce_sum, dist_info, resolve_device
-from .units import axis_extents, layout_of, unit_mask
+from rfscope.core.locks import running
+from rfscope.core.registry import Registry
+from rfscope.core.state import Global, TensorRF
+from rfscope.pipeline import analyze
+from rfscope.probe.graph import ProbeError, check_trace_path, materialise, select_outputs
+from rfscope.probe.inputs import ImageFolder, random_chunk
+from rfscope.probe.metrics import area_ratios, erf_extent, gaussian_sigma, support
+from rfscope.probe.runtime import Progress, all_reduce_sum, dist_info, resolve_device
+from rfscope.probe.units import axis_extents, layout_of, unit_mask
+from rfscope.report import Report
+from rfscope.trace.runtime import deep_entry, keeps_rng_state
 
 __all__ = ["erf", "ERFResult", "REDUCTIONS", "NonFiniteError", "OUTPUT_FILES"]
 
@@ -139,18 +139,18 @@ class ERFResult:
         """Write ``erf.npy``, ``erf.json`` and (with matplotlib) ``erf.png`` into ``out_dir``, all or none.
 
         Every file is rendered in memory, staged next to its target and renamed only
-        when all are written (:mod:`rfscope.atomic`), so a failure (full disk,
+        when all are written (:mod:`rfscope.export.files`), so a failure (full disk,
         Ctrl-C) leaves the previous run's files as they were.  A previous
         ``erf.png`` is removed when no PNG is written, so no file describes another run.
         """
-        from ..atomic import check_output_dir, staged
+        from rfscope.export.files import check_output_dir, staged
 
         d = check_output_dir(out_dir, OUTPUT_FILES, "--out")
         buf = io.BytesIO()
         np.save(buf, self.map)
         image = None
         if png:
-            from .plot import heatmap_png
+            from rfscope.probe.plot import heatmap_png
 
             image = heatmap_png(self)
         created = [p for p in (d, *d.parents) if not p.exists()]  # deepest first
@@ -345,7 +345,7 @@ class _Recorder(fx.Interpreter):
 
     def _set_current_node(self, node: fx.Node) -> Any:
         # fx.Interpreter copies node meta into torch.fx.traceback's process-wide current_meta, which
-        # a torch.export / make_fx trace in another thread would record (see rfscope._locks)
+        # a torch.export / make_fx trace in another thread would record (see rfscope.core.locks)
         return contextlib.nullcontext()
 
     def run_node(self, n: fx.Node) -> Any:

@@ -23,19 +23,19 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from .._locks import running
-from ..api import analyze
-from ..registry import Registry
-from ..report import Report
-from ..result import RF
-from ..rf import Axis
-from ..state import Global, TensorRF
-from ..trace import deep_entry, keeps_rng_state
-from .effective import _resolve
-from .graph import ProbeError, check_trace_path, materialise, select_outputs
-from .linear import constant_param, linearise
-from .runtime import exact_kernels, resolve_device
-from .units import axis_extents, layout_of, unit_mask
+from rfscope.core.locks import running
+from rfscope.core.registry import Registry
+from rfscope.core.result import RF
+from rfscope.core.rf import Axis
+from rfscope.core.state import Global, TensorRF
+from rfscope.pipeline import analyze
+from rfscope.probe.effective import _resolve
+from rfscope.probe.graph import ProbeError, check_trace_path, materialise, select_outputs
+from rfscope.probe.linear import constant_param, linearise
+from rfscope.probe.runtime import exact_kernels, resolve_device
+from rfscope.probe.units import axis_extents, layout_of, unit_mask
+from rfscope.report import Report
+from rfscope.trace.runtime import deep_entry, keeps_rng_state
 
 __all__ = ["validate", "Validation", "NodeCheck", "AxisMeasure"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ..trace import modules, named_modules, own_tensors
+from rfscope.trace.copy import modules, named_modules, own_tensors
 
 __all__ = ["ProbeError", "materialise", "select_outputs", "check_trace_path"]
 

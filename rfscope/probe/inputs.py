@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .graph import ProbeError
+from rfscope.probe.graph import ProbeError
 
 __all__ = ["random_chunk", "load_tensors", "load_images", "ImageFolder", "IMAGE_SUFFIXES", "NORMALISATION"]
 

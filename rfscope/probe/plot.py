@@ -2,7 +2,7 @@
 
 matplotlib is optional (``pip install 'rfscope[images]'``); without it
 :func:`heatmap_png` and :func:`save_heatmap` warn and return ``None``.  The PNG is
-rendered in memory and written with :mod:`rfscope.atomic`.
+rendered in memory and written with :mod:`rfscope.export.files`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .metrics import replknet_transform
+from rfscope.probe.metrics import replknet_transform
 
 if TYPE_CHECKING:
-    from .effective import ERFResult
+    from rfscope.probe.effective import ERFResult
 
 __all__ = ["heatmap_png", "save_heatmap"]
 
@@ -88,7 +88,7 @@ def heatmap_png(res: ERFResult) -> bytes | None:
 
 def save_heatmap(res: ERFResult, path: str | Path) -> Path | None:
     """Write the heatmap to ``path`` atomically; ``None`` (with a message) when matplotlib is missing."""
-    from ..atomic import write_file
+    from rfscope.export.files import write_file
 
     data = heatmap_png(res)
     return None if data is None else write_file(path, data)

@@ -2,7 +2,7 @@
 
 A node's layout comes from its static state: per tensor dim a tag (``None`` for
 batch/channel/feature dims, summed over; an int for an input spatial axis;
-:class:`~rfscope.state.Merged` for flattened dims).  Dim 0 is the batch.
+:class:`~rfscope.core.state.Merged` for flattened dims).  Dim 0 is the batch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from ..state import DimTag, Merged, TensorRF
+from rfscope.core.state import DimTag, Merged, TensorRF
 
 __all__ = ["axis_extents", "unit_mask", "default_layout", "layout_of"]
 

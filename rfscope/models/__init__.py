@@ -1,0 +1,1 @@
+"""Layers rfscope ships for its examples and tests (capsule networks)."""

@@ -1,0 +1,324 @@
+"""Run the plugins over a traced graph, in the style of an fx Interpreter.
+
+Each node gets a state (see :mod:`rfscope.core.state`) computed from its inputs'
+states by the plugin registered for its target.  A node without a plugin, or
+whose plugin cannot handle the call, is ``unknown`` and so is everything that
+depends on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from rfscope.core.context import OpContext, Unsupported
+from rfscope.core.registry import Method, Plugin, PluginError, Registry
+from rfscope.core.state import CONST, Const, TensorRF, input_rf, unknown
+
+__all__ = ["NodeRecord", "run_plugins", "StrictError", "target_name", "record_fields"]
+
+
+class StrictError(RuntimeError):
+    """``strict=True`` and some node could not be analysed."""
+
+
+@dataclass
+class NodeRecord:
+    """Everything rfscope knows about one fx node."""
+
+    name: str
+    op: str
+    target: str
+    target_obj: Any
+    module: str | None
+    module_class: str | None
+    shape: tuple[int, ...] | None
+    state: Any
+    plugin: str | None = None
+    macs: int | None = None
+    inputs: list[str] = field(default_factory=list)
+    #: module call key from ``nn_module_stack`` (``"b@1"`` for the second call of ``b``)
+    call: str | None = None
+    #: parameter elements first counted at this node (``None``: uses no parameter); see rfscope.passes.counts
+    params: int | None = None
+    #: parameters this node uses that an earlier node counted: name -> that node
+    shared: dict[str, str] = field(default_factory=dict)
+    #: convolution anatomy, primary kind then flags (``["depthwise", "dilated"]``); ``None`` if not a conv
+    conv_kind: list[str] | None = None
+
+    @property
+    def label(self) -> str:
+        """Short row label: the module call for module calls, ``module/node`` otherwise."""
+        if self.op == "call_module":
+            return self.call or self.module or self.name
+        if self.op == "placeholder":
+            return self.name
+        return f"{self.call}/{self.name}" if self.call else self.name
+
+
+def target_name(n: fx.Node) -> str:
+    """Readable name of a function or method node's target (``torch.conv2d``, ``Tensor.view``)."""
+    t = n.target
+    if n.op == "call_method":
+        return f"Tensor.{t}"
+    if isinstance(t, str):
+        return t
+    if isinstance(t, torch._ops.OpOverload):  # ATen graphs (rfscope.trace.strategy): "aten.convolution.default"
+        return str(t)
+    mod = getattr(t, "__module__", None) or ""
+    name = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
+    if name.startswith("_VariableFunctionsClass."):  # torch.sigmoid, torch.cat ... (C builtins)
+        return f"torch.{name.split('.', 1)[1]}"
+    if mod in ("_operator", "operator"):
+        return f"operator.{name}"
+    return f"{mod}.{name}" if mod and not mod.startswith("torch._C") else f"torch.{name}"
+
+
+def _module_of(n: fx.Node) -> tuple[str | None, str | None]:
+    if n.op == "call_module":
+        stack = n.meta.get("nn_module_stack") or {}
+        cls = None
+        for path, c in stack.values():
+            if path == n.target:
+                cls = c
+        return str(n.target), (cls.__qualname__ if isinstance(cls, type) else None)
+    if n.op == "output":
+        return None, None
+    stack = n.meta.get("nn_module_stack")
+    if not stack:
+        return None, None
+    path, cls = next(reversed(stack.values()))
+    return path, cls.__qualname__ if isinstance(cls, type) else str(cls)
+
+
+def _shape(v: Any) -> tuple[int, ...] | None:
+    if isinstance(v, torch.Tensor):
+        return tuple(int(s) for s in v.shape)
+    return None
+
+
+def _value_of(a: fx.Node) -> Any:
+    return a.meta.get("val")
+
+
+def _flat_states(x: Any) -> list[Any]:
+    if isinstance(x, (list, tuple)):
+        return [s for v in x for s in _flat_states(v)]
+    if isinstance(x, dict):
+        return [s for v in x.values() for s in _flat_states(v)]
+    if isinstance(x, slice):
+        return _flat_states([x.start, x.stop, x.step])
+    return [x]
+
+
+def _dims_like(v: Any) -> tuple[None, ...]:
+    return tuple(None for _ in v.shape) if isinstance(v, torch.Tensor) else ()
+
+
+def _unknown_like(v: Any, reason: str) -> Any:
+    if isinstance(v, (list, tuple)):
+        return tuple(_unknown_like(x, reason) for x in v)
+    if isinstance(v, torch.Tensor):
+        return unknown(_dims_like(v), reason)
+    return CONST
+
+
+def _input_state(v: Any, n_spatial: int | None) -> Any:
+    if isinstance(v, torch.Tensor) and v.dim() >= 3 and v.is_floating_point():
+        ns = v.dim() - 2 if n_spatial is None else n_spatial
+        if v.dim() - 2 != ns:
+            return unknown(_dims_like(v), "input with a different number of spatial dims")
+        return input_rf(v.dim(), ns)
+    if isinstance(v, (list, tuple)):
+        return tuple(_input_state(x, n_spatial) for x in v)
+    return CONST
+
+
+def run_plugins(
+    gm: fx.GraphModule,
+    registry: Registry,
+    input_size: Sequence[int],
+    strict: bool = False,
+) -> tuple[dict[str, NodeRecord], list[str], list[str]]:
+    """Annotate every node; returns (records, unsupported targets, plugin errors)."""
+    records: dict[str, NodeRecord] = {}
+    states: dict[fx.Node, Any] = {}
+    unsupported: dict[str, None] = {}
+    errors: list[str] = []
+    n_spatial = len(input_size)
+    modules = dict(gm.named_modules(remove_duplicate=False))
+    state_of = states.__getitem__
+    map_arg = fx.node.map_arg
+    for n in gm.graph.nodes:
+        val = n.meta.get("val")
+        module = modules[n.target] if n.op == "call_module" else None
+        tname = (
+            type(module).__qualname__ if module is not None
+            else target_name(n) if n.op not in ("placeholder", "output") else str(n.target)
+        )
+        plugin: Plugin | None = None
+        macs: int | None = None
+        if n.op == "placeholder":
+            st = _input_state(val, n_spatial)
+        elif n.op == "get_attr":
+            st = CONST
+        elif n.op == "output":
+            st = map_arg(n.args[0], state_of)
+        else:
+            args = map_arg(n.args, state_of)
+            kwargs = map_arg(n.kwargs, state_of)
+            flat = _flat_states([args, kwargs])
+            tensors = [s for s in flat if isinstance(s, TensorRF)]
+            if n.op == "call_module":
+                plugin = registry.lookup_module(module)
+            elif n.op == "call_method":
+                plugin = registry.lookup(Method(str(n.target)))
+            else:
+                plugin = registry.lookup(n.target)
+            ctx = OpContext(
+                n, module, args, kwargs,
+                map_arg(n.args, _value_of),
+                map_arg(n.kwargs, _value_of),
+                val, tuple(input_size),
+            )
+            if plugin is not None and plugin.macs is not None:
+                try:
+                    macs = _checked_macs(plugin.macs(ctx))
+                except _BadMacs as e:  # a wrong count is worse than none: unknown, with a warning
+                    msg = (f"plugin {plugin.name!r} returned {e} as the MACs of node {n.name!r} ({tname}); "
+                           "MACs must be a non-negative integer or None, so they are unknown here")
+                    if strict:
+                        raise PluginError(msg) from e
+                    errors.append(msg)
+                except Unsupported:
+                    macs = None
+                except Exception as e:  # noqa: BLE001
+                    msg = (f"plugin {plugin.name!r} failed counting MACs at node {n.name!r} ({tname}): "
+                           f"{type(e).__name__}: {e}")
+                    if strict:
+                        raise PluginError(msg) from e
+                    errors.append(msg)
+            fields = record_fields(n.target, args, kwargs) if n.op == "call_function" else None
+            if fields is not None:  # a namedtuple or dataclass built from its fields: their states, in order
+                st = tuple(v for _, v in fields)
+            elif not tensors or not _has_tensor(val):
+                st = CONST if not isinstance(val, (list, tuple)) else tuple(CONST for _ in val)
+            elif any(t.reason is not None for t in tensors) and not _handles_unknown(plugin):
+                reason = next(t.reason for t in tensors if t.reason is not None)
+                st = _unknown_like(val, reason or "unknown input")
+            elif plugin is None or plugin.rf is None:
+                unsupported[tname] = None
+                msg = f"no plugin for {tname}"
+                if strict:
+                    raise StrictError(
+                        f"node {n.name!r}: {msg}; register a plugin (see README, 'Writing a plugin') "
+                        "or run without strict"
+                    )
+                st = _unknown_like(val, msg)
+            else:
+                try:
+                    st = plugin.rf(ctx)
+                    _check(st, val)
+                except Unsupported as e:
+                    st = _unknown_like(val, f"{tname}: {e}")
+                    if strict:
+                        raise StrictError(f"node {n.name!r}: {tname}: {e}") from e
+                except Exception as e:  # noqa: BLE001
+                    msg = f"plugin {plugin.name!r} raised at node {n.name!r} ({tname}): {type(e).__name__}: {e}"
+                    if strict:
+                        raise PluginError(msg) from e
+                    errors.append(msg)
+                    st = _unknown_like(val, msg)
+        states[n] = st
+        mpath, mcls = _module_of(n)
+        stack = n.meta.get("nn_module_stack") or {}
+        call = next(reversed(stack.keys())) if stack else None
+        records[n.name] = NodeRecord(
+            name=n.name,
+            op=n.op,
+            target=tname,
+            target_obj=n.target,
+            module=mpath,
+            module_class=mcls,
+            shape=_shape(val),
+            state=st,
+            plugin=plugin.name if plugin is not None else None,
+            macs=macs,
+            inputs=[a.name for a in n.all_input_nodes],
+            call=call,
+        )
+    return records, list(unsupported), errors
+
+
+def record_fields(target: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> list[tuple[str, Any]] | None:
+    """``[(field, value), ...]`` when ``target(*args, **kwargs)`` builds a namedtuple or dataclass, else ``None``.
+
+    A field the call leaves to its default is ``CONST``.
+    """
+    if not isinstance(target, type):
+        return None
+    if issubclass(target, tuple) and hasattr(target, "_fields"):
+        names = [str(f) for f in target._fields]
+    elif dataclasses.is_dataclass(target):
+        names = [f.name for f in dataclasses.fields(target) if f.init]
+    else:
+        return None
+    given = dict(zip(names, args, strict=False))
+    if len(args) > len(names) or any(k in given or k not in names for k in kwargs):
+        return None  # not a call that builds the record field by field
+    given.update(kwargs)
+    return [(k, given.get(k, CONST)) for k in names]
+
+
+class _BadMacs(ValueError):
+    """A plugin's ``macs`` returned something that is not a count."""
+
+
+def _checked_macs(v: Any) -> int | None:
+    """``v`` as a MAC count: a non-negative integer (``int``, NumPy or 0-d integer tensor) or ``None``.
+
+    Anything else (a negative number, a float, a bool, a string...) raises :class:`_BadMacs`
+    rather than being truncated or summed into the total.
+    """
+    if v is None:
+        return None
+    if isinstance(v, bool) or (isinstance(v, torch.Tensor) and v.is_floating_point()):
+        raise _BadMacs(repr(v))
+    try:
+        n = operator.index(v)
+    except TypeError:
+        raise _BadMacs(f"{type(v).__name__} {v!r}"[:80]) from None
+    if n < 0:
+        raise _BadMacs(repr(n))
+    return n
+
+
+def _has_tensor(v: Any) -> bool:
+    if isinstance(v, torch.Tensor):
+        return True
+    if isinstance(v, (list, tuple)):
+        return any(_has_tensor(x) for x in v)
+    return False
+
+
+def _handles_unknown(plugin: Plugin | None) -> bool:
+    return bool(plugin is not None and plugin.extra.get("handles_unknown"))
+
+
+def _check(st: Any, val: Any) -> None:
+    if isinstance(val, torch.Tensor):
+        if not isinstance(st, (TensorRF, Const)):
+            raise TypeError(f"returned {type(st).__name__}, expected TensorRF")
+        if isinstance(st, TensorRF) and len(st.dims) != val.dim():
+            raise TypeError(f"returned {len(st.dims)} dim tags for a {val.dim()}-d output")
+    elif isinstance(val, (list, tuple)):
+        if not isinstance(st, tuple) or len(st) != len(val):
+            raise TypeError("returned a state that does not match the output tuple")
+        for s, v in zip(st, val, strict=False):
+            _check(s, v)

@@ -1,0 +1,104 @@
+"""Convolutions: Conv1d/2d/3d, ConvTranspose1d/2d/3d and their functional forms."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rfscope.core import rf
+from rfscope.core.context import OpContext, Unsupported
+from rfscope.core.geometry import Geometry
+from rfscope.core.ops import local
+from rfscope.core.registry import Registry
+from rfscope.core.state import TensorRF
+
+
+def _tup(v: Any, n: int) -> tuple[int, ...]:
+    if isinstance(v, int):
+        return (v,) * n
+    t = tuple(int(x) for x in v)
+    if len(t) == 1:
+        return t * n
+    if len(t) != n:
+        raise Unsupported(f"expected {n} values, got {v!r}")
+    return t
+
+
+def conv_geometry(ctx: OpContext) -> Geometry:
+    """The geometry of any conv call: a module's attributes, or a functional call's arguments."""
+    m = ctx.module
+    if m is not None:
+        assert isinstance(m, nn.modules.conv._ConvNd)
+        n = len(m.kernel_size)
+        k, s, d = tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)
+        pad: Any = m.padding
+        transposed = bool(m.transposed)
+        groups = int(m.groups)
+        weight_shape = tuple(m.weight.shape)
+        out_pad = tuple(m.output_padding) if transposed else (0,) * n
+    else:
+        w = ctx.param("weight")
+        if not isinstance(w, torch.Tensor):
+            raise Unsupported("weight is not a tensor")
+        weight_shape = tuple(w.shape)
+        n = w.dim() - 2
+        k = weight_shape[2:]
+        transposed = ctx.node.target in _FUNC_T
+        s = _tup(ctx.param("stride", 1), n)
+        pad = ctx.param("padding", 0)
+        out_pad = _tup(ctx.param("output_padding", 0), n) if transposed else (0,) * n
+        groups = int(ctx.param("groups", 1))
+        d = _tup(ctx.param("dilation", 1), n)
+    if isinstance(pad, str):
+        if pad == "valid":
+            left: Sequence[int] = (0,) * n
+        elif pad == "same":
+            # PyTorch puts the extra pixel on the right/bottom.
+            left = tuple((di * (ki - 1)) // 2 for ki, di in zip(k, d, strict=False))
+        else:
+            raise Unsupported(f"padding={pad!r}")
+    else:
+        left = _tup(pad, n)
+    return Geometry("conv", tuple(k), tuple(s), tuple(left), tuple(d), groups=groups, transposed=transposed,
+                    output_padding=out_pad, weight_shape=weight_shape)
+
+
+def _rf(ctx: OpContext) -> TensorRF:
+    g = conv_geometry(ctx)
+    op = rf.conv_transpose if g.transposed else rf.conv
+    fns = {-g.n + i: partial(_axis, op, k, s, p, d)
+           for i, (k, s, p, d) in enumerate(zip(g.kernel, g.stride, g.padding, g.dilation, strict=True))}
+    return local(ctx, fns)
+
+
+def _axis(op: Any, k: int, s: int, p: int, d: int, a: rf.Axis) -> rf.Axis:
+    return op(a, k, s, p, d)  # type: ignore[no-any-return]
+
+
+def _macs(ctx: OpContext) -> int:
+    g = conv_geometry(ctx)
+    ws = g.weight_shape
+    assert ws is not None
+    kprod = math.prod(g.kernel)
+    if g.transposed:
+        # every input element is multiplied by C_out/groups * k taps
+        x = ctx.in_shape(0)
+        return math.prod(x[:1]) * math.prod(x[2:]) * ws[0] * ws[1] * kprod
+    return math.prod(ctx.out_shape) * ws[1] * kprod
+
+
+_FUNC = (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d)
+_FUNC_T = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+           torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d)
+
+
+def register(reg: Registry) -> None:
+    reg.add("conv", (nn.Conv1d, nn.Conv2d, nn.Conv3d, *set(_FUNC)), rf=_rf, macs=_macs, geometry=conv_geometry)
+    reg.add("conv_transpose", (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, *set(_FUNC_T)),
+            rf=_rf, macs=_macs, geometry=conv_geometry)

@@ -1,0 +1,44 @@
+"""Normalisation layers.  Statistics over spatial positions make a layer global
+(GroupNorm, InstanceNorm, LayerNorm over spatial dims); the direct path keeps the
+local RF, reported as ``local``.  LayerNorm over channels only is pointwise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rfscope.core.context import OpContext
+from rfscope.core.ops import axes_of
+from rfscope.core.registry import Registry
+from rfscope.core.state import TensorRF, make_global
+
+
+def _group_rf(ctx: OpContext) -> TensorRF:
+    st = ctx.first
+    return make_global(st, axes_of(st.dims[2:]), keep_local=True)
+
+
+def _layer_rf(ctx: OpContext) -> TensorRF:
+    st = ctx.first
+    if ctx.module is not None:
+        m: Any = ctx.module
+        n = len(m.normalized_shape)
+    else:
+        shp = ctx.arg(1, "normalized_shape")
+        n = 1 if isinstance(shp, int) else len(shp)
+    return make_global(st, axes_of(st.dims[-n:]), keep_local=True)
+
+
+def _lrn_rf(ctx: OpContext) -> TensorRF:
+    return ctx.first  # normalises across neighbouring channels only
+
+
+_GROUP = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, F.group_norm, F.instance_norm)
+
+
+def register(reg: Registry) -> None:
+    reg.add("group_norm", _GROUP, rf=_group_rf)
+    reg.add("layer_norm", (nn.LayerNorm, F.layer_norm, nn.RMSNorm, F.rms_norm), rf=_layer_rf)
+    reg.add("local_response_norm", (nn.LocalResponseNorm, F.local_response_norm), rf=_lrn_rf)

@@ -1,0 +1,61 @@
+"""Elementwise ops: activations, dropout, eval-mode BatchNorm, arithmetic, merges (``+``, ``*``)."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rfscope.core.context import OpContext
+from rfscope.core.ops import elementwise, same_state
+from rfscope.core.registry import Method, Registry
+from rfscope.core.state import TensorRF
+
+ACTIVATION_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Threshold, nn.LogSigmoid, nn.Hardshrink,
+    nn.Softshrink,
+)
+OTHER_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                 nn.FeatureAlphaDropout, nn.Identity)
+#: BatchNorm in eval mode (the analysis copy is in eval) is a per-channel affine map.
+BATCHNORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+_FUNCS = [
+    F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
+    F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, F.softsign, F.tanhshrink, F.threshold,
+    F.logsigmoid, F.sigmoid, F.tanh, F.prelu, F.rrelu, F.dropout, F.dropout1d, F.dropout2d,
+    F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout, F.batch_norm, F.hardshrink, F.softshrink,
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
+    torch.abs, torch.neg, torch.clamp, torch.clip, torch.square, torch.pow, torch.sin, torch.cos,
+    torch.erf, torch.reciprocal, torch.sign, torch.floor, torch.ceil, torch.round,
+    torch.add, torch.sub, torch.mul, torch.div, torch.true_divide, torch.maximum, torch.minimum,
+    torch.where, torch.lerp, torch.addcmul, torch.addcdiv, torch.dropout, torch.batch_norm,
+    torch.nan_to_num, torch.masked_fill, torch.sigmoid_, torch.exp_,
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg,
+    operator.pow, operator.iadd, operator.imul, operator.isub, operator.itruediv, operator.mod,
+    operator.pos, operator.abs,
+]
+_METHODS = [
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "sqrt", "rsqrt", "abs",
+    "neg", "clamp", "clamp_", "clamp_min", "clamp_max", "clip", "pow", "square", "add", "add_",
+    "sub", "sub_", "mul", "mul_", "div", "div_", "masked_fill", "masked_fill_", "sin", "cos",
+    "erf", "reciprocal", "sign", "softplus", "lerp", "where", "addcmul", "addcdiv", "neg_",
+    "exp_", "abs_",
+]
+#: Methods whose output depends only on ``self`` (other tensor arguments give dtype/device).
+_SELF_ONLY = ["contiguous", "clone", "detach", "float", "double", "half", "bfloat16", "to",
+              "type_as", "type", "requires_grad_", "cpu", "cuda"]
+
+
+def _elementwise(ctx: OpContext) -> TensorRF:
+    return elementwise(ctx, f"elementwise op {ctx.node.name}")
+
+
+def register(reg: Registry) -> None:
+    reg.add("pointwise_modules", (*ACTIVATION_MODULES, *OTHER_MODULES, *BATCHNORM_MODULES), rf=_elementwise)
+    reg.add("elementwise", tuple(dict.fromkeys(_FUNCS)) + tuple(Method(m) for m in _METHODS), rf=_elementwise)
+    reg.add("self_only", tuple(Method(m) for m in _SELF_ONLY) + (torch.clone,), rf=same_state)

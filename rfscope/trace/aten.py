@@ -1,0 +1,265 @@
+"""The ATen-level tracers: ``torch.export`` on a meta copy, ``make_fx`` on the example input."""
+
+from __future__ import annotations
+
+import contextlib
+import copy as _copy
+import dataclasses
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from rfscope.core.errors import TraceError
+from rfscope.core.locks import TRACE_LOCK, exclusive
+from rfscope.trace.copy import _to_meta, clear_hooks, meta_copy, modules, named_modules
+from rfscope.trace.runtime import keep_rng_state
+
+
+def _to_real(x: Any, gen: torch.Generator | None = None) -> Any:
+    """A real tensor for an example input: a clone of a real one, random values for a meta one
+    (from a private generator: the user's random stream does not move)."""
+    if gen is None:
+        gen = torch.Generator().manual_seed(0)
+    if isinstance(x, torch.Tensor):
+        if x.device.type != "meta":
+            return x.detach().clone()
+        if x.is_floating_point() or x.is_complex():
+            return torch.randn(x.shape, dtype=x.dtype, generator=gen)
+        return torch.zeros(x.shape, dtype=x.dtype)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_real(v, gen) for v in x)
+    return x
+
+
+def _module_types(model: torch.nn.Module) -> dict[str, type]:
+    return {name: type(m) for name, m in named_modules(model)}
+
+
+def _normalise_stacks(gm: fx.GraphModule, types: dict[str, type]) -> None:
+    """Rewrite ``nn_module_stack`` to ``{call key: (path, class)}`` as ``symbolic_trace`` writes it."""
+    for n in gm.graph.nodes:
+        stack = n.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        new: dict[str, tuple[str, Any]] = {}
+        for key, val in stack.items():
+            path = val[0] if isinstance(val, tuple) else str(val)
+            if not path:
+                continue  # the root module
+            suffix = ""
+            if "@" in key and key.rsplit("@", 1)[1].isdigit():
+                suffix = "@" + key.rsplit("@", 1)[1]
+            new[path + suffix] = (path, types.get(path, val[1] if isinstance(val, tuple) else None))
+        n.meta["nn_module_stack"] = new
+
+
+def _drop_asserts(gm: fx.GraphModule) -> None:
+    """Remove nodes with no users that produce no value (guards, runtime asserts)."""
+    for n in reversed(list(gm.graph.nodes)):
+        if n.op == "call_module" and not n.users:
+            gm.graph.erase_node(n)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+
+
+def _aliasing_hazard(gm: fx.GraphModule) -> bool:
+    """Whether an in-place op mutates a tensor read again later or an alias (view) of another tensor.
+
+    The ATen plugins treat ``add_`` like ``add``, which is exact only when the mutated
+    tensor is not read again afterwards through another node; otherwise the graph must be
+    functionalised first (slower, so only when needed).
+    """
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for n in gm.graph.nodes:
+        schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
+        if schema is None or not schema.is_mutable:
+            continue
+        for i, arg in enumerate(schema.arguments):
+            if arg.alias_info is None or not arg.alias_info.is_write:
+                continue
+            x = n.args[i] if i < len(n.args) else n.kwargs.get(arg.name)
+            if not isinstance(x, fx.Node):
+                continue
+            if any(order[u] > order[n] for u in x.users if u is not n):
+                return True
+            src = getattr(x.target, "_schema", None) if x.op == "call_function" else None
+            if src is not None and any(r.alias_info is not None and not r.alias_info.is_write for r in src.returns):
+                return True  # a view: its base changes too (in-place ops' results are checked at that op)
+            if x.op == "placeholder":
+                return True
+    return False
+
+
+@exclusive  # torch.export keeps process-wide tracer state and hijacks other threads (rfscope.core.locks)
+def trace_export(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
+    """``torch.export`` a meta copy of ``model``; returns the functional ATen graph."""
+    cp = meta_copy(model)
+    types = _module_types(cp)
+    ep = torch.export.export(cp, tuple(_to_meta(x) for x in example_inputs), strict=False)
+    gm = ep.module()
+    if _aliasing_hazard(gm):
+        gm = ep.run_decompositions({}).module()
+    assert isinstance(gm, fx.GraphModule)
+    # plain calling convention (no pytree flattening), a single output as symbolic_trace gives it
+    gm.graph._codegen = fx.graph.CodeGen()
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    if isinstance(out.args[0], (tuple, list)) and len(out.args[0]) == 1:
+        out.args = (out.args[0][0],)
+    _drop_asserts(gm)
+    _normalise_stacks(gm, types)
+    return gm
+
+
+def _stack_hooks(model: torch.nn.Module, calls: dict[str, int]) -> list[Any]:
+    """Forward hooks that keep ``torch.fx.traceback.current_meta['nn_module_stack']`` up to date.
+
+    ``calls`` counts each module's calls (``"block@1"`` is the second); clear it between traces.
+    """
+    import torch.fx.traceback as fxt
+
+    handles = []
+
+    def pre(name: str, m: torch.nn.Module) -> Any:
+        def hook(mod: torch.nn.Module, args: Any) -> None:
+            k = calls.get(name, 0)
+            calls[name] = k + 1
+            cur = dict(fxt.current_meta.get("nn_module_stack") or {})
+            cur[name if k == 0 else f"{name}@{k}"] = (name, type(m))
+            fxt.current_meta["nn_module_stack"] = cur
+
+        return hook
+
+    def post(name: str) -> Any:
+        def hook(mod: torch.nn.Module, args: Any, out: Any) -> None:
+            cur = dict(fxt.current_meta.get("nn_module_stack") or {})
+            if cur:
+                cur.popitem()
+            fxt.current_meta["nn_module_stack"] = cur
+
+        return hook
+
+    for name, m in named_modules(model):
+        if name:
+            handles.append(m.register_forward_pre_hook(pre(name, m)))
+            handles.append(m.register_forward_hook(post(name)))
+    return handles
+
+
+def _meta_attrs(gm: fx.GraphModule) -> None:
+    """Replace every tensor the graph holds (constants lifted by make_fx) by a meta tensor."""
+    for mod in modules(gm):
+        for name, p in list(mod._parameters.items()):
+            if p is not None:
+                mod._parameters[name] = torch.nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+        for name, b in list(mod._buffers.items()):
+            if b is not None:
+                mod._buffers[name] = torch.empty_like(b, device="meta")
+        for name, v in list(vars(mod).items()):
+            if isinstance(v, torch.Tensor):
+                setattr(mod, name, torch.empty_like(v, device="meta"))
+
+
+@exclusive  # make_fx patches nn.Module and keeps process-wide node meta (rfscope.core.locks)
+def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
+    """Trace the path the example input takes through a deep copy of ``model`` (real tensors)."""
+    import torch.fx.traceback as fxt
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    if any(t is not None and t.device.type == "meta"
+           for m in modules(model) for t in (*m._parameters.values(), *m._buffers.values())):
+        raise TraceError("make_fx runs the model on real tensors, but the model is on the meta device")
+    cp = clear_hooks(_copy.deepcopy(model))
+    cp.eval()
+    types = _module_types(cp)
+    gen = torch.Generator().manual_seed(0)
+    inputs = tuple(_to_real(x, gen) for x in example_inputs)
+    calls: dict[str, int] = {}
+    _stack_hooks(cp, calls)
+    # real tensors may be read (``if x.sum() > 0``): the graph follows the branch this input takes
+    opts: dict[str, Any] = {"tracing_mode": "real", "_error_on_data_dependent_ops": False}
+    with torch.no_grad(), fxt.preserve_node_meta(), keep_rng_state():  # the forward may draw (noise)
+        gm = make_fx(lambda *a: plain_outputs(cp(*a)), **opts)(*inputs)
+        if _aliasing_hazard(gm):
+            calls.clear()
+            gm = _functional_make_fx(cp, inputs, opts)
+    _meta_attrs(gm)
+    for n in gm.graph.nodes:  # factory calls recorded with device=cpu (torch.zeros(...)) must make meta tensors
+        if isinstance(n.kwargs.get("device"), (torch.device, str)):
+            n.kwargs = {**n.kwargs, "device": torch.device("meta")}
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    _normalise_stacks(gm, types)
+    return gm
+
+
+def plain_outputs(v: Any) -> Any:
+    """``v`` with dataclass instances turned into dicts of their fields, recursively.
+
+    make_fx follows outputs through PyTorch's pytree registry, which does not know a model's own
+    dataclasses: their tensors would be recorded as constants, as if they did not depend on the
+    input.  As dicts they are followed (their leaves are then reported as ``['field']``).
+    """
+    if isinstance(v, torch.Tensor):
+        return v
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        from torch.utils._pytree import SUPPORTED_NODES
+
+        if type(v) not in SUPPORTED_NODES:
+            return {f.name: plain_outputs(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        return v
+    if isinstance(v, tuple) and hasattr(v, "_fields"):  # namedtuple: pytree knows it
+        return type(v)(*(plain_outputs(x) for x in v))
+    if isinstance(v, (list, tuple)):
+        return type(v)(plain_outputs(x) for x in v)
+    if isinstance(v, dict):
+        return {k: plain_outputs(x) for k, x in v.items()}
+    return v
+
+
+def _functional_make_fx(cp: torch.nn.Module, inputs: tuple[Any, ...], opts: dict[str, Any]) -> fx.GraphModule:
+    """``make_fx(functionalize(cp))``, with the buffers passed in as inputs: functionalisation only
+    follows mutations of its inputs, and a forward may update a buffer through a view
+    (``self.hist[0] = v``).  The buffer inputs become ``get_attr`` nodes again; the final
+    write-back into them has no users and is dropped."""
+    from torch.func import functional_call, functionalize
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    bufs = [(f"{p}.{k}" if p else k, b) for p, m in named_modules(cp) for k, b in m._buffers.items()
+            if b is not None]
+    names = [n for n, _ in bufs]
+
+    def run(*args: Any) -> Any:
+        return plain_outputs(functional_call(cp, dict(zip(names, args[:len(names)], strict=True)), args[len(names):]))
+
+    gm = make_fx(functionalize(run, remove="mutations_and_views"), **opts)(*(b for _, b in bufs), *inputs)
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"][:len(bufs)]
+    for i, ph in enumerate(phs):
+        attr = f"_rfscope_buffer_{i}"
+        gm.register_buffer(attr, bufs[i][1])
+        with gm.graph.inserting_before(ph):
+            ga = gm.graph.get_attr(attr)
+        ph.replace_all_uses_with(ga)
+        gm.graph.erase_node(ph)
+    for n in list(gm.graph.nodes):  # the write-back of updated buffers: nothing reads it
+        if n.op == "call_function" and n.target is torch.ops.aten.copy_.default and not n.users \
+                and isinstance(n.args[0], fx.Node) and n.args[0].op == "get_attr":
+            gm.graph.erase_node(n)
+    return gm
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence log records up to WARNING (torch logs failed export attempts at length)."""
+    with TRACE_LOCK:  # logging and sys.stderr are process-wide: one silencer at a time (rfscope.core.locks)
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            logging.disable(previous)
+
