@@ -68,6 +68,8 @@ class Plugin:
     override: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     geometry: Callable[[OpContext], Geometry | None] | None = None
+    #: what kind of op this is, for the passes (see :mod:`rfscope.core.traits`)
+    traits: frozenset[str] = frozenset()
 
 
 def _key_name(t: Any) -> str:
@@ -133,9 +135,11 @@ class Registry:
         macs: Callable[[OpContext], int] | None = None,
         override: bool = False,
         geometry: Callable[[OpContext], Geometry | None] | None = None,
+        traits: Iterable[str] = (),
     ) -> Plugin:
-        """Shorthand for ``register(Plugin(name, tuple(targets), rf, macs, override, geometry=geometry))``."""
-        return self.register(Plugin(name, tuple(targets), rf, macs, override, geometry=geometry))
+        """Shorthand for ``register(Plugin(name, tuple(targets), rf, macs, override, ...))``."""
+        return self.register(Plugin(name, tuple(targets), rf, macs, override, geometry=geometry,
+                                    traits=frozenset(traits)))
 
     def unregister(self, name: str) -> None:
         with TRACE_LOCK:

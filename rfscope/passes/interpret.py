@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 
 from rfscope.core.context import OpContext, Unsupported
+from rfscope.core.geometry import Geometry
 from rfscope.core.registry import Method, Plugin, PluginError, Registry
 from rfscope.core.state import CONST, Const, TensorRF, input_rf, unknown
 
@@ -51,6 +52,10 @@ class NodeRecord:
     shared: dict[str, str] = field(default_factory=dict)
     #: convolution anatomy, primary kind then flags (``["depthwise", "dilated"]``); ``None`` if not a conv
     conv_kind: list[str] | None = None
+    #: kernel/stride/padding/dilation of a conv or pool call, from its plugin (``None`` otherwise)
+    geometry: Geometry | None = None
+    #: the plugin's traits (:mod:`rfscope.core.traits`): what kind of op this is
+    traits: frozenset[str] = frozenset()
 
     @property
     def label(self) -> str:
@@ -164,6 +169,7 @@ def run_plugins(
         )
         plugin: Plugin | None = None
         macs: int | None = None
+        geometry: Geometry | None = None
         if n.op == "placeholder":
             st = _input_state(val, n_spatial)
         elif n.op == "get_attr":
@@ -187,6 +193,11 @@ def run_plugins(
                 map_arg(n.kwargs, _value_of),
                 val, tuple(input_size),
             )
+            if plugin is not None and plugin.geometry is not None:
+                try:
+                    geometry = plugin.geometry(ctx)
+                except Exception:  # noqa: BLE001 - geometry is descriptive; the RF and MACs report the failure
+                    geometry = None
             if plugin is not None and plugin.macs is not None:
                 try:
                     macs = _checked_macs(plugin.macs(ctx))
@@ -252,6 +263,8 @@ def run_plugins(
             macs=macs,
             inputs=[a.name for a in n.all_input_nodes],
             call=call,
+            geometry=geometry,
+            traits=plugin.traits if plugin is not None else frozenset(),
         )
     return records, list(unsupported), errors
 
