@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import textwrap
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,7 @@ from rfscope.pipeline import analyze
 from rfscope.probe.graph import ProbeError, check_trace_path, materialise, select_outputs
 from rfscope.probe.inputs import ImageFolder, random_chunk
 from rfscope.probe.metrics import area_ratios, erf_extent, gaussian_sigma, support
+from rfscope.probe.plot import Heatmap, heatmap_png
 from rfscope.probe.runtime import Progress, all_reduce_sum, dist_info, resolve_device
 from rfscope.probe.units import axis_extents, layout_of, unit_mask
 from rfscope.report import Report
@@ -135,6 +137,22 @@ class ERFResult:
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
+    def heatmap(self) -> Heatmap:
+        """What ``erf.png`` shows (:mod:`rfscope.probe.plot`): the map, the static RF box, the centre, the text."""
+        c = self.conventions
+        ar = ", ".join(f"t={k}: " + ("-" if v is None else f"{100 * v['ratio']:.1f}%")
+                       for k, v in self.area_ratio.items())
+        caption = (
+            f"reduction: {c['reduction']} ({c['reduction_definition']}); colour: log10(1+ERF)/max; "
+            f"weights: {c['weights']}; inputs: {c['inputs']}; {c['dtype']} on {c['device']}. "
+            f"Box: static RF of the centre unit ({self.rf.get('status')}), +: square centre. Area ratios {ar}."
+        )
+        title = (f"ERF of {c['label']} — input {'x'.join(map(str, c['input_shape'][1:]))}, "
+                 f"{c['samples']} samples, {c['reduction']}")
+        return Heatmap(values=self.map, center=self.center, window=self.rf.get("window"),
+                       box_label=f"static RF {self.rf.get('size')}", title=title,
+                       caption="\n".join(textwrap.wrap(caption, 110)))
+
     def save(self, out_dir: str | Path, png: bool = True) -> list[Path]:
         """Write ``erf.npy``, ``erf.json`` and (with matplotlib) ``erf.png`` into ``out_dir``, all or none.
 
@@ -150,9 +168,7 @@ class ERFResult:
         np.save(buf, self.map)
         image = None
         if png:
-            from rfscope.probe.plot import heatmap_png
-
-            image = heatmap_png(self)
+            image = heatmap_png(self.heatmap())
         created = [p for p in (d, *d.parents) if not p.exists()]  # deepest first
         d.mkdir(parents=True, exist_ok=True)
         try:
