@@ -5,21 +5,41 @@
 - :func:`erf` measures the effective receptive field of the model as given
   (Luo et al. 2016) with RepLKNet's area-ratio metrics and
   one size estimator (σ, ERF extent, ERF/RF; :mod:`rfscope.probe.metrics`).
+
+Names load on first use (PEP 562, as in :mod:`rfscope`): the ``rfscope`` command line imports
+:mod:`rfscope.probe.command` without importing torch.
 """
 
-from rfscope.probe.effective import REDUCTIONS, ERFResult, NonFiniteError, erf
-from rfscope.probe.exact import AxisMeasure, NodeCheck, Validation, validate
-from rfscope.probe.graph import ProbeError
-from rfscope.probe.inputs import load_images, load_tensors
-from rfscope.probe.metrics import (
-    THRESHOLDS,
-    area_ratio,
-    area_ratios,
-    erf_extent,
-    gaussian_sigma,
-    replknet_transform,
-    support,
-)
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rfscope.probe.effective import REDUCTIONS, ERFResult, NonFiniteError, erf
+    from rfscope.probe.exact import AxisMeasure, NodeCheck, Validation, validate
+    from rfscope.probe.graph import ProbeError
+    from rfscope.probe.inputs import load_images, load_tensors
+    from rfscope.probe.metrics import (
+        THRESHOLDS,
+        area_ratio,
+        area_ratios,
+        erf_extent,
+        gaussian_sigma,
+        replknet_transform,
+        support,
+    )
+
+_FROM = {
+    "effective": ("REDUCTIONS", "ERFResult", "NonFiniteError", "erf"),
+    "exact": ("AxisMeasure", "NodeCheck", "Validation", "validate"),
+    "graph": ("ProbeError",),
+    "inputs": ("load_images", "load_tensors"),
+    "metrics": ("THRESHOLDS", "area_ratio", "area_ratios", "erf_extent", "gaussian_sigma", "replknet_transform",
+                "support"),
+}
+_HOME = {name: mod for mod, names in _FROM.items() for name in names}
 
 __all__ = [
     "validate", "Validation", "NodeCheck", "AxisMeasure", "ProbeError",
@@ -27,3 +47,18 @@ __all__ = [
     "area_ratio", "area_ratios", "gaussian_sigma", "erf_extent", "support", "replknet_transform", "THRESHOLDS",
     "load_images", "load_tensors",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)  # a submodule: rfscope.probe.metrics ...
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
