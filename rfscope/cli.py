@@ -2,141 +2,29 @@
 
 Exit status: 0 fine, 1 a finding of severity ``error`` (``--check-init``), 2 bad input,
 130 interrupted (Ctrl-C).  Errors are one line; ``--debug`` shows the traceback.
+
+This module is the ``rfscope`` group and its ``analyze`` command; ``rfscope probe`` is
+:data:`rfscope.probe.command.probe`, added here.  What both commands share (one-line errors,
+Ctrl-C, ``--input-shape``) is :mod:`rfscope.cli_support`.  Nothing here imports torch before a
+command runs.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import sys
-import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from rfscope.cli_support import CONTEXT_SETTINGS, CliError, InterruptibleGroup, handle_errors, parse_shape
+from rfscope.probe.command import probe
+
 __all__ = ["main", "parse_shape", "CliError"]
 
-F = TypeVar("F", bound=Callable[..., Any])
 
-#: the largest tensor size torch can index (int64 element counts)
-_MAX_NUMEL = 2**63 - 1
-
-
-class CliError(click.ClickException):
-    """A one-line user error; exit status 2."""
-
-    exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"rfscope: error: {self.format_message()}", err=True)
-
-
-class Interrupted(click.ClickException):
-    """Ctrl-C: one line, exit status 130 (128 + SIGINT), no traceback."""
-
-    exit_code = 130
-
-    def __init__(self) -> None:
-        super().__init__("interrupted")
-
-    def show(self, file: Any = None) -> None:
-        click.echo("rfscope: interrupted", err=True)
-
-
-class _Main(click.Group):
-    """The ``rfscope`` group: a Ctrl-C anywhere in a command (importing torch, building the
-    model, tracing, probing) is :class:`Interrupted`."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            raise Interrupted() from None
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"3,224,224"`` (no batch dim) -> ``(1, 3, 224, 224)``."""
-    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
-    try:
-        dims = tuple(int(p) for p in parts)
-    except ValueError as e:
-        raise CliError(f"--input-shape {text!r} is not a comma-separated list of ints, e.g. 3,224,224") from e
-    if len(dims) < 2:
-        raise CliError(f"--input-shape {text!r} needs channels and at least one spatial size, e.g. 3,224,224")
-    if any(d <= 0 for d in dims):
-        raise CliError(f"--input-shape {text!r} has a zero or negative size")
-    numel = 1
-    for d in dims:
-        numel *= d
-    if numel > _MAX_NUMEL // 8:  # bytes of a float64 copy must fit in int64 too
-        raise CliError(f"--input-shape {text!r} is too large: {numel:.3g} elements do not fit in a tensor "
-                       "(at most 2**60); give the real input size")
-    return (1, *dims)
-
-
-def _show_note(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-               file: Any = None, line: str | None = None) -> None:
-    """One ``rfscope: note:`` line on stderr for rfscope's own notes (which checkpoint entry was loaded)."""
-    if category.__module__.startswith("rfscope"):
-        click.echo(f"rfscope: note: {message}", err=True)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
-
-
-_default_showwarning = warnings.showwarning
-
-
-def _user_error(e: BaseException) -> str | None:
-    """torch errors that bad input causes, as a one-line message (``None``: not one of them)."""
-    msg = str(e)
-    first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
-    if isinstance(e, RuntimeError) and ("does not require grad" in msg or "not have been used in the graph" in msg):
-        return ("no gradient reaches the input from the probed node: its output does not depend on the input "
-                "through differentiable ops (a constant, detach(), argmax ...); probe a node that does (--node)")
-    if isinstance(e, (RuntimeError, OverflowError)) and "overflow" in msg.lower():
-        return f"a tensor size overflowed ({first}); the input is too large: give a smaller --input-shape"
-    if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and ("can't allocate memory" in msg
-                                                                        or "out of memory" in msg.lower())):
-        return (f"out of memory ({first}); use a smaller --input-shape, --batch-size or --samples, "
-                "or another --device")
-    return None
-
-
-def handle_errors(fn: F) -> F:
-    """Turn known exceptions into one-line errors (exit 2) unless ``--debug``."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = bool(kwargs.get("debug"))
-        try:
-            with warnings.catch_warnings():
-                warnings.showwarning = _show_note
-                return fn(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except Exception as e:
-            if debug:
-                raise
-            msg = _user_error(e) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
-            from rfscope.core.errors import TraceError
-            from rfscope.core.registry import PluginError
-            from rfscope.loader import LoadError
-            from rfscope.passes.interpret import StrictError
-            from rfscope.pipeline import AnalysisInputError
-            from rfscope.report import UnknownNameError
-
-            known = (LoadError, AnalysisInputError, TraceError, UnknownNameError, StrictError, PluginError,
-                     OSError, ValueError)
-            if not isinstance(e, known) and _user_error(e) is None:
-                msg = f"internal error ({type(e).__name__}: {msg}); rerun with --debug and report it"
-            raise CliError(msg) from e
-
-    return wrapper  # type: ignore[return-value]
-
-
-@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=InterruptibleGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(package_name="rfscope")
 def main() -> None:
     """rfscope: receptive fields, counts and init checks for PyTorch models."""
@@ -230,45 +118,7 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
             raise click.exceptions.Exit(1)
 
 
-@main.command()
-@click.argument("target")
-@click.option("--mode", type=click.Choice(["exact", "erf"]), default="exact", show_default=True,
-              help="exact: check the static RF with a linearised float64 copy; erf: effective RF.")
-@click.option("--node", "nodes", multiple=True, help="Module path or node to probe (repeatable for exact).")
-@click.option("--input-shape", "input_shape", help="C,H,W without the batch dim.")
-@click.option("--samples", type=int, default=32, show_default=True, help="ERF: number of input samples.")
-@click.option("--inputs", "inputs_path", help="ERF: a torch.save'd (N,C,H,W) tensor to use as inputs.")
-@click.option("--image-dir", help="ERF: a folder of png/jpg images (resized, ImageNet-normalised).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float64", "bfloat16"]),
-              help="Default float64 (exact), float32 (erf); bfloat16 is checked against float32.")
-@click.option("--batch-size", type=int, help="Probe rows / samples per batch (default 4 exact, 8 erf).")
-@click.option("--reduction", type=click.Choice(["clip", "abs", "square"]), default="clip", show_default=True,
-              help="ERF: clip negative gradients (RepLKNet), |grad| or grad² (Luo et al.).")
-@click.option("--seed", type=int, default=0, show_default=True, help="ERF: seed of the random inputs.")
-@click.option("--out", "out_dir", help="ERF: output folder for erf.npy, erf.json, erf.png.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@click.option("--no-grow", is_flag=True, help="Exact: keep the input size even if units touch the border.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--weights", type=click.Path(dir_okay=False),
-              help="ERF: load this state-dict checkpoint (weights_only=True) into a copy of the model first.")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-@handle_errors
-def probe(target: str, mode: str, nodes: tuple[str, ...], input_shape: str | None, samples: int,
-          inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int | None,
-          reduction: str, seed: int, out_dir: str | None, fmt: str, no_grow: bool, quiet: bool,
-          weights: str | None, debug: bool) -> None:
-    """Gradient probe of TARGET: exact RF validation (exit 1 on a disagreement) or the ERF."""
-    from rfscope.probe.command import run_probe
-
-    if samples < 1:
-        raise CliError(f"--samples must be at least 1 (got {samples})")
-    if batch_size is not None and batch_size < 1:
-        raise CliError(f"--batch-size must be at least 1 (got {batch_size})")
-    status = run_probe(target, mode, nodes, input_shape, samples, inputs_path, image_dir, device, dtype,
-                       batch_size, reduction, seed, out_dir, fmt, not no_grow, quiet, weights=weights)
-    if status:
-        raise click.exceptions.Exit(status)
+main.add_command(probe)  # its options and body live with the probe (rfscope.probe.command)
 
 
 def run() -> None:  # pragma: no cover - console entry

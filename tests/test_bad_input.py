@@ -382,6 +382,41 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, when):
     assert err.strip() == "rfscope: interrupted", err
 
 
+
+def test_the_cli_starts_without_torch():
+    """``rfscope --help`` is fast, and a Ctrl-C while torch loads happens inside a command (one line)."""
+    import subprocess
+    import sys
+
+    code = "import sys, rfscope.cli; assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_python_m_rfscope_probe_is_rfscope_probe(tmp_path):
+    """``python -m rfscope.probe`` runs the probe command alone: same errors, exit statuses and Ctrl-C."""
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "rfscope.probe", "--bogus"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "Usage: rfscope probe [OPTIONS] TARGET" in bad.stderr, bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "rfscope.probe", str(tmp_path / "none.py")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.startswith("rfscope: error: ") and len(missing.stderr.strip().splitlines()) == 1
+    f = tmp_path / "m.py"
+    f.write_text(_SLOW_FORWARD)
+    p = subprocess.Popen([sys.executable, "-m", "rfscope.probe", str(f), "--mode", "exact"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and "forward" in p.stdout.readline()
+        p.send_signal(__import__("signal").SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and err.strip() == "rfscope: interrupted", err
+
 def test_bad_numbers_are_one_line_errors_not_internal(small):
     _one_line_error(*_run("analyze", str(small), "--input-shape", "3,99999999999999999999999,9"),
                     "--input-shape", "too large")

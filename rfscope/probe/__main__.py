@@ -1,8 +1,6 @@
 """``python -m rfscope.probe ARGS`` is ``rfscope probe ARGS`` (handy under ``torchrun -m``)."""
 
-import sys
-
-from rfscope.cli import main
+from rfscope.probe.command import standalone
 
 if __name__ == "__main__":
-    sys.exit(main(["probe", *sys.argv[1:]], prog_name="rfscope probe"))
+    standalone()

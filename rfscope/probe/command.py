@@ -1,23 +1,35 @@
-"""The body of ``rfscope probe`` (the click command in :mod:`rfscope.cli` only parses options)."""
+"""The ``rfscope probe`` command: its options and its body.
+
+:mod:`rfscope.cli` adds :data:`probe` to the ``rfscope`` group; ``python -m rfscope.probe ARGS``
+runs it alone through :func:`standalone` (handy under ``torchrun -m``).  Shared command-line
+pieces (one-line errors, Ctrl-C, ``--input-shape``) come from :mod:`rfscope.cli_support`.
+This module imports torch only when the command runs, so ``rfscope --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import torch
 
-from rfscope.probe.graph import ProbeError
+from rfscope.cli_support import CONTEXT_SETTINGS, CliError, InterruptibleCommand, handle_errors, parse_shape
 
-__all__ = ["run_probe"]
+if TYPE_CHECKING:
+    import torch
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+__all__ = ["probe", "run_probe", "standalone"]
+
+
+def _dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}[name]
 
 
 def _shape(target_shape: str | None, lm: Any, x: torch.Tensor | None) -> tuple[int, ...]:
-    from rfscope.cli import CliError, parse_shape
+    import torch
 
     if target_shape:
         return parse_shape(target_shape)
@@ -31,6 +43,51 @@ def _shape(target_shape: str | None, lm: Any, x: torch.Tensor | None) -> tuple[i
     raise CliError(f"no input shape: pass --input-shape C,H,W (e.g. 3,224,224) or define input_shape in {lm.source}")
 
 
+@click.command("probe", cls=InterruptibleCommand, context_settings=CONTEXT_SETTINGS)
+@click.argument("target")
+@click.option("--mode", type=click.Choice(["exact", "erf"]), default="exact", show_default=True,
+              help="exact: check the static RF with a linearised float64 copy; erf: effective RF.")
+@click.option("--node", "nodes", multiple=True, help="Module path or node to probe (repeatable for exact).")
+@click.option("--input-shape", "input_shape", help="C,H,W without the batch dim.")
+@click.option("--samples", type=int, default=32, show_default=True, help="ERF: number of input samples.")
+@click.option("--inputs", "inputs_path", help="ERF: a torch.save'd (N,C,H,W) tensor to use as inputs.")
+@click.option("--image-dir", help="ERF: a folder of png/jpg images (resized, ImageNet-normalised).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64", "bfloat16"]),
+              help="Default float64 (exact), float32 (erf); bfloat16 is checked against float32.")
+@click.option("--batch-size", type=int, help="Probe rows / samples per batch (default 4 exact, 8 erf).")
+@click.option("--reduction", type=click.Choice(["clip", "abs", "square"]), default="clip", show_default=True,
+              help="ERF: clip negative gradients (RepLKNet), |grad| or grad² (Luo et al.).")
+@click.option("--seed", type=int, default=0, show_default=True, help="ERF: seed of the random inputs.")
+@click.option("--out", "out_dir", help="ERF: output folder for erf.npy, erf.json, erf.png.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--no-grow", is_flag=True, help="Exact: keep the input size even if units touch the border.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="ERF: load this state-dict checkpoint (weights_only=True) into a copy of the model first.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@handle_errors
+def probe(target: str, mode: str, nodes: tuple[str, ...], input_shape: str | None, samples: int,
+          inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int | None,
+          reduction: str, seed: int, out_dir: str | None, fmt: str, no_grow: bool, quiet: bool,
+          weights: str | None, debug: bool) -> None:
+    """Gradient probe of TARGET: exact RF validation (exit 1 on a disagreement) or the ERF."""
+    if samples < 1:
+        raise CliError(f"--samples must be at least 1 (got {samples})")
+    if batch_size is not None and batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1 (got {batch_size})")
+    status = run_probe(target, mode, nodes, input_shape, samples, inputs_path, image_dir, device, dtype,
+                       batch_size, reduction, seed, out_dir, fmt, not no_grow, quiet, weights=weights)
+    if status:
+        raise click.exceptions.Exit(status)
+
+
+def standalone(args: Sequence[str] | None = None) -> None:
+    """``python -m rfscope.probe ARGS``: the probe command alone, as ``rfscope probe ARGS``
+    (same options, exit statuses and one-line errors); exits the process with its status."""
+    probe.main(list(args) if args is not None else None, prog_name="rfscope probe")
+
+
 def run_probe(
     target: str, mode: str, nodes: Sequence[str], input_shape: str | None, samples: int,
     inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int | None,
@@ -38,9 +95,9 @@ def run_probe(
     weights: str | None = None,
 ) -> int:
     """Run one probe and print its result; returns the exit status (1 when a node disagrees)."""
-    from rfscope.cli import CliError
     from rfscope.loader import load_model
     from rfscope.probe import erf, load_tensors, validate
+    from rfscope.probe.graph import ProbeError
     from rfscope.probe.runtime import dist_info, init_from_env
 
     if inputs_path and image_dir:
@@ -69,7 +126,7 @@ def run_probe(
     if mode == "exact":
         if dtype == "bfloat16":
             raise CliError("--mode exact needs float64 (or float32): bfloat16 would round contributions to zero")
-        dt = _DTYPES[dtype or "float64"]
+        dt = _dtype(dtype or "float64")
         res = validate(lm.model, None, list(nodes) or None, shape, device=device, dtype=dt,
                        batch_size=batch_size or 4, grow=grow)
         click.echo(json.dumps(res.to_dict(), indent=2) if fmt == "json" else res.table())
@@ -87,7 +144,7 @@ def run_probe(
     init_from_env()
     r = erf(lm.model, node=nodes[0] if nodes else "output", input_shape=shape, samples=samples,
             inputs=images if image_dir else x,
-            device=device, dtype=_DTYPES[dtype or "float32"], batch_size=batch_size or 8, progress=not quiet,
+            device=device, dtype=_dtype(dtype or "float32"), batch_size=batch_size or 8, progress=not quiet,
             reduction=reduction, seed=seed, inputs_desc=desc)
     if dist_info()[0] != 0:
         return 0
