@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from rfscope.core.errors import RfscopeError
 from rfscope.core.locks import TRACE_LOCK
 
 if TYPE_CHECKING:
     from rfscope.core.context import OpContext
     from rfscope.core.geometry import Geometry
+    from rfscope.core.initview import InitContext, WeightView
 
 __all__ = ["Method", "Plugin", "Registry", "PluginError", "default_registry", "ENTRY_POINT_GROUP"]
 
@@ -45,7 +47,7 @@ class Method:
     name: str
 
 
-class PluginError(RuntimeError):
+class PluginError(RfscopeError, RuntimeError):
     """A plugin is malformed, registered twice, or raised while analysing a node."""
 
 
@@ -56,7 +58,9 @@ class Plugin:
     ``rf(ctx)`` returns the output's :class:`~rfscope.core.state.TensorRF` (or a tuple of
     them for multi-output ops); ``macs(ctx)`` the multiply-accumulates of the call;
     ``geometry(ctx)`` the :class:`~rfscope.core.geometry.Geometry` of a sliding-window op
-    (convolutions and pools: what counting and the design diagnostics read).
+    (convolutions and pools: what counting and the design diagnostics read);
+    ``init_view(ctx)`` the :class:`~rfscope.core.initview.WeightView` of a weighted call, whose
+    weights the initialisation check then judges (see :mod:`rfscope.core.initview`).
     Any may be ``None``.  ``override=True`` replaces an earlier registration
     for the same targets instead of raising.
     """
@@ -70,6 +74,7 @@ class Plugin:
     geometry: Callable[[OpContext], Geometry | None] | None = None
     #: what kind of op this is, for the passes (see :mod:`rfscope.core.traits`)
     traits: frozenset[str] = frozenset()
+    init_view: Callable[[InitContext], WeightView | None] | None = None
 
 
 def _key_name(t: Any) -> str:
@@ -136,10 +141,11 @@ class Registry:
         override: bool = False,
         geometry: Callable[[OpContext], Geometry | None] | None = None,
         traits: Iterable[str] = (),
+        init_view: Callable[[InitContext], WeightView | None] | None = None,
     ) -> Plugin:
         """Shorthand for ``register(Plugin(name, tuple(targets), rf, macs, override, ...))``."""
         return self.register(Plugin(name, tuple(targets), rf, macs, override, geometry=geometry,
-                                    traits=frozenset(traits)))
+                                    traits=frozenset(traits), init_view=init_view))
 
     def unregister(self, name: str) -> None:
         with TRACE_LOCK:
