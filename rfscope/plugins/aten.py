@@ -5,8 +5,10 @@ graphs.  Most translate the ATen call into the equivalent torch-level call
 (``aten.convolution`` -> ``F.conv2d`` or ``F.conv_transpose2d``, ``aten.slice`` ->
 ``x[..., a:b:c]``, ``aten.addmm`` -> ``torch.matmul`` ...) and ask the plugin
 registered for *that* call, so both tracing paths share one formula per op and
-give the same RF and MACs.  Elementwise and copy-like ops use :mod:`rfscope.core.ops`
-directly.
+give the same RF, MACs, geometry and initialisation-check view; a delegating
+registration states the torch-level plugin's traits (:mod:`rfscope.core.traits`).
+Elementwise and copy-like ops use :mod:`rfscope.core.ops` directly, with the traits of
+their torch-level counterparts in :mod:`rfscope.plugins.pointwise`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import torch.nn.functional as F
 
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.geometry import Geometry
+from rfscope.core.initview import InitContext, WeightView
 from rfscope.core.ops import elementwise, norm_dim, reduce_dims, same_state
 from rfscope.core.registry import Method, Plugin, Registry
 from rfscope.core.state import CONST, TensorRF, make_global
+from rfscope.core.traits import CHANNELWISE, FLATTEN, NORM, POINTWISE, RELU
 
 aten = torch.ops.aten
 
@@ -108,8 +112,9 @@ def translate(ctx: OpContext, call: Call, a: Args | None = None) -> OpContext:
 Translator = Callable[[Args], Call]
 
 
-def _delegating(reg: Registry, tr: Translator) -> Plugin:
-    """A plugin that translates each call once and hands RF, MACs and geometry to the torch-level plugin."""
+def _delegating(reg: Registry, tr: Translator, traits: Iterable[str] = ()) -> Plugin:
+    """A plugin that translates each call once and hands RF, MACs, geometry and the init view to the
+    torch-level plugin; ``traits`` are that plugin's (stated here: it may not be registered yet)."""
 
     def plugin_for(ctx: OpContext) -> tuple[Any, OpContext, Call]:
         hit = ctx.memo.get("aten")  # one translation per node, kept on that node's own context
@@ -139,7 +144,28 @@ def _delegating(reg: Registry, tr: Translator) -> Plugin:
         p, c2, _ = plugin_for(ctx)
         return p.geometry(c2) if p.geometry is not None else None
 
-    return Plugin("", (), rf, macs, geometry=geometry)
+    def init_view(ictx: InitContext) -> WeightView | None:
+        # the init check runs after the analysis: translate from the node's raw fx arguments
+        n = ictx.node
+        vals = fx.node.map_arg((n.args, dict(n.kwargs)), lambda x: x.meta.get("val"))
+        ctx = OpContext(n, None, (), {}, tuple(vals[0]), dict(vals[1]), n.meta.get("val"), ())
+        try:
+            a = Args(ctx)
+            call = tr(a)
+        except (Unsupported, KeyError, TypeError, ValueError):
+            return None
+        p = reg.lookup(call.target)
+        if p is None or p.init_view is None:
+            return None
+
+        def raw(r: Ref) -> Any:
+            return r.value if isinstance(r, Lit) else ictx.arg(a.index[r], r, a.defaults.get(r))
+
+        target = call.target.name if isinstance(call.target, Method) else call.target
+        return p.init_view(ictx.translated(target, tuple(raw(r) for r in call.args),
+                                           {k: raw(r) for k, r in call.kwargs.items()}))
+
+    return Plugin("", (), rf, macs, geometry=geometry, traits=frozenset(traits), init_view=init_view)
 
 
 # -- translators ---------------------------------------------------------------------------
@@ -467,6 +493,15 @@ def overloads(names: Iterable[str], inplace: bool = False) -> list[Any]:
     return list(dict.fromkeys(res))
 
 
+_RELU = ["relu", "relu6"]
+#: deterministic one-input activations and math: the same function on every element
+_UNARY = ["neg", "abs", "exp", "log", "log1p", "expm1", "sqrt", "rsqrt", "square", "gelu", "silu", "sigmoid", "tanh",
+          "hardtanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "softsign",
+          "threshold", "erf", "reciprocal", "sign", "sin", "cos", "floor", "ceil", "round", "trunc", "nan_to_num",
+          "hardshrink", "softshrink", "logit", "exp2", "log2", "log10", "atan"]
+#: random in training (dropout, rrelu) or with a per-channel weight argument (prelu)
+_POINTWISE_ONLY = ["dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout", "native_dropout", "rrelu",
+                   "prelu", "_prelu_kernel"]
 _ELEMENTWISE = [
     "add", "sub", "rsub", "mul", "div", "true_divide", "floor_divide", "remainder", "neg", "abs", "exp", "log",
     "log1p", "expm1", "sqrt", "rsqrt", "pow", "square", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh",
@@ -483,13 +518,20 @@ _CONST = ["zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "ra
 
 
 def register(reg: Registry) -> None:
-    def d(name: str, ops: list[Any], tr: Translator) -> None:
-        p = _delegating(reg, tr)
-        reg.add(name, ops, rf=p.rf, macs=p.macs, geometry=p.geometry)
+    def d(name: str, ops: list[Any], tr: Translator, traits: Iterable[str] = ()) -> None:
+        p = _delegating(reg, tr, traits)
+        reg.add(name, ops, rf=p.rf, macs=p.macs, geometry=p.geometry, traits=p.traits, init_view=p.init_view)
 
-    reg.add("aten_elementwise", overloads(_ELEMENTWISE, inplace=True), rf=_elementwise)
+    # the traits of the torch-level plugins (rfscope.plugins.pointwise) for the same ops
+    grouped = [*_RELU, *_UNARY, *_POINTWISE_ONLY]
+    assert all(n in _ELEMENTWISE for n in grouped)
+    reg.add("aten_relu", overloads(_RELU, inplace=True), rf=_elementwise, traits={POINTWISE, RELU, CHANNELWISE})
+    reg.add("aten_unary", overloads(_UNARY, inplace=True), rf=_elementwise, traits={POINTWISE, CHANNELWISE})
+    reg.add("aten_random", overloads(_POINTWISE_ONLY, inplace=True), rf=_elementwise, traits={POINTWISE})
+    reg.add("aten_elementwise", overloads([n for n in _ELEMENTWISE if n not in grouped], inplace=True),
+            rf=_elementwise)
     reg.add("aten_multi_elementwise", overloads(["log_sigmoid_forward"]), rf=_multi_elementwise)
-    reg.add("aten_copy", overloads(_SELF_ONLY), rf=same_state)
+    reg.add("aten_copy", overloads(_SELF_ONLY), rf=same_state, traits={POINTWISE, CHANNELWISE})
     reg.add("aten_const", overloads(_CONST), rf=_const)
     reg.add("aten_as_strided", overloads(["as_strided"], inplace=True), rf=_restride)
     d("aten_conv", overloads(["conv1d", "conv2d", "conv3d"]), _conv)
@@ -504,12 +546,12 @@ def register(reg: Registry) -> None:
         ("avg_pool3d", F.avg_pool3d, _avg_pool),
     ]
     for op, fn, make in pools:
-        d(f"aten_{op}", overloads([op]), make(fn))
+        d(f"aten_{op}", overloads([op]), make(fn), {CHANNELWISE})
     for n, fa, fm in ((1, F.adaptive_avg_pool1d, F.adaptive_max_pool1d), (2, F.adaptive_avg_pool2d,
                       F.adaptive_max_pool2d), (3, F.adaptive_avg_pool3d, F.adaptive_max_pool3d)):
         d(f"aten_adaptive_avg_pool{n}d", overloads([f"adaptive_avg_pool{n}d", f"_adaptive_avg_pool{n}d"]),
-          _adaptive(fa))
-        d(f"aten_adaptive_max_pool{n}d", overloads([f"adaptive_max_pool{n}d"]), _adaptive(fm))
+          _adaptive(fa), {CHANNELWISE})
+        d(f"aten_adaptive_max_pool{n}d", overloads([f"adaptive_max_pool{n}d"]), _adaptive(fm), {CHANNELWISE})
     for op, mode in (("upsample_nearest1d", "nearest"), ("upsample_nearest2d", "nearest"),
                      ("upsample_nearest3d", "nearest"), ("_upsample_nearest_exact1d", "nearest-exact"),
                      ("_upsample_nearest_exact2d", "nearest-exact"), ("_upsample_nearest_exact3d", "nearest-exact"),
@@ -530,8 +572,9 @@ def register(reg: Registry) -> None:
     d("aten_vector_norm", [aten.linalg_vector_norm.default],
       _reduce(torch.norm, "dim", "keepdim", empty_is_all=True))
     d("aten_softmax", overloads(["_softmax", "softmax", "_log_softmax", "log_softmax"]), _softmax)
-    d("aten_reshape", overloads(["view", "_unsafe_view", "reshape", "view_copy", "_reshape_alias", "flatten",
-                                 "unflatten", "_reshape_copy"]), _reshape)
+    d("aten_reshape", overloads(["view", "_unsafe_view", "reshape", "view_copy", "_reshape_alias", "unflatten",
+                                 "_reshape_copy"]), _reshape)
+    d("aten_flatten", overloads(["flatten"]), _reshape, {FLATTEN})
     d("aten_expand", overloads(["expand", "expand_copy"]), _expand)
     d("aten_permute", overloads(["permute", "permute_copy"]), _permute)
     d("aten_transpose", [aten.transpose.int, aten.transpose_copy.int], _transpose)
@@ -555,11 +598,11 @@ def register(reg: Registry) -> None:
     d("aten_mm", [aten.mm.default, aten.bmm.default], _mm)
     d("aten_matmul", [aten.matmul.default], _matmul)
     d("aten_batch_norm", overloads(["batch_norm", "native_batch_norm", "_native_batch_norm_legit",
-                                    "_native_batch_norm_legit_no_training"]), _batch_norm)
-    d("aten_layer_norm", overloads(["layer_norm", "native_layer_norm"]), _layer_norm)
-    d("aten_group_norm", overloads(["group_norm", "native_group_norm"]), _group_norm)
-    d("aten_instance_norm", overloads(["instance_norm"]), _instance_norm)
-    d("aten_rms_norm", overloads(["rms_norm"]), _rms_norm)
+                                    "_native_batch_norm_legit_no_training"]), _batch_norm, {NORM})
+    d("aten_layer_norm", overloads(["layer_norm", "native_layer_norm"]), _layer_norm, {NORM})
+    d("aten_group_norm", overloads(["group_norm", "native_group_norm"]), _group_norm, {NORM})
+    d("aten_instance_norm", overloads(["instance_norm"]), _instance_norm, {NORM})
+    d("aten_rms_norm", overloads(["rms_norm"]), _rms_norm, {NORM})
     d("aten_sdpa", overloads(["scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
                               "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
                               "_scaled_dot_product_attention_math", "_scaled_dot_product_cudnn_attention"]), _sdpa)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.geometry import Geometry
+from rfscope.core.initview import InitContext, WeightView, module_view
 from rfscope.core.ops import local
 from rfscope.core.registry import Registry
 from rfscope.core.state import TensorRF
@@ -98,7 +99,25 @@ _FUNC_T = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
            torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d)
 
 
+def _init_view(transposed: bool) -> Any:
+    """The init check's view of a conv call: the module's weight, or a functional call's ``get_attr`` weight."""
+
+    def view(ctx: InitContext) -> WeightView | None:
+        if ctx.module is not None:
+            return module_view(ctx)
+        w = ctx.tensor(ctx.param("weight"))
+        if w is None:
+            return None  # a computed weight (e.g. weight standardisation): not an init
+        b = ctx.tensor(ctx.param("bias"))
+        g = ctx.param("groups", 1)
+        return WeightView(w, b, ctx.name(w) or "weight", ctx.name(b), 1 if transposed else 0,
+                          0 if transposed else 1, int(g) if isinstance(g, int) else 1)
+
+    return view
+
+
 def register(reg: Registry) -> None:
-    reg.add("conv", (nn.Conv1d, nn.Conv2d, nn.Conv3d, *set(_FUNC)), rf=_rf, macs=_macs, geometry=conv_geometry)
+    reg.add("conv", (nn.Conv1d, nn.Conv2d, nn.Conv3d, *set(_FUNC)), rf=_rf, macs=_macs, geometry=conv_geometry,
+            init_view=_init_view(False))
     reg.add("conv_transpose", (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, *set(_FUNC_T)),
-            rf=_rf, macs=_macs, geometry=conv_geometry)
+            rf=_rf, macs=_macs, geometry=conv_geometry, init_view=_init_view(True))

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rfscope.core.context import OpContext, Unsupported
+from rfscope.core.initview import InitContext, WeightView, module_view
 from rfscope.core.ops import axes_of
 from rfscope.core.registry import Method, Registry
 from rfscope.core.state import DimTag, TensorRF, make_global, merge
@@ -65,7 +66,19 @@ def _matmul_macs(ctx: OpContext) -> int:
     return math.prod(ctx.out_shape) * ctx.in_shape(0)[-1]
 
 
+def _linear_view(ctx: InitContext) -> WeightView | None:
+    """The init check's view of a Linear: the module's weight, or ``F.linear``'s ``get_attr`` weight."""
+    if ctx.module is not None:
+        return module_view(ctx)
+    w = ctx.tensor(ctx.param("weight"))
+    if w is None:
+        return None  # a computed weight: not an init
+    b = ctx.tensor(ctx.param("bias"))
+    return WeightView(w, b, ctx.name(w) or "weight", ctx.name(b))
+
+
 def register(reg: Registry) -> None:
-    reg.add("linear", (nn.Linear, F.linear, nn.LazyLinear), rf=_linear_rf, macs=_linear_macs)
+    reg.add("linear", (nn.Linear, F.linear, nn.LazyLinear), rf=_linear_rf, macs=_linear_macs,
+            init_view=_linear_view)
     reg.add("matmul", (torch.matmul, torch.bmm, torch.mm, operator.matmul, Method("matmul"), Method("bmm")),
             rf=_matmul_rf, macs=_matmul_macs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -13,6 +14,7 @@ from rfscope.core.context import OpContext
 from rfscope.core.ops import axes_of
 from rfscope.core.registry import Registry
 from rfscope.core.state import TensorRF, make_global
+from rfscope.core.traits import NORM
 
 
 def _group_rf(ctx: OpContext) -> TensorRF:
@@ -35,10 +37,12 @@ def _lrn_rf(ctx: OpContext) -> TensorRF:
     return ctx.first  # normalises across neighbouring channels only
 
 
-_GROUP = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, F.group_norm, F.instance_norm)
+_GROUP = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, F.group_norm, F.instance_norm,
+          torch.group_norm)
 
 
 def register(reg: Registry) -> None:
-    reg.add("group_norm", _GROUP, rf=_group_rf)
-    reg.add("layer_norm", (nn.LayerNorm, F.layer_norm, nn.RMSNorm, F.rms_norm), rf=_layer_rf)
-    reg.add("local_response_norm", (nn.LocalResponseNorm, F.local_response_norm), rf=_lrn_rf)
+    reg.add("group_norm", _GROUP, rf=_group_rf, traits={NORM})
+    reg.add("layer_norm", (nn.LayerNorm, F.layer_norm, torch.layer_norm, nn.RMSNorm, F.rms_norm), rf=_layer_rf,
+            traits={NORM})
+    reg.add("local_response_norm", (nn.LocalResponseNorm, F.local_response_norm), rf=_lrn_rf, traits={NORM})

@@ -15,6 +15,7 @@ from rfscope.core.context import OpContext
 from rfscope.core.geometry import Geometry
 from rfscope.core.ops import local, reduce_dims
 from rfscope.core.registry import Registry
+from rfscope.core.traits import CHANNELWISE
 
 
 def _tup(v: Any, n: int) -> tuple[int, ...]:
@@ -141,6 +142,7 @@ def _adaptive_macs(ctx: OpContext) -> int:
 
 
 def register(reg: Registry) -> None:
+    # pooling acts on each channel alone, the same way for every channel
     reg.add("pool", (*_MAX, *_AVG, *_LP, *_F_MAX, *_F_AVG, *_F_LP), rf=_pool_rf, macs=_pool_macs,
-            geometry=pool_geometry)
-    reg.add("adaptive_pool", (*_ADA, *_F_ADA), rf=_adaptive_rf, macs=_adaptive_macs)
+            geometry=pool_geometry, traits={CHANNELWISE})
+    reg.add("adaptive_pool", (*_ADA, *_F_ADA), rf=_adaptive_rf, macs=_adaptive_macs, traits={CHANNELWISE})

@@ -17,6 +17,7 @@ from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import norm_dim
 from rfscope.core.registry import Method, Registry
 from rfscope.core.state import CONST, DimTag, Global, Merged, TensorRF, map_axis, merge
+from rfscope.core.traits import FLATTEN
 
 
 def _parts(tag: DimTag, size: int) -> list[tuple[int | None, int]]:
@@ -299,9 +300,9 @@ def _split_rf(ctx: OpContext) -> Any:
 
 def register(reg: Registry) -> None:
     M = Method
-    reg.add("reshape", (M("view"), M("reshape"), M("flatten"), M("unflatten"), M("view_as"),
-                        M("reshape_as"), torch.reshape, torch.flatten, torch.unflatten,
-                        nn.Flatten, nn.Unflatten), rf=_reshape_rf)
+    reg.add("reshape", (M("view"), M("reshape"), M("unflatten"), M("view_as"),
+                        M("reshape_as"), torch.reshape, torch.unflatten, nn.Unflatten), rf=_reshape_rf)
+    reg.add("flatten", (M("flatten"), torch.flatten, nn.Flatten), rf=_reshape_rf, traits={FLATTEN})
     reg.add("permute", (M("permute"), torch.permute), rf=_permute_rf)
     reg.add("transpose", (M("transpose"), torch.transpose, M("swapaxes"), torch.swapaxes), rf=_transpose_rf)
     reg.add("movedim", (M("movedim"), torch.movedim), rf=_movedim_rf)

@@ -37,6 +37,7 @@ from rfscope.core.registry import Registry
 from rfscope.core.rf import Axis
 from rfscope.core.shape_rules import register_function_rule
 from rfscope.core.state import TensorRF
+from rfscope.core.traits import POINTWISE
 
 
 def _spatial_tags(ctx: OpContext, what: str, k: int = 2, leading_spatial: bool = False) -> TensorRF:
@@ -171,7 +172,7 @@ def _register_now(reg: Registry) -> None:
     fn = getattr(sd_mod, "stochastic_depth", None) if not callable(sd_mod) else sd_mod
     targets = [StochasticDepth] + ([fn] if fn is not None else [])
     # drops whole samples (train) or is the identity (eval): never moves positions
-    reg.add("torchvision_stochastic_depth", targets, rf=same_state)
+    reg.add("torchvision_stochastic_depth", targets, rf=same_state, traits={POINTWISE})  # random: not channelwise
     try:
         from torchvision.models import swin_transformer as swin
     except Exception:  # noqa: BLE001 - older torchvision without Swin
