@@ -18,24 +18,26 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rfscope import design, export, probe
     from rfscope.core.context import OpContext, Unsupported
+    from rfscope.core.initview import InitContext, WeightView
     from rfscope.core.registry import Method, Plugin, PluginError, Registry, default_registry
     from rfscope.core.result import RF, AxisInfo
     from rfscope.export import RendererNotFoundError
     from rfscope.passes.counts import ParamCount, SeparableBlock, Summary
     from rfscope.passes.diagnostics import DesignWarning
-    from rfscope.passes.initcheck import Finding, InitCheckError, InitRule, WeightView, check_init
-    from rfscope.pipeline import AnalysisInputError, analyze
+    from rfscope.passes.initcheck import Finding, InitCheckError
+    from rfscope.pipeline import AnalysisInputError, analyze, check_init
     from rfscope.report import Report, UnknownNameError
     from rfscope.weights import WeightsError, load_weights
 
 _FROM = {
-    "pipeline": ("AnalysisInputError", "analyze"),
+    "pipeline": ("AnalysisInputError", "analyze", "check_init"),
     "core.context": ("OpContext", "Unsupported"),
     "core.errors": ("RfscopeError", "TraceError"),
     "passes.counts": ("ParamCount", "SeparableBlock", "Summary"),
     "passes.diagnostics": ("DesignWarning",),
     "export.dot": ("RendererNotFoundError",),
-    "passes.initcheck": ("Finding", "InitCheckError", "InitRule", "WeightView", "check_init"),
+    "passes.initcheck": ("Finding", "InitCheckError"),
+    "core.initview": ("InitContext", "WeightView"),
     "passes.interpret": ("StrictError",),
     "core.registry": ("Method", "Plugin", "PluginError", "Registry", "default_registry"),
     "report": ("Report", "UnknownNameError"),
@@ -83,7 +85,7 @@ __all__ = [
     "check_init",
     "Finding",
     "InitCheckError",
-    "InitRule",
+    "InitContext",
     "WeightView",
     "ParamCount",
     "Summary",

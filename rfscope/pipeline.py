@@ -14,6 +14,7 @@ from rfscope.core.registry import Registry, default_registry
 from rfscope.core.state import TensorRF
 from rfscope.passes.counts import count
 from rfscope.passes.diagnostics import diagnose
+from rfscope.passes.initcheck import Finding, check, require_real_weights
 from rfscope.passes.interpret import run_plugins
 from rfscope.report import Report, build_graph
 from rfscope.trace.copy import named_modules, structural_copy
@@ -28,7 +29,7 @@ from rfscope.trace.strategy import (
     trace_model,
 )
 
-__all__ = ["analyze", "AnalysisInputError"]
+__all__ = ["analyze", "AnalysisInputError", "check_init"]
 
 
 class AnalysisInputError(ValueError):
@@ -195,7 +196,64 @@ def analyze(
     report.warnings = diagnose(report)
     count(report, copy)
     if check_init:
-        from rfscope.passes.initcheck import check_init as _check_init
-
-        _check_init(model, example_inputs=example_inputs, report=report, registry=reg, leaf_modules=leaf_modules)
+        _keep(report, check(records, gm, model, example_inputs, registry=reg, modules=modules,
+                            trace_path=trace_path, leaf_modules=leaf_modules))
     return report
+
+def check_init(
+    model: torch.nn.Module,
+    input_shape: Sequence[int] | None = None,
+    *,
+    example_inputs: Sequence[Any] | None = None,
+    report: Report | None = None,
+    registry: Registry | None = None,
+    leaf_modules: Iterable[str] = (),
+    forward: bool = True,
+    seed: int = 0,
+) -> list[Finding]:
+    """Check ``model``'s initial weights: analyse it, then run the init-check pass
+    (:func:`rfscope.passes.initcheck.check`); returns :class:`~rfscope.Finding` s (errors first).
+
+    ``input_shape``/``example_inputs`` as for :func:`analyze` (``input_shape`` may also be
+    ``(N, features)``), or pass an existing ``report`` of this model (its ``findings`` are set).
+    ``forward=False`` skips the random-input forward pass.  The model is never modified:
+    the forward pass runs on a float32 copy.
+
+    Raises
+    ------
+    InitCheckError
+        ``model`` is not a module, or its weights are on the meta device.
+    AnalysisInputError, TraceError
+        As :func:`analyze`, when no ``report`` is given.
+
+    >>> import torch.nn as nn, rfscope
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> _ = [nn.init.constant_(p, 0.5) for p in net.parameters()]
+    >>> [f.check for f in rfscope.check_init(net, input_shape=(1, 4), forward=False)]
+    ['symmetric-units']
+    """
+    depth = deep_tree(model) if isinstance(model, torch.nn.Module) else 0
+    if depth:  # a model nested thousands of levels deep runs where the stack has room
+        return call_deep(depth, check_init, model, input_shape, example_inputs=example_inputs, report=report,
+                         registry=registry, leaf_modules=leaf_modules, forward=forward, seed=seed)
+    require_real_weights(model)
+    reg = registry if registry is not None else default_registry()
+    leaf_modules = list(leaf_modules)
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if report is None:
+        if example_inputs is None and input_shape is not None and len(tuple(input_shape)) < 3:
+            example_inputs = (torch.empty(tuple(int(s) for s in input_shape), device="meta"),)
+        report = analyze(model, input_shape, example_inputs=example_inputs, registry=reg, leaf_modules=leaf_modules)
+    if example_inputs is None:
+        example_inputs = (torch.empty(report.input_shape, device="meta"),)
+    findings = check(report.records, report.gm, model, example_inputs, registry=reg, modules=report.modules,
+                     trace_path=report.trace_path, leaf_modules=leaf_modules, forward=forward, seed=seed)
+    _keep(report, findings)
+    return findings
+
+
+def _keep(report: Report, findings: list[Finding]) -> None:
+    """Store the init check's findings on the report."""
+    report.extras["findings"] = findings
+    report.extras.setdefault("top_level", {})["findings"] = [f.to_dict() for f in findings]

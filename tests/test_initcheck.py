@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import rfscope
 from rfscope.cli import main
-from rfscope.passes.initcheck import InitRule, WeightView
+from rfscope.core.initview import WeightView
 
 tv = pytest.importorskip("torchvision")
 
@@ -366,12 +366,11 @@ def test_custom_rule_for_a_custom_layer():
     net = nn.Sequential(MyDense(), nn.ReLU(), nn.Linear(6, 2))
     nn.init.constant_(net[2].weight, 1.0)
     x = torch.randn(2, 4)
-    assert _ids(_check(net, x, forward=False)) == []  # no rule: not judged
-    rules = rfscope.passes.initcheck.default_init_rules().copy()
-    rules.register(InitRule("mydense", (MyDense,),
-                            lambda ctx: WeightView(ctx.module.w, None, ctx.name(ctx.module.w) or "w")))
-    assert _ids(_check(net, x, rules=rules)) == [("symmetric-units", "0.w")]
-    assert _ids(_check(net, x)) == []  # the process-wide rules are untouched
+    assert _ids(_check(net, x, forward=False)) == []  # no init view: not judged
+    reg = rfscope.Registry()  # a registry of our own: built-ins plus this plugin
+    reg.add("mydense", (MyDense,), init_view=lambda ctx: WeightView(ctx.module.w, None, ctx.name(ctx.module.w) or "w"))
+    assert _ids(_check(net, x, registry=reg)) == [("symmetric-units", "0.w")]
+    assert _ids(_check(net, x)) == []  # the process-wide registry is untouched
 
 
 # -- CLI -----------------------------------------------------------------------------
@@ -404,3 +403,40 @@ def test_cli_exit_codes(tmp_path):
     r = run(main, ["analyze", str(meta), "--check-init"])
     assert r.exit_code == 2 and "needs real weights" in r.output
     assert run(main, ["analyze", str(tmp_path / "missing.py"), "--check-init"]).exit_code == 2
+
+
+# -- what the plugins say -------------------------------------------------------------
+def test_aten_ops_have_the_traits_of_their_torch_level_plugins():
+    import torch.nn.functional as F
+
+    from rfscope.core import traits as T
+
+    reg = rfscope.default_registry()
+    aten = torch.ops.aten
+    pairs = [(aten.relu.default, F.relu), (aten.relu6.default, F.relu6), (aten.gelu.default, F.gelu),
+             (aten.sigmoid.default, torch.sigmoid), (aten.exp.default, torch.exp), (aten.add.Tensor, torch.add),
+             (aten.dropout.default, F.dropout), (aten.clone.default, torch.clone),
+             (aten.max_pool2d.default, F.max_pool2d), (aten.avg_pool2d.default, F.avg_pool2d),
+             (aten._adaptive_avg_pool2d.default, F.adaptive_avg_pool2d), (aten.flatten.using_ints, torch.flatten),
+             (aten.native_layer_norm.default, F.layer_norm), (aten.native_group_norm.default, F.group_norm),
+             (aten.convolution.default, F.conv2d), (aten.linear.default, F.linear)]
+    for a, t in pairs:
+        assert reg.lookup(a).traits == reg.lookup(t).traits, a
+    # batch norm in an ATen graph may be training (group-norm like) or eval: only what both are
+    assert reg.lookup(aten.native_batch_norm.default).traits == {T.NORM}
+    assert T.RELU in reg.lookup(nn.ReLU).traits and T.BATCHNORM in reg.lookup(nn.BatchNorm2d).traits
+    assert T.CHANNELWISE not in reg.lookup(nn.Dropout).traits  # random: breaks the symmetry
+    for t in (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, F.conv2d, F.linear, aten.convolution.default):
+        assert reg.lookup(t).init_view is not None, t
+
+
+def test_export_graphs_judge_conv_weights_through_the_delegated_view():
+    # aten.conv2d is handed to the F.conv2d plugin's view (make_fx graphs hold their own
+    # constants, not the model's parameters: their weights are not judged)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    for p in net.parameters():
+        nn.init.zeros_(p)
+    x = torch.randn(2, 3, 8, 8)
+    r = rfscope.analyze(net, example_inputs=(x,), trace="export")
+    found = rfscope.check_init(net, example_inputs=(x,), report=r, forward=False)
+    assert ("dead-units", "0.weight") in _ids(found) and r.findings == found

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 import torch.nn as nn
 
 import rfscope
@@ -104,6 +105,51 @@ def test_third_party_plugin_from_entry_point(tmp_path: Path, monkeypatch: pytest
     blur_nodes = [n for n, a in rep.graph.nodes(data=True) if (a["module"] or "").startswith("blur")]
     assert len(blur_nodes) == 1 and rep.graph.nodes[blur_nodes[0]]["op"] == "call_module"
     assert "blurpool" in (rep.records[blur_nodes[0]].plugin or "")
+
+
+DENSE = '''
+import torch
+import torch.nn as nn
+
+from rfscope.core.initview import WeightView
+from rfscope.core.ops import same_state
+
+
+class Dense(nn.Module):
+    """A dense map whose weight has a name of its own."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.randn(c_out, c_in))
+
+    def forward(self, x):
+        return x @ self.kernel.t()
+
+
+def _view(ctx):
+    w = ctx.module.kernel
+    return WeightView(w, None, ctx.name(w) or "kernel")
+
+
+def register(registry):
+    registry.add("{pkg}.dense", [Dense], rf=same_state, init_view=_view)
+'''
+
+
+def test_third_party_init_view_gets_its_weights_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    layers = make_dist(tmp_path, monkeypatch, extra={"dense_plugin": DENSE})
+    mod = importlib.import_module(layers.__name__.rsplit(".", 1)[0] + ".dense_plugin")
+    net = nn.Sequential(mod.Dense(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    nn.init.constant_(net[0].kernel, 0.5)
+    nn.init.constant_(net[2].weight, 1.0)
+    x = torch.randn(2, 4)
+    # the plugin's view names the weight: its constant units are judged through the ReLU
+    findings = rfscope.check_init(net, example_inputs=(x,), registry=Registry(), forward=False)
+    assert [(f.check, f.param) for f in findings] == [("symmetric-units", "0.kernel")]
+    # without the plugin the layer is not judged (and the process-wide registry never saw it)
+    monkeypatch.setenv("RFSCOPE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert rfscope.check_init(net, example_inputs=(x,), registry=Registry(), forward=False) == []
 
 
 def test_without_the_plugin_the_module_is_traced_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
