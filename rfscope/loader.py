@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
+from rfscope.core.errors import RfscopeError
+
 __all__ = ["LoadError", "LoadedModel", "load_model"]
 
 
-class LoadError(ValueError):
+class LoadError(RfscopeError, ValueError):
     """The target could not be turned into a model; the message says why and what to do."""
 
 

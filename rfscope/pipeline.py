@@ -9,14 +9,14 @@ from typing import Any
 import torch
 from torch.nn.parameter import is_lazy
 
-from rfscope.core.errors import TraceError
+from rfscope.core.errors import RfscopeError, TraceError
 from rfscope.core.registry import Registry, default_registry
 from rfscope.core.state import TensorRF
 from rfscope.passes.counts import count
 from rfscope.passes.diagnostics import diagnose
 from rfscope.passes.initcheck import Finding, check, require_real_weights
-from rfscope.passes.interpret import run_plugins
-from rfscope.report import Report, build_graph
+from rfscope.passes.interpret import build_graph, run_plugins
+from rfscope.report import Report
 from rfscope.trace.copy import named_modules, structural_copy
 from rfscope.trace.runtime import call_deep, deep_tree
 from rfscope.trace.shapes import explain_shape_error, propagate_shapes
@@ -32,7 +32,7 @@ from rfscope.trace.strategy import (
 __all__ = ["analyze", "AnalysisInputError", "check_init"]
 
 
-class AnalysisInputError(ValueError):
+class AnalysisInputError(RfscopeError, ValueError):
     """The arguments to :func:`analyze` are malformed."""
 
 
@@ -189,16 +189,15 @@ def analyze(
                 modules[key] = n.name
         if n.op == "call_module":
             modules.setdefault(str(n.target), n.name)
-    graph = build_graph(records, input_size)
-    report = Report(tuple(shape), records, modules, graph, gm, unsupported, errors, trace_path=trace_path)
-    if trace_why is not None:
-        report.extras.setdefault("top_level", {})["trace_fallback"] = trace_why
-    report.warnings = diagnose(report)
-    count(report, copy)
+    graph = build_graph(records)
+    warnings, check_errors = diagnose(records, graph, input_size)
+    report = Report(tuple(shape), records, modules, graph, gm, count(records, gm, copy), unsupported,
+                    errors + check_errors, trace_path=trace_path, trace_fallback=trace_why, warnings=warnings)
     if check_init:
         _keep(report, check(records, gm, model, example_inputs, registry=reg, modules=modules,
                             trace_path=trace_path, leaf_modules=leaf_modules))
     return report
+
 
 def check_init(
     model: torch.nn.Module,
@@ -255,5 +254,4 @@ def check_init(
 
 def _keep(report: Report, findings: list[Finding]) -> None:
     """Store the init check's findings on the report."""
-    report.extras["findings"] = findings
-    report.extras.setdefault("top_level", {})["findings"] = [f.to_dict() for f in findings]
+    report.findings = findings

@@ -5,44 +5,29 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import torch.fx as fx
 
-from rfscope.core.result import RF
+from rfscope.core.errors import RfscopeError
+from rfscope.core.result import RF, _collapse, _fmt, _fmt_dims
 from rfscope.core.state import TensorRF
+from rfscope.passes.counts import Counts, ParamCount, SeparableBlock, Summary
+from rfscope.passes.diagnostics import DesignWarning
 from rfscope.passes.interpret import NodeRecord, record_fields
+
+if TYPE_CHECKING:
+    from rfscope.passes.initcheck import Finding
 
 __all__ = ["Report", "UnknownNameError", "OutputLeaf"]
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(RfscopeError, KeyError):
     """``report.rf(name)`` was given neither a module path nor a node name."""
 
     def __str__(self) -> str:
         return str(self.args[0])
-
-
-def _fmt(x: Fraction | int | None, none: str = "-") -> str:
-    """``3``, ``1/2``, or ``none`` for a missing value (the table's ``-``; diagrams use ``?``)."""
-    if x is None:
-        return none
-    if isinstance(x, Fraction) and x.denominator != 1:
-        return f"{x.numerator}/{x.denominator}"
-    return str(int(x))
-
-
-def _collapse(parts: list[str]) -> str:
-    """``["all", "all"]`` -> ``"all"``, ``["-", "-"]`` -> ``"-"``, else ``"3x3"``."""
-    if parts and all(p == parts[0] for p in parts) and parts[0] in ("all", "-"):
-        return parts[0]
-    return "x".join(parts)
-
-
-def _fmt_dims(xs: Any, sep: str = "x", none: str = "-") -> str:
-    return sep.join(_fmt(x, none) for x in xs)
 
 
 @dataclass(frozen=True)
@@ -62,11 +47,13 @@ class OutputLeaf:
 
 @dataclass
 class Report:
-    """What :func:`rfscope.analyze` returns.
+    """What :func:`rfscope.analyze` returns: the records of every node and what the passes found.
 
     ``graph`` is a :class:`networkx.DiGraph` with one node per fx node and the
     attributes ``op``, ``target``, ``module``, ``module_class``, ``shape``, ``rf``
-    (an :class:`~rfscope.core.result.RF` or ``None``) and ``record``.
+    (an :class:`~rfscope.core.result.RF` or ``None``) and ``record``.  ``counts`` are the
+    parameter and MAC counts, ``warnings`` the design warnings (gridding, checkerboard),
+    ``findings`` the initialisation check's findings (``None`` unless it ran).
     """
 
     input_shape: tuple[int, ...]
@@ -74,12 +61,14 @@ class Report:
     modules: dict[str, str]
     graph: nx.DiGraph
     gm: fx.GraphModule
+    counts: Counts
     unsupported: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     trace_path: str = "symbolic_trace"
-    extras: dict[str, Any] = field(default_factory=dict)
-    #: design warnings (:class:`rfscope.passes.diagnostics.DesignWarning`): gridding, checkerboard
-    warnings: list[Any] = field(default_factory=list)
+    #: why the symbolic tracer was not used (``None`` when it was)
+    trace_fallback: str | None = None
+    warnings: list[DesignWarning] = field(default_factory=list)
+    findings: list[Finding] | None = None
 
     # ------------------------------------------------------------------
     @property
@@ -205,30 +194,29 @@ class Report:
         return RF.from_state(leaf.state, self.input_size) if isinstance(leaf.state, TensorRF) else None
 
     def node_rf(self, rec: NodeRecord) -> RF | None:
-        attrs = self.graph.nodes.get(rec.name)
-        if attrs is not None and attrs.get("record") is rec:
-            return attrs.get("rf")  # computed once by build_graph from this very record
-        return RF.from_state(rec.state, self.input_size) if isinstance(rec.state, TensorRF) else None
+        """The RF of a record's output (written once by the interpreter pass)."""
+        return rec.rf
 
-    # -- counts and init findings (rfscope.passes.counts, rfscope.passes.initcheck) --
+    # -- counts (rfscope.passes.counts) --
     @property
-    def summary(self) -> Any:
-        """Whole-model :class:`rfscope.passes.counts.Summary` (params, buffers, MACs)."""
-        return self.extras["counting"].summary
+    def summary(self) -> Summary:
+        """Whole-model totals (params, buffers, MACs)."""
+        return self.counts.summary
 
     @property
-    def separable_blocks(self) -> list[Any]:
-        """Depthwise-separable blocks (:class:`rfscope.passes.counts.SeparableBlock`)."""
-        return list(self.extras["counting"].separable_blocks)
+    def separable_blocks(self) -> list[SeparableBlock]:
+        """Depthwise-separable blocks."""
+        return list(self.counts.separable_blocks)
 
-    def module_params(self, path: str) -> Any:
-        """:class:`rfscope.passes.counts.ParamCount` of the submodule at ``path`` (``""``: the model)."""
-        return self.extras["counting"].module_params(path)
+    def module_params(self, path: str) -> ParamCount:
+        """Counts of the submodule at ``path`` (``""``: the model).
 
-    @property
-    def findings(self) -> list[Any] | None:
-        """Init-check findings (``analyze(..., check_init=True)``), else ``None``."""
-        return self.extras.get("findings")
+        Raises
+        ------
+        KeyError
+            ``path`` is not a submodule path of the model.
+        """
+        return self.counts.module_params(path)
 
     # ------------------------------------------------------------------
     def layers(self) -> list[NodeRecord]:
@@ -268,13 +256,14 @@ class Report:
                 "shape": list(r.shape) if r.shape is not None else None,
                 "rf": rf_dict(r),
             }
-            for k, v in self.extras.get("node_fields", {}).get(r.name, {}).items():
-                d[k] = v
+            d.update(self.counts.node(r.name).to_dict())
+            d["macs"] = r.macs
+            d["conv_kind"] = r.conv_kind
             nodes.append(d)
         modules = {}
         for m, nname in self.modules.items():
             modules[m] = {"node": nname, "rf": rf_dict(self.records[nname])}
-            if "counting" in self.extras and "@" not in m:
+            if "@" not in m:
                 try:
                     modules[m]["counts"] = self.module_params(m).to_dict()
                 except KeyError:  # a call key that is not a submodule path
@@ -293,9 +282,13 @@ class Report:
             "unsupported": self.unsupported,
             "errors": self.errors,
             "warnings": [w.to_dict() for w in self.warnings],
+            "summary": self.counts.summary.to_dict(),
+            "separable_blocks": [b.to_dict() for b in self.counts.separable_blocks],
         }
-        for k, v in self.extras.get("top_level", {}).items():
-            out[k] = v
+        if self.trace_fallback is not None:
+            out["trace_fallback"] = self.trace_fallback
+        if self.findings is not None:
+            out["findings"] = [f.to_dict() for f in self.findings]
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -338,7 +331,8 @@ class Report:
                 status = f"unknown: {rf.reason}"
             rows.append(
                 (r.label, r.target, "x".join(map(str, r.shape or ())),
-                 "shared" if r.shared and not r.params else fmt_count(r.params),
+                 "shared" if self.counts.node(r.name).shared and not self.counts.node(r.name).params
+                 else fmt_count(self.counts.node(r.name).params),
                  fmt_count(r.macs), size, stride, pad, status)
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -347,8 +341,8 @@ class Report:
             lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
-        if "counting" in self.extras:
-            sm = self.summary
+        sm = self.summary
+        if True:  # always: every analysis is counted
             lines.append("")
             lines.append(f"params {sm.params_total:,} (trainable {sm.params_trainable:,}, frozen "
                          f"{sm.params_frozen:,}), buffers {sm.buffers:,}, MACs {sm.macs:,}")
@@ -361,30 +355,6 @@ class Report:
             lines.append("")
             lines.extend(str(w) for w in self.warnings)
         if self.trace_path != "symbolic_trace":  # a fallback tracer was used (rfscope.trace.strategy)
-            why = self.extras.get("top_level", {}).get("trace_fallback")
+            why = self.trace_fallback
             lines.append(f"trace: {self.trace_path}" + (f" ({why})" if why else ""))
         return "\n".join(lines)
-
-
-def build_graph(records: dict[str, NodeRecord], input_size: tuple[int, ...]) -> nx.DiGraph:
-    g = nx.DiGraph()
-    memo: dict[TensorRF, RF] = {}  # equal states give equal (immutable) RFs; most nodes share a few
-    for r in records.values():
-        rf = _rf_memo(memo, r.state, input_size) if isinstance(r.state, TensorRF) else None
-        g.add_node(
-            r.name, op=r.op, target=r.target, module=r.module, module_class=r.module_class,
-            shape=r.shape, rf=rf, record=r,
-        )
-        for a in r.inputs:
-            g.add_edge(a, r.name)
-    return g
-
-
-def _rf_memo(memo: dict[TensorRF, RF], st: TensorRF, input_size: tuple[int, ...]) -> RF:
-    try:
-        rf = memo.get(st)
-    except TypeError:  # a plugin put something unhashable in the state
-        return RF.from_state(st, input_size)
-    if rf is None:
-        rf = memo[st] = RF.from_state(st, input_size)
-    return rf

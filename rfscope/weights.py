@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from rfscope.core.errors import RfscopeError
+
 __all__ = ["WeightsError", "WeightsNote", "load_state_dict", "load_weights"]
 
 #: entries that hold the model's state dict, in order of preference (EMA copies last)
@@ -33,7 +35,7 @@ _PREFIXES = ("module.", "model.", "_orig_mod.")
 _EXTRA = "_extra_state"  # get_extra_state()'s key: any picklable value, not only a tensor
 
 
-class WeightsError(ValueError):
+class WeightsError(RfscopeError, ValueError):
     """The checkpoint is missing, unreadable, or does not match the model."""
 
 

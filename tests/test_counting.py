@@ -28,7 +28,7 @@ def test_resnet50_published_params_and_macs():
     assert 4.05e9 < s.macs < 4.15e9  # "4.1 GMACs" (He et al. 2016: 3.8 GFLOPs counting conv+fc as MACs)
     assert s.macs_unknown == ()
     # every parameter counted exactly once over the nodes
-    assert sum(x.params or 0 for x in r.records.values()) == 25_557_032
+    assert sum(r.counts.node(x).params or 0 for x in r.records) == 25_557_032
     # BatchNorm buffers: running mean + var (C each) + num_batches_tracked, over 53 BNs; channels:
     # stem 64, per bottleneck w + w + 4w, per stage a 4w downsample BN (w = 64, 128, 256, 512; 3, 4, 6, 3 blocks)
     channels = 64 + sum(n * 6 * w + 4 * w for w, n in ((64, 3), (128, 4), (256, 6), (512, 3)))
@@ -102,9 +102,10 @@ def test_tied_weights_and_module_called_twice_counted_once():
     assert s.params_unused == 8 * 2 + 2
     assert s.buffers == 8 + 8 + 1
     block0, block1 = r.records[r.node_name("block")], r.records[r.node_name("block@1")]
-    assert block0.params == conv and not block0.shared
-    assert block1.params == 0 and block1.shared == {"block.weight": block0.name, "block.bias": block0.name}
-    head = r.records[r.node_name("head")]
+    c0, c1 = r.counts.node(block0.name), r.counts.node(block1.name)
+    assert c0.params == conv and not c0.shared
+    assert c1.params == 0 and c1.shared == {"block.weight": block0.name, "block.bias": block0.name}
+    head = r.counts.node(r.node_name("head"))
     assert head.params == 0 and head.shared == {"emb_proj.weight": r.node_name("emb_proj")}
     # MACs are per call: the conv runs twice
     assert block0.macs == block1.macs == 5 * 8 * 8 * 3
@@ -146,11 +147,11 @@ def test_functional_only_model():
     s = r.summary
     assert s.params_total == 16 * 27 + 16 + 64 and s.buffers == 16 and s.params_unused == 0
     conv = next(x for x in r.records.values() if x.target_obj is F.conv2d)
-    assert conv.params == 16 * 27 + 16  # w1 counted at the conv, through the standardisation
+    assert r.counts.node(conv.name).params == 16 * 27 + 16  # w1 counted at the conv, through the standardisation
     assert conv.macs == 16 * 16 * 16 * 27
     assert conv.conv_kind == ["standard"]
     lin = next(x for x in r.records.values() if x.target_obj is F.linear)
-    assert lin.params == 64 and lin.macs == 64
+    assert r.counts.node(lin.name).params == 64 and lin.macs == 64
 
 
 # -- MACs by hand ----------------------------------------------------------------

@@ -11,6 +11,7 @@ Plugin authors combine these; each returns a :class:`~rfscope.core.state.TensorR
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -19,6 +20,7 @@ from rfscope.core.rf import Axis, MisalignedError, select
 from rfscope.core.state import DimTag, Global, Merged, TensorRF, make_global, map_axis, merge, unknown
 
 __all__ = [
+    "as_tuple",
     "elementwise",
     "local",
     "reduce_dims",
@@ -27,6 +29,31 @@ __all__ = [
     "norm_dim",
     "same_state",
 ]
+
+
+def as_tuple(v: Any, n: int) -> tuple[int, ...]:
+    """An ``int`` or a sequence of ints as an ``n``-tuple, the way PyTorch layers read
+    ``kernel_size=3`` or ``stride=(2,)``; ``None`` or ``[]`` (no value given: ATen's default
+    stride of a pool) is ``()``.
+
+    >>> as_tuple(3, 2), as_tuple((2,), 3), as_tuple([1, 2], 2), as_tuple(None, 2), as_tuple([], 2)
+    ((3, 3), (2, 2, 2), (1, 2), (), ())
+
+    Raises
+    ------
+    Unsupported
+        A sequence of another length than 1 or ``n``.
+    """
+    if v is None:
+        return ()
+    if isinstance(v, int):
+        return (v,) * n
+    t = tuple(int(x) for x in v)
+    if len(t) == 1:
+        return t * n
+    if len(t) not in (0, n):
+        raise Unsupported(f"expected {n} values, got {v!r}")
+    return t
 
 
 def norm_dim(d: int, ndim: int) -> int:

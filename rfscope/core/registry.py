@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from rfscope.core.errors import RfscopeError
 from rfscope.core.locks import TRACE_LOCK
 
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
     from rfscope.core.geometry import Geometry
     from rfscope.core.initview import InitContext, WeightView
 
-__all__ = ["Method", "Plugin", "Registry", "PluginError", "default_registry", "ENTRY_POINT_GROUP"]
+__all__ = ["Method", "Plugin", "Registry", "PluginError", "default_registry", "ENTRY_POINT_GROUP", "target_name",
+           "node_target_name"]
 
 ENTRY_POINT_GROUP = "rfscope.plugins"
 _BUILTIN_PREFIX = "rfscope.plugins"
@@ -77,12 +80,34 @@ class Plugin:
     init_view: Callable[[InitContext], WeightView | None] | None = None
 
 
-def _key_name(t: Any) -> str:
+def target_name(t: Any) -> str:
+    """Readable name of a call target: ``torch.conv2d``, ``Tensor.view``, ``operator.add``,
+    ``aten.convolution.default``, ``torch.nn.functional.relu``, ``my_pkg.MyLayer``.
+
+    >>> import operator, torch
+    >>> [target_name(x) for x in (torch.conv2d, Method("view"), operator.add, torch.ops.aten.relu.default)]
+    ['torch.conv2d', 'Tensor.view', 'operator.add', 'aten.relu.default']
+    """
     if isinstance(t, Method):
         return f"Tensor.{t.name}"
+    if isinstance(t, str):
+        return t
+    if isinstance(t, torch._ops.OpOverload):
+        return str(t)
     mod = getattr(t, "__module__", None) or ""
     name = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
-    return f"{mod}.{name}" if mod else name
+    if name.startswith("_VariableFunctionsClass."):  # torch.sigmoid, torch.cat ... (C builtins)
+        return f"torch.{name.split('.', 1)[1]}"
+    if mod in ("_operator", "operator"):
+        return f"operator.{name}"
+    if not mod or mod.startswith("torch._C"):
+        return f"torch.{name}"
+    return f"{mod}.{name}"
+
+
+def node_target_name(n: Any) -> str:
+    """Readable name of a function or method node's target (``torch.conv2d``, ``Tensor.view``)."""
+    return target_name(Method(str(n.target)) if n.op == "call_method" else n.target)
 
 
 #: a registration waiting for its module: (module, register, entry point that asked for it or None)
@@ -124,7 +149,7 @@ class Registry:
             old = self._by_target.get(t)
             if old is not None and old.name != plugin.name and not plugin.override:
                 raise PluginError(
-                    f"plugin {plugin.name!r} registers {_key_name(t)}, already handled by "
+                    f"plugin {plugin.name!r} registers {target_name(t)}, already handled by "
                     f"{old.name!r}; pass override=True to replace it"
                 )
         for t in plugin.targets:

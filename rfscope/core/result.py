@@ -22,7 +22,7 @@ def _short(x: Fraction | int | None) -> str:
     return str(int(x))
 
 
-def _tup(xs: Sequence[Fraction | int | None]) -> str:
+def _repr_tuple(xs: Sequence[Fraction | int | None]) -> str:
     return "(" + ", ".join(_short(x) for x in xs) + ("," if len(xs) == 1 else "") + ")"
 
 
@@ -79,10 +79,10 @@ class RF:
         """
         if self.status == "unknown":
             return f"RF(status='unknown', reason={self.reason!r})"
-        out = f"RF(status={self.status!r}, size={_tup(self.size)}, stride={_tup(self.stride)}, " \
-              f"padding={_tup(self.padding)}"
+        out = f"RF(status={self.status!r}, size={_repr_tuple(self.size)}, stride={_repr_tuple(self.stride)}, " \
+              f"padding={_repr_tuple(self.padding)}"
         if any(d.exact is not None and d.exact.period > 1 for d in self.dims):
-            out += f", phases={_tup([d.exact.period if d.exact is not None else None for d in self.dims])}"
+            out += f", phases={_repr_tuple([d.exact.period if d.exact is not None else None for d in self.dims])}"
         if self.status == "global":
             out += f", local={self.local!r}"
         return out + ")"
@@ -200,3 +200,23 @@ class RF:
 
 def _info(a: Axis) -> AxisInfo:
     return AxisInfo(a.size, a.stride, a.padding, a.center, a)
+
+
+def _fmt(x: Fraction | int | None, none: str = "-") -> str:
+    """``3``, ``1/2``, or ``none`` for a missing value (the table's ``-``; diagrams use ``?``)."""
+    if x is None:
+        return none
+    if isinstance(x, Fraction) and x.denominator != 1:
+        return f"{x.numerator}/{x.denominator}"
+    return str(int(x))
+
+
+def _collapse(parts: list[str]) -> str:
+    """``["all", "all"]`` -> ``"all"``, ``["-", "-"]`` -> ``"-"``, else ``"3x3"``."""
+    if parts and all(p == parts[0] for p in parts) and parts[0] in ("all", "-"):
+        return parts[0]
+    return "x".join(parts)
+
+
+def _fmt_dims(xs: Any, sep: str = "x", none: str = "-") -> str:
+    return sep.join(_fmt(x, none) for x in xs)

@@ -24,17 +24,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from rfscope.core.result import RF
+import torch.fx as fx
+
+from rfscope.core.errors import RfscopeError
+from rfscope.core.result import RF, _fmt, _fmt_dims
 from rfscope.core.state import TensorRF
 from rfscope.export.files import DiskFullError, check_output_file, staged, write_file
-from rfscope.passes.counts import fmt_count
+from rfscope.passes.counts import Counts, ParamCount, fmt_count
 from rfscope.passes.interpret import NodeRecord, _flat_states
-from rfscope.report import _fmt, _fmt_dims
 
-if TYPE_CHECKING:
-    from rfscope.report import Report
+
+class Report(Protocol):
+    """What a diagram needs of an analysis (:class:`rfscope.Report` has it); the export layer
+    sits below the report, so it names the attributes instead of importing the class."""
+
+    records: dict[str, NodeRecord]
+    modules: dict[str, str]
+    gm: fx.GraphModule
+    counts: Counts
+
+    @property
+    def input_size(self) -> tuple[int, ...]: ...
+
+    def node_rf(self, rec: NodeRecord) -> RF | None: ...
+
+    def module_params(self, path: str) -> ParamCount: ...
 
 __all__ = [
     "to_dot",
@@ -75,7 +91,7 @@ FONT = "Helvetica"
 CLUSTER_FILLS = ("#f7f7f7", "#ececec")
 
 
-class RendererNotFoundError(OSError):
+class RendererNotFoundError(RfscopeError, OSError):
     """An image format was asked for and Graphviz's ``dot`` is not on ``PATH``."""
 
     def __str__(self) -> str:
@@ -248,7 +264,8 @@ class _Builder:
 
     def node_params(self, rec: NodeRecord) -> str | None:
         """``"9.22K params"``, ``"params shared with conv1"`` or ``None``."""
-        p, shared = rec.params, rec.shared
+        c = self.report.counts.node(rec.name)
+        p, shared = c.params, c.shared
         if p:
             return f"{fmt_count(p)} params"
         if shared:

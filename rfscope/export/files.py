@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rfscope.core.errors import RfscopeError
+
 __all__ = [
     "OutputError", "DiskFullError", "Staging", "staged", "write_file", "check_output_file", "check_output_dir",
     "real_target",
@@ -36,7 +38,7 @@ _CHUNK = 1 << 20
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
-class OutputError(OSError):
+class OutputError(RfscopeError, OSError):
     """An output file could not be written; the previous file (if any) is unchanged."""
 
     def __str__(self) -> str:

@@ -1,11 +1,10 @@
-"""Parameter and MAC counts, convolution anatomy and depthwise-separable blocks.
+"""Parameter and MAC counts and depthwise-separable blocks: a pure pass over the records.
 
-Counting runs on the analysis graph (``report.gm``) and the analysed copy of the
-model (:func:`rfscope.trace.copy.structural_copy`), which keeps tensor identity: a weight tied in
-two places, or a module
-called twice, is *one* parameter tensor.  It is counted at the first node that
-uses it; later uses list it in ``NodeRecord.shared`` (parameter name -> the node
-that counted it) and add nothing.
+:func:`count` reads the interpreter pass's records, the traced graph and the analysed copy
+of the model (:func:`rfscope.trace.copy.structural_copy`), which keeps tensor identity: a
+weight tied in two places, or a module called twice, is *one* parameter tensor.  It is
+counted at the first node that uses it; later uses list it in ``NodeCount.shared``
+(parameter name -> the node that counted it) and add nothing.
 
 * A ``call_module`` node uses all parameters of its (leaf) module.
 * A ``get_attr`` parameter (functional models: ``F.conv2d(x, self.w)``) is
@@ -14,13 +13,9 @@ that counted it) and add nothing.
 * MACs come from the plugins' ``macs(ctx)`` on the propagated (meta) shapes; a
   node whose MACs cannot be counted is listed in ``summary.macs_unknown``.
 
-Convolution anatomy (``NodeRecord.conv_kind``) is a list: a primary kind, then
-flags.  Primary: ``depthwise`` (``groups == C_in > 1``), ``grouped``
-(``1 < groups != C_in``), ``pointwise`` (``groups == 1``, every kernel size 1),
-``standard`` (``groups == 1``, some kernel size > 1).  Flags: ``pointwise``
-(after ``depthwise``/``grouped`` with a 1x1 kernel), ``dilated`` (dilation > 1
-on a dimension whose kernel is > 1), ``transposed``.  For a transposed conv
-``C_in`` is ``weight.shape[0]``.
+Convolution anatomy (``NodeRecord.conv_kind``, from the plugin's
+:class:`~rfscope.core.geometry.Geometry`) is a list: a primary kind, then flags; see
+:meth:`~rfscope.core.geometry.Geometry.conv_kind`.
 """
 
 from __future__ import annotations
@@ -34,15 +29,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
-from rfscope.core.geometry import Geometry
 from rfscope.core.state import TensorRF
+from rfscope.core.traits import POINTWISE
 from rfscope.trace.copy import named_modules
 
 if TYPE_CHECKING:
     from rfscope.passes.interpret import NodeRecord
-    from rfscope.report import Report
 
 __all__ = [
     "ParamCount",
@@ -50,23 +43,10 @@ __all__ = [
     "SeparableBlock",
     "Counts",
     "count",
-    "conv_kind",
+    "NodeCount",
     "fmt_count",
 ]
 
-#: Single-input, channel-preserving ops allowed between a depthwise and a pointwise conv.
-_BETWEEN_MODULES: tuple[type, ...] = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
-)
-_BETWEEN_FUNCS: tuple[Any, ...] = (
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.sigmoid, F.tanh, F.batch_norm, F.dropout,
-    torch.relu, torch.sigmoid, torch.tanh,
-)
-_BETWEEN_METHODS = ("relu", "sigmoid", "tanh", "contiguous")
 
 
 # ---------------------------------------------------------------------------
@@ -157,16 +137,39 @@ class SeparableBlock:
                 "standard_macs": self.standard_macs, "macs_ratio": self.macs_ratio}
 
 
+@dataclass(frozen=True)
+class NodeCount:
+    """The parameters one node uses: ``params`` elements first counted here (``None``: it uses
+    none), ``shared`` the ones an earlier node counted (parameter name -> that node)."""
+
+    params: int | None = None
+    shared: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"params": self.params}
+        if self.shared:
+            d["shared"] = dict(self.shared)
+        return d
+
+
+_NONE = NodeCount()
+
+
 @dataclass
 class Counts:
-    """Everything :func:`count` computed; kept in ``report.extras['counting']``."""
+    """What :func:`count` returns: whole-model totals, separable blocks, and per node and module counts."""
 
     summary: Summary
     separable_blocks: list[SeparableBlock]
     model: nn.Module
     records: dict[str, NodeRecord] = field(repr=False)
+    per_node: dict[str, NodeCount] = field(default_factory=dict, repr=False)
     _macs_by_module: dict[str, int] | None = field(default=None, repr=False)
     _tensors_by_module: dict[str, tuple[int, int, int]] | None = field(default=None, repr=False)
+
+    def node(self, name: str) -> NodeCount:
+        """The parameters node ``name`` uses (none for a node that uses no parameter)."""
+        return self.per_node.get(name, _NONE)
 
     def module_params(self, path: str) -> ParamCount:
         """Counts for the submodule at ``path`` (``""`` is the whole model)."""
@@ -255,38 +258,6 @@ def _param_totals(ps: Iterable[torch.Tensor]) -> tuple[int, int, list[torch.Tens
     return total, trainable, u
 
 
-def _conv_geometry(n: fx.Node, module: Any) -> Geometry | None:
-    """Geometry of a conv node (module or functional), or ``None`` if it is not a conv.
-
-    ``module`` is the ``call_module`` node's module (already resolved by the caller)."""
-    from rfscope.plugins.conv import _FUNC, _FUNC_T, conv_geometry  # the conv plugin's own reading of calls
-
-    if n.op == "call_module":
-        if not isinstance(module, nn.modules.conv._ConvNd):
-            return None
-    elif not (n.op == "call_function" and (n.target in _FUNC or n.target in _FUNC_T)):
-        return None
-
-    from rfscope.core.context import OpContext
-
-    def val(a: Any) -> Any:
-        return a.meta.get("val") if isinstance(a, fx.Node) else a
-
-    ctx = OpContext(n, module, (), {}, tuple(val(a) for a in n.args),
-                    {k: val(v) for k, v in n.kwargs.items()}, n.meta.get("val"), ())
-    try:
-        return conv_geometry(ctx)
-    except Exception:  # noqa: BLE001 - anatomy is best effort; the RF plugin reports errors
-        return None
-
-
-def conv_kind(g: Geometry) -> list[str]:
-    """Primary kind then flags (see the module docstring) of a convolution's geometry."""
-    kind = g.conv_kind()
-    assert kind is not None, "not a convolution"
-    return kind
-
-
 def _first_data_consumer(n: fx.Node, records: dict[str, NodeRecord], order: dict[fx.Node, int]) -> fx.Node:
     """First node (graph ``order``) downstream of ``n`` whose value depends on the input."""
     found: list[fx.Node] = []
@@ -327,13 +298,36 @@ def _resolve(model: nn.Module, gm: fx.GraphModule, target: str) -> Any:
     return None
 
 
-def count(report: Report, model: nn.Module) -> Counts:
-    """Annotate ``report`` (records, JSON fields) with counts; ``model`` is the analysed copy."""
-    gm = report.gm
-    records = report.records
+def count(records: dict[str, NodeRecord], gm: fx.GraphModule, model: nn.Module) -> Counts:
+    """Parameters (by tensor identity), MACs and separable blocks of an analysed graph.
+
+    ``records`` are the interpreter pass's records of ``gm``; ``model`` is the analysed copy of
+    the user's model (it shares the user's tensors, so tied weights are one tensor).
+
+    Parameters
+    ----------
+    records : dict of str to NodeRecord
+        The records of every node of ``gm``, in graph order.
+    gm : torch.fx.GraphModule
+        The traced graph.
+    model : torch.nn.Module
+        The analysed copy of the model.
+
+    Returns
+    -------
+    Counts
+        Totals, per-node and per-module counts; nothing is written to ``records``.
+
+    Examples
+    --------
+    >>> import torch.nn as nn, rfscope
+    >>> r = rfscope.analyze(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1)), input_shape=(1, 3, 8, 8))
+    >>> r.counts.summary.params_total, r.counts.per_node["_1"].params
+    (296, 72)
+    """
     # one walk over the module tree: parameter names (first qualified name of each tensor), all
     # parameters and buffers (as model.named_parameters / parameters / buffers would list them)
-    submodules = dict(named_modules(model, remove_duplicate=False))
+    submodules = dict(named_modules(model, remove_duplicate=False))  # iterative: no depth limit
     names: dict[int, str] = {}
     all_params: list[torch.Tensor] = []
     all_buffers: list[torch.Tensor] = []
@@ -363,25 +357,19 @@ def count(report: Report, model: nn.Module) -> Counts:
                 names.setdefault(id(t), str(n.target))
                 uses.setdefault(_first_data_consumer(n, records, order).name, []).append(t)
     counted: dict[int, str] = {}
-    geo: dict[str, Geometry] = {}  # conv node -> its geometry, for the separable-block search
+    per_node: dict[str, NodeCount] = {}
     for n in gm.graph.nodes:
-        rec = records.get(n.name)
-        if rec is None:
-            continue
         ps = uses.get(n.name)
-        if ps:
-            new = 0
-            for t in _unique(ps):
-                if id(t) in counted:
-                    rec.shared[names.get(id(t), "?")] = counted[id(t)]
-                else:
-                    counted[id(t)] = n.name
-                    new += t.numel()
-            rec.params = new
-        g = _conv_geometry(n, mods.get(n.name))
-        if g is not None:
-            rec.conv_kind = conv_kind(g)
-            geo[n.name] = g
+        if not ps or n.name not in records:
+            continue
+        new, shared = 0, {}
+        for t in _unique(ps):
+            if id(t) in counted:
+                shared[names.get(id(t), "?")] = counted[id(t)]
+            else:
+                counted[id(t)] = n.name
+                new += t.numel()
+        per_node[n.name] = NodeCount(new, shared)
     total, trainable, params = _param_totals(all_params)
     used = sum(p.numel() for p in params if id(p) in counted)
     buffers = sum(b.numel() for b in _unique(all_buffers))
@@ -390,42 +378,23 @@ def count(report: Report, model: nn.Module) -> Counts:
                     if r.op in ("call_module", "call_function", "call_method") and r.macs is None
                     and r.shape is not None and r.plugin is None)
     summary = Summary(total, trainable, total - trainable, buffers, macs, total - used, unknown)
-    blocks = _separable_blocks(report, gm, geo, mods)
-    counts = Counts(summary, blocks, model, records)
-    report.extras["counting"] = counts
-    fields = report.extras.setdefault("node_fields", {})
-    for r in records.values():
-        if r.op == "output":
-            continue
-        d = fields.setdefault(r.name, {})
-        d["params"] = r.params
-        d["macs"] = r.macs
-        d["conv_kind"] = r.conv_kind
-        if r.shared:
-            d["shared"] = dict(r.shared)
-    top = report.extras.setdefault("top_level", {})
-    top["summary"] = summary.to_dict()
-    top["separable_blocks"] = [b.to_dict() for b in blocks]
-    return counts
+    blocks = _separable_blocks(records, gm, mods)
+    return Counts(summary, blocks, model, records, per_node)
 
 
-def _between(n: fx.Node, mods: dict[str, Any]) -> bool:
-    if n.op == "call_module":
-        return isinstance(mods.get(n.name), _BETWEEN_MODULES)
-    if n.op == "call_function":
-        return n.target in _BETWEEN_FUNCS
-    if n.op == "call_method":
-        return n.target in _BETWEEN_METHODS
-    return False
+def _between(rec: NodeRecord | None) -> bool:
+    """An op allowed between a depthwise and a pointwise conv: pointwise, one input, same shape
+    (norms, activations, dropout, copies; the plugins say so with their traits)."""
+    return rec is not None and POINTWISE in rec.traits
 
 
-def _separable_blocks(report: Report, gm: fx.GraphModule, geo: dict[str, Geometry],
-                      mods: dict[str, Any]) -> list[SeparableBlock]:
+def _separable_blocks(records: dict[str, NodeRecord], gm: fx.GraphModule, mods: dict[str, Any]) -> list[SeparableBlock]:
     nodes = {n.name: n for n in gm.graph.nodes}
     blocks: list[SeparableBlock] = []
-    for name, g in geo.items():
-        rec = report.records[name]
-        if g.transposed or g.weight_shape is None or not rec.conv_kind or rec.conv_kind[0] != "depthwise":
+    for name, rec in records.items():
+        g = rec.geometry
+        if g is None or g.kind != "conv" or g.transposed or g.weight_shape is None \
+                or not rec.conv_kind or rec.conv_kind[0] != "depthwise" or name not in nodes:
             continue
         c_in = g.groups
         c_mid = int(g.weight_shape[0])
@@ -433,9 +402,9 @@ def _separable_blocks(report: Report, gm: fx.GraphModule, geo: dict[str, Geometr
         stack: list[tuple[fx.Node, tuple[str, ...]]] = [(u, ()) for u in nodes[name].users]
         while stack:
             u, via = stack.pop()
-            ug = geo.get(u.name)
-            urec = report.records.get(u.name)
-            if ug is not None and ug.weight_shape is not None and urec is not None \
+            urec = records.get(u.name)
+            ug = urec.geometry if urec is not None else None
+            if ug is not None and urec is not None and ug.kind == "conv" and ug.weight_shape is not None \
                     and urec.conv_kind == ["pointwise"] and int(ug.weight_shape[1]) == c_mid \
                     and u.args and isinstance(u.args[0], fx.Node):
                 c_out = int(ug.weight_shape[0])
@@ -449,8 +418,8 @@ def _separable_blocks(report: Report, gm: fx.GraphModule, geo: dict[str, Geometr
                 blocks.append(SeparableBlock(
                     name, u.name, via, g.kernel, c_in, c_out, c_mid // c_in, params,
                     kprod * c_in * c_out, macs, std_macs))
-            elif (_between(u, mods) and len([a for a in u.all_input_nodes if _is_data(a, report)]) == 1) \
-                    or _gate(u, report):
+            elif (_between(records.get(u.name)) and len([a for a in u.all_input_nodes if _is_data(a, records)]) == 1) \
+                    or _gate(u, records):
                 stack.extend((w, (*via, u.name)) for w in u.users)
     order = {name: i for i, name in enumerate(nodes)}
     blocks.sort(key=lambda b: order[b.depthwise])
@@ -460,17 +429,17 @@ def _separable_blocks(report: Report, gm: fx.GraphModule, geo: dict[str, Geometr
 _MULS = (operator.mul, torch.mul)
 
 
-def _gate(u: fx.Node, report: Report) -> bool:
+def _gate(u: fx.Node, records: dict[str, NodeRecord]) -> bool:
     """``x * gate`` with a per-channel gate of ``x``'s own shape after broadcasting (squeeze-excitation)."""
     if not ((u.op == "call_function" and u.target in _MULS) or (u.op == "call_method" and u.target == "mul")):
         return False
-    shapes = [report.records[a.name].shape for a in u.all_input_nodes if a.name in report.records]
-    out = report.records[u.name].shape if u.name in report.records else None
+    shapes = [records[a.name].shape for a in u.all_input_nodes if a.name in records]
+    out = records[u.name].shape if u.name in records else None
     return len(shapes) == 2 and out is not None and out in shapes and all(
         s is not None and len(s) == len(out) and all(x in (1, y) for x, y in zip(s, out, strict=True))
         and (len(s) < 3 or all(x == 1 for x in s[2:]) or s == out) for s in shapes)
 
 
-def _is_data(n: fx.Node, report: Report) -> bool:
-    rec = report.records.get(n.name)
+def _is_data(n: fx.Node, records: dict[str, NodeRecord]) -> bool:
+    rec = records.get(n.name)
     return rec is not None and isinstance(rec.state, TensorRF)

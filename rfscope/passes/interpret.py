@@ -1,9 +1,11 @@
-"""Run the plugins over a traced graph, in the style of an fx Interpreter.
+"""The interpreter pass: run every node's plugin once and write what it says on the node's record.
 
 Each node gets a state (see :mod:`rfscope.core.state`) computed from its inputs'
-states by the plugin registered for its target.  A node without a plugin, or
-whose plugin cannot handle the call, is ``unknown`` and so is everything that
-depends on it.
+states by the plugin registered for its target, and its record holds everything the
+plugin knows about the call: state and RF, MACs, geometry, traits, the output shape.
+A node without a plugin, or whose plugin cannot handle the call, is ``unknown`` and so
+is everything that depends on it.  Records are frozen: the passes after this one
+(counts, diagnostics, the init check) read them and return their own results.
 """
 
 from __future__ import annotations
@@ -11,27 +13,30 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import networkx as nx
 import torch
 import torch.fx as fx
 
 from rfscope.core.context import OpContext, Unsupported
+from rfscope.core.errors import RfscopeError
 from rfscope.core.geometry import Geometry
-from rfscope.core.registry import Method, Plugin, PluginError, Registry
+from rfscope.core.registry import Method, Plugin, PluginError, Registry, node_target_name
+from rfscope.core.result import RF
 from rfscope.core.state import CONST, Const, TensorRF, input_rf, unknown
 
-__all__ = ["NodeRecord", "run_plugins", "StrictError", "target_name", "record_fields"]
+__all__ = ["NodeRecord", "run_plugins", "build_graph", "StrictError", "record_fields"]
 
 
-class StrictError(RuntimeError):
+class StrictError(RfscopeError, RuntimeError):
     """``strict=True`` and some node could not be analysed."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeRecord:
-    """Everything rfscope knows about one fx node."""
+    """Everything rfscope knows about one fx node, written once by :func:`run_plugins`."""
 
     name: str
     op: str
@@ -43,19 +48,20 @@ class NodeRecord:
     state: Any
     plugin: str | None = None
     macs: int | None = None
-    inputs: list[str] = field(default_factory=list)
+    inputs: tuple[str, ...] = ()
     #: module call key from ``nn_module_stack`` (``"b@1"`` for the second call of ``b``)
     call: str | None = None
-    #: parameter elements first counted at this node (``None``: uses no parameter); see rfscope.passes.counts
-    params: int | None = None
-    #: parameters this node uses that an earlier node counted: name -> that node
-    shared: dict[str, str] = field(default_factory=dict)
-    #: convolution anatomy, primary kind then flags (``["depthwise", "dilated"]``); ``None`` if not a conv
-    conv_kind: list[str] | None = None
     #: kernel/stride/padding/dilation of a conv or pool call, from its plugin (``None`` otherwise)
     geometry: Geometry | None = None
     #: the plugin's traits (:mod:`rfscope.core.traits`): what kind of op this is
     traits: frozenset[str] = frozenset()
+    #: the receptive field of the node's output (``None`` unless it is a tensor that depends on the input)
+    rf: RF | None = None
+
+    @property
+    def conv_kind(self) -> list[str] | None:
+        """Convolution anatomy, primary kind then flags (``["depthwise", "dilated"]``); ``None`` if not a conv."""
+        return self.geometry.conv_kind() if self.geometry is not None else None
 
     @property
     def label(self) -> str:
@@ -65,24 +71,6 @@ class NodeRecord:
         if self.op == "placeholder":
             return self.name
         return f"{self.call}/{self.name}" if self.call else self.name
-
-
-def target_name(n: fx.Node) -> str:
-    """Readable name of a function or method node's target (``torch.conv2d``, ``Tensor.view``)."""
-    t = n.target
-    if n.op == "call_method":
-        return f"Tensor.{t}"
-    if isinstance(t, str):
-        return t
-    if isinstance(t, torch._ops.OpOverload):  # ATen graphs (rfscope.trace.strategy): "aten.convolution.default"
-        return str(t)
-    mod = getattr(t, "__module__", None) or ""
-    name = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
-    if name.startswith("_VariableFunctionsClass."):  # torch.sigmoid, torch.cat ... (C builtins)
-        return f"torch.{name.split('.', 1)[1]}"
-    if mod in ("_operator", "operator"):
-        return f"operator.{name}"
-    return f"{mod}.{name}" if mod and not mod.startswith("torch._C") else f"torch.{name}"
 
 
 def _module_of(n: fx.Node) -> tuple[str | None, str | None]:
@@ -157,6 +145,8 @@ def run_plugins(
     unsupported: dict[str, None] = {}
     errors: list[str] = []
     n_spatial = len(input_size)
+    size = tuple(input_size)
+    rfs: dict[TensorRF, RF] = {}  # equal states give equal (immutable) RFs: most nodes share a few
     modules = dict(gm.named_modules(remove_duplicate=False))
     state_of = states.__getitem__
     map_arg = fx.node.map_arg
@@ -165,7 +155,7 @@ def run_plugins(
         module = modules[n.target] if n.op == "call_module" else None
         tname = (
             type(module).__qualname__ if module is not None
-            else target_name(n) if n.op not in ("placeholder", "output") else str(n.target)
+            else node_target_name(n) if n.op not in ("placeholder", "output") else str(n.target)
         )
         plugin: Plugin | None = None
         macs: int | None = None
@@ -261,10 +251,11 @@ def run_plugins(
             state=st,
             plugin=plugin.name if plugin is not None else None,
             macs=macs,
-            inputs=[a.name for a in n.all_input_nodes],
+            inputs=tuple(a.name for a in n.all_input_nodes),
             call=call,
             geometry=geometry,
             traits=plugin.traits if plugin is not None else frozenset(),
+            rf=_rf_memo(rfs, st, size) if isinstance(st, TensorRF) else None,
         )
     return records, list(unsupported), errors
 
@@ -310,6 +301,28 @@ def _checked_macs(v: Any) -> int | None:
     if n < 0:
         raise _BadMacs(repr(n))
     return n
+
+
+def _rf_memo(memo: dict[TensorRF, RF], st: TensorRF, input_size: tuple[int, ...]) -> RF:
+    try:
+        rf = memo.get(st)
+    except TypeError:  # a plugin put something unhashable in the state
+        return RF.from_state(st, input_size)
+    if rf is None:
+        rf = memo[st] = RF.from_state(st, input_size)
+    return rf
+
+
+def build_graph(records: dict[str, NodeRecord]) -> nx.DiGraph:
+    """The records as a networkx graph: one node per record (attributes ``op``, ``target``,
+    ``module``, ``module_class``, ``shape``, ``rf``, ``record``), edges from inputs to users."""
+    g = nx.DiGraph()
+    for r in records.values():
+        g.add_node(r.name, op=r.op, target=r.target, module=r.module, module_class=r.module_class,
+                   shape=r.shape, rf=r.rf, record=r)
+        for a in r.inputs:
+            g.add_edge(a, r.name)
+    return g
 
 
 def _has_tensor(v: Any) -> bool:

@@ -15,20 +15,9 @@ from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.geometry import Geometry
 from rfscope.core.initview import InitContext, WeightView, module_view
-from rfscope.core.ops import local
+from rfscope.core.ops import as_tuple, local
 from rfscope.core.registry import Registry
 from rfscope.core.state import TensorRF
-
-
-def _tup(v: Any, n: int) -> tuple[int, ...]:
-    if isinstance(v, int):
-        return (v,) * n
-    t = tuple(int(x) for x in v)
-    if len(t) == 1:
-        return t * n
-    if len(t) != n:
-        raise Unsupported(f"expected {n} values, got {v!r}")
-    return t
 
 
 def conv_geometry(ctx: OpContext) -> Geometry:
@@ -51,11 +40,11 @@ def conv_geometry(ctx: OpContext) -> Geometry:
         n = w.dim() - 2
         k = weight_shape[2:]
         transposed = ctx.node.target in _FUNC_T
-        s = _tup(ctx.param("stride", 1), n)
+        s = as_tuple(ctx.param("stride", 1), n)
         pad = ctx.param("padding", 0)
-        out_pad = _tup(ctx.param("output_padding", 0), n) if transposed else (0,) * n
+        out_pad = as_tuple(ctx.param("output_padding", 0), n) if transposed else (0,) * n
         groups = int(ctx.param("groups", 1))
-        d = _tup(ctx.param("dilation", 1), n)
+        d = as_tuple(ctx.param("dilation", 1), n)
     if isinstance(pad, str):
         if pad == "valid":
             left: Sequence[int] = (0,) * n
@@ -65,7 +54,7 @@ def conv_geometry(ctx: OpContext) -> Geometry:
         else:
             raise Unsupported(f"padding={pad!r}")
     else:
-        left = _tup(pad, n)
+        left = as_tuple(pad, n)
     return Geometry("conv", tuple(k), tuple(s), tuple(left), tuple(d), groups=groups, transposed=transposed,
                     output_padding=out_pad, weight_shape=weight_shape)
 

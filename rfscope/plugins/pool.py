@@ -13,19 +13,9 @@ import torch.nn.functional as F
 from rfscope.core import rf
 from rfscope.core.context import OpContext
 from rfscope.core.geometry import Geometry
-from rfscope.core.ops import local, reduce_dims
+from rfscope.core.ops import as_tuple, local, reduce_dims
 from rfscope.core.registry import Registry
 from rfscope.core.traits import CHANNELWISE
-
-
-def _tup(v: Any, n: int) -> tuple[int, ...]:
-    if v is None:
-        return ()
-    if isinstance(v, int):
-        return (v,) * n
-    t = tuple(int(x) for x in v)
-    return t * n if len(t) == 1 else t
-
 
 _MAX: dict[Any, int] = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
 _AVG: dict[Any, int] = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
@@ -60,16 +50,16 @@ def pool_geometry(ctx: OpContext) -> Geometry:
     t: Any = ctx.node.target
     if m is not None:
         n = next(v for c, v in {**_MAX, **_AVG, **_LP}.items() if isinstance(m, c))
-        k = _tup(m.kernel_size, n)
-        s = _tup(m.stride if m.stride is not None else m.kernel_size, n) or k
-        p = _tup(getattr(m, "padding", 0), n)
-        d = _tup(getattr(m, "dilation", 1), n)
+        k = as_tuple(m.kernel_size, n)
+        s = as_tuple(m.stride if m.stride is not None else m.kernel_size, n) or k
+        p = as_tuple(getattr(m, "padding", 0), n)
+        d = as_tuple(getattr(m, "dilation", 1), n)
     else:
         n = {**_F_MAX, **_F_AVG, **_F_LP}[t]
-        k = _tup(ctx.param("kernel_size"), n)
-        s = _tup(ctx.param("stride"), n) or k
-        p = _tup(ctx.param("padding", 0), n)
-        d = _tup(ctx.param("dilation", 1), n)
+        k = as_tuple(ctx.param("kernel_size"), n)
+        s = as_tuple(ctx.param("stride"), n) or k
+        p = as_tuple(ctx.param("padding", 0), n)
+        d = as_tuple(ctx.param("dilation", 1), n)
     return Geometry("pool", k, s, p, d, pool=_kind(m, t))
 
 

@@ -11,6 +11,7 @@ from torch.fx.immutable_collections import immutable_dict, immutable_list
 
 from rfscope.core.errors import TraceError
 from rfscope.core.locks import running
+from rfscope.core.registry import node_target_name
 from rfscope.trace.copy import (
     _meta_twin,
     _to_meta,
@@ -121,7 +122,7 @@ class _ShapePass:
         mod = next(reversed(where.values()))[0] if where else None
         loc = f" in module {mod!r}" if mod else ""
         return TraceError(
-            f"shape propagation failed at node {n.name!r}{loc} ({_target_name(n)}): "
+            f"shape propagation failed at node {n.name!r}{loc} ({node_target_name(n)}): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         )
 
@@ -186,13 +187,6 @@ def _layer_problem(name: str, m: Any, args: Any) -> str | None:
         return (f"input too small for layer {name!r} ({cls}): it gets {fmt(got)} positions but needs at least "
                 f"{fmt(need)}; use a larger --input-shape (input_shape)")
     return None
-
-
-def _target_name(n: fx.Node) -> str:
-    t = n.target
-    if isinstance(t, str):
-        return t
-    return getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or repr(t)
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
