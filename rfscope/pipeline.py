@@ -10,7 +10,7 @@ import torch
 from torch.nn.parameter import is_lazy
 
 from rfscope.core.errors import RfscopeError, TraceError
-from rfscope.core.registry import Registry, default_registry
+from rfscope.core.registry import Plugin, Registry, default_registry
 from rfscope.core.state import TensorRF
 from rfscope.passes.counts import count
 from rfscope.passes.diagnostics import diagnose
@@ -110,6 +110,7 @@ def analyze(
     check_init: bool = False,
     trace: str = "auto",
     weights: str | os.PathLike[str] | None = None,
+    plugins: Iterable[Plugin] = (),
 ) -> Report:
     """Trace ``model`` and compute the receptive field of every node.
 
@@ -124,7 +125,25 @@ def analyze(
     ``"export"``, ``"make_fx"`` to force a path; ``report.trace_path`` says which was used.
     ``weights``: a state-dict checkpoint loaded (``weights_only=True``) into a copy of the
     model first (:func:`rfscope.weights.load_weights`).
+    ``plugins``: :class:`~rfscope.Plugin` s for this analysis only, replacing the registry's
+    plugins for their targets (:meth:`Registry.with_overrides`); the registry is not changed.
 
+    Raises
+    ------
+    AnalysisInputError
+        ``model`` is not a module, the input shape is malformed, or the model has lazy layers.
+    TraceError
+        No tracer could follow the model, or its shapes could not be propagated (the message
+        names the layer and the fix).
+    StrictError
+        ``strict=True`` and some node has no plugin or its plugin refused the call.
+    PluginError
+        A plugin raised (``strict=True``), or ``plugins`` holds a malformed plugin.
+    WeightsError
+        The ``weights`` checkpoint is missing, corrupt or does not fit the model.
+
+    Examples
+    --------
     >>> import torch.nn as nn, rfscope
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3))
     >>> rfscope.analyze(net, input_shape=(1, 3, 32, 32)).rf("3").size
@@ -136,7 +155,7 @@ def analyze(
     if depth:  # modules nested hundreds of levels deep: run where the stack has room for them
         return call_deep(depth, analyze, model, input_shape, example_inputs=example_inputs, strict=strict,
                          registry=registry, leaf_modules=leaf_modules, check_init=check_init, trace=trace,
-                         weights=weights)
+                         weights=weights, plugins=plugins)
     if example_inputs is None:
         if input_shape is None:
             raise AnalysisInputError("give input_shape=(N, C, H, W) or example_inputs=(tensor, ...)")
@@ -156,6 +175,8 @@ def analyze(
         model = load_weights(model, weights)
     _check_materialised(model)
     reg = registry if registry is not None else default_registry()
+    plugins = list(plugins)
+    reg = reg.with_overrides(plugins) if plugins else reg
     reg.ensure_loaded()
     copy = structural_copy(model)
     gm, trace_path, trace_why = trace_model(model, reg, example_inputs, leaf_modules, trace, copy=copy)
@@ -194,8 +215,8 @@ def analyze(
     report = Report(tuple(shape), records, modules, graph, gm, count(records, gm, copy), unsupported,
                     errors + check_errors, trace_path=trace_path, trace_fallback=trace_why, warnings=warnings)
     if check_init:
-        _keep(report, check(records, gm, model, example_inputs, registry=reg, modules=modules,
-                            trace_path=trace_path, leaf_modules=leaf_modules))
+        report.findings = check(records, gm, model, example_inputs, registry=reg, modules=modules,
+                                trace_path=trace_path, leaf_modules=leaf_modules)
     return report
 
 
@@ -248,10 +269,5 @@ def check_init(
         example_inputs = (torch.empty(report.input_shape, device="meta"),)
     findings = check(report.records, report.gm, model, example_inputs, registry=reg, modules=report.modules,
                      trace_path=report.trace_path, leaf_modules=leaf_modules, forward=forward, seed=seed)
-    _keep(report, findings)
-    return findings
-
-
-def _keep(report: Report, findings: list[Finding]) -> None:
-    """Store the init check's findings on the report."""
     report.findings = findings
+    return findings

@@ -338,3 +338,24 @@ def _no_leak() -> object:
     for m in set(sys.modules) - before:
         if m.startswith("rfs_ext_"):
             del sys.modules[m]
+
+
+def test_per_analysis_plugin_overrides_leave_the_registry_alone() -> None:
+    """``analyze(..., plugins=[...])`` replaces a plugin for one analysis only, as
+    ``FlopCounterMode(custom_mapping=...)`` does: the shared registry is not touched."""
+    from rfscope.core import rf
+    from rfscope.core.ops import local
+
+    net = nn.Sequential(nn.Conv2d(1, 1, 3), nn.ReLU(), nn.Conv2d(1, 1, 3))
+    # pretend the ReLU were a 3-tap blur along each axis
+    blur = rfscope.Plugin("blur-relu", (nn.ReLU,), rf=lambda ctx: local(ctx, {-2: lambda a: rf.conv(a, 3, p=1),
+                                                                               -1: lambda a: rf.conv(a, 3, p=1)}))
+    reg = rfscope.default_registry()
+    before = reg.lookup_module(nn.ReLU())
+    mine = rfscope.analyze(net, input_shape=(1, 1, 16, 16), plugins=[blur])
+    plain = rfscope.analyze(net, input_shape=(1, 1, 16, 16))
+    assert mine.rf("output").size == (7, 7) and plain.rf("output").size == (5, 5)
+    assert reg.lookup_module(nn.ReLU()) is before
+    copy = reg.copy()
+    copy.register(rfscope.Plugin("x", (nn.ReLU,), override=True))
+    assert reg.lookup_module(nn.ReLU()) is before and copy.lookup_module(nn.ReLU()).name == "x"

@@ -18,6 +18,7 @@ callable ``register(registry)``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import warnings
@@ -208,6 +209,41 @@ class Registry:
     def has_module_class(self, cls: type) -> bool:
         self.ensure_loaded()
         return self._lookup_class(cls) is not None
+
+    def copy(self) -> Registry:
+        """An independent registry holding this one's plugins (loaded first) and pending registrations.
+
+        Registering into the copy never changes this registry: per-analysis overrides use it.
+
+        >>> base = Registry()
+        >>> mine = base.copy()
+        >>> _ = mine.register(Plugin("no-relu", (torch.nn.ReLU,), override=True))
+        >>> base.lookup_module(torch.nn.ReLU()).name != mine.lookup_module(torch.nn.ReLU()).name
+        True
+        """
+        self.ensure_loaded()
+        with TRACE_LOCK:
+            new = Registry()
+            new._by_target = dict(self._by_target)
+            new._deferred = list(self._deferred)
+            new._loaded = True
+            new.load_errors = list(self.load_errors)
+        return new
+
+    def with_overrides(self, plugins: Iterable[Plugin]) -> Registry:
+        """A :meth:`copy` in which ``plugins`` replace the plugins of their targets (registered with
+        ``override=True``), the way ``FlopCounterMode(custom_mapping=...)`` merges its mapping over
+        the defaults without touching them.
+
+        Raises
+        ------
+        PluginError
+            A plugin is malformed (no targets, a string target).
+        """
+        new = self.copy()
+        for p in plugins:
+            new.register(dataclasses.replace(p, override=True))
+        return new
 
     def plugins(self) -> list[Plugin]:
         self.ensure_loaded()
