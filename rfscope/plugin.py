@@ -18,9 +18,10 @@ class, a function object, or ``Method("name")`` for a tensor method.  See ``docs
 'blur'
 """
 
-from rfscope.core import rf
+from rfscope.core import rf, traits
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.geometry import Geometry, transposed_taps
+from rfscope.core.initview import InitContext, WeightView
 from rfscope.core.ops import axes_of, elementwise, global_over, local, norm_dim, reduce_dims, same_state
 from rfscope.core.registry import Method, Plugin, PluginError, Registry, default_registry
 from rfscope.core.shape_rules import register_function_rule
@@ -31,5 +32,5 @@ __all__ = [
     "axes_of", "elementwise", "global_over", "local", "norm_dim", "reduce_dims", "same_state",
     "Method", "Plugin", "PluginError", "Registry", "default_registry",
     "CONST", "Global", "Merged", "TensorRF", "make_global", "map_axis", "merge", "unknown",
-    "register_function_rule",
+    "register_function_rule", "InitContext", "WeightView", "traits",
 ]

@@ -1,8 +1,8 @@
-"""Gradient oracle for exact theoretical receptive fields (REFERENCE.md section 3).
+"""Gradient oracle for exact theoretical receptive fields (docs/design.md §5).
 
 Written independently of rfscope: it runs the real model (a float64 copy), so
 every index map is PyTorch's own.  Every conv/linear weight and bias is a
-positive constant (REFERENCE says bias 0, which only matters for products:
+positive constant (the usual recipe sets biases to 0, which only matters for products:
 ``x * y`` where ``y`` sees no pixel would hide ``x``); activations, BatchNorm,
 Dropout, LayerNorm and GroupNorm are the identity; max pooling becomes an all-ones depthwise
 convolution with the same kernel, stride, padding, dilation and output size

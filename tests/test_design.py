@@ -63,7 +63,7 @@ def test_stack_rf_matches_recurrence_and_gradient(spec: list[tuple[int, int, int
 def test_stack_rf_transposed_and_upsample_phases() -> None:
     # k=3, s=2 transposed conv after one input pixel: outputs see 1 or 2 input units
     assert design.stack_rf([("conv_transpose", 3, 2, 1)]).sizes == (1, 2)
-    # U-Net k=2,s=2 adds nothing; DCGAN k=4,s=2,p=1 adds j (REFERENCE.md §1)
+    # U-Net k=2,s=2 adds nothing; DCGAN k=4,s=2,p=1 adds j (docs/design.md §1)
     base = [("conv", 3, 2, 1)]
     assert design.stack_rf([*base, ("conv_transpose", 2, 2, 0)]).size == 3
     assert design.stack_rf([*base, ("conv_transpose", 4, 2, 1)]).size == 3 + 2

@@ -1,6 +1,6 @@
 """Design warnings: gridding of dilated stacks and checkerboard of transposed convs.
 
-Expected values are hand-derived (REFERENCE.md §1) or come from a gradient /
+Expected values are hand-derived (docs/design.md §1) or come from a gradient /
 real-convolution oracle, never from rfscope itself.
 """
 

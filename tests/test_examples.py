@@ -1,6 +1,6 @@
 """Every example in examples/ runs through the CLI and gives the hand-derived numbers.
 
-Hand derivations use r' = r + d(k-1)j, j' = js, P' = P + pj (REFERENCE.md §1); the
+Hand derivations use r' = r + d(k-1)j, j' = js, P' = P + pj (docs/design.md §1); the
 phase-dependent windows of transposed convs and the U-Net are checked against a
 gradient oracle (all-ones weights, identities for BN/ReLU/Tanh, max -> avg pool,
 float64) written here, not rfscope's probe.
@@ -229,7 +229,8 @@ def test_init_examples(attr: str, code: int, expect: str) -> None:
 def test_every_example_is_covered() -> None:
     names = {p.name for p in EX.glob("*.py")}
     tested = {"dilated_context.py", "unet.py", "dcgan_generator.py", "mobilenet_v1.py", "pooling.py",
-              "capsnet.py", "init_examples.py", "rf_vs_erf.py", "quickstart.py"}
+              "capsnet.py", "init_examples.py", "rf_vs_erf.py", "quickstart.py",
+              "plugin_deformable.py"}  # tests/test_plugin_example.py
     assert names <= tested, names - tested
 
 

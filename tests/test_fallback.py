@@ -70,7 +70,7 @@ def test_torchvision_fallbacks_match_symbolic_trace(name):
 
 
 def test_export_path_matches_published_vgg16_pool5():
-    # Araujo et al. 2019 / REFERENCE.md: vgg_16 pool5 212/32/90
+    # Araujo et al. 2019 (Distill): vgg_16 pool5 212/32/90
     with torch.device("meta"):
         m = tv.models.vgg16(weights=None)
     rep = rfscope.analyze(m, (1, 3, 224, 224), trace="export")

@@ -1,4 +1,4 @@
-"""Init check: every check fires on a broken model, and stays silent on REFERENCE.md section 5's legitimate patterns."""
+"""Init check: every check fires on a broken model, and stays silent on docs/design.md §6's legitimate patterns."""
 
 import json
 import math
@@ -48,7 +48,7 @@ def test_plain_mlp_default_init_is_fine():
     assert _ids(_check(_mlp(32, 64, 64, 10), torch.randn(4, 32))) == []
 
 
-# -- legitimate zeros and constants (REFERENCE.md section 5) ----------------------------
+# -- legitimate zeros and constants (docs/design.md §6) ----------------------------
 def test_resnet50_zero_init_residual():
     _seed()
     m = tv.models.resnet50(zero_init_residual=True)

@@ -1,6 +1,6 @@
 """rfscope agrees with the gradient oracle on torchvision models (weights=None, small inputs).
 
-Inputs are smaller than the deep layers' RFs, so (REFERENCE.md section 3) the
+Inputs are smaller than the deep layers' RFs, so (docs/design.md §5) the
 borders are used: the first unit's last pixel gives ``r - 1 - P``, the last two
 units' first pixels give ``j`` and ``P`` (torchvision pads with zeros and never
 more than a kernel's reach, so those edge paths run through real pixels).

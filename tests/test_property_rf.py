@@ -9,7 +9,7 @@ unit's dependency cone reaches; the input is made ``> 2R`` wide so that central
 units never touch padding or PyTorch's border clamping, and those units (a run
 covering every phase) are compared pixel for pixel.  Plain stacks (zero padding,
 no resampling) also probe the first unit's hi edge and the last units' lo edge
-(REFERENCE.md section 3).  Merges of branches with different jumps must come
+(docs/design.md §5).  Merges of branches with different jumps must come
 out ``unknown`` with a "misaligned" reason, never a number.
 """
 

@@ -1,4 +1,4 @@
-"""Receptive fields published by others (REFERENCE.md section 2); numbers we did not compute."""
+"""Receptive fields published by others (Araujo et al., Distill 2019; torchvision twins): not computed by us."""
 
 import pytest
 import torch.nn as nn

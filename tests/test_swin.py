@@ -13,10 +13,10 @@ import pytest
 import torch
 
 torchvision = pytest.importorskip("torchvision")
+from oracle import _Mode, prepare  # noqa: E402
 from torchvision.models.swin_transformer import SwinTransformer  # noqa: E402
 
 import rfscope  # noqa: E402
-from tests.oracle import _Mode, prepare  # noqa: E402
 
 # The attention mask is additive -100, not -inf: a unit keeps a weight of about
 # exp(-100 + logit difference) on the piece the cyclic roll wrapped around.

@@ -15,8 +15,9 @@ import torch
 torchvision = pytest.importorskip("torchvision")
 video_swin = pytest.importorskip("torchvision.models.video.swin_transformer")
 
+from oracle import _Mode, prepare  # noqa: E402
+
 import rfscope  # noqa: E402
-from tests.oracle import _Mode, prepare  # noqa: E402
 
 LEAK = 1e-30  # the mask is additive -100, not -inf (see tests/test_swin.py)
 QK = 1e-6

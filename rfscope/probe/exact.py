@@ -1,4 +1,4 @@
-"""Exact validation of the static RF with a gradient oracle (REFERENCE §3).
+"""Exact validation of the static RF with a gradient oracle (docs/design.md §5).
 
 The analysed graph is run on a linearised float64 copy (:mod:`rfscope.probe.linear`)
 with an all-ones input; the non-zero support of d(unit)/d(input) is the unit's
@@ -444,7 +444,7 @@ def validate(
             ends = _ends(axes, extents[k], nsp)
             verdict, detail = _compare(my, axes, size, central_runs[k], ends)
             if verdict == "disagree" and rf.status == "global":
-                # norm layers are identity in the oracle (REFERENCE §3): a node global only through
+                # norm layers are identity in the oracle (docs/design.md §5): a node global only through
                 # them shows its local RF
                 local = [x.local if isinstance(x, Global) else x for x in st.axes]
                 ends_l = _ends(local, extents[k], nsp)

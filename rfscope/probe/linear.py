@@ -1,6 +1,6 @@
 """Linearise a materialised graph so that its input gradient's support is the exact RF.
 
-REFERENCE §3: positive constant weights (``1/fan_in`` here, so activations stay
+docs/design.md §5: positive constant weights (``1/fan_in`` here, so activations stay
 near 1 and deep nets neither overflow nor underflow), zero biases; activations,
 BatchNorm, Dropout, LayerNorm/GroupNorm/InstanceNorm → identity; max pooling →
 a sum over the same window (a positive-weight pool with the same kernel, stride,
@@ -8,6 +8,10 @@ padding, dilation and ceil mode); ``a - b`` → ``a + b``, ``a / b`` (tensor) �
 and ``-a`` → ``a`` so that no two positive paths can cancel.  With an all-ones
 input every value and every gradient is then non-negative, so a pixel's gradient
 is exactly zero iff no path reaches it.
+
+This module is the probe's *independent* check of the static analysis, on purpose: it rewrites
+the graph from the ops' own semantics and never asks the analyser's plugins (their RF, geometry
+or traits), so a mistake in a plugin cannot hide in the check that is meant to catch it.
 """
 
 from __future__ import annotations
