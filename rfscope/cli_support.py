@@ -157,16 +157,11 @@ def handle_errors(fn: F) -> F:
             if debug:
                 raise
             msg = _user_error(e) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
-            from rfscope.core.errors import TraceError
-            from rfscope.core.registry import PluginError
-            from rfscope.loader import LoadError
-            from rfscope.passes.interpret import StrictError
-            from rfscope.pipeline import AnalysisInputError
-            from rfscope.report import UnknownNameError
+            from rfscope.core.errors import RfscopeError
 
-            known = (LoadError, AnalysisInputError, TraceError, UnknownNameError, StrictError, PluginError,
-                     OSError, ValueError)
-            if not isinstance(e, known) and _user_error(e) is None:
+            # every error rfscope raises for bad input derives from RfscopeError; OSError and
+            # ValueError come from the user's files and the user's own model code
+            if not isinstance(e, (RfscopeError, OSError, ValueError)) and _user_error(e) is None:
                 msg = f"internal error ({type(e).__name__}: {msg}); rerun with --debug and report it"
             raise CliError(msg) from e
 

@@ -96,3 +96,14 @@ def test_builtin_plugins_are_the_files_listed_once() -> None:
     meta = tomllib.loads((PKG.parent / "pyproject.toml").read_text())
     eps = meta["project"].get("entry-points", {}).get("rfscope.plugins", {})
     assert not [v for v in eps.values() if v.startswith("rfscope.plugins.")], eps
+
+
+def test_every_public_error_is_an_rfscope_error() -> None:
+    """The CLI turns RfscopeError into one-line errors: every public error must derive from it."""
+    import rfscope
+    import rfscope.probe
+
+    errors = [getattr(rfscope, n) for n in rfscope.__all__ if n.endswith("Error")]
+    errors += [getattr(rfscope.probe, n) for n in rfscope.probe.__all__ if n.endswith("Error")]
+    assert len(errors) >= 8
+    assert [e.__name__ for e in errors if not issubclass(e, rfscope.RfscopeError)] == []

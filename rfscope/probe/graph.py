@@ -15,12 +15,13 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from rfscope.core.errors import RfscopeError
 from rfscope.trace.copy import modules, named_modules, own_tensors
 
 __all__ = ["ProbeError", "materialise", "select_outputs", "check_trace_path"]
 
 
-class ProbeError(ValueError):
+class ProbeError(RfscopeError, ValueError):
     """The probe cannot run on this model/input; the message says why and what to do."""
 
 
