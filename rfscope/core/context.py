@@ -62,11 +62,20 @@ class OpContext:
         Positions come from the target's own signature or schema (:func:`param_positions`),
         so plugins never hard-code argument indices.  Module plugins read the module's
         attributes instead.
+
+        Raises
+        ------
+        Unsupported
+            The target's signature cannot be found, so a positional argument cannot be named
+            (the node becomes ``unknown`` rather than read the wrong argument).
         """
         if name in self.kwarg_values:
             return self.kwarg_values[name]
         n = self.node
-        pos = param_positions(n.target, n.op == "call_method").get(name)
+        positions = param_positions(n.target, n.op == "call_method")
+        if not positions and self.arg_values:  # no signature: never guess which argument it is
+            raise Unsupported(f"cannot read argument {name!r}: no signature for {n.target!r}")
+        pos = positions.get(name)
         if pos is not None and pos < len(self.arg_values):
             return self.arg_values[pos]
         return default

@@ -28,7 +28,7 @@ def _layer_rf(ctx: OpContext) -> TensorRF:
         m: Any = ctx.module
         n = len(m.normalized_shape)
     else:
-        shp = ctx.arg(1, "normalized_shape")
+        shp = ctx.param("normalized_shape")
         n = 1 if isinstance(shp, int) else len(shp)
     return make_global(st, axes_of(st.dims[-n:]), keep_local=True)
 

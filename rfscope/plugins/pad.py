@@ -33,7 +33,7 @@ def _pads(ctx: OpContext) -> tuple[int, ...]:
     if ctx.module is not None:
         m: Any = ctx.module
         return tuple(int(p) for p in m.padding)  # (left, right, top, bottom, ...)
-    p = ctx.arg(1, "pad")
+    p = ctx.param("pad")
     return tuple(int(x) for x in p)
 
 

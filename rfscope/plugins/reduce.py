@@ -15,13 +15,13 @@ from rfscope.core.state import TensorRF
 
 
 def _reduce_rf(ctx: OpContext) -> object:
-    other = ctx.arg(1, "other", None)
+    other = ctx.param("other", None)
     if isinstance(other, torch.Tensor):  # torch.max(a, b) / a.min(b): elementwise, not a reduction
         return elementwise(ctx, f"elementwise op {ctx.node.name}")
     st = ctx.first
     nd = len(st.dims)
-    dim = ctx.arg(1, "dim", None)
-    keep = bool(ctx.arg(2, "keepdim", False))
+    dim = ctx.param("dim", None)
+    keep = bool(ctx.param("keepdim", False))
     dims = list(range(nd)) if dim is None else ([dim] if isinstance(dim, int) else list(dim))
     out = reduce_dims(st, dims, keep)
     if isinstance(ctx.out, (tuple, list)):  # max(dim) -> (values, indices)
@@ -32,7 +32,7 @@ def _reduce_rf(ctx: OpContext) -> object:
 def _softmax_rf(ctx: OpContext) -> TensorRF:
     st = ctx.first
     m: Any = ctx.module
-    dim = m.dim if m is not None else ctx.arg(1, "dim")
+    dim = m.dim if m is not None else ctx.param("dim")
     if dim is None:
         return global_over(st, range(len(st.dims)), keep_local=False)
     return global_over(st, [int(dim)], keep_local=True)

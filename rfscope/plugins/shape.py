@@ -88,7 +88,7 @@ def _permute_rf(ctx: OpContext) -> TensorRF:
         rest = list(ctx.arg_values[1:]) or [ctx.kwarg_values.get("dims")]
         order = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
     else:
-        order = ctx.arg(1, "dims")
+        order = ctx.param("dims")
     order = [norm_dim(int(d), nd) for d in order]
     return st.with_dims([st.dims[d] for d in order])
 
@@ -96,7 +96,7 @@ def _permute_rf(ctx: OpContext) -> TensorRF:
 def _transpose_rf(ctx: OpContext) -> TensorRF:
     st = ctx.first
     nd = len(st.dims)
-    a, b = norm_dim(int(ctx.arg(1, "dim0")), nd), norm_dim(int(ctx.arg(2, "dim1")), nd)
+    a, b = norm_dim(int(ctx.param("dim0")), nd), norm_dim(int(ctx.param("dim1")), nd)
     dims = list(st.dims)
     dims[a], dims[b] = dims[b], dims[a]
     return st.with_dims(dims)
@@ -105,7 +105,7 @@ def _transpose_rf(ctx: OpContext) -> TensorRF:
 def _movedim_rf(ctx: OpContext) -> TensorRF:
     st = ctx.first
     nd = len(st.dims)
-    src, dst = ctx.arg(1, "source"), ctx.arg(2, "destination")
+    src, dst = ctx.param("source"), ctx.param("destination")
     src = [src] if isinstance(src, int) else list(src)
     dst = [dst] if isinstance(dst, int) else list(dst)
     perm = list(range(nd))
@@ -127,7 +127,7 @@ def _t_rf(ctx: OpContext) -> TensorRF:
 
 def _unsqueeze_rf(ctx: OpContext) -> TensorRF:
     st = ctx.first
-    d = norm_dim(int(ctx.arg(1, "dim")), len(st.dims) + 1)
+    d = norm_dim(int(ctx.param("dim")), len(st.dims) + 1)
     dims = list(st.dims)
     dims.insert(d, None)
     return st.with_dims(dims)
@@ -136,7 +136,7 @@ def _unsqueeze_rf(ctx: OpContext) -> TensorRF:
 def _squeeze_rf(ctx: OpContext) -> TensorRF:
     st = ctx.first
     shp = ctx.in_shape(0)
-    dim = ctx.arg(1, "dim", None)
+    dim = ctx.param("dim", None)
     if dim is None:
         drop = {i for i, s in enumerate(shp) if s == 1}
     else:
@@ -160,8 +160,8 @@ def _select_rf(ctx: OpContext) -> TensorRF:
     """``x.select(dim, i)``: every unit now sees what unit ``i`` saw along that axis."""
     st = ctx.first
     shp = ctx.in_shape(0)
-    d = norm_dim(int(ctx.arg(1, "dim")), len(shp))
-    i = int(ctx.arg(2, "index")) % shp[d]
+    d = norm_dim(int(ctx.param("dim")), len(shp))
+    i = int(ctx.param("index")) % shp[d]
     tag = st.dims[d]
     axes = list(st.axes)
     if isinstance(tag, Merged) and not _all_global(st, tag):
@@ -176,8 +176,8 @@ def _narrow_rf(ctx: OpContext) -> TensorRF:
     """``x.narrow(dim, start, length)``: a crop."""
     st = ctx.first
     shp = ctx.in_shape(0)
-    d = norm_dim(int(ctx.arg(1, "dim")), len(shp))
-    start = int(ctx.arg(2, "start")) % shp[d] if shp[d] else 0
+    d = norm_dim(int(ctx.param("dim")), len(shp))
+    start = int(ctx.param("start")) % shp[d] if shp[d] else 0
     tag = st.dims[d]
     axes = list(st.axes)
     if isinstance(tag, Merged) and not _all_global(st, tag) and start != 0:
@@ -243,7 +243,7 @@ def _getitem_rf(ctx: OpContext) -> Any:
 
 def _cat_rf(ctx: OpContext) -> TensorRF:
     tensors = ctx.args[0]
-    dim = int(ctx.arg(1, "dim", 0))
+    dim = int(ctx.param("dim", 0))
     is_stack = ctx.node.target in (torch.stack,)
     sts = [s for s in tensors if isinstance(s, TensorRF)]
     nd = len(ctx.out_shape)
@@ -276,7 +276,7 @@ def _split_rf(ctx: OpContext) -> Any:
     t = ctx.node.target
     name = t if isinstance(t, str) else getattr(t, "__name__", "")
     unbind = name == "unbind"
-    dim = ctx.arg(1, "dim", 0) if unbind else ctx.arg(2, "dim", 0)
+    dim = ctx.param("dim", 0)
     d = norm_dim(int(dim), len(shp))
     tag = st.dims[d]
     res = []

@@ -73,8 +73,8 @@ def _window_geometry(ctx: OpContext, k: int = 2) -> tuple[list[int], list[int], 
     (``k`` = 2: ``shifted_window_attention``, which zeroes the shift along a dim whose padded size is
     at most the window; 3: ``shifted_window_attention_3d``, which keeps it)."""
     what = "shifted_window_attention" + ("_3d" if k == 3 else "")
-    window: Sequence[int] = ctx.arg(4, "window_size")
-    shift: Sequence[int] = ctx.arg(6, "shift_size")
+    window: Sequence[int] = ctx.param("window_size")
+    shift: Sequence[int] = ctx.param("shift_size")
     shape = ctx.in_shape(0)
     if len(shape) != k + 2 or len(window) != k or len(shift) != k:
         raise Unsupported(f"{what}: expected a (B, {k} spatial dims, C) input and {k}-d window/shift")

@@ -126,11 +126,11 @@ def _interp_params(ctx: OpContext) -> tuple[str, Any, bool, bool | None]:
         ac = bool(m.align_corners) if m.align_corners is not None else False
         rec = getattr(m, "recompute_scale_factor", None)
     else:
-        mode = ctx.arg(3, "mode", "nearest")
-        sf = ctx.arg(2, "scale_factor", None)
-        ac_v = ctx.arg(4, "align_corners", None)
+        mode = ctx.param("mode", "nearest")
+        sf = ctx.param("scale_factor", None)
+        ac_v = ctx.param("align_corners", None)
         ac = bool(ac_v) if ac_v is not None else False
-        rec = ctx.arg(5, "recompute_scale_factor", None)
+        rec = ctx.param("recompute_scale_factor", None)
     return mode, sf, ac, rec
 
 
@@ -165,14 +165,14 @@ def _interp_macs(ctx: OpContext) -> int:
 
 def _shuffle_rf(ctx: OpContext) -> TensorRF:
     m: Any = ctx.module
-    r = int(m.upscale_factor) if ctx.module is not None else int(ctx.arg(1, "upscale_factor"))
+    r = int(m.upscale_factor) if ctx.module is not None else int(ctx.param("upscale_factor"))
     return local(ctx, {-1: lambda a: rf.resample(a, lambda i: [i // r], r, 1),
                        -2: lambda a: rf.resample(a, lambda i: [i // r], r, 1)})
 
 
 def _unshuffle_rf(ctx: OpContext) -> TensorRF:
     m: Any = ctx.module
-    r = int(m.downscale_factor) if ctx.module is not None else int(ctx.arg(1, "downscale_factor"))
+    r = int(m.downscale_factor) if ctx.module is not None else int(ctx.param("downscale_factor"))
     return local(ctx, {-1: lambda a: rf.conv(a, r, r), -2: lambda a: rf.conv(a, r, r)})
 
 
