@@ -160,6 +160,14 @@ class Report:
         ``"output.feat"``; see :meth:`output_leaves`) names one leaf.
         ``local=True`` gives, for a ``global`` RF, the RF through spatially local
         paths only (``None``-free: raises if there is none).
+
+        Raises
+        ------
+        UnknownNameError
+            ``name`` is neither a module path nor a node (the message lists close matches).
+        ValueError
+            The node is not a tensor that depends on the input, or ``local=True`` and no
+            spatially local path exists.
         """
         leaf = self._output_leaf(name)
         if leaf is not None:

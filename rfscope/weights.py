@@ -217,6 +217,12 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike[str]) -> torch.
 
     Missing or unexpected keys and shape mismatches are a :class:`WeightsError` that
     lists them.  A model built on the ``meta`` device gets real tensors from the checkpoint.
+
+    Raises
+    ------
+    WeightsError
+        The file is missing or corrupt, ``weights_only`` loading refused pickled code (the
+        refused global is named), or no entry of the checkpoint fits the model.
     """
     sd = _match(model, path)
     own = model.state_dict()

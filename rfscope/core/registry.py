@@ -134,7 +134,14 @@ class Registry:
 
     # -- registration -------------------------------------------------
     def register(self, plugin: Plugin) -> Plugin:
-        """Add ``plugin``; a second plugin for the same target is an error unless it overrides."""
+        """Add ``plugin``; a second plugin for the same target is an error unless it overrides.
+
+        Raises
+        ------
+        PluginError
+            The plugin names no targets, names a target by a string, or a target already has
+            another plugin and ``plugin.override`` is false.
+        """
         with TRACE_LOCK:
             return self._register(plugin)
 

@@ -638,6 +638,16 @@ def render(
     the source is written and :class:`RendererNotFoundError` is raised.  Each file
     is replaced atomically (:mod:`rfscope.export.files`: through symlinks, keeping the
     replaced file's permissions and owner), so a failure leaves nothing half-written.
+
+    Raises
+    ------
+    ValueError
+        ``path`` has a suffix no renderer writes.
+    RendererNotFoundError
+        An image was asked for and no ``dot`` was found (the ``.dot`` source is written).
+    OutputError
+        A file could not be written (:class:`~rfscope.export.files.DiskFullError` when the
+        disk is full); the previous file is left as it was.
     """
     p, fmt = check_path(path)
     src = p if fmt in SOURCE_SUFFIXES else p.with_suffix(".dot")
