@@ -11,9 +11,9 @@
 # CLI turns a Ctrl-C while torch loads into one line (see rfscope.cli).
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from rfscope._lazy import lazy_names
 
 if TYPE_CHECKING:
     from rfscope import design, export, probe
@@ -44,22 +44,7 @@ _FROM = {
     "core.result": ("RF", "AxisInfo"),
     "weights": ("WeightsError", "load_weights"),
 }
-_HOME = {name: mod for mod, names in _FROM.items() for name in names}
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f".{name}", __name__)  # a submodule: rfscope.probe, rfscope.core.state ...
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
 
 
 __all__ = [
@@ -97,3 +82,5 @@ __all__ = [
     "StrictError",
 ]
 __version__ = "0.1.0"
+
+__getattr__, __dir__ = lazy_names(__name__, _FROM, globals(), __all__)

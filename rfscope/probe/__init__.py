@@ -12,9 +12,9 @@ Names load on first use (PEP 562, as in :mod:`rfscope`): the ``rfscope`` command
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from rfscope._lazy import lazy_names
 
 if TYPE_CHECKING:
     from rfscope.probe.effective import REDUCTIONS, ERFResult, NonFiniteError, erf
@@ -39,7 +39,6 @@ _FROM = {
     "metrics": ("THRESHOLDS", "area_ratio", "area_ratios", "erf_extent", "gaussian_sigma", "replknet_transform",
                 "support"),
 }
-_HOME = {name: mod for mod, names in _FROM.items() for name in names}
 
 __all__ = [
     "validate", "Validation", "NodeCheck", "AxisMeasure", "ProbeError",
@@ -48,17 +47,4 @@ __all__ = [
     "load_images", "load_tensors",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _HOME:
-        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f".{name}", __name__)  # a submodule: rfscope.probe.metrics ...
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(__name__, _FROM, globals(), __all__)
