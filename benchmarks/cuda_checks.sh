@@ -3,6 +3,8 @@
 #   bash benchmarks/cuda_checks.sh
 # 1. the probe tests with device "auto" (= cuda there); 2. ERF throughput, float32 and bfloat16;
 # 3. the CLI: exact validation of resnet-like stages and an ERF map (png) on cuda.
+# Results worth keeping go into benchmarks/probe_throughput.json (its runs.cuda_float32 / runs.cuda_bfloat16),
+# one current JSON per script; the overhead run only into RESULTS.md's text (overhead.json is this machine's).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-cuda_out}; mkdir -p "$OUT"

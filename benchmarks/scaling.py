@@ -112,7 +112,8 @@ def main() -> None:
                 t = {"analyze": [_time(lambda m=m: rfscope.analyze(m, input_shape=shape))],
                      "trace": [_time(lambda m=m: fx.symbolic_trace(m))]}
             an, tr = median(t["analyze"]), median(t["trace"])
-            diag = _time(lambda rep=rep: diagnose(rep)) if n <= a.diag_max else None
+            diag = (_time(lambda rep=rep: diagnose(rep.records, rep.graph, rep.input_size))
+                    if n <= a.diag_max else None)
             nn_ = len(rep.records)
             out_rf = rep.rf()
             row = {"kind": kind, "target_nodes": n, "nodes": nn_, "trace_s": tr, "analyze_s": an,
