@@ -66,10 +66,13 @@ def _check_leaves(model: Any, leaves: tuple[str, ...]) -> None:
 @click.option("--leaf", "leaves", multiple=True, help="Keep this submodule path opaque (repeatable).")
 @click.option("--strict", is_flag=True, help="Fail (exit 2) on any op without a plugin.")
 @click.option("--diagram", type=click.Path(dir_okay=False),
-              help="Also write a Graphviz diagram: out.svg, .png, .pdf (needs `dot`), .dot or .gv.")
+              help="Also write a Graphviz diagram: out.svg, .png, .pdf (needs Graphviz's dot), .dot or .gv.")
 @click.option("--depth", type=click.IntRange(min=1), help="Diagram: collapse module calls nested deeper than N.")
 @click.option("--rankdir", type=click.Choice(["TB", "LR"], case_sensitive=False), default="TB",
               show_default=True, help="Diagram: top-to-bottom or left-to-right.")
+@click.option("--dot", "dot", metavar="PATH",
+              help="Diagram: the renderer to run (default: $RFSCOPE_DOT, else Graphviz's dot on PATH, "
+                   "else the bundled graphviz-pure).")
 @click.option("--check-init", "check_init", is_flag=True,
               help="Also check the initial weights (needs real weights); exit 1 on an error finding.")
 @click.option("--weights", type=click.Path(dir_okay=False),
@@ -81,16 +84,19 @@ def _check_leaves(model: Any, leaves: tuple[str, ...]) -> None:
 @handle_errors
 def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ...], leaves: tuple[str, ...],
             strict: bool, diagram: str | None, depth: int | None, rankdir: str, debug: bool,
-            check_init: bool = False, weights: str | None = None, trace_mode: str = "auto") -> None:
+            check_init: bool = False, weights: str | None = None, trace_mode: str = "auto",
+            dot: str | None = None) -> None:
     """Trace TARGET (model.py[:attr], module.path:attr, torchvision:NAME) and print per-layer RFs."""
     from rfscope.pipeline import analyze as run
 
     if diagram is not None:
         from rfscope.export import check_path
 
-        check_path(diagram)  # fail before the analysis
+        check_path(diagram, dot=dot)  # fail before the analysis (and a renderer that cannot do it)
     elif depth is not None:
         raise CliError("--depth only applies to a diagram: add --diagram out.svg")
+    elif dot is not None:
+        raise CliError("--dot only applies to a diagram: add --diagram out.svg")
     model, shape, ex = _load(target, input_shape)
     _check_leaves(model, leaves)
     # weights: loaded into a copy by analyze, so the init check sees the trained weights too
@@ -108,7 +114,7 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
     if diagram is not None:
         from rfscope.export import render
 
-        click.echo(render(report, diagram, depth=depth, rankdir=rankdir).message, err=True)
+        click.echo(render(report, diagram, depth=depth, rankdir=rankdir, dot=dot).message, err=True)
     if check_init:
         findings = report.findings or []
         if fmt != "json":

@@ -1,4 +1,5 @@
-"""Graphviz export: golden DOT files, rendering with ``dot``, the CLI, and a large model.
+"""Graphviz export: golden DOT files, rendering (Graphviz's ``dot`` when present, and always the
+bundled ``graphviz-pure``), the renderer lookup and overrides, the CLI, and a large model.
 
 Regenerate the goldens after an intended change with
 ``RFSCOPE_REGEN_GOLDEN=1 python -m pytest tests/test_export.py`` and review the diff
@@ -15,6 +16,8 @@ import runpy
 import shutil
 import subprocess
 import sys
+import sysconfig
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import torch.nn as nn
 from click.testing import CliRunner
 
 import rfscope
+import rfscope.export.dot as dotmod
 from rfscope import Registry, Unsupported, export
 from rfscope.cli import main
 
@@ -30,9 +34,24 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.py"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REGEN = os.environ.get("RFSCOPE_REGEN_GOLDEN", "") not in ("", "0")
-DOT = shutil.which("dot")
-needs_dot = pytest.mark.skipif(DOT is None, reason="Graphviz 'dot' is not on PATH (apt-get install graphviz)")
+#: every renderer on this machine: the bundled graphviz-pure always (a dependency), Graphviz's dot when installed
+BUNDLED = dotmod.find_bundled()
+RENDERERS = {"graphviz-pure": BUNDLED, **({"dot": d} if (d := shutil.which("dot")) else {})}
+#: graphviz-pure (like Graphviz built without pango) estimates text widths, warning once per non-ASCII byte
+WIDTH_WARNING = re.compile(r"^Warning: (Warning: )?no value for width of non-ASCII character \d+\. .*$")
 WEIRD = 'weird "quoted" {braces} <angle> & back\\slash'
+
+
+@pytest.fixture(autouse=True)
+def _no_renderer_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's RFSCOPE_DOT must not change which renderer these tests see."""
+    monkeypatch.delenv(dotmod.ENV_VAR, raising=False)
+
+
+def test_the_bundled_renderer_is_installed() -> None:
+    """graphviz-pure is a dependency: found in this environment, so no diagram test is ever skipped."""
+    assert BUNDLED is not None, "graphviz-pure is missing: pip install -e . (it is a core dependency)"
+    assert Path(BUNDLED).name.removesuffix(".exe") == "graphviz-pure" and os.access(BUNDLED, os.X_OK)
 
 
 # ----------------------------------------------------------------------------- models
@@ -114,17 +133,42 @@ def test_golden(name: str) -> None:
     )
 
 
-@needs_dot
+@pytest.mark.parametrize("renderer", sorted(RENDERERS))
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_golden_parses_and_renders(name: str, tmp_path: Path) -> None:
-    """The committed goldens are valid DOT with valid HTML labels: dot renders them silently."""
+def test_golden_parses_and_renders(name: str, renderer: str, tmp_path: Path) -> None:
+    """The committed goldens are valid DOT with valid HTML labels: each renderer renders them silently
+    (with rfscope's arguments), but for graphviz-pure's note that it estimates non-ASCII widths."""
     src = GOLDEN / f"{name}.dot"
-    out = tmp_path / "g.svg"
-    assert DOT is not None
-    proc = subprocess.run([DOT, "-Tsvg", "-o", str(out), str(src)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.strip() == "", proc.stderr  # bad HTML labels only warn
-    assert "<svg" in out.read_text(encoding="utf-8")
+    exe = RENDERERS[renderer]
+    assert exe is not None
+    for fmt, magic in (("svg", b"<svg"), ("png", b"\x89PNG")):
+        out = tmp_path / f"g.{fmt}"
+        proc = subprocess.run([exe, f"-T{fmt}", "-o", str(out), str(src)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        noise = [ln for ln in proc.stderr.splitlines() if ln.strip() and not WIDTH_WARNING.match(ln)]
+        assert noise == [], proc.stderr  # bad HTML labels only warn
+        assert magic in out.read_bytes()[:400]
+
+
+def dot_node_ids(dot: str) -> list[str]:
+    """Every node statement's id, cluster titles (``hdr:N``) included; not edges."""
+    return re.findall(r'(?:^\s*|; )"([^"]+)" \[', dot, re.M)
+
+
+@pytest.mark.parametrize("renderer", sorted(RENDERERS))
+@pytest.mark.parametrize("case", ["quickstart", "quickstart_depth1_lr", "branchy"])
+def test_svg_is_well_formed_with_one_node_group_per_node(case: str, renderer: str, tmp_path: Path) -> None:
+    rep, kw = {"quickstart": (quickstart, {}), "quickstart_depth1_lr": (quickstart, {"depth": 1, "rankdir": "LR"}),
+               "branchy": (branchy, {})}[case]
+    res = export.render(rep(), tmp_path / "g.svg", dot=RENDERERS[renderer], **kw)
+    ids = dot_node_ids(rep().to_dot(**kw))
+    assert len(ids) == len(set(ids)) and ("hdr:1" in ids) == (case == "quickstart")  # TB cluster titles are nodes
+    assert res.image == tmp_path / "g.svg" and res.renderer == RENDERERS[renderer]
+    root = ET.parse(res.image).getroot()  # well-formed XML
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    groups = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "node"]
+    titles = [g.findtext("{http://www.w3.org/2000/svg}title") for g in groups]
+    assert len(groups) == len(ids) and sorted(titles) == sorted(ids)
 
 
 # ----------------------------------------------------------------------------- content (hand-derived)
@@ -223,12 +267,19 @@ def test_one_op_module_is_drawn_as_the_module() -> None:
     assert "subgraph cluster" not in dot  # no one-node cluster around it
 
 
-@needs_dot
-def test_escaped_text_survives_rendering(tmp_path: Path) -> None:
-    res = branchy().render(tmp_path / "b.svg")
+@pytest.mark.parametrize("renderer", sorted(RENDERERS))
+def test_escaped_text_survives_rendering(tmp_path: Path, renderer: str) -> None:
+    res = export.render(branchy(), tmp_path / "b.svg", dot=RENDERERS[renderer])
     svg = (tmp_path / "b.svg").read_text(encoding="utf-8")
     assert res.image == tmp_path / "b.svg" and res.source == tmp_path / "b.dot"
     assert "{braces} &lt;angle&gt;" in svg and "back\\slash" in svg
+    assert "1×3×8×8" in svg and "RF (11–13)×(11–13)" in svg  # UTF-8 text kept
+
+
+def test_report_render_uses_the_default_renderer(tmp_path: Path) -> None:
+    res = branchy().render(tmp_path / "b.png")
+    assert res.image is not None and res.image.read_bytes()[:4] == b"\x89PNG"
+    assert res.renderer == (RENDERERS.get("dot") or BUNDLED)
 
 
 def test_bad_arguments() -> None:
@@ -244,15 +295,176 @@ def run_cli(args: list[str]) -> Any:
     return CliRunner().invoke(main, ["analyze", str(QUICKSTART), *args])
 
 
-@needs_dot
-@pytest.mark.parametrize("suffix,magic", [("svg", b"<svg"), ("png", b"\x89PNG"), ("pdf", b"%PDF")])
-def test_cli_images(tmp_path: Path, suffix: str, magic: bytes) -> None:
+MAGIC = {"svg": b"<svg", "png": b"\x89PNG", "pdf": b"%PDF"}
+#: (renderer, format) pairs this machine renders: graphviz-pure svg/png; Graphviz's dot also pdf when present
+IMAGE_CASES = [(r, f) for r in sorted(RENDERERS) for f in (("svg", "png") if r == "graphviz-pure" else MAGIC)]
+
+
+@pytest.mark.parametrize("renderer,suffix", IMAGE_CASES)
+def test_cli_images(tmp_path: Path, renderer: str, suffix: str) -> None:
     out = tmp_path / f"net.{suffix}"
-    res = run_cli(["--diagram", str(out), "--depth", "1", "--rankdir", "lr"])
+    exe = RENDERERS[renderer]
+    assert exe is not None
+    res = run_cli(["--diagram", str(out), "--depth", "1", "--rankdir", "lr", "--dot", exe])
     assert res.exit_code == 0, res.output
-    assert magic in out.read_bytes()[:400]
+    assert MAGIC[suffix] in out.read_bytes()[:400]
     assert "rankdir=LR" in (tmp_path / "net.dot").read_text(encoding="utf-8")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, "net.dot"])  # no temp files left
+
+
+@pytest.mark.parametrize("suffix", ["svg", "png"])
+def test_cli_images_with_the_default_renderer(tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"net.{suffix}"
+    res = run_cli(["--diagram", str(out)])
+    assert res.exit_code == 0, res.output
+    assert MAGIC[suffix] in out.read_bytes()[:400] and f"wrote {out}" in res.output
+
+
+def _script(path: Path, tag: str) -> Path:
+    """A fake renderer that writes ``tag`` and the DOT source it was given to its ``-o`` file."""
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"#!{sys.executable}\nimport sys\na = sys.argv\n"
+                    f"open(a[a.index('-o') + 1], 'w').write({tag!r} + '\\n' + open(a[-1]).read())\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_bundled_renderer_is_found_without_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """graphviz-pure is found from this Python environment (its files, the scripts directory), not PATH."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert dotmod.find_dot() is None
+    found = dotmod.find_renderer()
+    assert found is not None and found.origin == "bundled" and found.bundled and found.path == BUNDLED
+    assert found.formats == ("svg", "png")
+    res = export.render(branchy(), tmp_path / "b.svg")
+    assert res.renderer == BUNDLED and (tmp_path / "b.svg").read_bytes().lstrip().startswith(b"<?xml")
+
+
+def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--dot / dot= > RFSCOPE_DOT > dot on PATH > bundled graphviz-pure."""
+    fake_dot = _script(tmp_path / "bin" / "dot", "PATH")
+    env_r = _script(tmp_path / "env" / "env-renderer", "ENV")
+    arg_r = _script(tmp_path / "arg" / "arg-renderer", "ARG")
+    monkeypatch.setenv("PATH", str(fake_dot.parent))
+    r = dotmod.find_renderer()
+    assert r is not None and (r.path, r.origin, r.bundled) == (str(fake_dot), "PATH", False)
+    assert r.formats == ("svg", "png", "pdf")
+    monkeypatch.setenv("RFSCOPE_DOT", str(env_r))
+    assert dotmod.find_renderer() == dotmod.Renderer(str(env_r), "RFSCOPE_DOT")
+    assert dotmod.find_renderer(arg_r) == dotmod.Renderer(str(arg_r), "--dot")
+    monkeypatch.setenv("RFSCOPE_DOT", "")  # empty: as if unset
+    assert dotmod.find_renderer() == dotmod.Renderer(str(fake_dot), "PATH")
+    monkeypatch.setenv("PATH", str(tmp_path / "env"))  # a bare program name is looked up on PATH
+    assert dotmod.find_renderer("env-renderer") == dotmod.Renderer(str(env_r), "--dot")
+
+
+def test_cli_dot_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_dot = _script(tmp_path / "bin" / "dot", "<svg>PATH")
+    env_r = _script(tmp_path / "env" / "env-renderer", "<svg>ENV")
+    arg_r = _script(tmp_path / "arg" / "arg-renderer", "<svg>ARG")
+    monkeypatch.setenv("PATH", str(fake_dot.parent))
+    out = tmp_path / "o"
+    out.mkdir()
+    svg = out / "net.svg"
+    assert run_cli(["--diagram", str(svg)]).exit_code == 0
+    assert svg.read_text().startswith("<svg>PATH\ndigraph")
+    monkeypatch.setenv("RFSCOPE_DOT", str(env_r))
+    assert run_cli(["--diagram", str(svg)]).exit_code == 0
+    assert svg.read_text().startswith("<svg>ENV\ndigraph")
+    res = run_cli(["--diagram", str(svg), "--dot", str(arg_r)])
+    assert res.exit_code == 0, res.output
+    assert svg.read_text().startswith("<svg>ARG\ndigraph")
+    # source only: the message says how to render it with the renderer that would be used
+    res = run_cli(["--diagram", str(out / "s.dot"), "--dot", str(arg_r)])
+    assert res.exit_code == 0 and f"render it with: {arg_r} -Tsvg" in res.output
+    assert sorted(p.name for p in out.iterdir()) == ["net.dot", "net.svg", "s.dot"]
+
+
+@pytest.mark.parametrize("how", ["--dot", "RFSCOPE_DOT"])
+@pytest.mark.parametrize("what", ["missing", "not executable", "directory", "unknown name"])
+def test_bad_override_is_a_one_line_error_before_the_analysis(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, what: str) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("not a program")
+    value = {"missing": str(tmp_path / "nope" / "dot"), "not executable": str(plain), "directory": str(tmp_path),
+             "unknown name": "no-such-renderer"}[what]
+    called: list[int] = []
+    monkeypatch.setattr(rfscope.pipeline, "analyze", lambda *a, **k: called.append(1))
+    out = tmp_path / "o"
+    out.mkdir()
+    for suffix in ("svg", "dot"):
+        args = ["--diagram", str(out / f"net.{suffix}")]
+        if how == "--dot":
+            args += ["--dot", value]
+        else:
+            monkeypatch.setenv("RFSCOPE_DOT", value)
+        res = run_cli(args)
+        assert res.exit_code == 2, res.output
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and how in lines[0] and repr(value) in lines[0], res.output
+        want = {"missing": "no such file", "not executable": "not executable", "directory": "is a directory",
+                "unknown name": "nor a program of that name on PATH"}[what]
+        assert want in lines[0]
+    assert not called and list(out.iterdir()) == []
+
+
+def test_dot_option_needs_a_diagram() -> None:
+    res = run_cli(["--dot", "dot"])
+    assert res.exit_code == 2 and "--dot only applies to a diagram" in res.output
+
+
+def test_pdf_with_only_the_bundled_renderer_is_a_one_line_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without Graphviz's dot (as on a fresh machine: find_dot patched, whatever this machine has),
+    .pdf fails before the analysis, naming apt-get install graphviz; nothing is written."""
+    monkeypatch.setattr(dotmod, "find_dot", lambda: None)
+    called: list[int] = []
+    monkeypatch.setattr(rfscope.pipeline, "analyze", lambda *a, **k: called.append(1))
+    for extra in ([], ["--dot", str(BUNDLED)]):
+        res = run_cli(["--diagram", str(tmp_path / "net.pdf"), *extra])
+        assert res.exit_code == 2, res.output
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and "apt-get install graphviz" in lines[0] and "graphviz-pure" in lines[0]
+        assert "net.pdf" in lines[0] and ".svg, .png" in lines[0]
+    assert not called and list(tmp_path.iterdir()) == []
+    with pytest.raises(export.RendererNotFoundError, match="apt-get install graphviz"):
+        export.check_path(tmp_path / "net.pdf")
+    assert export.check_path(tmp_path / "net.png") == (tmp_path / "net.png", "png")
+
+
+def test_pdf_goes_to_graphviz_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a dot on PATH, .pdf is rendered by it (a stand-in dot here, so this runs everywhere)."""
+    _script(tmp_path / "bin" / "dot", "%PDF-stand-in")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    res = run_cli(["--diagram", str(tmp_path / "net.pdf")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "net.pdf").read_text().startswith("%PDF-stand-in\ndigraph rfscope")
+
+
+def _console_command() -> list[str]:
+    """``rfscope`` as installed (the console script, by absolute path), else the same entry point."""
+    for d in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        script = Path(d) / ("rfscope.exe" if os.name == "nt" else "rfscope")
+        if script.is_file() and os.access(script, os.X_OK):
+            return [str(script)]
+    return [sys.executable, "-c", "import sys; from rfscope.cli import main; main(sys.argv[1:], prog_name='rfscope')"]
+
+
+def test_svg_with_an_empty_path_after_install(tmp_path: Path) -> None:
+    """The acceptance check: after ``pip install -e .``, ``--diagram x.svg`` works with PATH set to an
+    empty directory (no dot, no graphviz-pure on PATH) in a fresh process."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RFSCOPE_DOT"}
+    env["PATH"] = str(empty)
+    out = tmp_path / "x.svg"
+    proc = subprocess.run([*_console_command(), "analyze", str(QUICKSTART), "--diagram", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out} (source {tmp_path / 'x.dot'})" in proc.stderr
+    root = ET.parse(out).getroot()
+    nodes = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "node"]
+    assert len(nodes) == len(dot_node_ids((tmp_path / "x.dot").read_text(encoding="utf-8")))
 
 
 @pytest.mark.parametrize("suffix", ["dot", "gv"])
@@ -273,16 +485,23 @@ def test_cli_json_stays_clean(tmp_path: Path) -> None:
 
 
 def test_cli_without_renderer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No renderer at all (empty PATH, RFSCOPE_DOT unset, graphviz-pure not found): the source is
+    written and the error says what to install."""
     empty = tmp_path / "bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setattr(dotmod, "find_bundled", lambda: None)
+    assert dotmod.find_renderer() is None
     res = run_cli(["--diagram", str(tmp_path / "net.png")])
     assert res.exit_code == 2
-    assert "apt-get install graphviz" in res.output and "graphviz-pure" in res.output
+    last = res.output.strip().splitlines()[-1]
+    assert "pip install graphviz-pure" in last and "apt-get install graphviz" in last and "rfscope[" not in last
     assert (tmp_path / "net.dot").exists() and not (tmp_path / "net.png").exists()
+    res = run_cli(["--diagram", str(tmp_path / "net.pdf")])  # pdf: graphviz-pure would not help
+    assert res.exit_code == 2 and "PDF needs Graphviz's dot: apt-get install graphviz" in res.output
     res = run_cli(["--diagram", str(tmp_path / "only.dot")])
     assert res.exit_code == 0, res.output
-    assert "no Graphviz 'dot' on PATH" in res.output and (tmp_path / "only.dot").exists()
+    assert "no Graphviz renderer (dot or graphviz-pure)" in res.output and (tmp_path / "only.dot").exists()
 
 
 def test_failing_renderer_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

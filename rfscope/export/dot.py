@@ -9,8 +9,11 @@ are grey and dashed (the reason in the tooltip); the node where an unknown RF
 merge is labelled so and its incoming edges are red.  Module calls are nested
 clusters, from ``nn_module_stack`` (a call that is a single op is drawn as that box).
 
-Rendering uses Graphviz's ``dot`` program when it is on ``PATH``; the ``.dot``
-source is always written, so a diagram can be rendered elsewhere.
+Rendering (:func:`find_renderer`) uses Graphviz's ``dot`` when it is on ``PATH``, else the
+``graphviz-pure`` program that rfscope depends on (a dot-compatible renderer shipped as a wheel,
+found in this Python environment even when its scripts directory is not on ``PATH``; it writes
+SVG and PNG, not PDF); ``dot=`` / ``--dot`` or the ``RFSCOPE_DOT`` environment variable name
+another.  The ``.dot`` source is always written, so a diagram can be rendered elsewhere.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import html
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -57,6 +62,9 @@ __all__ = [
     "render",
     "check_path",
     "find_dot",
+    "find_bundled",
+    "find_renderer",
+    "Renderer",
     "Rendered",
     "RendererNotFoundError",
     "IMAGE_FORMATS",
@@ -68,8 +76,14 @@ __all__ = [
 IMAGE_FORMATS = ("svg", "png", "pdf")
 #: Suffixes that are written as DOT source only.
 SOURCE_SUFFIXES = ("dot", "gv")
+#: The pip-installed renderer's program (a dependency of rfscope) and the formats it writes.
+BUNDLED = "graphviz-pure"
+BUNDLED_FORMATS = ("svg", "png")
+#: Environment variable naming the renderer (a path, or a program on ``PATH``); ``--dot`` wins over it.
+ENV_VAR = "RFSCOPE_DOT"
 
-INSTALL_HINT = "install Graphviz (apt-get install graphviz, or pip install graphviz-pure)"
+INSTALL_HINT = "pip install graphviz-pure (SVG, PNG), or apt-get install graphviz (every format)"
+PDF_HINT = "PDF needs Graphviz's dot: apt-get install graphviz (or brew install graphviz)"
 
 #: Upper bounds of the colour classes of ``max over dims of RF size / input size``
 #: with their fill colours (ColorBrewer YlGnBu, light to dark) and text colours.
@@ -92,7 +106,8 @@ CLUSTER_FILLS = ("#f7f7f7", "#ececec")
 
 
 class RendererNotFoundError(RfscopeError, OSError):
-    """An image format was asked for and Graphviz's ``dot`` is not on ``PATH``."""
+    """No renderer for the image format asked for: none found, a ``dot=``/``--dot``/``RFSCOPE_DOT``
+    that is not an executable file, or PDF with only the bundled ``graphviz-pure``."""
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -112,8 +127,9 @@ class Rendered:
         if self.image is not None:
             return f"wrote {self.image} (source {self.source})"
         if self.renderer is not None:
-            return f"wrote {self.source} (render it with: dot -Tsvg {self.source} -o {self.source.with_suffix('.svg')})"
-        return f"wrote {self.source}; no Graphviz 'dot' on PATH to render it: {INSTALL_HINT}"
+            return (f"wrote {self.source} (render it with: {_command(self.renderer)} -Tsvg {self.source} "
+                    f"-o {self.source.with_suffix('.svg')})")
+        return f"wrote {self.source}; no Graphviz renderer (dot or graphviz-pure) to render it: {INSTALL_HINT}"
 
 
 # ----------------------------------------------------------------------------- text helpers
@@ -586,19 +602,119 @@ def to_dot(report: Report, depth: int | None = None, rankdir: str = "TB") -> str
     return _Builder(report, depth, rankdir).build()
 
 
+@dataclass(frozen=True)
+class Renderer:
+    """The program that turns DOT into an image, and where it came from."""
+
+    path: str
+    #: ``"--dot"`` (the ``dot=`` argument), ``"RFSCOPE_DOT"``, ``"PATH"`` (Graphviz's dot) or ``"bundled"``
+    origin: str
+
+    @property
+    def bundled(self) -> bool:
+        """It is ``graphviz-pure`` (found, or named by an override, or linked to), which cannot write PDF."""
+        names = {Path(self.path).name.lower(), Path(os.path.realpath(self.path)).name.lower()}
+        return any(n.removesuffix(".exe") == BUNDLED for n in names)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return BUNDLED_FORMATS if self.bundled else IMAGE_FORMATS
+
+
+def _command(path: str) -> str:
+    """How to type ``path`` in a shell: its bare name when ``PATH`` finds that same program."""
+    name = Path(path).name
+    found = shutil.which(name)
+    try:
+        return name if found is not None and os.path.samefile(found, path) else path
+    except OSError:
+        return path
+
+
+def _executable(path: str | os.PathLike[str]) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
 def find_dot() -> str | None:
     """Path of Graphviz's ``dot`` on ``PATH``, or ``None``."""
     return shutil.which("dot")
 
 
-def check_path(path: str | os.PathLike[str]) -> tuple[Path, str]:
-    """Validate an output path before any work; returns ``(path, format)``.
+def find_bundled() -> str | None:
+    """Path of the ``graphviz-pure`` program installed with rfscope, or ``None``.
 
-    Raises ``ValueError`` for an unsupported suffix and ``OSError`` for a missing
-    or unwritable directory, or a target (through symlinks) that is a directory or
-    read-only; for an image, its ``.dot`` source is checked too (one-line messages
-    that say what to do).
+    Looked up in this Python environment first, so that it is found when its scripts directory
+    is not on ``PATH`` (a venv that is not activated, ``pip install --user``): the files the
+    ``graphviz-pure`` distribution installed, then this interpreter's scripts directories; then
+    on ``PATH``.
     """
+    names = {BUNDLED, BUNDLED + ".exe"}
+    candidates: list[str] = []
+    try:
+        from importlib.metadata import PackageNotFoundError, files
+
+        try:
+            candidates += [os.path.normpath(f.locate()) for f in files(BUNDLED) or () if f.name in names]
+        except PackageNotFoundError:
+            pass
+    except Exception:  # pragma: no cover - broken metadata must not hide the other places
+        pass
+    dirs = [sysconfig.get_path("scripts"), os.path.dirname(sys.executable)]
+    try:
+        dirs.append(sysconfig.get_path("scripts", f"{os.name}_user"))
+    except KeyError:  # pragma: no cover - no user scheme on this platform
+        pass
+    exe = BUNDLED + (".exe" if os.name == "nt" else "")
+    candidates += [os.path.join(d, exe) for d in dirs if d]
+    for c in candidates:
+        if _executable(c):
+            return c
+    return shutil.which(BUNDLED)
+
+
+def _override(value: str, origin: str) -> Renderer:
+    """The renderer named by ``--dot``/``dot=`` or ``RFSCOPE_DOT``: a path, or a program on ``PATH``."""
+    where = f"--dot {value!r}" if origin == "--dot" else f"{ENV_VAR}={value!r}"
+    path = os.path.expanduser(value)
+    if value and not os.path.exists(path) and os.sep not in value and (os.altsep is None or os.altsep not in value):
+        found = shutil.which(value)  # a bare program name
+        if found is None:
+            raise RendererNotFoundError(f"renderer {where}: no such file, nor a program of that name on PATH")
+        path = found
+    if not os.path.exists(path):
+        raise RendererNotFoundError(f"renderer {where}: no such file")
+    if not _executable(path):
+        what = "is a directory" if os.path.isdir(path) else "is not executable"
+        raise RendererNotFoundError(f"renderer {where} {what}; name Graphviz's dot or graphviz-pure")
+    return Renderer(path, origin)
+
+
+def find_renderer(dot: str | os.PathLike[str] | None = None) -> Renderer | None:
+    """The renderer :func:`render` uses, or ``None`` when there is none.
+
+    ``dot`` (the CLI's ``--dot``) wins, then the ``RFSCOPE_DOT`` environment variable (unset or
+    empty: not set), then Graphviz's ``dot`` on ``PATH``, then the bundled ``graphviz-pure``
+    (:func:`find_bundled`).
+
+    Raises
+    ------
+    RendererNotFoundError
+        ``dot`` or ``RFSCOPE_DOT`` names no executable file (nor a program on ``PATH``).
+    """
+    if dot is not None:
+        return _override(os.fspath(dot), "--dot")
+    env = os.environ.get(ENV_VAR, "")
+    if env:
+        return _override(env, ENV_VAR)
+    system = find_dot()
+    if system is not None:
+        return Renderer(system, "PATH")
+    bundled = find_bundled()
+    return Renderer(bundled, "bundled") if bundled is not None else None
+
+
+def _check(path: str | os.PathLike[str], dot: str | os.PathLike[str] | None) -> tuple[Path, str, Renderer | None]:
+    """:func:`check_path`, also returning the renderer."""
     p = Path(path)
     fmt = p.suffix.lower().lstrip(".")
     if fmt not in IMAGE_FORMATS + SOURCE_SUFFIXES:
@@ -612,6 +728,27 @@ def check_path(path: str | os.PathLike[str]) -> tuple[Path, str]:
     check_output_file(p, "diagram")
     if fmt not in SOURCE_SUFFIXES:
         check_output_file(p.with_suffix(".dot"), "diagram source")
+    renderer = find_renderer(dot)
+    if renderer is not None and fmt in IMAGE_FORMATS and fmt not in renderer.formats:
+        found = "the only renderer found" if renderer.origin == "bundled" else f"the renderer ({renderer.origin})"
+        raise RendererNotFoundError(
+            f"cannot write {str(p)!r}: {found} is graphviz-pure ({renderer.path}), which writes "
+            f"{', '.join('.' + f for f in renderer.formats)}, not .{fmt}; {PDF_HINT}"
+        )
+    return p, fmt, renderer
+
+
+def check_path(path: str | os.PathLike[str], dot: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
+    """Validate an output path and the renderer before any work; returns ``(path, format)``.
+
+    Raises ``ValueError`` for an unsupported suffix and ``OSError`` for a missing
+    or unwritable directory, or a target (through symlinks) that is a directory or
+    read-only; for an image, its ``.dot`` source is checked too (one-line messages
+    that say what to do).  :class:`RendererNotFoundError` (an ``OSError``) when ``dot``
+    or ``RFSCOPE_DOT`` names no executable, or for ``.pdf`` when the renderer is the bundled
+    ``graphviz-pure`` (no renderer at all is :func:`render`'s error, after it writes the source).
+    """
+    p, fmt, _ = _check(path, dot)
     return p, fmt
 
 
@@ -628,14 +765,16 @@ def render(
     path: str | os.PathLike[str],
     depth: int | None = None,
     rankdir: str = "TB",
-    dot: str | None = None,
+    dot: str | os.PathLike[str] | None = None,
 ) -> Rendered:
     """Write the diagram to ``path`` (``.svg``, ``.png``, ``.pdf``, ``.dot`` or ``.gv``).
 
     The DOT source is always written (``path`` itself for ``.dot``/``.gv``,
     otherwise next to the image with the suffix ``.dot``).  Images are made by
-    ``dot`` (``dot=`` overrides the one found on ``PATH``); when there is none,
-    the source is written and :class:`RendererNotFoundError` is raised.  Each file
+    the renderer :func:`find_renderer` picks: ``dot=`` (a path, or a program on ``PATH``),
+    else ``RFSCOPE_DOT``, else Graphviz's ``dot`` on ``PATH``, else the bundled ``graphviz-pure``
+    (SVG and PNG only); when there is none, the source is written and
+    :class:`RendererNotFoundError` is raised.  Each file
     is replaced atomically (:mod:`rfscope.export.files`: through symlinks, keeping the
     replaced file's permissions and owner), so a failure leaves nothing half-written.
 
@@ -644,23 +783,27 @@ def render(
     ValueError
         ``path`` has a suffix no renderer writes.
     RendererNotFoundError
-        An image was asked for and no ``dot`` was found (the ``.dot`` source is written).
+        An image was asked for and no renderer was found (the ``.dot`` source is written);
+        or, before anything is written, ``dot=``/``RFSCOPE_DOT`` names no executable, or
+        ``.pdf`` was asked for and the renderer is ``graphviz-pure``.
     OutputError
         A file could not be written (:class:`~rfscope.export.files.DiskFullError` when the
         disk is full); the previous file is left as it was.
     """
-    p, fmt = check_path(path)
+    p, fmt, renderer = _check(path, dot)
     src = p if fmt in SOURCE_SUFFIXES else p.with_suffix(".dot")
     text = to_dot(report, depth=depth, rankdir=rankdir)
-    exe = dot if dot is not None else find_dot()
     write_file(src, text.encode("utf-8"))
+    exe = renderer.path if renderer is not None else None
     if fmt in SOURCE_SUFFIXES:
         return Rendered(src, None, exe)
     if exe is None:
+        hint = PDF_HINT if fmt not in BUNDLED_FORMATS else INSTALL_HINT
         raise RendererNotFoundError(
-            f"wrote {src} but cannot make {p}: no Graphviz 'dot' on PATH; {INSTALL_HINT}, "
-            f"or render the .dot elsewhere (dot -T{fmt} {src} -o {p})"
+            f"wrote {src} but cannot make {p}: no Graphviz renderer (neither dot on PATH nor graphviz-pure "
+            f"in this Python environment); {hint}; or render the .dot elsewhere (dot -T{fmt} {src} -o {p})"
         )
+    name = Path(exe).name
     with staged() as stage:
         tmp = stage.reserve(p)
         cmd = [exe, f"-T{fmt}", "-o", str(tmp), str(src)]
@@ -669,11 +812,13 @@ def render(
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except subprocess.TimeoutExpired as e:
-            raise OSError(f"dot took over 10 minutes to render {p}; try --depth; the source is in {src}") from e
+            raise OSError(f"{name} took over 10 minutes to render {p}; try --depth; the source is in {src}") from e
         if proc.returncode != 0:
-            msg = (proc.stderr.strip().splitlines() or ["no message"])[0]
+            lines = proc.stderr.strip().splitlines()
+            # the error, not a warning printed before it (graphviz-pure warns about text widths)
+            msg = next((ln for ln in lines if not ln.startswith("Warning")), lines[0] if lines else "no message")
             if _disk_full(tmp):
-                raise DiskFullError(errno.ENOSPC, f"cannot write {str(p)!r}: the disk is full (dot: {msg}); "
+                raise DiskFullError(errno.ENOSPC, f"cannot write {str(p)!r}: the disk is full ({name}: {msg}); "
                                                   f"the previous image is unchanged; the source is in {src}")
-            raise OSError(f"dot failed to render {p} (exit {proc.returncode}): {msg}; the source is in {src}")
+            raise OSError(f"{name} failed to render {p} (exit {proc.returncode}): {msg}; the source is in {src}")
     return Rendered(src, p, exe)
