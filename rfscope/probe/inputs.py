@@ -82,7 +82,7 @@ def _read_image(path: Path) -> torch.Tensor:
         try:
             import matplotlib.image as mpimg
         except ImportError as e:
-            raise ProbeError("reading images needs Pillow or matplotlib: pip install 'rfscope[images]'") from e
+            raise ProbeError("reading images needs Pillow or matplotlib: pip install matplotlib") from e
         a = mpimg.imread(str(path)).astype("float32")
         if a.max() > 1.0:
             a = a / 255.0

@@ -3,7 +3,7 @@
 It draws plain data (a :class:`Heatmap`: an array, positions and text) and knows nothing of
 :class:`~rfscope.probe.effective.ERFResult`, which builds the :class:`Heatmap` and its wording.
 
-matplotlib is optional (``pip install 'rfscope[images]'``); without it
+matplotlib is a dependency of rfscope; should it be missing (``pip install matplotlib``),
 :func:`heatmap_png` and :func:`save_heatmap` warn and return ``None``.  The PNG is
 rendered in memory and written with :mod:`rfscope.export.files`.
 """
@@ -50,7 +50,7 @@ def heatmap_png(h: Heatmap) -> bytes | None:
         import matplotlib.pyplot as plt
         from matplotlib.patches import Rectangle
     except ImportError:
-        print("rfscope: matplotlib is not installed; skipped the ERF PNG (pip install 'rfscope[images]')",
+        print("rfscope: matplotlib is not installed; skipped the ERF PNG (pip install matplotlib)",
               file=sys.stderr)
         return None
     m = replknet_transform(h.values)
