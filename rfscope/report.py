@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +22,80 @@ from rfscope.passes.interpret import NodeRecord, record_fields
 if TYPE_CHECKING:
     from rfscope.passes.initcheck import Finding
 
-__all__ = ["Report", "UnknownNameError", "OutputLeaf"]
+__all__ = ["Report", "UnknownNameError", "OutputLeaf", "SCHEMA_VERSION", "versions"]
+
+#: ``schema_version`` of :meth:`Report.to_dict` (``docs/report.schema.json``): bumped when a field
+#: changes meaning or is removed, not when one is added.
+SCHEMA_VERSION = "1"
+
+
+def versions() -> dict[str, str]:
+    """The ``versions`` field of the JSON files: ``rfscope``, ``torch`` and ``python``."""
+    import platform
+
+    import torch
+
+    from rfscope import __version__
+
+    return {"rfscope": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def _rf_text(rf: RF) -> str:
+    """``427x427``, ``global``, ``global (local 427x427)`` or ``unknown``: an RF in a few characters."""
+    if rf.status == "unknown":
+        return "unknown"
+    if rf.status == "global":
+        if rf.local is None:
+            return "global"
+        local = "unknown" if rf.local.status == "unknown" else _fmt_dims(rf.local.size)
+        return f"global (local {local})"
+    return _fmt_dims(rf.size)
+
+
+def _float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+#: a table cell that is a number (``12.3K``, ``3x3``, ``1/2``, ``851 (local)``) or stands for none
+_NUMERIC = re.compile(r"^(?:[\d.,/x]+[KMGT]?(?: \([a-z ]+\))?|[-?]|all|shared|n/a)$")
+
+
+def _html_table(text: str) -> str:
+    """:meth:`Report.table`'s text as HTML: its header and rows as a ``<table>`` (columns where
+    every cell is a number right-aligned), the notes after the first blank line as ``<pre>``.
+
+    Columns are read from the dashed rule under the header, so the HTML is the text table's.
+    """
+    lines = text.split("\n")
+    if len(lines) < 2 or not set(lines[1]) <= {"-", " "}:
+        return f"<pre>{html.escape(text)}</pre>"
+    starts = [m.start() for m in re.finditer(r"-+", lines[1])]
+
+    def cells(line: str) -> list[str]:
+        return [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=False)]
+
+    body: list[list[str]] = []
+    rest = 2
+    for rest in range(2, len(lines) + 1):
+        if rest == len(lines) or not lines[rest].strip():
+            break
+        body.append(cells(lines[rest]))
+    right = [bool(body) and all(_NUMERIC.match(row[i]) for row in body) and any(any(ch.isdigit() for ch in row[i])
+                                                                               for row in body)
+             for i in range(len(starts))]
+
+    def td(tag: str, cell: str, i: int) -> str:
+        style = ' style="text-align: right"' if right[i] else ' style="text-align: left"'
+        return f"<{tag}{style}>{html.escape(cell)}</{tag}>"
+
+    out = ['<table class="rfscope-table">', "<thead><tr>"
+           + "".join(td("th", c, i) for i, c in enumerate(cells(lines[0]))) + "</tr></thead>", "<tbody>"]
+    out += ["<tr>" + "".join(td("td", c, i) for i, c in enumerate(row)) + "</tr>" for row in body]
+    out.append("</tbody></table>")
+    notes = "\n".join(lines[rest:]).strip("\n")
+    if notes:
+        out.append(f"<pre>{html.escape(notes)}</pre>")
+    return "\n".join(out)
 
 
 class UnknownNameError(RfscopeError, KeyError):
@@ -69,6 +144,8 @@ class Report:
     trace_fallback: str | None = None
     warnings: list[DesignWarning] = field(default_factory=list)
     findings: list[Finding] | None = None
+    #: the analysed model's class name (``repr`` shows it; ``None``: the graph module's)
+    model_class: str | None = None
 
     # ------------------------------------------------------------------
     @property
@@ -277,6 +354,8 @@ class Report:
                 except KeyError:  # a call key that is not a submodule path
                     pass
         out: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "versions": versions(),
             "input_shape": list(self.input_shape),
             "trace": self.trace_path,
             "nodes": nodes,
@@ -301,6 +380,161 @@ class Report:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+    # -- notebooks and data frames ------------------------------------
+    def __repr__(self) -> str:
+        """One line: model class, input shape, nodes, parameters, MACs and the output's RF.
+
+        >>> import torch.nn as nn, rfscope
+        >>> rfscope.analyze(nn.Conv2d(3, 8, 3, stride=2), input_shape=(1, 3, 32, 32))
+        <rfscope.Report Conv2d input=1x3x32x32 nodes=1 params=224 MACs=48.6K output: 3x3>
+        """
+        try:
+            return self._describe()
+        except Exception as e:  # a repr never raises (a notebook would show a traceback instead)
+            return f"<rfscope.Report ({type(e).__name__} while describing it)>"
+
+    def _describe(self) -> str:
+        from rfscope.passes.counts import fmt_count
+
+        name = self.model_class or type(self.gm).__name__
+        nodes = sum(1 for r in self.records.values() if r.op not in ("placeholder", "get_attr", "output"))
+        sm = self.summary
+        macs = fmt_count(sm.macs) + ("+" if sm.macs_unknown else "")  # a lower bound
+        try:
+            out = _rf_text(self.rf("output"))
+        except (ValueError, KeyError, IndexError):  # no RF applies, or nothing depends on the input
+            out = "n/a"
+        return (f"<rfscope.Report {name} input={'x'.join(map(str, self.input_shape))} nodes={nodes} "
+                f"params={fmt_count(sm.params_total)} MACs={macs} output: {out}>")
+
+    def _repr_html_(self) -> str:
+        """The table (:meth:`table`) as an HTML table, numbers right-aligned, and its notes below."""
+        try:
+            return _html_table(self.table())
+        except Exception:  # never raise in a notebook's display
+            return f"<pre>{html.escape(repr(self))}</pre>"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str] | None:
+        """The diagram (SVG, collapsed to :meth:`_notebook_depth`) above the table, for notebooks.
+
+        ``image/svg+xml`` is the diagram alone, ``text/html`` the diagram and the table.  ``None``
+        (the notebook then shows :meth:`_repr_html_`, the table) when no renderer is found
+        (:func:`rfscope.export.find_renderer`) or it fails.
+        """
+        try:
+            svg = self._diagram_svg()
+            if svg is None:
+                return None
+            return {"image/svg+xml": svg,
+                    "text/html": f'<div class="rfscope-report"><div>{svg}</div>{self._repr_html_()}</div>'}
+        except Exception:  # never raise in a notebook's display
+            return None
+
+    def _diagram_svg(self, timeout: float = 30.0) -> str | None:
+        """The diagram as SVG text (``<svg ...>...</svg>``), or ``None`` without a working renderer."""
+        import subprocess
+
+        from rfscope.export.dot import find_renderer
+
+        try:
+            renderer = find_renderer()
+        except Exception:  # RFSCOPE_DOT names nothing runnable
+            return None
+        if renderer is None:
+            return None
+        src = self.to_dot(depth=self._notebook_depth())
+        try:
+            proc = subprocess.run([renderer.path, "-Tsvg"], input=src.encode("utf-8"), capture_output=True,
+                                  timeout=timeout)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        text = proc.stdout.decode("utf-8", "replace")
+        start, end = text.find("<svg"), text.rfind("</svg>")
+        if proc.returncode != 0 or start < 0 or end < 0:
+            return None
+        return text[start:end + len("</svg>")]
+
+    def _notebook_depth(self, max_boxes: int = 40) -> int | None:
+        """The deepest module depth whose diagram has at most ``max_boxes`` boxes (``None``: all nodes)."""
+        stacks = {n.name: list((n.meta.get("nn_module_stack") or {}).keys()) for n in self.gm.graph.nodes}
+        drawn = self.layers()
+        if len(drawn) <= max_boxes:
+            return None
+        deepest = max((len(s) for s in stacks.values()), default=0)
+        best = 1
+        for depth in range(1, deepest + 1):
+            boxes = set()
+            for r in drawn:
+                stack = stacks.get(r.name, [])
+                own = stack[:-1] if r.op == "call_module" and stack else stack
+                boxes.add("mod:" + stack[depth - 1] if len(own) >= depth else r.name)
+            if len(boxes) > max_boxes:
+                break
+            best = depth
+        return best
+
+    def to_dataframe(self) -> Any:
+        """The table's rows as a :class:`pandas.DataFrame` (needs pandas), one row per :meth:`table` row.
+
+        Columns: ``layer`` (the table's label), ``node``, ``module`` (``None`` for a function),
+        ``op``, ``shape`` (a tuple), ``params`` (counted at the first node that uses each tensor, so
+        the column sums to ``summary.params_total - summary.params_unused``), ``params_shared``
+        (the node uses parameters counted elsewhere), ``macs`` (``<NA>`` when unknown),
+        ``rf_status`` (``n/a`` where no RF applies), then per input axis (named by the layout's
+        letters, lower case: ``h``, ``w`` for NCHW, ``t`` for NCT; without a layout ``h``, ``w`` in
+        2-D, ``d``, ``h``, ``w`` in 3-D, ``w`` in 1-D): ``rf_size_*`` (``<NA>`` on a global or
+        unknown axis), ``rf_stride_*``, ``rf_padding_*`` (floats: strides can be fractional),
+        ``rf_local_size_*`` (a global RF's spatially local part, else ``<NA>``), and ``rf_reason``
+        (why an RF is unknown).
+
+        Raises
+        ------
+        ImportError
+            pandas is not installed (``pip install pandas``).
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("report.to_dataframe() needs pandas: pip install pandas") from None
+        n = len(self.input_size)
+        lay = getattr(self, "layout", None) or ""
+        letters = tuple(c.lower() for c in lay if c not in "NC" and not (c == "D" and "C" not in lay))
+        if len(letters) == n:
+            axes = letters
+        else:
+            axes = ("d", "h", "w")[-n:] if 1 <= n <= 3 else tuple(str(i) for i in range(n))
+        rows: list[dict[str, Any]] = []
+        for r in self.layers():
+            rf = self.node_rf(r)  # None: no positional axis, no RF applies (the table's n/a)
+            c = self.counts.node(r.name)
+            row: dict[str, Any] = {
+                "layer": r.label, "node": r.name, "module": r.module, "op": str(r.target),
+                "shape": tuple(r.shape) if r.shape is not None else None,
+                "params": c.params or 0, "params_shared": bool(c.shared), "macs": r.macs,
+                "rf_status": rf.status if rf is not None else "n/a",
+            }
+            known = rf is not None and rf.status != "unknown"
+            local = rf.local if rf is not None and rf.status == "global" and rf.local is not None \
+                and rf.local.status != "unknown" else None
+            dims = [rf.dims[i] if rf is not None and known and i < len(rf.dims) else None for i in range(n)]
+            for a, d in zip(axes, dims, strict=True):
+                row[f"rf_size_{a}"] = d.size if d is not None and d.exact is not None else None
+            for a, d in zip(axes, dims, strict=True):
+                row[f"rf_stride_{a}"] = _float(d.stride) if d is not None else None
+            for a, d in zip(axes, dims, strict=True):
+                row[f"rf_padding_{a}"] = _float(d.padding) if d is not None else None
+            for i, a in enumerate(axes):
+                row[f"rf_local_size_{a}"] = local.dims[i].size if local is not None and i < len(local.dims) else None
+            row["rf_reason"] = rf.reason if rf is not None else None
+            rows.append(row)
+        df = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["layer"])
+        ints = ["params", "macs"] + [f"rf_{k}_{a}" for k in ("size", "local_size") for a in axes]
+        floats = [f"rf_{k}_{a}" for k in ("stride", "padding") for a in axes]
+        return df.astype({**{k: "Int64" for k in ints if k in df}, **{k: "float64" for k in floats if k in df},
+                          **{k: "bool" for k in ("params_shared",) if k in df},
+                          **{k: "string" for k in ("layer", "node", "module", "op", "rf_status", "rf_reason")
+                             if k in df}})
 
     def to_dot(self, depth: int | None = None, rankdir: str = "TB") -> str:
         """Graphviz DOT source of the analysed graph (see :func:`rfscope.export.to_dot`)."""

@@ -100,7 +100,12 @@ class ERFResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """``erf.json`` (``docs/erf.schema.json``)."""
+        from rfscope.report import SCHEMA_VERSION, versions
+
         return {
+            "schema_version": SCHEMA_VERSION,
+            "versions": versions(),
             **self.conventions,
             "rf": self.rf,
             "square_center": list(self.center),
@@ -530,7 +535,7 @@ def erf(
     conventions = {
         "node": name,
         "label": node,
-        "input_shape": [samples, *shape[1:]],
+        "input_shape": [1, *shape[1:]],  # batch 1, as in analyze's JSON; the sample count is "samples"
         "samples": samples,
         "inputs": desc,
         "weights": "the model's own parameters (a copy), eval mode",
