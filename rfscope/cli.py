@@ -30,12 +30,16 @@ def main() -> None:
     """rfscope: receptive fields, counts and init checks for PyTorch models."""
 
 
-def _load(target: str, input_shape: str | None) -> tuple[Any, tuple[int, ...] | None, tuple[Any, ...] | None]:
+def _load(target: str, input_shape: str | None, *, meta: bool = False,
+          debug: bool = False) -> tuple[Any, tuple[int, ...] | None, tuple[Any, ...] | None]:
+    """The model and its input.  ``meta``: no weights are needed, so ``torchvision:``/``timm:`` models
+    are built on the meta device where they can be (``--debug`` says when one could not)."""
     from rfscope.loader import load_model
 
-    lm = load_model(target)
-    shape = parse_shape(input_shape) if input_shape else lm.input_shape
-    ex = None if input_shape else lm.example_inputs
+    lm = load_model(target, meta=meta)
+    if debug and lm.note:
+        click.echo(f"rfscope: note: {lm.note}", err=True)
+    shape, ex = lm.inputs(parse_shape(input_shape) if input_shape else None)
     if shape is None and ex is None:
         raise CliError(
             f"no input shape: pass --input-shape C,H,W (e.g. 3,224,224) or define input_shape in {lm.source}"
@@ -97,7 +101,8 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
         raise CliError("--depth only applies to a diagram: add --diagram out.svg")
     elif dot is not None:
         raise CliError("--dot only applies to a diagram: add --diagram out.svg")
-    model, shape, ex = _load(target, input_shape)
+    model, shape, ex = _load(target, input_shape, debug=debug,
+                             meta=not check_init and weights is None and trace_mode != "make_fx")
     _check_leaves(model, leaves)
     # weights: loaded into a copy by analyze, so the init check sees the trained weights too
     report = run(model, shape, example_inputs=ex, strict=strict, leaf_modules=leaves, check_init=check_init,
