@@ -90,7 +90,7 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
             strict: bool, diagram: str | None, depth: int | None, rankdir: str, debug: bool,
             check_init: bool = False, weights: str | None = None, trace_mode: str = "auto",
             dot: str | None = None) -> None:
-    """Trace TARGET (model.py[:attr], module.path:attr, torchvision:NAME) and print per-layer RFs."""
+    """Trace TARGET (model.py[:attr], module.path:attr, torchvision:NAME, timm:NAME) and print per-layer RFs."""
     from rfscope.pipeline import analyze as run
 
     if diagram is not None:

@@ -42,7 +42,7 @@ TORCHVISION_INPUTS = {
     "segmentation": "(1, 3, 520, 520)",
     "video": "(1, 3, 16, 112, 112) clips for r3d_18, mc3_18, r2plus1d_18; (1, 3, 16, 224, 224) for the others",
     "optical_flow": "two (1, 3, 224, 224) images (example_inputs)",
-    "detection": "(1, 3, S, S), S = the model's transform.min_size (800; SSD 300, SSDlite and *_320_fpn 320)",
+    "detection": "(1, 3, S, S), S = the model's eval transform.min_size (800; SSD 300, SSDlite and *_320_fpn 320)",
 }
 
 
@@ -300,7 +300,7 @@ def _torchvision(name: str, target: str, meta: bool) -> LoadedModel:
         return LoadedModel(model, target, (1, 3, 520, 520), None, device, note)
     if family == "detection":
         min_size = getattr(getattr(model, "transform", None), "min_size", None) or (800,)
-        s = int(min_size[0])
+        s = int(min_size[-1])  # the eval size (keypointrcnn trains on 640..800)
         return LoadedModel(model, target, (1, 3, s, s), None, device, note)
     size = 299 if "inception_v3" in name else 224
     return LoadedModel(model, target, (1, 3, size, size), None, device, note)
