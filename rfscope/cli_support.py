@@ -86,7 +86,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
     Raises
     ------
     CliError
-        Not a list of positive ints, fewer than two sizes, or too large for a tensor.
+        Not a list of positive ints, no size at all, or too large for a tensor.
 
     Examples
     --------
@@ -100,8 +100,8 @@ def parse_shape(text: str) -> tuple[int, ...]:
         dims = tuple(int(p) for p in parts)
     except ValueError as e:
         raise CliError(f"--input-shape {text!r} is not a comma-separated list of ints, e.g. 3,224,224") from e
-    if len(dims) < 2:
-        raise CliError(f"--input-shape {text!r} needs channels and at least one spatial size, e.g. 3,224,224")
+    if not dims:
+        raise CliError(f"--input-shape {text!r} needs at least one size, e.g. 3,224,224")
     if any(d <= 0 for d in dims):
         raise CliError(f"--input-shape {text!r} has a zero or negative size")
     numel = 1

@@ -17,7 +17,7 @@ from rfscope.core.result import RF, _collapse, _fmt, _fmt_dims
 from rfscope.core.state import TensorRF
 from rfscope.passes.counts import Counts, ParamCount, SeparableBlock, Summary
 from rfscope.passes.diagnostics import DesignWarning
-from rfscope.passes.interpret import NodeRecord, record_fields
+from rfscope.passes.interpret import NodeRecord, has_rf, record_fields
 
 if TYPE_CHECKING:
     from rfscope.passes.initcheck import Finding
@@ -146,12 +146,18 @@ class Report:
     findings: list[Finding] | None = None
     #: the analysed model's class name (``repr`` shows it; ``None``: the graph module's)
     model_class: str | None = None
+    #: the layout of the input ``input_shape`` describes (``"NCHW"``, ``"NT"``, ``"ND"``; ``None``: not known)
+    layout: str | None = None
+    #: the dims of ``input_shape`` that are the input axes of every RF, in order (``None``: ``input_shape[2:]``)
+    input_axes: tuple[int, ...] | None = None
 
     # ------------------------------------------------------------------
     @property
     def input_size(self) -> tuple[int, ...]:
-        """Spatial extent of the input."""
-        return tuple(self.input_shape[2:])
+        """Extents of the input's positional axes, in its layout's order (``()``: none, layout ``ND``)."""
+        if self.input_axes is None:
+            return tuple(self.input_shape[2:])
+        return tuple(self.input_shape[d] for d in self.input_axes)
 
     def node_name(self, name: str) -> str:
         """Resolve a module path (its call's output) or fx node name to an fx node name."""
@@ -253,6 +259,11 @@ class Report:
             rec = self.records[self.node_name(name)]
             r = self.node_rf(rec) if isinstance(rec.state, TensorRF) else None
         if r is None:
+            st = leaf.state if leaf is not None else self.records[self.node_name(name)].state
+            if isinstance(st, TensorRF):
+                why = (f"the input has no positional axis (layout {self.layout})" if not self.input_size
+                       else "it does not depend on the position along any input axis")
+                raise ValueError(f"{name!r} has no receptive field (n/a): {why}")
             raise ValueError(f"{name!r} is not a tensor that depends on the input")
         if local and r.status == "global":
             if r.local is None:
@@ -276,7 +287,9 @@ class Report:
     def _leaf_rf(self, leaf: OutputLeaf) -> RF | None:
         if leaf.node is not None and leaf.state is self.records[leaf.node].state:
             return self.node_rf(self.records[leaf.node])
-        return RF.from_state(leaf.state, self.input_size) if isinstance(leaf.state, TensorRF) else None
+        if not isinstance(leaf.state, TensorRF) or not has_rf(leaf.state, self.input_size):
+            return None
+        return RF.from_state(leaf.state, self.input_size)
 
     def node_rf(self, rec: NodeRecord) -> RF | None:
         """The RF of a record's output (written once by the interpreter pass)."""
@@ -357,6 +370,7 @@ class Report:
             "schema_version": SCHEMA_VERSION,
             "versions": versions(),
             "input_shape": list(self.input_shape),
+            "layout": self.layout,
             "trace": self.trace_path,
             "nodes": nodes,
             "modules": modules,
@@ -557,6 +571,12 @@ class Report:
         recs = self.layers() if nodes is None else [self.records[self.node_name(n)] for n in nodes]
         for r in recs:
             rf = self.node_rf(r)
+            if rf is None and isinstance(r.state, TensorRF):  # no positional axis: no RF applies
+                rows.append((r.label, r.target, "x".join(map(str, r.shape or ())),
+                             "shared" if self.counts.node(r.name).shared and not self.counts.node(r.name).params
+                             else fmt_count(self.counts.node(r.name).params),
+                             fmt_count(r.macs), "n/a", "n/a", "n/a", "n/a"))
+                continue
             if rf is None:
                 continue
             if rf.status == "unknown":

@@ -81,7 +81,7 @@ def test_attr_missing_or_not_a_module(small):
 
 
 @pytest.mark.parametrize("shape,needle", [("3,a,32", "not a comma-separated list"), ("3,0,32", "zero or negative"),
-                                          ("3,-4,32", "zero or negative"), ("3", "at least one spatial")])
+                                          ("3,-4,32", "zero or negative"), (",", "at least one size")])
 def test_input_shape_malformed(small, shape, needle):
     _one_line_error(*_run("analyze", str(small), "--input-shape", shape), needle)
 

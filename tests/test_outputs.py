@@ -158,7 +158,7 @@ def test_cli_json_outputs_of_a_namedtuple_model_under_strict(tmp_path: Path) -> 
                 y = self.a(x)
                 return Out(self.b(y), y)
         model = M()
-        input_shape = (3, 16, 16)
+        input_shape = (1, 3, 16, 16)
     """))
     res = CliRunner().invoke(main, ["analyze", str(f), "--strict", "--format", "json"])
     assert res.exit_code == 0, res.output

@@ -119,11 +119,25 @@ def unknown(dims: Sequence[DimTag], reason: str) -> TensorRF:
     return TensorRF(tuple(dims), (), reason)
 
 
-def input_rf(ndim: int, n_spatial: int) -> TensorRF:
-    """State of a model input laid out as ``(N, C, *spatial)``."""
-    dims: list[DimTag] = [None] * (ndim - n_spatial)
-    dims.extend(range(n_spatial))
-    return TensorRF(tuple(dims), tuple(IDENTITY for _ in range(n_spatial)))
+def input_rf(ndim: int, n_spatial: int, dims: Sequence[int | None] | None = None) -> TensorRF:
+    """State of a model input: every unit sees its own position along each of the ``n_spatial`` input axes.
+
+    ``dims`` tags each tensor dim with the input axis it indexes, or ``None`` (batch, channels,
+    features), wherever the positional dims sit (``(None, 0, 1, None)`` for NHWC); without it
+    the input is laid out as ``(N, C, *spatial)``.  ``n_spatial=0`` is an input with no
+    positional axis (a feature vector): its units see no position, and no RF applies.
+
+    >>> input_rf(4, 2).dims, input_rf(4, 2, (None, 0, 1, None)).dims, input_rf(2, 0).axes
+    ((None, None, 0, 1), (None, 0, 1, None), ())
+    """
+    if dims is None:
+        tags: list[DimTag] = [None] * (ndim - n_spatial)
+        tags.extend(range(n_spatial))
+    else:
+        tags = list(dims)
+        if len(tags) != ndim or sorted(t for t in dims if t is not None) != list(range(n_spatial)):
+            raise ValueError(f"dims {tuple(dims)} must tag {ndim} dims with each of the {n_spatial} axes once")
+    return TensorRF(tuple(tags), tuple(IDENTITY for _ in range(n_spatial)))
 
 
 def _union_state(a: AxisState, b: AxisState) -> AxisState:

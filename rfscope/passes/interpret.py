@@ -27,7 +27,7 @@ from rfscope.core.registry import Method, Plugin, PluginError, Registry, node_ta
 from rfscope.core.result import RF
 from rfscope.core.state import CONST, Const, TensorRF, input_rf, unknown
 
-__all__ = ["NodeRecord", "run_plugins", "build_graph", "StrictError", "record_fields"]
+__all__ = ["NodeRecord", "run_plugins", "build_graph", "StrictError", "record_fields", "has_rf"]
 
 
 class StrictError(RfscopeError, RuntimeError):
@@ -114,6 +114,14 @@ def _dims_like(v: Any) -> tuple[None, ...]:
     return tuple(None for _ in v.shape) if isinstance(v, torch.Tensor) else ()
 
 
+def _positionless_like(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return tuple(_positionless_like(x) for x in v)
+    if isinstance(v, torch.Tensor):
+        return TensorRF(_dims_like(v), ())
+    return CONST
+
+
 def _unknown_like(v: Any, reason: str) -> Any:
     if isinstance(v, (list, tuple)):
         return tuple(_unknown_like(x, reason) for x in v)
@@ -123,6 +131,8 @@ def _unknown_like(v: Any, reason: str) -> Any:
 
 
 def _input_state(v: Any, n_spatial: int | None) -> Any:
+    """The state of an input when the caller gives none (``run_plugins(..., input_states=None)``):
+    a float tensor of 3 dims or more laid out as ``(N, C, *spatial)``."""
     if isinstance(v, torch.Tensor) and v.dim() >= 3 and v.is_floating_point():
         ns = v.dim() - 2 if n_spatial is None else n_spatial
         if v.dim() - 2 != ns:
@@ -138,8 +148,15 @@ def run_plugins(
     registry: Registry,
     input_size: Sequence[int],
     strict: bool = False,
+    input_states: Sequence[Any] | None = None,
 ) -> tuple[dict[str, NodeRecord], list[str], list[str]]:
-    """Annotate every node; returns (records, unsupported targets, plugin errors)."""
+    """Annotate every node; returns (records, unsupported targets, plugin errors).
+
+    ``input_size``: the extents of the input axes.  ``input_states``: the state of each
+    positional input, in order (:func:`rfscope.pipeline.analyze` builds them from the layouts);
+    a placeholder past them (an argument left to its default) is a constant.  Without it, a float
+    input of 3 dims or more is ``(N, C, *spatial)`` and anything else a constant.
+    """
     records: dict[str, NodeRecord] = {}
     states: dict[fx.Node, Any] = {}
     unsupported: dict[str, None] = {}
@@ -150,6 +167,7 @@ def run_plugins(
     modules = dict(gm.named_modules(remove_duplicate=False))
     state_of = states.__getitem__
     map_arg = fx.node.map_arg
+    placeholders = 0
     for n in gm.graph.nodes:
         val = n.meta.get("val")
         module = modules[n.target] if n.op == "call_module" else None
@@ -161,7 +179,9 @@ def run_plugins(
         macs: int | None = None
         geometry: Geometry | None = None
         if n.op == "placeholder":
-            st = _input_state(val, n_spatial)
+            st = _given_state(val, input_states, placeholders, n) if input_states is not None \
+                else _input_state(val, n_spatial)
+            placeholders += 1
         elif n.op == "get_attr":
             st = CONST
         elif n.op == "output":
@@ -210,6 +230,10 @@ def run_plugins(
                 st = tuple(v for _, v in fields)
             elif not tensors or not _has_tensor(val):
                 st = CONST if not isinstance(val, (list, tuple)) else tuple(CONST for _ in val)
+            elif all(t.reason is None and not t.axes and not t.scrambled for t in tensors):
+                # computed from inputs with no positional axis only (a feature vector, a timestep):
+                # whatever the op, no dim of the result indexes an input axis, and no RF applies
+                st = _positionless_like(val)
             elif any(t.reason is not None for t in tensors) and not _handles_unknown(plugin):
                 reason = next(t.reason for t in tensors if t.reason is not None)
                 st = _unknown_like(val, reason or "unknown input")
@@ -255,7 +279,7 @@ def run_plugins(
             call=call,
             geometry=geometry,
             traits=plugin.traits if plugin is not None else frozenset(),
-            rf=_rf_memo(rfs, st, size) if isinstance(st, TensorRF) else None,
+            rf=_rf_memo(rfs, st, size) if isinstance(st, TensorRF) and has_rf(st, size) else None,
         )
     return records, list(unsupported), errors
 
@@ -301,6 +325,25 @@ def _checked_macs(v: Any) -> int | None:
     if n < 0:
         raise _BadMacs(repr(n))
     return n
+
+
+def has_rf(st: TensorRF, input_size: Sequence[int]) -> bool:
+    """A receptive field applies to a tensor that depends on the input: the input has a positional
+    axis and the tensor's units depend on positions along it (an input with no positional axis, a
+    feature vector, and what is computed from it alone, have none: the table says ``n/a``)."""
+    return bool(input_size) and (st.reason is not None or bool(st.scrambled) or bool(st.axes))
+
+
+def _given_state(val: Any, states: Sequence[Any], k: int, n: fx.Node) -> Any:
+    """The state of the ``k``-th placeholder: the ``k``-th given input state (the rest for ``*args``)."""
+    if str(n.target).startswith("*"):
+        return tuple(states[k:])
+    if k >= len(states):
+        return CONST  # an argument left to its default
+    st = states[k]
+    if isinstance(st, TensorRF) and not (isinstance(val, torch.Tensor) and val.dim() == len(st.dims)):
+        return _unknown_like(val, "the traced graph's input does not match the example input")
+    return st
 
 
 def _rf_memo(memo: dict[TensorRF, RF], st: TensorRF, input_size: tuple[int, ...]) -> RF:

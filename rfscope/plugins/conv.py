@@ -17,7 +17,7 @@ from rfscope.core.geometry import Geometry
 from rfscope.core.initview import InitContext, WeightView, module_view
 from rfscope.core.ops import as_tuple, local
 from rfscope.core.registry import Registry
-from rfscope.core.state import TensorRF
+from rfscope.core.state import TensorRF, make_global
 
 
 def conv_geometry(ctx: OpContext) -> Geometry:
@@ -64,7 +64,13 @@ def _rf(ctx: OpContext) -> TensorRF:
     op = rf.conv_transpose if g.transposed else rf.conv
     fns = {-g.n + i: partial(_axis, op, k, s, p, d)
            for i, (k, s, p, d) in enumerate(zip(g.kernel, g.stride, g.padding, g.dilation, strict=True))}
-    return local(ctx, fns)
+    st = ctx.first
+    ch = st.dims[-g.n - 1] if len(st.dims) > g.n else None
+    if isinstance(ch, int):  # positions in the channel dim (a channels-last input fed as is): all are mixed
+        dims = list(st.dims)
+        dims[-g.n - 1] = None
+        st = make_global(st.with_dims(dims), [ch], keep_local=False)
+    return local(ctx, fns, state=st)
 
 
 def _axis(op: Any, k: int, s: int, p: int, d: int, a: rf.Axis) -> rf.Axis:

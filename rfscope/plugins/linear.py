@@ -1,4 +1,5 @@
-"""Dense maps: Linear/F.linear and matmul/bmm/einsum-free products (``nn.Bilinear`` has no plugin: unknown).
+"""Dense maps: Linear/F.linear and matmul/bmm/einsum-free products (``nn.Bilinear`` has no plugin: unknown),
+and embedding lookups (``nn.Embedding``: each position sees its own token).
 
 A Linear acts on the last dim: pointwise when that dim is channels (channels-last
 tensors, transformers' feature dim), global when it holds spatial positions
@@ -77,7 +78,20 @@ def _linear_view(ctx: InitContext) -> WeightView | None:
     return WeightView(w, b, ctx.name(w) or "weight", ctx.name(b))
 
 
+def _embedding_rf(ctx: OpContext) -> TensorRF:
+    """``weight[input]``: each index picks one row, so every output position sees its own index
+    only; the embedding dim is a feature dim."""
+    aten = ctx.node.target is torch.ops.aten.embedding.default  # (weight, indices, ...)
+    st = ctx.state(1, "indices") if aten else ctx.state(0, "input")
+    if not isinstance(st, TensorRF):
+        raise Unsupported("the indices do not depend on the input (an input-dependent table is not supported)")
+    if len(ctx.out_shape) != len(st.dims) + 1:
+        raise Unsupported("output rank is not the indices' rank + 1")
+    return st.with_dims([*st.dims, None])
+
+
 def register(reg: Registry) -> None:
+    reg.add("embedding", (nn.Embedding, F.embedding, torch.ops.aten.embedding.default), rf=_embedding_rf)
     reg.add("linear", (nn.Linear, F.linear, nn.LazyLinear), rf=_linear_rf, macs=_linear_macs,
             init_view=_linear_view)
     reg.add("matmul", (torch.matmul, torch.bmm, torch.mm, operator.matmul, Method("matmul"), Method("bmm")),
