@@ -81,6 +81,6 @@ __all__ = [
     "TraceError",
     "StrictError",
 ]
-__version__ = "0.1.0"
+from rfscope._version import __version__ as __version__  # noqa: E402 - re-exported
 
 __getattr__, __dir__ = lazy_names(__name__, _FROM, globals(), __all__)

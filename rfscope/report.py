@@ -35,7 +35,7 @@ def versions() -> dict[str, str]:
 
     import torch
 
-    from rfscope import __version__
+    from rfscope._version import __version__
 
     return {"rfscope": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 

@@ -19,7 +19,8 @@ PKG = Path(rfscope.plugins.__file__).parent.parent
 
 #: the layers, lowest first; a module may import its own layer and the ones below
 LAYERS = [
-    ("rfscope.core", "rfscope.models", "rfscope.weights", "rfscope.loader", "rfscope._lazy"),
+    ("rfscope.core", "rfscope.models", "rfscope.weights", "rfscope.loader", "rfscope._lazy",
+     "rfscope._version"),
     ("rfscope.plugins", "rfscope.plugin"),
     ("rfscope.trace",),
     ("rfscope.passes",),
