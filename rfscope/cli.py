@@ -64,7 +64,15 @@ def _check_leaves(model: Any, leaves: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("target")
-@click.option("--input-shape", "input_shape", help="C,H,W (or C,L / C,D,H,W) without the batch dim.")
+@click.option("--input-shape", "input_shape",
+              help="The input's shape WITHOUT the batch dim: C,H,W (or C,L / C,D,H,W; 16000 with --layout NT, "
+                   "64 with --layout NL, 32 for a feature vector). A model file's input_shape = (1, 3, 224, 224) "
+                   "has it.")
+@click.option("--layout", "layout", metavar="LETTERS",
+              help="What each input dim is, batch included: N batch, C channels/features, H W D T L one per "
+                   "positional axis (NCHW, NHWC, NCT, NT, NL, ND). Several inputs: one per input, comma-"
+                   "separated (empty: inferred). Default: N C *spatial for 3+ dims, NL for 2-D integer, "
+                   "ND for 2-D float.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--node", "nodes", multiple=True, help="Report only this module path or node (repeatable).")
 @click.option("--leaf", "leaves", multiple=True, help="Keep this submodule path opaque (repeatable).")
@@ -89,7 +97,7 @@ def _check_leaves(model: Any, leaves: tuple[str, ...]) -> None:
 def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ...], leaves: tuple[str, ...],
             strict: bool, diagram: str | None, depth: int | None, rankdir: str, debug: bool,
             check_init: bool = False, weights: str | None = None, trace_mode: str = "auto",
-            dot: str | None = None) -> None:
+            dot: str | None = None, layout: str | None = None) -> None:
     """Trace TARGET (model.py[:attr], module.path:attr, torchvision:NAME, timm:NAME) and print per-layer RFs."""
     from rfscope.pipeline import analyze as run
 
@@ -105,8 +113,11 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
                              meta=not check_init and weights is None and trace_mode != "make_fx")
     _check_leaves(model, leaves)
     # weights: loaded into a copy by analyze, so the init check sees the trained weights too
+    lay: Any = layout
+    if layout is not None and "," in layout:  # one per input; an empty entry is inferred
+        lay = tuple(p.strip() or None for p in layout.split(","))
     report = run(model, shape, example_inputs=ex, strict=strict, leaf_modules=leaves, check_init=check_init,
-                 trace=trace_mode, weights=weights)
+                 trace=trace_mode, weights=weights, layout=lay)
     keep = {report.node_name(n) for n in nodes}  # fails early on unknown names
     if fmt == "json":
         d = report.to_dict()
