@@ -152,6 +152,21 @@ def test_integer_input_with_3_dims_is_an_input():
     assert rep.rf("output").size == (3, 3) and rep.input_size == (8, 8)
 
 
+@pytest.mark.parametrize("trace", ["auto", "export"])
+def test_complex_input_is_an_input(trace):
+    class Spec(nn.Module):  # a complex spectrogram's real and imaginary parts as two channels
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv1d(2, 4, 3, stride=2)
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.c(torch.cat([z.real, torch.imag(z)], 1))
+
+    rep = rfscope.analyze(Spec(), example_inputs=(torch.zeros(1, 1, 32, dtype=torch.complex64),), trace=trace)
+    rf = rep.rf("output")  # k=3, s=2: r=3, j=2
+    assert (rf.status, rf.size, rf.stride) == ("exact", (3,), (2,)) and rep.layout == "NCL"
+
+
 # -- waveforms ----------------------------------------------------------------------------------------
 
 KERNELS, STRIDES = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)

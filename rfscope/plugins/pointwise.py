@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rfscope.core.context import OpContext
+from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import elementwise, same_state
 from rfscope.core.registry import Method, Registry
 from rfscope.core.state import TensorRF
@@ -84,6 +84,14 @@ def _elementwise(ctx: OpContext) -> TensorRF:
     return elementwise(ctx, f"elementwise op {ctx.node.name}")
 
 
+def _complex_part(ctx: OpContext) -> TensorRF:
+    if ctx.node.target is getattr:
+        name = ctx.arg_values[1] if len(ctx.arg_values) > 1 else None
+        if name not in ("real", "imag"):
+            raise Unsupported(f"getattr of {name!r}")
+    return same_state(ctx)
+
+
 def register(reg: Registry) -> None:
     channelwise = [m for m in (*ACTIVATION_MODULES, *OTHER_MODULES)
                    if m not in _RELU_MODULES and m not in _RANDOM_MODULES]
@@ -103,3 +111,6 @@ def register(reg: Registry) -> None:
     reg.add("elementwise", tuple(dict.fromkeys(f for f in funcs if f not in grouped)), rf=_elementwise)
     reg.add("self_only", tuple(Method(m) for m in _SELF_ONLY) + (torch.clone,), rf=same_state,
             traits={POINTWISE, CHANNELWISE})
+    # ``z.real`` / ``z.imag`` of a complex input (an STFT front end): the same positions, element by element
+    reg.add("complex_part", (getattr, torch.real, torch.imag, torch.ops.aten.real.default,
+                             torch.ops.aten.imag.default), rf=_complex_part, traits={POINTWISE, CHANNELWISE})
