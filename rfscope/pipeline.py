@@ -298,7 +298,7 @@ def _unbatched_error(gm: Any, inputs: Sequence[Any], failed: bool) -> None:
     (``failed=True``), and with a batch dim of 1 added it runs batched."""
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
         return
-    site = None if failed else _unbatched_call(gm)
+    site = _unbatched_call(gm)  # after a failure, from the nodes that ran before it
     if not failed and site is None:
         return
     x = inputs[0]

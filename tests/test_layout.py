@@ -370,7 +370,8 @@ def test_bad_layout_cli(tmp_path):
 
 def test_unbatched_shape_with_batchnorm():
     net = nn.Sequential(nn.Conv2d(3, 64, 7, stride=2, padding=3), nn.BatchNorm2d(64), nn.ReLU())
-    with pytest.raises(AnalysisInputError, match=r"missing its batch dim.*\(1, 3, 224, 224\)") as e:
+    with pytest.raises(AnalysisInputError, match=r"missing its batch dim \(layer '0' \(Conv2d\) gets the 3-d "
+                       r"input \(3, 224, 224\).*\(1, 3, 224, 224\)") as e:
         rfscope.analyze(net, input_shape=(3, 224, 224))
     assert "\n" not in str(e.value) and "expects 64 input channels" not in str(e.value)
 
