@@ -192,10 +192,10 @@ def test_bfloat16_checked_against_float32(monkeypatch: pytest.MonkeyPatch) -> No
     real = E._accumulate
 
     def skewed(*a, **k):  # type: ignore[no-untyped-def]
-        acc = real(*a, **k)
+        accs = real(*a, **k)  # one map per probed node
         if a[7] == torch.bfloat16:  # pretend bfloat16 smeared the map
-            acc = acc + acc.max()
-        return acc
+            accs = [acc + acc.max() for acc in accs]
+        return accs
 
     monkeypatch.setattr(E, "_accumulate", skewed)
     with pytest.raises(rfscope.probe.ProbeError, match="float32"):

@@ -47,7 +47,8 @@ def _shape(target_shape: str | None, lm: Any, x: torch.Tensor | None) -> tuple[i
 @click.argument("target")
 @click.option("--mode", type=click.Choice(["exact", "erf"]), default="exact", show_default=True,
               help="exact: check the static RF with a linearised float64 copy; erf: effective RF.")
-@click.option("--node", "nodes", multiple=True, help="Module path or node to probe (repeatable for exact).")
+@click.option("--node", "nodes", multiple=True,
+              help="Module path or node to probe (repeatable; erf: the nodes share the forward passes).")
 @click.option("--input-shape", "input_shape", help="C,H,W without the batch dim.")
 @click.option("--samples", type=int, default=32, show_default=True, help="ERF: number of input samples.")
 @click.option("--inputs", "inputs_path", help="ERF: a torch.save'd (N,C,H,W) tensor to use as inputs.")
@@ -59,25 +60,34 @@ def _shape(target_shape: str | None, lm: Any, x: torch.Tensor | None) -> tuple[i
 @click.option("--reduction", type=click.Choice(["clip", "abs", "square"]), default="clip", show_default=True,
               help="ERF: clip negative gradients (RepLKNet), |grad| or grad² (Luo et al.).")
 @click.option("--seed", type=int, default=0, show_default=True, help="ERF: seed of the random inputs.")
-@click.option("--out", "out_dir", help="ERF: output folder for erf.npy, erf.json, erf.png.")
+@click.option("--out", "out_dir",
+              help="ERF: output folder for erf.npy, erf.json, erf.png (several nodes: erf_NODE.* and erf_grid.png).")
+@click.option("--cmap", default="cividis", show_default=True,
+              help="ERF: matplotlib colour map of the figures (sequential, colour-blind safe by default).")
+@click.option("--dpi", type=click.IntRange(10, 2400), default=150, show_default=True, help="ERF: figure dpi.")
+@click.option("--image-format", "image_format", type=click.Choice(["png", "svg", "pdf"]), default="png",
+              show_default=True, help="ERF: figure format (erf.png, erf.svg or erf.pdf).")
+@click.option("--caption/--no-caption", default=True, show_default=True,
+              help="ERF: the conventions text under the figure.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--no-grow", is_flag=True, help="Exact: keep the input size even if units touch the border.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", "--no-progress", "quiet", is_flag=True, help="No progress bar (exact and erf).")
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="ERF: load this state-dict checkpoint (weights_only=True) into a copy of the model first.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @handle_errors
 def probe(target: str, mode: str, nodes: tuple[str, ...], input_shape: str | None, samples: int,
           inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int | None,
-          reduction: str, seed: int, out_dir: str | None, fmt: str, no_grow: bool, quiet: bool,
-          weights: str | None, debug: bool) -> None:
+          reduction: str, seed: int, out_dir: str | None, cmap: str, dpi: int, image_format: str, caption: bool,
+          fmt: str, no_grow: bool, quiet: bool, weights: str | None, debug: bool) -> None:
     """Gradient probe of TARGET: exact RF validation (exit 1 on a disagreement) or the ERF."""
     if samples < 1:
         raise CliError(f"--samples must be at least 1 (got {samples})")
     if batch_size is not None and batch_size < 1:
         raise CliError(f"--batch-size must be at least 1 (got {batch_size})")
     status = run_probe(target, mode, nodes, input_shape, samples, inputs_path, image_dir, device, dtype,
-                       batch_size, reduction, seed, out_dir, fmt, not no_grow, quiet, weights=weights)
+                       batch_size, reduction, seed, out_dir, fmt, not no_grow, quiet, weights=weights, cmap=cmap,
+                       dpi=dpi, image_format=image_format, caption=caption)
     if status:
         raise click.exceptions.Exit(status)
 
@@ -92,27 +102,35 @@ def run_probe(
     target: str, mode: str, nodes: Sequence[str], input_shape: str | None, samples: int,
     inputs_path: str | None, image_dir: str | None, device: str, dtype: str | None, batch_size: int | None,
     reduction: str, seed: int, out_dir: str | None, fmt: str, grow: bool, quiet: bool,
-    weights: str | None = None,
+    weights: str | None = None, *, cmap: str = "cividis", dpi: int = 150, image_format: str = "png",
+    caption: bool = True,
 ) -> int:
     """Run one probe and print its result; returns the exit status (1 when a node disagrees)."""
     from rfscope.loader import load_model
     from rfscope.probe import erf, load_tensors, validate
+    from rfscope.probe.effective import save_results
     from rfscope.probe.graph import ProbeError
     from rfscope.probe.runtime import dist_info, init_from_env
 
     if inputs_path and image_dir:
         raise CliError("give --inputs or --image-dir, not both")
     if mode == "erf" and not out_dir:
-        raise CliError("--mode erf writes erf.npy/erf.json/erf.png: pass --out DIR")
+        raise CliError("--mode erf writes erf.npy/erf.json/erf.png (erf_NODE.* for several nodes): pass --out DIR")
     if mode == "exact" and (inputs_path or image_dir):
         raise CliError("--inputs/--image-dir are for --mode erf; the exact probe uses an all-ones input")
-    if mode == "erf" and len(nodes) > 1:
-        raise CliError("--mode erf probes one --node at a time")
     if mode == "erf" and out_dir:
         from rfscope.export.files import check_output_dir
-        from rfscope.probe.effective import OUTPUT_FILES
+        from rfscope.probe.effective import output_files
 
-        check_output_dir(out_dir, OUTPUT_FILES, "--out")  # fail before the model is even loaded
+        try:
+            import matplotlib
+        except ImportError:  # no figures will be written (save says so)
+            pass
+        else:
+            if cmap not in matplotlib.colormaps:
+                raise CliError(f"--cmap {cmap}: not a matplotlib colour map (e.g. cividis, viridis, magma)")
+        # fail before the model is even loaded
+        check_output_dir(out_dir, output_files(list(nodes) or ["output"], image_format), "--out")
     lm = load_model(target)
     if weights is not None:  # trained weights matter for the ERF; the exact probe linearises them away
         from rfscope.weights import load_weights
@@ -128,7 +146,7 @@ def run_probe(
             raise CliError("--mode exact needs float64 (or float32): bfloat16 would round contributions to zero")
         dt = _dtype(dtype or "float64")
         res = validate(lm.model, None, list(nodes) or None, shape, device=device, dtype=dt,
-                       batch_size=batch_size or 4, grow=grow)
+                       batch_size=batch_size or 4, grow=grow, progress=not quiet)
         click.echo(json.dumps(res.to_dict(), indent=2) if fmt == "json" else res.table())
         return 0 if res.ok else 1
 
@@ -142,17 +160,17 @@ def run_probe(
     elif x is not None:
         desc = f"tensors from {inputs_path}"
     init_from_env()
-    r = erf(lm.model, node=nodes[0] if nodes else "output", input_shape=shape, samples=samples,
+    rs = erf(lm.model, node=list(nodes) or ["output"], input_shape=shape, samples=samples,
             inputs=images if image_dir else x,
             device=device, dtype=_dtype(dtype or "float32"), batch_size=batch_size or 8, progress=not quiet,
             reduction=reduction, seed=seed, inputs_desc=desc)
     if dist_info()[0] != 0:
         return 0
     assert out_dir is not None
-    paths = r.save(out_dir)
-    if fmt == "json":
-        click.echo(json.dumps(r.to_dict(), indent=2))
+    paths = save_results(rs, out_dir, cmap=cmap, dpi=dpi, fmt=image_format, caption=caption)
+    if fmt == "json":  # one node: its erf.json; several: a list of them
+        click.echo(json.dumps(rs[0].to_dict() if len(rs) == 1 else [r.to_dict() for r in rs], indent=2))
     else:
-        click.echo(r.summary())
+        click.echo("\n\n".join(r.summary() for r in rs))
         click.echo("wrote " + ", ".join(str(p) for p in paths))
     return 0

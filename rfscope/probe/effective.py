@@ -1,4 +1,4 @@
-"""Effective receptive field (Luo et al., NeurIPS 2016) of one node of the model as given.
+"""Effective receptive field (Luo et al., NeurIPS 2016) of nodes of the model as given.
 
 For each sample, the gradient of the node's centre unit (summed over channels)
 with respect to the input; samples are batched (one forward and one input-only
@@ -7,7 +7,9 @@ output: ``"clip"`` (default, RepLKNet): negative gradients clipped to 0, then
 summed over input channels and samples; ``"abs"`` (Luo et al.): ``|grad|`` summed
 the same way.  The map is a sum, not a mean.  Under ``torchrun`` (an initialised
 process group) each rank takes every ``world_size``-th batch and the sums are
-all-reduced, so every rank returns the whole map.
+all-reduced, so every rank returns the whole map.  Several nodes share each batch's
+forward pass (one input-only backward per node, ``retain_graph``), so ``erf(model,
+node=["a", "b"])`` costs one forward per batch and returns the maps separate runs would.
 
 Samples stream: batches are drawn (or sliced) one at a time, a few ahead, so memory
 is bounded by the batch size whatever ``samples`` is.  A NaN or infinite gradient,
@@ -24,11 +26,11 @@ import math
 import os
 import textwrap
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -42,15 +44,17 @@ from rfscope.pipeline import analyze
 from rfscope.probe.graph import ProbeError, check_trace_path, materialise, select_outputs
 from rfscope.probe.inputs import ImageFolder, random_chunk
 from rfscope.probe.metrics import area_ratios, erf_extent, gaussian_sigma, support
-from rfscope.probe.plot import Heatmap, heatmap_png
+from rfscope.probe.plot import FORMATS, FigureOptions, Heatmap, grid_image, heatmap_image
 from rfscope.probe.runtime import Progress, all_reduce_sum, dist_info, resolve_device
 from rfscope.probe.units import axis_extents, layout_of, unit_mask
 from rfscope.report import Report
 from rfscope.trace.runtime import deep_entry, keeps_rng_state
 
-__all__ = ["erf", "ERFResult", "REDUCTIONS", "NonFiniteError", "OUTPUT_FILES"]
+__all__ = ["erf", "ERFResult", "REDUCTIONS", "NonFiniteError", "OUTPUT_FILES", "save_results", "plot_grid",
+           "output_files"]
 
-#: The files :meth:`ERFResult.save` writes (the PNG only with matplotlib).
+#: The files :meth:`ERFResult.save` writes for one node (the image only with matplotlib; ``erf.svg`` or
+#: ``erf.pdf`` instead of ``erf.png`` with ``fmt=``).
 OUTPUT_FILES = ("erf.npy", "erf.json", "erf.png")
 
 SIGMA_DEFINITION = ("per axis, standard deviation (pixels) of the raw map taken as a distribution: "
@@ -142,8 +146,11 @@ class ERFResult:
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
-    def heatmap(self) -> Heatmap:
-        """What ``erf.png`` shows (:mod:`rfscope.probe.plot`): the map, the static RF box, the centre, the text."""
+    def heatmap(self, panel: bool = False) -> Heatmap:
+        """What ``erf.png`` shows (:mod:`rfscope.probe.plot`): the map, the static RF box, the centre, the text.
+
+        ``panel=True``: a grid panel's short title (the node, its static RF and its ERF numbers).
+        """
         c = self.conventions
         ar = ", ".join(f"t={k}: " + ("-" if v is None else f"{100 * v['ratio']:.1f}%")
                        for k, v in self.area_ratio.items())
@@ -154,44 +161,149 @@ class ERFResult:
         )
         title = (f"ERF of {c['label']} — input {'x'.join(map(str, c['input_shape'][1:]))}, "
                  f"{c['samples']} samples, {c['reduction']}")
+        if panel:
+            rf = "x".join(map(str, self.rf["size"])) if self.rf.get("size") else str(self.rf.get("status"))
+            ext = "x".join("-" if not math.isfinite(e) else f"{e:.0f}" for e in self.erf_extent)
+            ratio = "x".join("-" if r is None else f"{r:.2f}" for r in self.erf_rf_ratio)
+            a99 = self.area_ratio.get("99%")
+            title = (f"{c['label']}\nRF {rf}, ERF {ext} (ERF/RF {ratio})"
+                     + ("" if a99 is None else f"\narea ratio 99%: {100 * a99['ratio']:.1f}%"))
         return Heatmap(values=self.map, center=self.center, window=self.rf.get("window"),
-                       box_label=f"static RF {self.rf.get('size')}", title=title,
+                       box_label=f"static RF {'x'.join(map(str, self.rf.get('size') or []))}", title=title,
                        caption="\n".join(textwrap.wrap(caption, 110)))
 
-    def save(self, out_dir: str | Path, png: bool = True) -> list[Path]:
+    def save(self, out_dir: str | Path, png: bool = True, *, cmap: str = FigureOptions.cmap,
+             dpi: int = FigureOptions.dpi, fmt: str = FigureOptions.fmt, caption: bool = True) -> list[Path]:
         """Write ``erf.npy``, ``erf.json`` and (with matplotlib) ``erf.png`` into ``out_dir``, all or none.
 
-        Every file is rendered in memory, staged next to its target and renamed only
-        when all are written (:mod:`rfscope.export.files`), so a failure (full disk,
-        Ctrl-C) leaves the previous run's files as they were.  A previous
-        ``erf.png`` is removed when no PNG is written, so no file describes another run.
+        ``png=False`` writes no image; ``fmt`` ``"svg"`` or ``"pdf"`` writes ``erf.svg`` / ``erf.pdf``
+        instead; ``cmap`` (a matplotlib colour map), ``dpi`` and ``caption`` style it
+        (:class:`~rfscope.probe.plot.FigureOptions`).  Every file is rendered in memory, staged
+        next to its target and renamed only when all are written (:mod:`rfscope.export.files`),
+        so a failure (full disk, Ctrl-C) leaves the previous run's files as they were.  Images
+        of this name in other formats, and a several-node run's ``erf_grid.*``, are removed, so
+        no file describes another run.
         """
-        from rfscope.export.files import check_output_dir, staged
+        return save_results([self], out_dir, png, cmap=cmap, dpi=dpi, fmt=fmt, caption=caption)
 
-        d = check_output_dir(out_dir, OUTPUT_FILES, "--out")
+
+def _file_label(label: str) -> str:
+    """A node's label as a file-name part: letters, digits, ``.``, ``-`` and ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in label) or "_"
+
+
+def output_files(labels: Sequence[str], fmt: str = "png") -> list[str]:
+    """The file names a run over nodes ``labels`` writes: ``erf.npy``, ``erf.json``, ``erf.<fmt>`` for one
+    node; ``erf_<label>.npy`` / ``.json`` / ``.<fmt>`` per node and ``erf_grid.<fmt>`` for several
+    (labels with characters other than letters, digits, ``.-_`` get ``_`` there).
+
+    >>> output_files(["layer4"])
+    ['erf.npy', 'erf.json', 'erf.png']
+    >>> output_files(["stage1", "stage2"], "svg")
+    ['erf_stage1.npy', 'erf_stage1.json', 'erf_stage1.svg', 'erf_stage2.npy', 'erf_stage2.json', 'erf_stage2.svg', \
+'erf_grid.svg']
+    """
+    stems = _stems(labels)
+    names = [f"{st}.{ext}" for st in stems for ext in ("npy", "json", fmt)]
+    return names + ([f"erf_grid.{fmt}"] if len(stems) > 1 else [])
+
+
+def _stems(labels: Sequence[str]) -> list[str]:
+    if len(labels) == 1:
+        return ["erf"]
+    stems = [f"erf_{_file_label(lb)}" for lb in labels]
+    dup = sorted({st for st in stems if stems.count(st) > 1 or st == "erf_grid"})
+    if dup:
+        raise ProbeError(f"nodes {', '.join(labels)} would share the file names {', '.join(dup)}; "
+                         "probe them in separate runs")
+    return stems
+
+
+def _grid_text(results: Sequence[ERFResult]) -> tuple[str, str]:
+    c = results[0].conventions
+    title = (f"ERF — input {'x'.join(map(str, c['input_shape'][1:]))}, {c['samples']} samples, "
+             f"{c['reduction']}")
+    caption = (f"reduction: {c['reduction']} ({c['reduction_definition']}); colour: log10(1+ERF)/max per panel; "
+               f"weights: {c['weights']}; inputs: {c['inputs']}; {c['dtype']} on {c['device']}. "
+               "Box: static RF of each node's centre unit, +: square centre.")
+    return title, "\n".join(textwrap.wrap(caption, 150))
+
+
+def plot_grid(results: Sequence[ERFResult], path: str | Path | None = None, *, cmap: str = FigureOptions.cmap,
+              dpi: int = FigureOptions.dpi, fmt: str | None = None, caption: bool = True) -> bytes | Path | None:
+    """Several nodes' ERFs side by side with one shared colour bar, each panel titled with its node and
+    its RF/ERF numbers (:func:`rfscope.probe.plot.grid_figure`).
+
+    With ``path`` the image is written there atomically (format from ``fmt`` or the path's suffix)
+    and the path returned; without, its bytes.  ``None`` (with a message) without matplotlib.
+    """
+    from rfscope.export.files import write_file
+
+    if fmt is None:
+        fmt = Path(path).suffix.lstrip(".").lower() if path is not None and Path(path).suffix else "png"
+    opts = FigureOptions(cmap=cmap, dpi=dpi, fmt=fmt, caption=caption)
+    title, text = _grid_text(results)
+    data = grid_image([r.heatmap(panel=True) for r in results], opts, title, text)
+    if data is None or path is None:
+        return data
+    return write_file(path, data)
+
+
+def save_results(results: Sequence[ERFResult], out_dir: str | Path, png: bool = True, *,
+                 cmap: str = FigureOptions.cmap, dpi: int = FigureOptions.dpi, fmt: str = FigureOptions.fmt,
+                 caption: bool = True, grid: bool = True) -> list[Path]:
+    """Write every result's files (:func:`output_files`) into ``out_dir``, all or none (staged together).
+
+    One result: ``erf.npy``, ``erf.json``, ``erf.<fmt>``.  Several: ``erf_<label>.*`` per node and
+    ``erf_grid.<fmt>`` (``grid=True``, :func:`plot_grid`).  Images are written only with ``png=True``
+    and matplotlib.  Files a run of the other kind, or of another image format, would have written
+    for these names (``erf.*`` and ``erf_grid.*``, other formats' images) are removed, so no file
+    describes another run.
+    """
+    from rfscope.export.files import check_output_dir, staged
+
+    if not results:
+        raise ProbeError("save_results needs at least one result")
+    opts = FigureOptions(cmap=cmap, dpi=dpi, fmt=fmt, caption=caption)
+    stems = _stems([r.conventions["label"] for r in results])
+    d = check_output_dir(out_dir, output_files([r.conventions["label"] for r in results], fmt), "--out")
+    files: dict[str, bytes | None] = {}
+    for st, r in zip(stems, results, strict=True):
         buf = io.BytesIO()
-        np.save(buf, self.map)
-        image = None
-        if png:
-            image = heatmap_png(self.heatmap())
-        created = [p for p in (d, *d.parents) if not p.exists()]  # deepest first
-        d.mkdir(parents=True, exist_ok=True)
-        try:
-            with staged() as stage:
-                paths = [stage.write(d / "erf.npy", buf.getvalue()),
-                         stage.write(d / "erf.json", json.dumps(self.to_dict(), indent=2).encode("utf-8"))]
-                if image is not None:
-                    paths.append(stage.write(d / "erf.png", image))
+        np.save(buf, r.map)
+        files[f"{st}.npy"] = buf.getvalue()
+        files[f"{st}.json"] = json.dumps(r.to_dict(), indent=2).encode("utf-8")
+        image = heatmap_image(r.heatmap(), opts) if png else None
+        for f in FORMATS:
+            files[f"{st}.{f}"] = image if f == fmt else None
+    several = len(results) > 1
+    if several:
+        title, text = _grid_text(results)
+        image = grid_image([r.heatmap(panel=True) for r in results], opts, title, text) if png and grid else None
+        for f in FORMATS:
+            files[f"erf_grid.{f}"] = image if f == fmt else None
+    stale = [f"erf.{ext}" for ext in ("npy", "json", *FORMATS)] if several else \
+        [f"erf_grid.{f}" for f in FORMATS]
+    for name in stale:
+        files.setdefault(name, None)
+    created = [p for p in (d, *d.parents) if not p.exists()]  # deepest first
+    d.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    try:
+        with staged() as stage:
+            for name, data in files.items():
+                if data is not None:
+                    paths.append(stage.write(d / name, data))
                 else:
-                    stage.remove(d / "erf.png")
-        except BaseException:
-            for p in created:  # a failed first run leaves no empty folders behind
-                try:
-                    p.rmdir()
-                except OSError:
-                    break
-            raise
-        return paths
+                    stage.remove(d / name)
+    except BaseException:
+        for p in created:  # a failed first run leaves no empty folders behind
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
+    return paths
 
 
 def _num(x: float) -> float | None:
@@ -318,33 +430,44 @@ def _batches(
 
 
 def _accumulate(
-    gm: torch.fx.GraphModule, mask: torch.Tensor, chunks: Iterable[tuple[int, int, int]],
+    gm: torch.fx.GraphModule, masks: Sequence[torch.Tensor], chunks: Iterable[tuple[int, int, int]],
     inputs: torch.Tensor | ImageFolder | None,
     in_shape: Sequence[int], seed: int, device: torch.device, dtype: torch.dtype, reduction: str,
-    progress: Progress | None,
-) -> torch.Tensor:
-    acc = torch.zeros(tuple(in_shape[2:]), dtype=torch.float64, device=device)
-    sel = mask != 0
+    progress: Progress | None, locate: Callable[[int, torch.Tensor], NonFiniteError],
+) -> list[torch.Tensor]:
+    """One map per output of ``gm`` (its probed nodes, ``masks`` in order): one forward per batch, one
+    input-only backward per node (the graph kept for the next node)."""
+    accs = [torch.zeros(tuple(in_shape[2:]), dtype=torch.float64, device=device) for _ in masks]
+    sels = [mask != 0 for mask in masks]
     # each batch's finiteness is checked one batch late, so the check never stalls a GPU's queue
-    pending: tuple[torch.Tensor, torch.Tensor] | None = None
+    pending: tuple[list[torch.Tensor], torch.Tensor] | None = None
+
+    def check(p: tuple[list[torch.Tensor], torch.Tensor]) -> None:
+        for k, ok in enumerate(p[0]):
+            if not bool(ok):
+                raise locate(k, p[1].to(dtype=dtype))
+
     for n, x0 in _batches(chunks, inputs, in_shape, seed, device):
         x = x0.to(dtype=dtype).requires_grad_(True)
-        (out,) = gm(x)
-        if not isinstance(out, torch.Tensor) or out.shape[0] != n:
+        outs = gm(x)
+        if any(not isinstance(out, torch.Tensor) or out.shape[0] != n for out in outs):
             raise ProbeError("the probed node has no batch dimension; the ERF needs one")
-        (g,) = torch.autograd.grad((out * mask).sum(), x)
-        finite = torch.isfinite(g).all() & torch.isfinite(torch.where(sel, out.detach(), 0)).all()
-        g = g.detach().to(torch.float64)
-        g = g.clamp_min(0) if reduction == "clip" else g.abs() if reduction == "abs" else g * g
-        acc += g.sum(dim=(0, 1))
-        if pending is not None and not bool(pending[0]):
-            raise _locate_non_finite(gm, pending[1].to(dtype=dtype), mask)
+        finite = []
+        for k, (out, mask) in enumerate(zip(outs, masks, strict=True)):
+            (g,) = torch.autograd.grad((out * mask).sum(), x, retain_graph=k < len(masks) - 1)
+            finite.append(torch.isfinite(g).all() & torch.isfinite(torch.where(sels[k], out.detach(), 0)).all())
+            g = g.detach().to(torch.float64)
+            g = g.clamp_min(0) if reduction == "clip" else g.abs() if reduction == "abs" else g * g
+            accs[k] += g.sum(dim=(0, 1))
+        del outs
+        if pending is not None:
+            check(pending)
         pending = (finite, x0)
         if progress is not None:
             progress.update(n)
-    if pending is not None and not bool(pending[0]):
-        raise _locate_non_finite(gm, pending[1].to(dtype=dtype), mask)
-    return acc
+    if pending is not None:
+        check(pending)
+    return accs
 
 
 def _describe(n: fx.Node) -> str:
@@ -403,11 +526,28 @@ def _locate_non_finite(gm: fx.GraphModule, x: torch.Tensor, mask: torch.Tensor) 
                           f"reproduce (nondeterministic kernels?); {tail}", None, "backward")
 
 
+@overload
+def erf(model: torch.nn.Module, node: str = ..., input_shape: Sequence[int] | None = ..., samples: int = ...,
+        inputs: torch.Tensor | ImageFolder | None = ..., device: str | torch.device = ...,
+        dtype: torch.dtype = ..., batch_size: int = ..., progress: bool = ..., *, reduction: str = ...,
+        seed: int = ..., report: Report | None = ..., registry: Registry | None = ...,
+        leaf_modules: Sequence[str] = ..., inputs_desc: str | None = ...) -> ERFResult: ...
+
+
+@overload
+def erf(model: torch.nn.Module, node: list[str] | tuple[str, ...], input_shape: Sequence[int] | None = ...,
+        samples: int = ...,
+        inputs: torch.Tensor | ImageFolder | None = ..., device: str | torch.device = ...,
+        dtype: torch.dtype = ..., batch_size: int = ..., progress: bool = ..., *, reduction: str = ...,
+        seed: int = ..., report: Report | None = ..., registry: Registry | None = ...,
+        leaf_modules: Sequence[str] = ..., inputs_desc: str | None = ...) -> list[ERFResult]: ...
+
+
 @deep_entry  # a model nested thousands of levels deep runs where the stack has room
 @keeps_rng_state  # the model's own random draws (noise layers) must not move the user's generator
 def erf(
     model: torch.nn.Module,
-    node: str = "output",
+    node: str | Sequence[str] = "output",
     input_shape: Sequence[int] | None = None,
     samples: int = 32,
     inputs: torch.Tensor | ImageFolder | None = None,
@@ -422,8 +562,12 @@ def erf(
     registry: Registry | None = None,
     leaf_modules: Sequence[str] = (),
     inputs_desc: str | None = None,
-) -> ERFResult:
+) -> ERFResult | list[ERFResult]:
     """ERF of ``node`` (module path or fx node) for ``model`` as given (its weights, eval mode).
+
+    ``node`` a list of names: one :class:`ERFResult` per node, in order, from shared forward
+    passes (one per batch; one input-only backward per node), equal to separate runs with the
+    same inputs and seed.
 
     Inputs: ``inputs`` (``(N, C, *spatial)``; the first ``samples`` are used) or
     ``samples`` standard-normal tensors of ``input_shape`` (``(N, C, *spatial)``,
@@ -441,6 +585,10 @@ def erf(
     [6.0, 12.0, 18.0, 12.0, 6.0]
     >>> r.area_ratio["99%"]["side"]
     5
+    >>> a, b = rfscope.probe.erf(net, node=["0", "1"], input_shape=(1, 1, 9, 9), samples=2, device="cpu",
+    ...                          progress=False)
+    >>> a.map[4, 3:6].tolist(), bool((b.map == r.map).all())
+    ([2.0, 2.0, 2.0], True)
     """
     if reduction not in REDUCTIONS:
         raise ProbeError(f"reduction {reduction!r}: use one of {', '.join(REDUCTIONS)}")
@@ -471,41 +619,95 @@ def erf(
     placeholders = [n for n in report.gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise ProbeError(f"the probe handles single-input models; this one takes {len(placeholders)} inputs")
-    name = _resolve(report, node)
-    rec = report.records[name]
-    st = rec.state
-    if not isinstance(st, TensorRF) or rec.shape is None:
-        raise ProbeError(f"node {node!r} is not a tensor that depends on the input")
+    single = isinstance(node, str)
+    labels = [node] if isinstance(node, str) else list(node)
+    if not labels:
+        raise ProbeError("give at least one node")
+    names = [_resolve(report, lb) for lb in labels]
+    twice = sorted({lb for lb, nm in zip(labels, names, strict=True) if names.count(nm) > 1})
+    if twice:
+        raise ProbeError(f"{', '.join(repr(t) for t in twice)}: the same node asked twice")
     nsp = len(report.input_size)
-    out_shape: tuple[int, ...] = tuple(rec.shape)
-    dims = layout_of(st, out_shape, nsp)
-    ext = axis_extents(dims, out_shape)
-    index = {a: (m - 1) // 2 for a, m in ext.items()}
-    centre, rf_desc, notes = _centre_and_rf(report, name, index)
+    per_node = []  # (dims, out_shape, index, centre, rf_desc, notes)
+    for lb, name in zip(labels, names, strict=True):
+        rec = report.records[name]
+        st = rec.state
+        if not isinstance(st, TensorRF) or rec.shape is None:
+            raise ProbeError(f"node {lb!r} is not a tensor that depends on the input")
+        out_shape: tuple[int, ...] = tuple(rec.shape)
+        dims = layout_of(st, out_shape, nsp)
+        ext = axis_extents(dims, out_shape)
+        index = {a: (m - 1) // 2 for a, m in ext.items()}
+        per_node.append((dims, out_shape, index, *_centre_and_rf(report, name, index)))
 
     rank, world = dist_info()
     chunks = _chunks(samples, batch_size)
     mine = chunks[rank::world]
 
-    graphs: dict[torch.dtype, torch.fx.GraphModule] = {}  # the low-precision check reuses the main copy
+    graphs: dict[tuple[torch.dtype, tuple[str, ...]], torch.fx.GraphModule] = {}  # the check reuses them
 
-    def run(dt: torch.dtype, which: Iterable[tuple[int, int, int]], prog: Progress | None) -> torch.Tensor:
-        if dt not in graphs:
-            graphs[dt] = select_outputs(materialise(report.gm, model, device=dev, dtype=dt), [name])
-        mask = unit_mask(dims, out_shape, index, dtype=dt, device=dev)
+    def graph(dt: torch.dtype, which: Sequence[str]) -> torch.fx.GraphModule:
+        key = (dt, tuple(which))
+        if key not in graphs:
+            graphs[key] = select_outputs(materialise(report.gm, model, device=dev, dtype=dt), list(which))
+        return graphs[key]
+
+    def run(dt: torch.dtype, which: Iterable[tuple[int, int, int]], prog: Progress | None) -> list[torch.Tensor]:
+        masks = [unit_mask(p[0], p[1], p[2], dtype=dt, device=dev) for p in per_node]
+
+        def locate(k: int, x: torch.Tensor) -> NonFiniteError:  # rerun the batch for that node alone
+            return _locate_non_finite(graph(dt, [names[k]]), x, masks[k])
+
         with running():  # the graph's modules run: not while torch.export traces in another thread
-            return _accumulate(graphs[dt], mask, which, inputs, shape, seed, dev, dt, reduction, prog)
+            return _accumulate(graph(dt, names), masks, which, inputs, shape, seed, dev, dt, reduction, prog,
+                               locate)
 
-    prog = Progress(mine.total(), f"ERF {name}", enabled=progress and len(mine) > 1)
+    prog = Progress(mine.total(), f"ERF {', '.join(names)}", enabled=progress and len(mine) > 1)
     try:
-        acc = run(dtype, mine, prog)
+        accs = run(dtype, mine, prog)
     finally:
         prog.close()
-    acc = all_reduce_sum(acc)
-    m = acc.cpu().numpy()
-    if not np.isfinite(m).all():
-        raise NonFiniteError("the ERF map overflowed to infinity (every batch's gradient was finite); "
-                             "use fewer --samples or --dtype float64", None, "map")
+    firsts: list[np.ndarray] | None = None
+    refs: list[np.ndarray] | None = None
+    if dtype in (torch.bfloat16, torch.float16):
+        first = chunks[:1]
+        firsts = [a.cpu().numpy() for a in run(dtype, first, None)]
+        refs = [a.cpu().numpy() for a in run(torch.float32, first, None)]
+    results = []
+    for k, (lb, name) in enumerate(zip(labels, names, strict=True)):
+        _, _, index, centre, rf_desc, notes = per_node[k]
+        m = all_reduce_sum(accs[k]).cpu().numpy()
+        if not np.isfinite(m).all():
+            raise NonFiniteError("the ERF map overflowed to infinity (every batch's gradient was finite); "
+                                 "use fewer --samples or --dtype float64", None, "map")
+        check = None
+        if firsts is not None and refs is not None:
+            check = _low_precision_check(firsts[k], refs[k], centre, chunks[:1].total(), dtype)
+        results.append(_result(m, lb, name, index, centre, rf_desc, notes, check, nsp, shape, samples, inputs,
+                               inputs_desc, seed, reduction, dev, dtype, world))
+    return results[0] if single else results
+
+
+def _low_precision_check(low_map: np.ndarray, ref_map: np.ndarray, centre: tuple[int, ...], n: int,
+                         dtype: torch.dtype) -> dict[str, Any]:
+    """bfloat16/float16 against float32 on the first batch: area-ratio sides within one step (± 2)."""
+    low = _sides(area_ratios(low_map, centre))
+    ref = _sides(area_ratios(ref_map, centre))
+    diffs = {k: (None if low[k] is None or ref[k] is None else abs(int(low[k] or 0) - int(ref[k] or 0)))
+             for k in ref}
+    agree = all(d is not None and d <= 2 for d in diffs.values())
+    if not agree:
+        raise ProbeError(
+            f"{str(dtype).replace('torch.', '')} ERF disagrees with float32 by more than one square step "
+            f"(side differences {diffs}); use --dtype float32"
+        )
+    return {"samples": n, "float32_sides": ref, "low_precision_sides": low, "agree": agree}
+
+
+def _result(m: np.ndarray, label: str, name: str, index: dict[int, int], centre: tuple[int, ...],
+            rf_desc: dict[str, Any], notes: list[str], check: dict[str, Any] | None, nsp: int,
+            shape: Sequence[int], samples: int, inputs: Any, inputs_desc: str | None, seed: int, reduction: str,
+            dev: torch.device, dtype: torch.dtype, world: int) -> ERFResult:
     ratios = area_ratios(m, centre)
     sig = gaussian_sigma(m)
     extent = erf_extent(m)
@@ -514,27 +716,13 @@ def erf(
     erf_rf = tuple(
         (e / sizes[a]) if sizes and sizes[a] and np.isfinite(e) else None for a, e in enumerate(extent)
     )
-    check = None
-    if dtype in (torch.bfloat16, torch.float16):
-        first = chunks[:1]
-        low = _sides(area_ratios(run(dtype, first, None).cpu().numpy(), centre))
-        ref = _sides(area_ratios(run(torch.float32, first, None).cpu().numpy(), centre))
-        diffs = {k: (None if low[k] is None or ref[k] is None else abs(int(low[k] or 0) - int(ref[k] or 0)))
-                 for k in ref}
-        agree = all(d is not None and d <= 2 for d in diffs.values())
-        check = {"samples": first.total(), "float32_sides": ref, "low_precision_sides": low, "agree": agree}
-        if not agree:
-            raise ProbeError(
-                f"{str(dtype).replace('torch.', '')} ERF disagrees with float32 by more than one square step "
-                f"(side differences {diffs}); use --dtype float32"
-            )
     if inputs is None:
         desc = f"random standard normal, seed {seed}"
     else:
         desc = inputs_desc or "user tensors"
     conventions = {
         "node": name,
-        "label": node,
+        "label": label,
         "input_shape": [1, *shape[1:]],  # batch 1, as in analyze's JSON; the sample count is "samples"
         "samples": samples,
         "inputs": desc,

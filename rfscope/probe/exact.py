@@ -14,7 +14,8 @@ feeds border units zeros, so they may see less).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import zip_longest
@@ -32,7 +33,7 @@ from rfscope.pipeline import analyze
 from rfscope.probe.effective import _resolve
 from rfscope.probe.graph import ProbeError, check_trace_path, materialise, select_outputs
 from rfscope.probe.linear import constant_param, linearise
-from rfscope.probe.runtime import exact_kernels, resolve_device
+from rfscope.probe.runtime import Progress, exact_kernels, resolve_device
 from rfscope.probe.units import axis_extents, layout_of, unit_mask
 from rfscope.report import Report
 from rfscope.trace.runtime import deep_entry, keeps_rng_state
@@ -311,6 +312,14 @@ def _label(report: Report, node: str, asked: str | None) -> str:
     return node
 
 
+@contextmanager
+def _closing(prog: Progress) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        prog.close()
+
+
 @deep_entry  # a model nested thousands of levels deep runs where the stack has room
 @keeps_rng_state  # the linearised graph may still hold the model's random draws
 def validate(
@@ -327,6 +336,7 @@ def validate(
     grow: bool = True,
     max_size: int = 2048,
     border: bool = True,
+    progress: bool = False,
 ) -> Validation:
     """Check the static RF of ``nodes`` (module paths or node names) with a gradient oracle.
 
@@ -336,7 +346,8 @@ def validate(
     compared clipped to the input; numbers the clipping hides show as ``?``).
     ``nodes=None`` probes the top-level modules and the output.  ``dtype`` float64 is
     the safe default (deep corners underflow in float32).  ``border=False`` probes only
-    the central units (cheaper).  The model is never touched.
+    the central units (cheaper).  ``progress=True`` shows probed units done / to do on stderr
+    (tqdm when installed; the command line's default, off with ``--quiet``).  The model is never touched.
 
     >>> import torch.nn as nn, rfscope
     >>> net = nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.ReLU(), nn.MaxPool2d(2))
@@ -403,7 +414,9 @@ def validate(
     supports: list[torch.Tensor] = []
     tiny = float("inf")
     in_shape = tuple(report.input_shape[1:])
-    with exact_kernels(dev), running():  # not while torch.export traces in another thread
+    prog = Progress(len(rows), f"exact probe, {len(names)} node{'s' * (len(names) != 1)}",
+                    enabled=progress, unit="unit")
+    with exact_kernels(dev), running(), _closing(prog):  # not while torch.export traces in another thread
         for k, name in enumerate(names):
             # one graph per node, cut after it (weights shared): shallow nodes cost only their depth
             gm = select_outputs(fx.GraphModule(lin, copy.deepcopy(lin.graph)), [name])
@@ -426,6 +439,7 @@ def validate(
                 if pos.numel():
                     tiny = min(tiny, float(pos.min()))
                 supports.extend(list((g != 0).any(1).cpu()))  # (B, *spatial): any input channel
+                prog.update(len(chunk))
     finfo = torch.finfo(dtype)
     if tiny < finfo.tiny * 1e6:
         notes.append(f"smallest contribution {tiny:.3g} is near {dtype} underflow; rerun in float64")

@@ -71,14 +71,14 @@ def exact_kernels(device: torch.device) -> Iterator[None]:
 class Progress:
     """tqdm when installed, else a plain stderr counter; silent when ``enabled`` is False."""
 
-    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
+    def __init__(self, total: int, desc: str, enabled: bool = True, unit: str = "img") -> None:
         self.total, self.desc, self.enabled, self.n = total, desc, enabled, 0
         self._bar: Any = None
         if enabled:
             try:
                 from tqdm import tqdm
 
-                self._bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
+                self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
             except ImportError:
                 self._bar = None
 
