@@ -73,13 +73,21 @@ def _check_leaves(model: Any, leaves: tuple[str, ...]) -> None:
                    "positional axis (NCHW, NHWC, NCT, NT, NL, ND). Several inputs: one per input, comma-"
                    "separated (empty: inferred). Default: N C *spatial for 3+ dims, NL for 2-D integer, "
                    "ND for 2-D float.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown", "html"]), default="table",
+              show_default=True, help="table (fits the terminal), json (the full report), or the table's rows as "
+                                      "csv (exact counts), markdown or html.")
+@click.option("--columns", metavar="NAMES",
+              help="The table's columns, in order, comma-separated: layer, op, shape, params, macs, rf, stride, "
+                   "padding, status, node (default: all but node).")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing (for runs that only write files: --diagram).")
 @click.option("--node", "nodes", multiple=True, help="Report only this module path or node (repeatable).")
 @click.option("--leaf", "leaves", multiple=True, help="Keep this submodule path opaque (repeatable).")
 @click.option("--strict", is_flag=True, help="Fail (exit 2) on any op without a plugin.")
 @click.option("--diagram", type=click.Path(dir_okay=False),
               help="Also write a Graphviz diagram: out.svg, .png, .pdf (needs Graphviz's dot), .dot or .gv.")
-@click.option("--depth", type=click.IntRange(min=1), help="Diagram: collapse module calls nested deeper than N.")
+@click.option("--depth", type=click.IntRange(min=1),
+              help="One row (diagram: one box) per module call at depth N (1: the model's children), with its "
+                   "subtree's params and MACs and its output's RF.")
 @click.option("--rankdir", type=click.Choice(["TB", "LR"], case_sensitive=False), default="TB",
               show_default=True, help="Diagram: top-to-bottom or left-to-right.")
 @click.option("--dot", "dot", metavar="PATH",
@@ -97,7 +105,8 @@ def _check_leaves(model: Any, leaves: tuple[str, ...]) -> None:
 def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ...], leaves: tuple[str, ...],
             strict: bool, diagram: str | None, depth: int | None, rankdir: str, debug: bool,
             check_init: bool = False, weights: str | None = None, trace_mode: str = "auto",
-            dot: str | None = None, layout: str | None = None) -> None:
+            dot: str | None = None, layout: str | None = None, columns: str | None = None,
+            quiet: bool = False) -> None:
     """Trace TARGET (model.py[:attr], module.path:attr, torchvision:NAME, timm:NAME) and print per-layer RFs."""
     from rfscope.pipeline import analyze as run
 
@@ -109,6 +118,7 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
         raise CliError("--depth only applies to a diagram: add --diagram out.svg")
     elif dot is not None:
         raise CliError("--dot only applies to a diagram: add --diagram out.svg")
+    cols = _columns(columns, fmt)
     model, shape, ex = _load(target, input_shape, debug=debug,
                              meta=not check_init and weights is None and trace_mode != "make_fx")
     _check_leaves(model, leaves)
@@ -119,25 +129,54 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
     report = run(model, shape, example_inputs=ex, strict=strict, leaf_modules=leaves, check_init=check_init,
                  trace=trace_mode, weights=weights, layout=lay)
     keep = {report.node_name(n) for n in nodes}  # fails early on unknown names
-    if fmt == "json":
+    if quiet:
+        pass
+    elif fmt == "json":
         d = report.to_dict()
         if nodes:
             d["nodes"] = [x for x in d["nodes"] if x["name"] in keep]
             d["modules"] = {k: v for k, v in d["modules"].items() if v["node"] in keep and k in nodes}
         click.echo(json.dumps(d, indent=2))
     else:
-        click.echo(report.table(list(nodes) if nodes else None))
+        click.echo(report.table(list(nodes) if nodes else None, depth=depth, columns=cols,
+                                width=_terminal_width() if fmt == "table" else None, format=fmt).rstrip("\n"))
     if diagram is not None:
         from rfscope.export import render
 
-        click.echo(render(report, diagram, depth=depth, rankdir=rankdir, dot=dot).message, err=True)
+        message = render(report, diagram, depth=depth, rankdir=rankdir, dot=dot).message
+        if not quiet:
+            click.echo(message, err=True)
     if check_init:
         findings = report.findings or []
-        if fmt != "json":
+        if fmt != "json" and not quiet:
             click.echo("")
             click.echo("\n".join(str(f) for f in findings) if findings else "init check: no findings")
         if any(f.severity == "error" for f in findings):
             raise click.exceptions.Exit(1)
+
+
+def _columns(columns: str | None, fmt: str) -> tuple[str, ...] | None:
+    """``--columns`` as column names (a one-line error naming the valid ones)."""
+    if columns is None:
+        return None
+    if fmt == "json":
+        raise CliError("--columns applies to the table formats (table, csv, markdown, html), not json")
+    from rfscope.report import parse_columns
+
+    try:
+        return parse_columns(columns)
+    except ValueError as e:
+        raise CliError(f"--columns: {e}") from None
+
+
+def _terminal_width() -> int | None:
+    """The terminal's width when printing to one (or when ``COLUMNS`` is set), else ``None``: no limit."""
+    import os
+    import shutil
+
+    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
 
 
 main.add_command(probe)  # its options and body live with the probe (rfscope.probe.command)

@@ -320,6 +320,17 @@ def _unbatched_error(gm: Any, inputs: Sequence[Any], failed: bool) -> None:
         f"{','.join(map(str, shape))})")
 
 
+def _holds_tensor(v: Any) -> bool:
+    """A tuple, list or dict value with a tensor among its leaves (what attention or an RNN returns)."""
+    if isinstance(v, torch.Tensor):
+        return True
+    if isinstance(v, (tuple, list)):
+        return any(_holds_tensor(x) for x in v)
+    if isinstance(v, dict):
+        return any(_holds_tensor(x) for x in v.values())
+    return False
+
+
 def _check_materialised(model: torch.nn.Module) -> None:
     """Lazy layers (``nn.LazyConv2d``...) have no shapes until a first forward pass fills them in."""
     lazy = [(name, type(m).__name__) for name, m in named_modules(model)
@@ -497,10 +508,16 @@ def analyze(
     states = input_states if symbolic else _flat_states(example_inputs, input_states)
     records, unsupported, errors = run_plugins(gm, reg, input_size, strict=strict, input_states=states)
     modules: dict[str, str] = {}
+    containers: dict[str, str] = {}  # call key -> last node whose value holds tensors (a tuple, a dict)
     for n in gm.graph.nodes:
         if n.op in ("placeholder", "output", "get_attr"):
             continue
         if not isinstance(n.meta.get("val"), torch.Tensor):
+            if _holds_tensor(n.meta.get("val")):  # attention, RNNs: the call returns a tuple or a dict
+                for key in (n.meta.get("nn_module_stack") or {}):
+                    containers[key] = n.name
+                if n.op == "call_module":
+                    containers.setdefault(str(n.target), n.name)
             continue
         # a node that does not depend on the input (batch-norm statistics in ATen graphs) never
         # replaces one that does as the module's output
@@ -510,6 +527,8 @@ def analyze(
                 modules[key] = n.name
         if n.op == "call_module":
             modules.setdefault(str(n.target), n.name)
+    for key, name in containers.items():  # a call with no tensor-valued node: its tuple-producing node
+        modules.setdefault(key, name)
     graph = build_graph(records)
     warnings, check_errors = diagnose(records, graph, input_size)
     report = Report(tuple(shape), records, modules, graph, gm, count(records, gm, copy), unsupported,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import html
+import io
 import json
 import re
+import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +26,8 @@ from rfscope.passes.interpret import NodeRecord, has_rf, record_fields
 if TYPE_CHECKING:
     from rfscope.passes.initcheck import Finding
 
-__all__ = ["Report", "UnknownNameError", "OutputLeaf", "SCHEMA_VERSION", "versions"]
+__all__ = ["Report", "UnknownNameError", "OutputLeaf", "TableRow", "COLUMNS", "DEFAULT_COLUMNS", "FORMATS",
+           "parse_columns", "SCHEMA_VERSION", "versions"]
 
 #: ``schema_version`` of :meth:`Report.to_dict` (``docs/report.schema.json``): bumped when a field
 #: changes meaning or is removed, not when one is added.
@@ -54,6 +59,166 @@ def _rf_text(rf: RF) -> str:
 
 def _float(x: Any) -> float | None:
     return None if x is None else float(x)
+
+
+#: the table's columns: name -> header (``--columns`` takes the names, or the headers)
+COLUMNS: dict[str, str] = {
+    "layer": "layer", "op": "op", "shape": "output shape", "params": "params", "macs": "MACs",
+    "rf": "RF size", "stride": "stride", "padding": "padding", "status": "status", "node": "node",
+}
+#: the columns :meth:`Report.table` shows by default
+DEFAULT_COLUMNS: tuple[str, ...] = ("layer", "op", "shape", "params", "macs", "rf", "stride", "padding", "status")
+#: :meth:`Report.table`'s formats
+FORMATS: tuple[str, ...] = ("table", "csv", "markdown", "html")
+_RIGHT = frozenset({"shape", "params", "macs", "rf", "stride", "padding"})
+_ALIASES = {"output shape": "shape", "rf size": "rf", "size": "rf", "label": "layer", "name": "layer"}
+
+
+def parse_columns(columns: Sequence[str] | str | None) -> tuple[str, ...]:
+    """Column names (or headers, any case; a comma-separated string too) as :data:`COLUMNS` names.
+
+    >>> parse_columns("layer, params,MACs,RF size")
+    ('layer', 'params', 'macs', 'rf')
+    """
+    if columns is None:
+        return DEFAULT_COLUMNS
+    if isinstance(columns, str):
+        columns = columns.split(",")
+    out: list[str] = []
+    for c in columns:
+        key = " ".join(c.strip().lower().split())
+        key = _ALIASES.get(key, key)
+        if key not in COLUMNS:
+            raise ValueError(f"unknown column {c.strip()!r}; the columns are {', '.join(COLUMNS)}")
+        out.append(key)
+    if not out:
+        raise ValueError(f"no columns given; the columns are {', '.join(COLUMNS)}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of :meth:`Report.table`: a node, or a module call (``--depth``, ``--node PATH``).
+
+    ``label`` is the module call or ``module/node``; ``node`` the fx node of its output;
+    ``params`` the parameters counted there (a module call: its module's, subtree included);
+    ``shared`` that it uses parameters counted at an earlier row; ``macs`` ``None`` when none
+    are known; ``rf`` ``None`` when no RF applies (``tensor``: it is still a tensor: ``n/a``).
+    """
+
+    label: str
+    node: str
+    op: str
+    shape: tuple[int, ...] | None
+    params: int | None
+    shared: bool
+    macs: int | None
+    rf: RF | None
+    tensor: bool = True
+
+
+def _first_leaf(st: Any) -> TensorRF | None:
+    """The first tensor state in a tuple/list/dict state that depends on the input, if any."""
+    if isinstance(st, TensorRF):
+        return st
+    if isinstance(st, (tuple, list)):
+        for x in st:
+            got = _first_leaf(x)
+            if got is not None:
+                return got
+    if isinstance(st, dict):
+        return _first_leaf(tuple(st.values()))
+    return None
+
+
+def _leaf_path(st: Any) -> list[int] | None:
+    """Indices to :func:`_first_leaf` (``[]``: ``st`` itself)."""
+    if isinstance(st, TensorRF):
+        return []
+    items = list(st.values()) if isinstance(st, dict) else list(st) if isinstance(st, (tuple, list)) else []
+    for i, x in enumerate(items):
+        sub = _leaf_path(x)
+        if sub is not None:
+            return [i, *sub]
+    return None
+
+
+def _cell(row: TableRow, col: str) -> str:
+    """A table cell: a global RF shows its local RF, marked (``7x7 (local)``); unknown is ``?``."""
+    from rfscope.passes.counts import fmt_count
+
+    rf = row.rf
+    if col == "layer":
+        return row.label
+    if col == "node":
+        return row.node
+    if col == "op":
+        return row.op
+    if col == "shape":
+        return "x".join(map(str, row.shape)) if row.shape is not None else "-"
+    if col == "params":
+        return "shared" if row.shared and not row.params else fmt_count(row.params)
+    if col == "macs":
+        return fmt_count(row.macs)
+    if rf is None:
+        return "n/a" if row.tensor else "-"
+    if col == "status":
+        if rf.status == "global" and rf.local is not None and rf.local.status == "unknown":
+            return "global (local unknown)"
+        if rf.status == "unknown" and rf.reason:
+            return f"unknown: {rf.reason}"
+        return rf.status
+    if rf.status == "unknown":
+        return "?"
+    if col == "rf":
+        if rf.status == "global" and rf.local is not None and rf.local.status != "unknown":
+            return f"{_fmt_dims(rf.local.size)} (local)"
+        return _collapse(["all" if d.exact is None else str(d.size) for d in rf.dims])
+    # a global dim's stride/padding are those of the local path, if any
+    return _collapse([_fmt(x) for x in (rf.stride if col == "stride" else rf.padding)])
+
+
+def _csv_cell(row: TableRow, col: str) -> str:
+    """A CSV cell: :func:`_cell`, but params and MACs exact (empty when none)."""
+    if col == "params" and not (row.shared and not row.params):
+        return "" if row.params is None else str(row.params)
+    if col == "macs":
+        return "" if row.macs is None else str(row.macs)
+    return _cell(row, col)
+
+
+#: the narrowest a shortened text column gets
+_MIN_WIDTH = {"status": 7, "op": 10, "layer": 16, "node": 12}
+
+
+def _fit(widths: list[int], cols: Sequence[str], width: int) -> list[int]:
+    """Column widths that fit ``width`` (two spaces between columns): status shrinks first, then op,
+    then node, then layer; numbers never."""
+    widths = list(widths)
+    for name in ("status", "op", "node", "layer"):
+        over = sum(widths) + 2 * (len(widths) - 1) - width
+        if over <= 0:
+            break
+        for i, c in enumerate(cols):
+            if c == name:
+                low = min(widths[i], max(_MIN_WIDTH[name], len(COLUMNS[name])))
+                cut = min(over, widths[i] - low)
+                widths[i] -= cut
+                over -= cut
+    return widths
+
+
+def _shorten(text: str, w: int, col: str) -> str:
+    """``text`` in ``w`` characters: a label keeps its end (``…encoder_layer_0.mlp``), others their start."""
+    if len(text) <= w or col in _RIGHT:
+        return text
+    if col in ("layer", "node"):
+        return "…" + text[len(text) - w + 1:]
+    return text[:w - 1] + "…"
+
+
+def _pad(text: str, w: int, right: bool) -> str:
+    return text.rjust(w) if right else text.ljust(w)
 
 
 #: a table cell that is a number (``12.3K``, ``3x3``, ``1/2``, ``851 (local)``) or stands for none
@@ -257,10 +422,10 @@ class Report:
             r = self._leaf_rf(leaf)
         else:
             rec = self.records[self.node_name(name)]
-            r = self.node_rf(rec) if isinstance(rec.state, TensorRF) else None
+            r = self.call_rf(rec)  # a tuple or dict (attention, RNNs): its first tensor's RF
         if r is None:
             st = leaf.state if leaf is not None else self.records[self.node_name(name)].state
-            if isinstance(st, TensorRF):
+            if isinstance(st, TensorRF) or (leaf is None and _first_leaf(st) is not None):
                 why = (f"the input has no positional axis (layout {self.layout})" if not self.input_size
                        else "it does not depend on the position along any input axis")
                 raise ValueError(f"{name!r} has no receptive field (n/a): {why}")
@@ -360,7 +525,12 @@ class Report:
             nodes.append(d)
         modules = {}
         for m, nname in self.modules.items():
-            modules[m] = {"node": nname, "rf": rf_dict(self.records[nname])}
+            rec = self.records[nname]
+            if isinstance(rec.state, TensorRF):
+                modules[m] = {"node": nname, "rf": rf_dict(rec)}
+            else:  # a call returning a tuple or dict: its first tensor's RF
+                call_rf = self.call_rf(rec)
+                modules[m] = {"node": nname, "rf": None if call_rf is None else call_rf.to_dict()}
             if "@" not in m:
                 try:
                     modules[m]["counts"] = self.module_params(m).to_dict()
@@ -563,51 +733,176 @@ class Report:
 
         return render(self, path, depth=depth, rankdir=rankdir)
 
-    def table(self, nodes: list[str] | None = None) -> str:
-        """A plain-text per-layer table."""
-        from rfscope.passes.counts import fmt_count
+    def rows(self, nodes: list[str] | None = None, depth: int | None = None) -> list[TableRow]:
+        """The table's rows (:meth:`table`), in graph order.
 
-        rows = [("layer", "op", "output shape", "params", "MACs", "RF size", "stride", "padding", "status")]
-        recs = self.layers() if nodes is None else [self.records[self.node_name(n)] for n in nodes]
-        for r in recs:
-            rf = self.node_rf(r)
-            if rf is None and isinstance(r.state, TensorRF):  # no positional axis: no RF applies
-                rows.append((r.label, r.target, "x".join(map(str, r.shape or ())),
-                             "shared" if self.counts.node(r.name).shared and not self.counts.node(r.name).params
-                             else fmt_count(self.counts.node(r.name).params),
-                             fmt_count(r.macs), "n/a", "n/a", "n/a", "n/a"))
+        Without ``nodes``: one row per node that computes a tensor from the input, and one per
+        module call that returns a tuple or a dict (attention, RNNs), so that the rows' parameters
+        add up to ``summary.params_total - summary.params_unused``.  ``depth``: a module call
+        nested at depth ``depth`` (1: the model's children) is one row for all its nodes, with
+        its module's parameters, the MACs of the nodes inside the call and its output's RF, as
+        the diagram's boxes (:meth:`to_dot`).  ``nodes``: those rows only, a module path giving
+        its call's row (a container's parameters are its subtree's), a node name the node's.
+
+        >>> import torch.nn as nn, rfscope
+        >>> net = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), nn.Conv2d(8, 4, 1))
+        >>> r = rfscope.analyze(net, input_shape=(1, 3, 16, 16))
+        >>> [(row.label, row.params) for row in r.rows(depth=1)]
+        [('input_1', None), ('0', 224), ('1', 36)]
+        """
+        if depth is not None and depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        stacks = {n.name: list((n.meta.get("nn_module_stack") or {}).items()) for n in self.gm.graph.nodes}
+        if nodes is not None:
+            out: list[TableRow] = []
+            for name in nodes:
+                if name in self.modules:
+                    out.append(self._call_row(name, stacks))
+                else:
+                    out.append(self._node_row(self.records[self.node_name(name)]))
+            return out
+        out = []
+        seen: set[str] = set()
+        for r in self.records.values():
+            if not self._is_row(r):
                 continue
-            if rf is None:
+            stack = [k for k, _ in stacks.get(r.name, [])]
+            own = stack[:-1] if r.op == "call_module" and stack else stack
+            if depth is not None and len(own) >= depth:
+                key = stack[depth - 1]
+                if key not in seen:
+                    seen.add(key)
+                    out.append(self._call_row(key, stacks))
                 continue
-            if rf.status == "unknown":
-                size = stride = pad = "?"
-            else:  # a global dim shows "all"; its stride/padding are those of the local path, if any
-                size = _collapse(["all" if d.exact is None else str(d.size) for d in rf.dims])
-                stride = _collapse([_fmt(x) for x in rf.stride])
-                pad = _collapse([_fmt(x) for x in rf.padding])
-            status: str = rf.status
-            if rf.status == "global" and rf.local is not None:
-                status = ("global (local unknown)" if rf.local.status == "unknown"
-                          else f"global (local {_fmt_dims(rf.local.size)})")
-            if rf.status == "unknown" and rf.reason:
-                status = f"unknown: {rf.reason}"
-            rows.append(
-                (r.label, r.target, "x".join(map(str, r.shape or ())),
-                 "shared" if self.counts.node(r.name).shared and not self.counts.node(r.name).params
-                 else fmt_count(self.counts.node(r.name).params),
-                 fmt_count(r.macs), size, stride, pad, status)
-            )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+            out.append(self._node_row(r))
+        return out
+
+    def _is_row(self, r: NodeRecord) -> bool:
+        if r.op in ("output", "get_attr"):
+            return False
+        if isinstance(r.state, TensorRF):
+            return True
+        if _first_leaf(r.state) is None:  # no tensor from the input in it
+            return False
+        c = self.counts.node(r.name)
+        return r.op == "call_module" or bool(c.params) or bool(r.macs)
+
+    def _leaf_shape(self, r: NodeRecord) -> tuple[int, ...] | None:
+        """The shape of a record's output, or of the first tensor that depends on the input in it."""
+        if r.shape is not None or isinstance(r.state, TensorRF):
+            return r.shape
+        node = next((n for n in self.gm.graph.nodes if n.name == r.name), None)
+        val: Any = node.meta.get("val") if node is not None else None
+        path = _leaf_path(r.state)
+        for i in path or ():
+            try:
+                val = val[i] if not isinstance(val, dict) else list(val.values())[i]
+            except (IndexError, KeyError, TypeError):
+                return None
+        return tuple(int(d) for d in val.shape) if hasattr(val, "shape") else None
+
+    def call_rf(self, rec: NodeRecord) -> RF | None:
+        """The RF of a record's output, or, for a tuple or dict (attention, an RNN), of its first
+        tensor that depends on the input (``None``: no RF applies)."""
+        if isinstance(rec.state, TensorRF):
+            return self.node_rf(rec)
+        leaf = _first_leaf(rec.state)
+        if leaf is None or not has_rf(leaf, self.input_size):
+            return None
+        return RF.from_state(leaf, self.input_size)
+
+    def _node_row(self, r: NodeRecord) -> TableRow:
+        c = self.counts.node(r.name)
+        tensor = isinstance(r.state, TensorRF) or _first_leaf(r.state) is not None
+        return TableRow(r.label, r.name, str(r.target), self._leaf_shape(r), c.params, bool(c.shared), r.macs,
+                        self.call_rf(r), tensor)
+
+    def _call_row(self, key: str, stacks: dict[str, list[tuple[str, Any]]]) -> TableRow:
+        """One module call's row: its module's parameters, the MACs of its nodes, its output's RF."""
+        members = [self.records[n] for n, st in stacks.items() if n in self.records and any(k == key for k, _ in st)]
+        info = next((v for st in stacks.values() for k, v in st if k == key), None)
+        path = info[0] if isinstance(info, tuple) and info else key.split("@", 1)[0]
+        cls = info[1] if isinstance(info, tuple) and len(info) > 1 else None
+        op = cls.__name__ if isinstance(cls, type) else (str(cls).rsplit(".", 1)[-1] if cls else "module")
+        out_name = self.modules.get(key)
+        out = self.records[out_name] if out_name is not None else (members[-1] if members else None)
+        node_params = sum(self.counts.node(m.name).params or 0 for m in members)
+        params: int | None = node_params
+        if "@" not in key:  # the first call: the module's own parameters (those it never uses too)
+            try:
+                params = self.module_params(str(path)).total
+            except KeyError:
+                pass
+        shared = not node_params and any(self.counts.node(m.name).shared for m in members)
+        macs_known = [m.macs for m in members if m.macs is not None]
+        macs = sum(macs_known) if macs_known else None
+        if out is None:
+            return TableRow(key, "", op, None, params or None, shared, macs, None, False)
+        tensor = isinstance(out.state, TensorRF) or _first_leaf(out.state) is not None
+        return TableRow(key, out.name, op, self._leaf_shape(out), params or None, shared, macs, self.call_rf(out),
+                        tensor)
+
+    def table(self, nodes: list[str] | None = None, *, depth: int | None = None,
+              columns: Sequence[str] | None = None, width: int | None = None, format: str = "table") -> str:
+        """The per-layer table (rows: :meth:`rows`), then the totals and notes.
+
+        ``columns``: which columns, in order, by name (:data:`COLUMNS`; default
+        :data:`DEFAULT_COLUMNS`).  ``format``: ``"table"`` (plain text: a header, a dashed rule,
+        numbers right-aligned), ``"csv"`` (the rows, params and MACs exact), ``"markdown"`` or
+        ``"html"``.  ``width``: the text table's width at most, shortening the status column, then
+        op and layer (``…``), never the numbers; the notes are wrapped to it.
+
+        Raises
+        ------
+        ValueError
+            An unknown column name or format, or ``depth < 1``.
+        """
+        cols = parse_columns(columns)
+        if format not in FORMATS:
+            raise ValueError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+        if format == "html":
+            return _html_table(self.table(nodes, depth=depth, columns=cols))
+        rows = self.rows(nodes, depth)
+        if format == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(COLUMNS[c] for c in cols)
+            for row in rows:
+                w.writerow(_csv_cell(row, c) for c in cols)
+            return buf.getvalue()
+        cells = [[COLUMNS[c] for c in cols]] + [[_cell(row, c) for c in cols] for row in rows]
+        notes = self._notes()
+        if format == "markdown":
+            def md(cs: list[str]) -> str:
+                return "| " + " | ".join(x.replace("|", "\\|") for x in cs) + " |"
+            lines = [md(cells[0]), "|" + "|".join("---:" if c in _RIGHT else ":---" for c in cols) + "|"]
+            lines += [md(cs) for cs in cells[1:]]
+            return "\n".join(lines + ([""] + [f"{n}  " for n in notes if n] if notes else []))
+        widths = [max(len(cs[i]) for cs in cells) for i in range(len(cols))]
+        if width is not None:
+            widths = _fit(widths, cols, width)
         lines = []
-        for i, row in enumerate(rows):
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+        for i, cs in enumerate(cells):
+            parts = [_pad(_shorten(x, w, cols[j]), w, cols[j] in _RIGHT) for j, (x, w)
+                     in enumerate(zip(cs, widths, strict=True))]
+            lines.append("  ".join(parts).rstrip())
             if i == 0:
-                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
+                lines.append("  ".join("-" * w for w in widths))
+        for n in notes:
+            if not n:
+                lines.append("")
+            elif width is not None and len(n) > width:
+                lines.extend(textwrap.wrap(n, width, subsequent_indent="  ", break_on_hyphens=False))
+            else:
+                lines.append(n)
+        return "\n".join(lines)
+
+    def _notes(self) -> list[str]:
+        """The lines under the table: totals, unsupported ops, errors, warnings, the trace path
+        (``""``: a blank line)."""
         sm = self.summary
-        if True:  # always: every analysis is counted
-            lines.append("")
-            lines.append(f"params {sm.params_total:,} (trainable {sm.params_trainable:,}, frozen "
-                         f"{sm.params_frozen:,}), buffers {sm.buffers:,}, MACs {sm.macs:,}")
+        lines = ["", f"params {sm.params_total:,} (trainable {sm.params_trainable:,}, frozen "
+                     f"{sm.params_frozen:,}), buffers {sm.buffers:,}, MACs {sm.macs:,}"]
         if self.unsupported:
             lines.append("")
             lines.append("unsupported (reported as unknown): " + ", ".join(self.unsupported))
@@ -619,4 +914,4 @@ class Report:
         if self.trace_path != "symbolic_trace":  # a fallback tracer was used (rfscope.trace.strategy)
             why = self.trace_fallback
             lines.append(f"trace: {self.trace_path}" + (f" ({why})" if why else ""))
-        return "\n".join(lines)
+        return lines
