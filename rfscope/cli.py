@@ -148,9 +148,10 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
             click.echo(message, err=True)
     if check_init:
         findings = report.findings or []
-        if fmt != "json" and not quiet:
-            click.echo("")
-            click.echo("\n".join(str(f) for f in findings) if findings else "init check: no findings")
+        if fmt != "json" and not quiet:  # after the table; on stderr when stdout is csv, markdown or html
+            err = fmt != "table"
+            click.echo("", err=err)
+            click.echo("\n".join(str(f) for f in findings) if findings else "init check: no findings", err=err)
         if any(f.severity == "error" for f in findings):
             raise click.exceptions.Exit(1)
 

@@ -204,6 +204,14 @@ def test_quiet_prints_nothing(tmp_path: Path) -> None:
     assert out.read_text().startswith("digraph")
 
 
+def test_csv_stays_csv_with_the_init_check(tmp_path: Path) -> None:
+    res = run(_net(tmp_path), "--format", "csv", "--check-init")
+    assert res.exit_code in (0, 1), res.output
+    rows = list(csv.reader(io.StringIO(res.stdout)))
+    assert rows[0][0] == "layer" and all(len(r) == len(rows[0]) for r in rows)
+    assert res.stderr.strip() and not any(f in res.stdout for f in ("init check", "error", "warning"))
+
+
 def test_report_table_formats_in_python() -> None:
     rep = rfscope.analyze(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), (1, 3, 8, 8))
     rows: list[dict[str, Any]] = list(csv.DictReader(io.StringIO(rep.table(format="csv", columns=["layer", "params"]))))
