@@ -689,13 +689,13 @@ class Report:
         else:
             axes = ("d", "h", "w")[-n:] if 1 <= n <= 3 else tuple(str(i) for i in range(n))
         rows: list[dict[str, Any]] = []
-        for r in self.layers():
-            rf = self.node_rf(r)  # None: no positional axis, no RF applies (the table's n/a)
-            c = self.counts.node(r.name)
+        for tr in self.rows():
+            r = self.records[tr.node]
+            rf = tr.rf  # None: no positional axis, no RF applies (the table's n/a)
             row: dict[str, Any] = {
-                "layer": r.label, "node": r.name, "module": r.module, "op": str(r.target),
-                "shape": tuple(r.shape) if r.shape is not None else None,
-                "params": c.params or 0, "params_shared": bool(c.shared), "macs": r.macs,
+                "layer": tr.label, "node": r.name, "module": r.module, "op": str(r.target),
+                "shape": tuple(tr.shape) if tr.shape is not None else None,
+                "params": tr.params or 0, "params_shared": tr.shared, "macs": tr.macs,
                 "rf_status": rf.status if rf is not None else "n/a",
             }
             known = rf is not None and rf.status != "unknown"

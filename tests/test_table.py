@@ -220,3 +220,12 @@ def test_report_table_formats_in_python() -> None:
         rep.table(format="xml")
     with pytest.raises(ValueError, match="depth"):
         rep.rows(depth=0)
+
+
+def test_dataframe_has_the_table_rows(vit: tuple[nn.Module, rfscope.Report]) -> None:
+    pytest.importorskip("pandas")
+    model, rep = vit
+    df = rep.to_dataframe()
+    assert list(df["layer"]) == [row.label for row in rep.rows()]
+    assert int(df["params"].sum()) == numel(model)
+    assert int(df["layer"].str.endswith(".self_attention").sum()) == len(model.encoder.layers)
