@@ -20,7 +20,7 @@ import rfscope
 from rfscope.cli import main
 from rfscope.probe import erf
 from rfscope.probe.effective import output_files, plot_grid, save_results
-from rfscope.probe.plot import FigureOptions, grid_figure, heatmap_figure
+from rfscope.probe.plot import PAD, FigureOptions, grid_figure, heatmap_figure
 
 OLD_ZERO = np.array(matplotlib.colormaps["RdYlGn"](0.0)[:3]) * 255  # the old deep red
 
@@ -44,12 +44,14 @@ def test_default_cmap_zero_is_not_deep_red(small, tmp_path) -> None:  # type: ig
     fig = heatmap_figure(small.heatmap(), FigureOptions(dpi=100))
     try:
         assert fig.dpi == 100
-        x, y = fig.axes[0].transData.transform((2, 2))
-        h = fig.get_size_inches()[1] * fig.dpi
+        x, y = fig.axes[0].transData.transform((2, 2))  # display pixels from the figure's bottom left
+        box = fig.get_tightbbox(fig.canvas.get_renderer())  # inches: the PNG is this box plus PAD
+        left, top = (box.x0 - PAD) * fig.dpi, (box.y1 + PAD) * fig.dpi
+        h = top - (box.y0 - PAD) * fig.dpi
     finally:
         plt.close(fig)
-    px = img[int(round(h - y)), int(round(x))]
-    assert img.shape[0] == int(round(h))
+    px = img[int(round(top - y)), int(round(x - left))]
+    assert abs(img.shape[0] - h) <= 2
     assert np.abs(px - OLD_ZERO).max() > 60, px
     want = np.array(matplotlib.colormaps["cividis"](0.0)[:3]) * 255
     assert np.abs(px - want).max() < 12, (px, want)
@@ -57,7 +59,7 @@ def test_default_cmap_zero_is_not_deep_red(small, tmp_path) -> None:  # type: ig
     small.save(tmp_path / "magma", dpi=100, cmap="magma")
     img = np.asarray(Image.open(tmp_path / "magma" / "erf.png").convert("RGB")).astype(float)
     want = np.array(matplotlib.colormaps["magma"](0.0)[:3]) * 255
-    assert np.abs(img[int(round(h - y)), int(round(x))] - want).max() < 12
+    assert np.abs(img[int(round(top - y)), int(round(x - left))] - want).max() < 12
     with pytest.raises(ValueError, match="colour map"):
         small.save(tmp_path / "bad", cmap="no-such-map")
 
@@ -66,7 +68,8 @@ def test_dpi_changes_the_png_size(small, tmp_path) -> None:  # type: ignore[no-u
     small.save(tmp_path / "a", dpi=50)
     small.save(tmp_path / "b", dpi=200)
     a, b = Image.open(tmp_path / "a" / "erf.png"), Image.open(tmp_path / "b" / "erf.png")
-    assert b.size[0] == pytest.approx(4 * a.size[0], abs=2) and b.size[1] == pytest.approx(4 * a.size[1], abs=2)
+    # 4x the dpi, 4x the pixels (within text hinting: the bounding box is tight around the text)
+    assert b.size[0] == pytest.approx(4 * a.size[0], rel=0.02) and b.size[1] == pytest.approx(4 * a.size[1], rel=0.02)
     assert (tmp_path / "b" / "erf.png").stat().st_size > (tmp_path / "a" / "erf.png").stat().st_size
     with pytest.raises(ValueError, match="dpi"):
         FigureOptions(dpi=0)

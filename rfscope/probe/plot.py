@@ -45,6 +45,8 @@ DEFAULT_CMAP = "cividis"
 MARKER = "tab:red"
 CLIPPED_NOTE = "clipped to the input"
 COLOUR_LABEL = "log10(1+ERF)/max"
+#: inches of margin around the drawn figure (saved with a tight bounding box)
+PAD = 0.05
 
 
 @dataclass(frozen=True)
@@ -231,7 +233,8 @@ def _render(fig: Figure, options: FigureOptions) -> bytes:
     meta: dict[str, Any] = {"png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": None}}[options.fmt]
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format=options.fmt, dpi=options.dpi, metadata=meta)
+        # tight: no empty margins around the figure (paper layouts place it themselves)
+        fig.savefig(buf, format=options.fmt, dpi=options.dpi, metadata=meta, bbox_inches="tight", pad_inches=PAD)
     finally:
         plt.close(fig)
     return buf.getvalue()
