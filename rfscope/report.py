@@ -209,9 +209,20 @@ def _fit(widths: list[int], cols: Sequence[str], width: int) -> list[int]:
 
 
 def _shorten(text: str, w: int, col: str) -> str:
-    """``text`` in ``w`` characters: a label keeps its end (``…encoder_layer_0.mlp``), others their start."""
+    """``text`` in ``w`` characters: a label abbreviates its outer modules (``e.l.encoder_layer_0.mlp.0``),
+    then keeps its end (``…layer_0.mlp.0``); other text keeps its start (``unknow…``)."""
     if len(text) <= w or col in _RIGHT:
         return text
+    if col == "layer":  # outer module names first shrink to their initials: e.l.encoder_layer_0.mlp.0
+        parts = text.split(".")
+        for i in range(len(parts) - 1):
+            if len(".".join(parts)) <= w:
+                break
+            if not any(ch.isdigit() for ch in parts[i]):  # an index says which block: kept
+                parts[i] = parts[i][:1]
+        text = ".".join(parts)
+        if len(text) <= w:
+            return text
     if col in ("layer", "node"):
         return "…" + text[len(text) - w + 1:]
     return text[:w - 1] + "…"

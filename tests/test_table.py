@@ -229,3 +229,14 @@ def test_dataframe_has_the_table_rows(vit: tuple[nn.Module, rfscope.Report]) -> 
     assert list(df["layer"]) == [row.label for row in rep.rows()]
     assert int(df["params"].sum()) == numel(model)
     assert int(df["layer"].str.endswith(".self_attention").sum()) == len(model.encoder.layers)
+
+
+def test_shortened_labels_keep_the_block_index_and_the_leaf() -> None:
+    from rfscope.report import _shorten
+
+    label = "encoder.layers.encoder_layer_0.self_attention"
+    assert _shorten(label, 40, "layer") == "e.layers.encoder_layer_0.self_attention"
+    assert _shorten(label, 34, "layer") == "e.l.encoder_layer_0.self_attention"
+    assert _shorten(label, 20, "layer") == "…r_0.self_attention"
+    assert _shorten("unknown: no plugin for cumsum", 8, "status") == "unknown…"
+    assert _shorten("1x197x768", 3, "shape") == "1x197x768"  # numbers are never cut
