@@ -237,6 +237,6 @@ def test_shortened_labels_keep_the_block_index_and_the_leaf() -> None:
     label = "encoder.layers.encoder_layer_0.self_attention"
     assert _shorten(label, 40, "layer") == "e.layers.encoder_layer_0.self_attention"
     assert _shorten(label, 34, "layer") == "e.l.encoder_layer_0.self_attention"
-    assert _shorten(label, 20, "layer") == "…r_0.self_attention"
+    assert _shorten(label, 20, "layer") == "…er_0.self_attention"
     assert _shorten("unknown: no plugin for cumsum", 8, "status") == "unknown…"
     assert _shorten("1x197x768", 3, "shape") == "1x197x768"  # numbers are never cut
