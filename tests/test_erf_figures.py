@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -195,6 +196,10 @@ def test_grid_figure_and_files(tmp_path) -> None:  # type: ignore[no-untyped-def
     assert names == sorted(output_files(["0", "2", "4"]))
     assert "erf_grid.png" in names and not (tmp_path / "erf.npy").exists()
     assert json.loads((tmp_path / "erf_2.json").read_text())["label"] == "2"
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(__file__).resolve().parent.parent / "docs" / "erf.schema.json").read_text())
+    for n in ("0", "2", "4"):  # every node's file is an erf.json
+        jsonschema.Draft202012Validator(schema).validate(json.loads((tmp_path / f"erf_{n}.json").read_text()))
     rs[0].save(tmp_path)  # a single-node run removes the grid
     assert not (tmp_path / "erf_grid.png").exists() and (tmp_path / "erf.png").exists()
 
@@ -222,6 +227,9 @@ def test_cli_options_and_several_nodes(tmp_path) -> None:  # type: ignore[no-unt
     assert r.exit_code == 2 and "colour map" in r.output
     r = run(main, ["probe", str(f), "--mode", "erf", "--out", str(tmp_path / "p"), "--image-format", "jpg"])
     assert r.exit_code == 2
+    # two nodes whose file names would collide: refused before the model is loaded
+    r = run(main, ["probe", str(f), "--mode", "erf", "--out", str(tmp_path / "p"), "--node", "a/b", "--node", "a_b"])
+    assert r.exit_code == 2 and "file names" in r.output and not (tmp_path / "p").exists()
     r = run(main, ["probe", str(f), "--mode", "erf", "--node", "2", "--samples", "1", "--device", "cpu",
                    "--out", str(tmp_path / "q"), "--quiet", "--dpi", "40"])
     assert r.exit_code == 0, r.output
