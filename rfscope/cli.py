@@ -114,8 +114,6 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
         from rfscope.export import check_path
 
         check_path(diagram, dot=dot)  # fail before the analysis (and a renderer that cannot do it)
-    elif depth is not None:
-        raise CliError("--depth only applies to a diagram: add --diagram out.svg")
     elif dot is not None:
         raise CliError("--dot only applies to a diagram: add --diagram out.svg")
     cols = _columns(columns, fmt)
