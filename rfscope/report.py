@@ -188,7 +188,7 @@ def _csv_cell(row: TableRow, col: str) -> str:
 
 
 #: the narrowest a shortened text column gets
-_MIN_WIDTH = {"status": 7, "op": 10, "layer": 16, "node": 12}
+_MIN_WIDTH = {"status": 8, "op": 10, "layer": 16, "node": 12}  # status: "unknown…" stays readable
 
 
 def _fit(widths: list[int], cols: Sequence[str], width: int) -> list[int]:

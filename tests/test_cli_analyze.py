@@ -23,7 +23,9 @@ def write(tmp_path: Path, body: str, name: str = "m.py") -> str:
 
 
 def run(*args: str) -> Result:
-    return CliRunner().invoke(main, ["analyze", *args])
+    # a wide terminal: these tests read whole rows (pytest-xdist workers set COLUMNS=80; the
+    # fitting of rows to a narrow terminal is tested in tests/test_table.py)
+    return CliRunner().invoke(main, ["analyze", *args], env={"COLUMNS": "400"})
 
 
 def as_json(res: Result) -> dict[str, Any]:
