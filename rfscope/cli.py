@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from rfscope.cli_support import CONTEXT_SETTINGS, CliError, InterruptibleGroup, handle_errors, parse_shape
+from rfscope.cli_support import CONTEXT_SETTINGS, CliError, InterruptibleGroup, handle_errors, parse_shape, slow_notice
 from rfscope.probe.command import probe
 
 __all__ = ["main", "parse_shape", "CliError"]
@@ -30,13 +30,14 @@ def main() -> None:
     """rfscope: receptive fields, counts and init checks for PyTorch models."""
 
 
-def _load(target: str, input_shape: str | None, *, meta: bool = False,
-          debug: bool = False) -> tuple[Any, tuple[int, ...] | None, tuple[Any, ...] | None]:
+def _load(target: str, input_shape: str | None, *, meta: bool = False, debug: bool = False,
+          quiet: bool = False) -> tuple[Any, tuple[int, ...] | None, tuple[Any, ...] | None]:
     """The model and its input.  ``meta``: no weights are needed, so ``torchvision:``/``timm:`` models
     are built on the meta device where they can be (``--debug`` says when one could not)."""
     from rfscope.loader import load_model
 
-    lm = load_model(target, meta=meta)
+    with slow_notice("loading the model", quiet=quiet):
+        lm = load_model(target, meta=meta)
     if debug and lm.note:
         click.echo(f"rfscope: note: {lm.note}", err=True)
     shape, ex = lm.inputs(parse_shape(input_shape) if input_shape else None)
@@ -117,7 +118,7 @@ def analyze(target: str, input_shape: str | None, fmt: str, nodes: tuple[str, ..
     elif dot is not None:
         raise CliError("--dot only applies to a diagram: add --diagram out.svg")
     cols = _columns(columns, fmt)
-    model, shape, ex = _load(target, input_shape, debug=debug,
+    model, shape, ex = _load(target, input_shape, debug=debug, quiet=quiet or fmt != "table",
                              meta=not check_init and weights is None and trace_mode != "make_fx")
     _check_leaves(model, leaves)
     # weights: loaded into a copy by analyze, so the init check sees the trained weights too

@@ -17,9 +17,12 @@ still one line.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -166,3 +169,35 @@ def handle_errors(fn: F) -> F:
             raise CliError(msg) from e
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def slow_notice(what: str, after: float = 1.0, quiet: bool = False) -> Iterator[None]:
+    """Say on stderr that ``what`` is under way if it takes longer than ``after`` seconds, and how
+    long it took when it ends, so a slow step (importing torch, building a large model, reading a
+    checkpoint) is never silent.  Nothing is printed for a fast step or with ``quiet``.
+
+    >>> with slow_notice("building the model", quiet=True):
+    ...     pass
+    """
+    if quiet:
+        yield
+        return
+    done = threading.Event()
+    said: list[float] = []
+    start = time.monotonic()
+
+    def notice() -> None:
+        if not done.wait(after):
+            said.append(time.monotonic())
+            click.echo(f"rfscope: {what}...", err=True)
+
+    t = threading.Thread(target=notice, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+        if said:
+            click.echo(f"rfscope: {what}: done in {time.monotonic() - start:.1f} s", err=True)

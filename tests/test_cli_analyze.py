@@ -268,3 +268,27 @@ def test_user_file_functions_have_readable_stable_names(tmp_path):
     res = CliRunner().invoke(main, ["analyze", str(shadow), "--format", "json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["unsupported"] == [f"{want}.double"]
+
+
+def test_a_slow_model_build_is_announced_on_stderr(tmp_path: Path) -> None:
+    """Building a model that takes over a second says so (and how long it took); a fast one is silent."""
+    slow = tmp_path / "slow.py"
+    slow.write_text("import time, torch.nn as nn\ntime.sleep(1.5)\n"
+                    "model = nn.Conv2d(1, 1, 3)\ninput_shape = (1, 1, 8, 8)\n")
+    fast = tmp_path / "fast.py"
+    fast.write_text("import torch.nn as nn\nmodel = nn.Conv2d(1, 1, 3)\ninput_shape = (1, 1, 8, 8)\n")
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        # torch imported first: only the model file's own work is timed
+        code = "import torch; from rfscope.cli import main; main()"
+        return subprocess.run([sys.executable, "-c", code, "analyze", *args], capture_output=True, text=True)
+
+    res = cli(str(slow))
+    assert res.returncode == 0, res.stderr
+    assert "rfscope: loading the model..." in res.stderr and "loading the model: done in" in res.stderr
+    res = cli(str(fast))
+    assert res.returncode == 0 and "loading the model" not in res.stderr
+    res = cli(str(slow), "--quiet")
+    assert res.returncode == 0 and res.stderr == "" and res.stdout == ""
