@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from click.testing import CliRunner
+from test_global_merge import PanLike  # a global RF whose local paths are misaligned
 
 import rfscope
 from rfscope.cli import main
@@ -57,23 +57,6 @@ class PlainCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.dil(self.stem(x)))
-
-
-class PanLike(nn.Module):
-    """A global RF (GroupNorm) whose local paths have different strides: local is unknown."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gn = nn.GroupNorm(1, 3)
-        self.c1 = nn.Conv2d(3, 4, 3, 2, 1)
-        self.c2 = nn.Conv2d(4, 4, 3, 2, 1)
-        self.c3 = nn.Conv2d(3, 4, 1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.gn(x)
-        a = self.c1(g)
-        up = F.interpolate(self.c2(a), scale_factor=2, mode="bilinear", align_corners=True)
-        return (a + up) + self.c3(g)
 
 
 Out = collections.namedtuple("Out", "logits feat")

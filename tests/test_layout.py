@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from click.testing import CliRunner
 from oracle import Oracle  # tests/conftest.py puts tests/ on sys.path
+from test_bad_input import _one_line_error
 
 import rfscope
 from rfscope.cli import main
@@ -26,15 +27,6 @@ from rfscope.pipeline import AnalysisInputError
 def _cli(*args: str) -> tuple[int, str]:
     res = CliRunner().invoke(main, ["analyze", *args])
     return res.exit_code, res.output
-
-
-def _one_line_error(code: int, out: str, *needles: str) -> None:
-    assert code == 2, out
-    assert "Traceback" not in out
-    lines = [ln for ln in out.splitlines() if ln.startswith("rfscope: error:")]
-    assert len(lines) == 1, out
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def _write(tmp_path: Path, body: str, name: str = "m.py") -> str:
