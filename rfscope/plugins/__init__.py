@@ -11,6 +11,7 @@ BUILTIN = (
     "conv",
     "linear",
     "norm",
+    "normalize",
     "pad",
     "pointwise",
     "pool",

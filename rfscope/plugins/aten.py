@@ -264,6 +264,10 @@ def _expand(a: Args) -> Call:
     return Call(Method("expand"), ["self", "size"])
 
 
+def _expand_as(a: Args) -> Call:
+    return Call(Method("expand_as"), ["self", "other"])
+
+
 def _permute(a: Args) -> Call:
     return Call(torch.permute, ["self", "dims"])
 
@@ -569,13 +573,15 @@ def register(reg: Registry) -> None:
     d("aten_var", [aten.var.correction, aten.std.correction, aten.var_mean.correction],
       _reduce(torch.var, "dim", "keepdim", empty_is_all=True))
     d("aten_logsumexp", [aten.logsumexp.default, aten.prod.dim_int], _reduce(torch.logsumexp, "dim", "keepdim"))
+    # torch.norm's second parameter is ``p``, not ``dim``: read as torch.sum, the same reduction
     d("aten_vector_norm", [aten.linalg_vector_norm.default],
-      _reduce(torch.norm, "dim", "keepdim", empty_is_all=True))
+      _reduce(torch.sum, "dim", "keepdim", empty_is_all=True))
     d("aten_softmax", overloads(["_softmax", "softmax", "_log_softmax", "log_softmax"]), _softmax)
     d("aten_reshape", overloads(["view", "_unsafe_view", "reshape", "view_copy", "_reshape_alias", "unflatten",
                                  "_reshape_copy"]), _reshape)
     d("aten_flatten", overloads(["flatten"]), _reshape, {FLATTEN})
     d("aten_expand", overloads(["expand", "expand_copy"]), _expand)
+    d("aten_expand_as", overloads(["expand_as"]), _expand_as)
     d("aten_permute", overloads(["permute", "permute_copy"]), _permute)
     d("aten_transpose", [aten.transpose.int, aten.transpose_copy.int], _transpose)
     d("aten_t", overloads(["t", "t_copy"]), _t)
