@@ -82,3 +82,122 @@ def test_normalize_over_positions_is_global_keeping_the_local_rf(trace: str, mon
     orc = Oracle(Normalize(-1), shape)
     for i in (3, 7, 12):
         assert orc.support((i,)) == r.local.pixels((i,))
+
+
+# ---------------------------------------------------------------- torch.einsum
+
+
+class Einsum(nn.Module):
+    """``eq`` applied to (conv3(x), conv5(x)) or (conv3(x), W) with a parameter ``W``."""
+
+    def __init__(self, eq: str, with_weight: bool = False, nd: int = 1) -> None:
+        super().__init__()
+        conv = nn.Conv1d if nd == 1 else nn.Conv2d
+        self.a = conv(2, 3, 3, padding=1)
+        self.b = conv(2, 3, 5, padding=2)
+        self.w = nn.Parameter(torch.ones(4, 3)) if with_weight else None
+        self.eq = eq
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        other = self.w if self.w is not None else self.b(x)
+        return torch.einsum(self.eq, self.a(x), other)
+
+
+@pytest.mark.parametrize("trace", TRACES)
+def test_einsum_channel_mixing_is_pointwise_in_positions(trace: str) -> None:
+    # out[b, d, l] = sum_c a[b, c, l] W[d, c]: per position, so the conv's 3 taps
+    m = Einsum("bcl,dc->bdl", with_weight=True)
+    r = rfscope.analyze(m, input_shape=(1, 2, 20), trace=trace).rf("output")
+    assert r.status == "exact" and r.size == (3,)
+    orc = Oracle(m, (1, 2, 20))
+    for i in (4, 9, 15):
+        assert orc.support((i,)) == r.pixels((i,))
+
+
+def test_einsum_product_over_channels_is_the_union_of_the_operands() -> None:
+    # out[b, l] = sum_c a[b, c, l] b[b, c, l]: position l of both branches (3 and 5 taps)
+    m = Einsum("bcl,bcl->bl")
+
+    class Unsq(nn.Module):  # the oracle reads (N, C, L): add a channel dim
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m(x).unsqueeze(1)
+
+    r = rfscope.analyze(Unsq(), input_shape=(1, 2, 20)).rf("output")
+    assert r.status == "exact" and r.size == (5,)
+    orc = Oracle(Unsq(), (1, 2, 20))
+    for i in (4, 9, 15):
+        assert orc.support((i,)) == r.pixels((i,))
+
+
+class CrossCovariance(nn.Module):
+    """XCiT's pattern: a channel-by-channel Gram matrix over positions, applied back to the values."""
+
+    def __init__(self, detach_gram: bool = False) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(2, 3, 3, padding=1)
+        self.detach_gram = detach_gram
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        g = torch.einsum("bcl,bdl->bcd", y, y)
+        return torch.einsum("bcd,bdl->bcl", g.detach() if self.detach_gram else g, y)
+
+
+@pytest.mark.parametrize("trace", TRACES)  # export keeps aten.einsum (equation, [operands])
+def test_einsum_contracting_positions_is_global_without_local_rf(trace: str) -> None:
+    shape = (1, 2, 16)
+    rep = rfscope.analyze(CrossCovariance(), input_shape=shape, trace=trace)
+    if trace != "make_fx":  # make_fx decomposes einsum into permutes and bmm
+        gram = rep.rf("einsum")  # the Gram matrix: every position, and no local path at all
+        assert gram.status == "global" and gram.local is None
+    r = rep.rf("output")
+    assert r.status == "global" and r.local is not None and r.local.status == "exact"
+    orc = Oracle(CrossCovariance(), shape)
+    for i in (0, 7, 15):
+        assert orc.support((i,)) == ([*range(16)],)
+    # the local path is y[:, :, l] scaled by the Gram matrix (an SE-like gate): with the gate
+    # detached, the oracle measures it
+    loc = Oracle(CrossCovariance(detach_gram=True), shape)
+    for i in (3, 7, 12):
+        assert loc.support((i,)) == r.local.pixels((i,))
+
+
+def test_einsum_contracting_rows_keeps_columns_exact() -> None:
+    # out[b, c, h, w] = sum_v a[b, c, h, w] b[b, c, v, w]: every row (v), the columns of both
+    # branches at w (3 and 5 taps)
+    m = Einsum("bchw,bcvw->bchw", nd=2)
+    shape = (1, 2, 12, 14)
+    r = rfscope.analyze(m, input_shape=shape).rf("output")
+    assert r.status == "global" and r.dims[0].exact is None and r.local is None
+    cols = r.dims[1].exact
+    assert cols is not None
+    orc = Oracle(m, shape)
+    for idx in ((5, 6), (2, 9)):
+        rows, got = orc.support(idx)
+        assert rows == [*range(12)]
+        assert got == cols.window(idx[1]).pixels()
+
+
+@pytest.mark.parametrize(("eq", "why"), [
+    ("...l,...l->...l", "einsum with ..."),
+    ("bci,bcj->bij", "same input axis"),  # unit (i, j) sees positions {i, j}: not one window
+])
+def test_einsum_unsupported_is_unknown_with_the_reason(eq: str, why: str) -> None:
+    r = rfscope.analyze(Einsum(eq), input_shape=(1, 2, 10)).rf("output")
+    assert r.status == "unknown" and why in (r.reason or ""), r.reason
+
+
+def test_einsum_macs_count_every_index_combination() -> None:
+    # bcl,dc->bdl: b*c*l*d multiply-accumulates (plus the conv's 3*2*3 per position, 20 positions)
+    m = Einsum("bcl,dc->bdl", with_weight=True)
+    rep = rfscope.analyze(m, input_shape=(1, 2, 20))
+    assert rep.summary.macs == 1 * 3 * 20 * 4 + 20 * 3 * 2 * 3
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        m(torch.ones(1, 2, 20))
+    assert fc.get_total_flops() // 2 == rep.summary.macs

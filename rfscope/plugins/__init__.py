@@ -9,6 +9,7 @@ BUILTIN = (
     "attention",
     "capsule",
     "conv",
+    "einsum",
     "linear",
     "norm",
     "normalize",

@@ -264,6 +264,10 @@ def _expand(a: Args) -> Call:
     return Call(Method("expand"), ["self", "size"])
 
 
+def _einsum(a: Args) -> Call:
+    return Call(torch.einsum, ["equation", "tensors"])
+
+
 def _expand_as(a: Args) -> Call:
     return Call(Method("expand_as"), ["self", "other"])
 
@@ -582,6 +586,7 @@ def register(reg: Registry) -> None:
     d("aten_flatten", overloads(["flatten"]), _reshape, {FLATTEN})
     d("aten_expand", overloads(["expand", "expand_copy"]), _expand)
     d("aten_expand_as", overloads(["expand_as"]), _expand_as)
+    d("aten_einsum", overloads(["einsum"]), _einsum)
     d("aten_permute", overloads(["permute", "permute_copy"]), _permute)
     d("aten_transpose", [aten.transpose.int, aten.transpose_copy.int], _transpose)
     d("aten_t", overloads(["t", "t_copy"]), _t)

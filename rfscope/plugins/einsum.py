@@ -1,0 +1,98 @@
+"""``torch.einsum``, read from its equation.
+
+An index kept in the output carries the dim tag of the operand dims it labels (two operands
+giving it different positional tags: unsupported).  An index summed over (absent from the
+output) that labels a positional dim mixes every position of that axis: each operand is made
+``global`` along it *before* the union, with no local RF (conservative: the products mix the
+summed positions with everything else).  Ellipsis, repeated indices within one operand
+(diagonals), broadcasting of size-1 dims and two output dims indexing the same input axis are
+``Unsupported``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from rfscope.core.context import OpContext, Unsupported
+from rfscope.core.ops import axes_of
+from rfscope.core.registry import Registry
+from rfscope.core.state import DimTag, TensorRF, make_global, merge
+
+
+def _parse(ctx: OpContext) -> tuple[list[str], str, list[Any], list[Any]]:
+    """(operand subscripts, output subscripts, operand states, operand values)."""
+    eq = ctx.arg_values[0] if ctx.arg_values else ctx.kwarg_values.get("equation")
+    if not isinstance(eq, str):
+        raise Unsupported("einsum without an equation string")
+    states, values = list(ctx.args[1:]), list(ctx.arg_values[1:])
+    if len(values) == 1 and isinstance(values[0], (list, tuple)):  # einsum(eq, [a, b])
+        states, values = list(states[0]), list(values[0])
+    eq = eq.replace(" ", "")
+    if "..." in eq or "." in eq:
+        raise Unsupported("einsum with ...")
+    lhs, arrow, rhs = eq.partition("->")
+    ins = lhs.split(",")
+    if not arrow:  # implicit output: the indices used once, in alphabetical order
+        letters = "".join(ins)
+        once = [c for c in set(letters) if letters.count(c) == 1]
+        if any(c.isupper() for c in once) and any(c.islower() for c in once):
+            raise Unsupported("einsum implicit output with mixed-case indices")
+        rhs = "".join(sorted(once))
+    if len(ins) != len(values) or not all(isinstance(v, torch.Tensor) for v in values):
+        raise Unsupported("einsum operands do not match the equation")
+    for sub, v in zip(ins, values, strict=True):
+        if len(sub) != v.dim():
+            raise Unsupported(f"einsum subscripts {sub!r} for a {v.dim()}-d operand")
+        if len(set(sub)) != len(sub):
+            raise Unsupported(f"einsum repeated index in {sub!r} (a diagonal)")
+    if len(set(rhs)) != len(rhs) or not set(rhs) <= set("".join(ins)):
+        raise Unsupported(f"einsum output subscripts {rhs!r}")
+    return ins, rhs, states, values
+
+
+def _einsum_rf(ctx: OpContext) -> TensorRF:
+    ins, rhs, states, values = _parse(ctx)
+    size: dict[str, int] = {}
+    for sub, v in zip(ins, values, strict=True):
+        for c, n in zip(sub, v.shape, strict=True):
+            if size.setdefault(c, int(n)) != int(n):
+                raise Unsupported(f"einsum index {c!r} broadcasts (sizes {size[c]} and {int(n)})")
+    dims: list[DimTag] = []
+    for c in rhs:
+        tags = {s.dims[sub.index(c)] for sub, s in zip(ins, states, strict=True)
+                if isinstance(s, TensorRF) and c in sub and s.dims[sub.index(c)] is not None}
+        if len(tags) > 1:
+            raise Unsupported(f"einsum index {c!r} labels different positional dims in two operands")
+        dims.append(next(iter(tags)) if tags else None)
+    used = axes_of(dims)
+    if len(used) != len(set(used)):
+        raise Unsupported("einsum: two output dims index the same input axis")
+    parts: list[TensorRF] = []
+    contracted: list[int] = []
+    for sub, s in zip(ins, states, strict=True):
+        if not isinstance(s, TensorRF):
+            continue
+        summed = axes_of(t for c, t in zip(sub, s.dims, strict=True) if c not in rhs)
+        contracted += summed
+        parts.append(make_global(s, summed, keep_local=False))
+    if not parts:
+        raise Unsupported("no input tensor depends on the model input")
+    m = merge(parts, dims, f"einsum {ctx.node.name}")
+    if m.reason is not None:
+        return m
+    return make_global(m, contracted, keep_local=False)
+
+
+def _einsum_macs(ctx: OpContext) -> int:
+    """Products of two or more operands: one multiply-accumulate per index combination per
+    extra operand (a single operand only sums or permutes: 0)."""
+    ins, _, _, values = _parse(ctx)
+    size = {c: int(n) for sub, v in zip(ins, values, strict=True) for c, n in zip(sub, v.shape, strict=True)}
+    return math.prod(size.values()) * (len(values) - 1)
+
+
+def register(reg: Registry) -> None:
+    reg.add("einsum", (torch.einsum,), rf=_einsum_rf, macs=_einsum_macs)
