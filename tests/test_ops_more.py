@@ -201,3 +201,82 @@ def test_einsum_macs_count_every_index_combination() -> None:
     with FlopCounterMode(display=False) as fc:
         m(torch.ones(1, 2, 20))
     assert fc.get_total_flops() // 2 == rep.summary.macs
+
+
+# ---------------------------------------------------------------- recurrent layers
+
+
+class Seq(nn.Module):
+    """(N, C, L) -> a recurrent layer over L -> (N, H*D, L), or its final state ``h_n[-1]``."""
+
+    def __init__(self, cls: type[nn.RNNBase], bidirectional: bool, batch_first: bool = True,
+                 final: bool = False, layers: int = 1) -> None:
+        super().__init__()
+        self.rnn = cls(2, 3, num_layers=layers, batch_first=batch_first, bidirectional=bidirectional)
+        self.batch_first, self.final = batch_first, final
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.permute(0, 2, 1) if self.batch_first else x.permute(2, 0, 1)
+        out, state = self.rnn(s)
+        if self.final:
+            h = state[0] if isinstance(self.rnn, nn.LSTM) else state  # (h_n, c_n) or h_n
+            return h[-1]  # (N, H): no positional dim left
+        return out.permute(0, 2, 1) if self.batch_first else out.permute(1, 2, 0)
+
+
+RNNS = (nn.LSTM, nn.GRU, nn.RNN)
+
+
+@pytest.mark.parametrize("cls", RNNS)
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_unidirectional_rnn_is_unknown_step_t_sees_0_to_t(cls: type[nn.RNNBase], batch_first: bool) -> None:
+    # the truth, by the oracle and by random weights: step t sees [0, t] (grows with t), which is
+    # neither one periodic window nor the whole axis
+    shape = (1, 2, 10)
+    r = rfscope.analyze(Seq(cls, False, batch_first), input_shape=shape).rf("output")
+    assert r.status == "unknown" and "causal recurrence" in (r.reason or "")
+    orc = Oracle(Seq(cls, False, batch_first), shape)
+    for t in (0, 4, 9):
+        assert orc.support((t,)) == ([*range(t + 1)],)
+        assert grad_support(Seq(cls, False, batch_first), shape, (0, 1, t)) == [[*range(t + 1)]]
+
+
+@pytest.mark.parametrize("cls", RNNS)
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_bidirectional_rnn_is_global(cls: type[nn.RNNBase], batch_first: bool) -> None:
+    shape = (1, 2, 10)
+    r = rfscope.analyze(Seq(cls, True, batch_first), input_shape=shape).rf("output")
+    assert r.status == "global" and r.local is None
+    orc = Oracle(Seq(cls, True, batch_first), shape)
+    for t in (0, 4, 9):
+        assert orc.support((t,)) == ([*range(10)],)
+        # random weights: a forward channel sees [0, t], a backward one [t, 9]; the unit, both
+        assert grad_support(Seq(cls, True, batch_first), shape, (0, 1, t)) == [[*range(t + 1)]]
+        assert grad_support(Seq(cls, True, batch_first), shape, (0, 4, t)) == [[*range(t, 10)]]
+
+
+@pytest.mark.parametrize("cls", RNNS)
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_rnn_final_state_sees_the_whole_sequence(cls: type[nn.RNNBase], bidirectional: bool) -> None:
+    shape = (1, 2, 10)
+    m = Seq(cls, bidirectional, final=True, layers=2)
+    r = rfscope.analyze(m, input_shape=shape).rf("output")
+    assert r.status == "global" and r.local is None
+    assert Oracle(m, shape).support(()) == ([*range(10)],)
+    assert grad_support(Seq(cls, bidirectional, final=True, layers=2), shape, (0, 1)) == [[*range(10)]]
+
+
+@pytest.mark.parametrize(("cls", "gates"), [(nn.LSTM, 4), (nn.GRU, 3), (nn.RNN, 1)])
+def test_rnn_macs_hand_formula(cls: type[nn.RNNBase], gates: int) -> None:
+    # per step, layer and direction gates*H*(I + H): layer 0 has I=2, layer 1 reads both
+    # directions (I = 2*H = 6); H=3, 10 steps, 2 directions, batch 1
+    m = Seq(cls, True, layers=2)
+    rep = rfscope.analyze(m, input_shape=(1, 2, 10))
+    expected = (gates * 3 * (2 + 3) + gates * 3 * (6 + 3)) * 10 * 2
+    assert rep.summary.macs == expected
+    if cls is not nn.LSTM:  # PyTorch's counter sees GRU/RNN's matmuls; its CPU LSTM kernel counts 0
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as fc:
+            m(torch.ones(1, 2, 10))
+        assert fc.get_total_flops() // 2 == expected

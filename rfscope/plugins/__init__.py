@@ -17,6 +17,7 @@ BUILTIN = (
     "pointwise",
     "pool",
     "reduce",
+    "rnn",
     "shape",
     "torchvision_ops",
     "upsample",

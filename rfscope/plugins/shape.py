@@ -15,8 +15,8 @@ import torch.nn as nn
 from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import norm_dim
-from rfscope.core.registry import Method, Registry
-from rfscope.core.state import CONST, DimTag, Global, Merged, TensorRF, map_axis, merge
+from rfscope.core.registry import Method, Plugin, Registry
+from rfscope.core.state import CONST, DimTag, Global, Merged, TensorRF, map_axis, merge, unknown
 from rfscope.core.traits import FLATTEN
 
 
@@ -195,13 +195,21 @@ def _all_global(st: TensorRF, tag: Merged) -> bool:
     return all(isinstance(st.axes[a], Global) for a in tag.axes)
 
 
+def _unknown_like(v: Any, reason: str) -> Any:
+    if isinstance(v, (list, tuple)):
+        return tuple(_unknown_like(x, reason) for x in v)
+    return unknown([None] * v.dim(), reason) if isinstance(v, torch.Tensor) else CONST
+
+
 def _getitem_rf(ctx: OpContext) -> Any:
     src = ctx.args[0]
     idx = ctx.arg_values[1]
     if isinstance(src, (tuple, list)):
-        return src[idx]
+        return src[idx]  # one output of a multi-output op keeps its own state, known or not
     if not isinstance(src, TensorRF):
         return CONST
+    if src.reason is not None:  # this plugin handles unknown inputs (for the tuple case above)
+        return _unknown_like(ctx.out, src.reason)
     shp = ctx.in_shape(0)
     items = list(idx) if isinstance(idx, tuple) else [idx]
     if any(isinstance(x, torch.Tensor) or isinstance(x, list) for x in items):
@@ -309,7 +317,9 @@ def register(reg: Registry) -> None:
     reg.add("unsqueeze", (M("unsqueeze"), torch.unsqueeze), rf=_unsqueeze_rf)
     reg.add("squeeze", (M("squeeze"), torch.squeeze), rf=_squeeze_rf)
     reg.add("expand", (M("expand"), M("expand_as")), rf=_expand_rf)
-    reg.add("getitem", (operator.getitem,), rf=_getitem_rf)
+    # called with unknown inputs too: picking a known output of a tuple whose other outputs are
+    # unknown (a unidirectional RNN's global h_n) must not inherit their reason
+    reg.register(Plugin("getitem", (operator.getitem,), _getitem_rf, extra={"handles_unknown": True}))
     reg.add("select", (M("select"), torch.select), rf=_select_rf)
     reg.add("narrow", (M("narrow"), torch.narrow), rf=_narrow_rf)
     reg.add("t", (M("t"), torch.t), rf=_t_rf)

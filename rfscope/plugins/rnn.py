@@ -1,0 +1,95 @@
+"""Recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) over a positional axis.
+
+The time axis is dim 1 of a batched ``batch_first`` input, else dim 0.  When it indexes input
+positions:
+
+* a *bidirectional* layer's output step sees every step: ``global`` along that axis (no local
+  RF: every path to another step goes through the recurrence);
+* a *unidirectional* one's step ``t`` sees steps ``[0, t]`` (the reverse: ``[t, L-1]``), a window
+  that grows with ``t``: neither a periodic RF nor the whole axis, so ``unknown`` with the reason
+  "causal recurrence: step t sees [0, t]";
+* the final states ``h_n`` (and ``c_n``) summarise the whole sequence in any direction: ``global``.
+
+Features are mixed (an input feature dim tagged positional becomes ``global``); the batch dim
+keeps its tag (Sequencer2D folds rows into the batch).  MACs per step, layer and direction:
+``gates * H * (I + H)`` (gates 4 LSTM, 3 GRU, 1 RNN; ``I`` the layer's input size, ``H*D`` above
+the first layer), plus ``P * H`` for an LSTM projection of size ``P`` (then ``P`` replaces ``H``
+in the recurrent product).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from rfscope.core.context import OpContext, Unsupported
+from rfscope.core.ops import axes_of
+from rfscope.core.registry import Registry
+from rfscope.core.state import DimTag, TensorRF, make_global, unknown
+
+_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
+
+
+def _module(ctx: OpContext) -> nn.RNNBase:
+    m = ctx.module
+    if not isinstance(m, nn.RNNBase):
+        raise Unsupported("not a recurrent module")
+    return m
+
+
+def _rnn_rf(ctx: OpContext) -> tuple[Any, Any]:
+    m = _module(ctx)
+    x = ctx.state(0, "input")
+    if not isinstance(x, TensorRF) or not isinstance(ctx.arg(0, "input"), torch.Tensor):
+        raise Unsupported("recurrent layer over a PackedSequence or a constant")
+    hx = ctx.state(1, "hx")
+    if any(isinstance(h, TensorRF) for h in (hx if isinstance(hx, tuple) else (hx,))):
+        raise Unsupported("recurrent layer with an initial state that depends on the input")
+    nd = len(x.dims)
+    batched = nd == 3
+    t_dim = 1 if (m.batch_first and batched) else 0
+    b_dim = (0 if m.batch_first else 1) if batched else None
+    time, feat = x.dims[t_dim], x.dims[-1]
+    mixed = make_global(x, axes_of([feat]), keep_local=False)  # features are mixed
+    out_dims: list[DimTag] = list(x.dims[:-1]) + [None]
+    if x.reason is not None:
+        out: TensorRF = x.with_dims(out_dims)
+    elif time is None:
+        out = mixed.with_dims(out_dims)
+    elif m.bidirectional:
+        out = make_global(mixed, axes_of([time]), keep_local=False).with_dims(out_dims)
+    else:
+        out = unknown(out_dims, "causal recurrence: step t sees [0, t], a window growing with t "
+                                "(neither a periodic RF nor the whole axis)")
+    fin = make_global(mixed, axes_of([time]), keep_local=False)
+    fin_dims: list[DimTag] = [None, x.dims[b_dim], None] if b_dim is not None else [None, None]
+    final = x.with_dims(fin_dims) if x.reason is not None else fin.with_dims(fin_dims)
+    if isinstance(ctx.out, tuple) and isinstance(ctx.out[1], tuple):  # LSTM: (output, (h_n, c_n))
+        return out, (final, final)
+    return out, final
+
+
+def _rnn_macs(ctx: OpContext) -> int:
+    m = _module(ctx)
+    v = ctx.arg(0, "input")
+    if not isinstance(v, torch.Tensor):
+        return 0
+    gates = next((g for cls, g in _GATES.items() if isinstance(m, cls)), 1)
+    batched = v.dim() == 3
+    steps = int(v.shape[1 if (m.batch_first and batched) else 0])
+    n = int(v.shape[0 if m.batch_first else 1]) if batched else 1
+    d = 2 if m.bidirectional else 1
+    h = m.hidden_size
+    p = getattr(m, "proj_size", 0) or 0
+    r = p or h
+    total = 0
+    for layer in range(m.num_layers):
+        i = m.input_size if layer == 0 else r * d
+        total += gates * h * (i + r) + p * h
+    return total * steps * d * n
+
+
+def register(reg: Registry) -> None:
+    reg.add("rnn", (nn.LSTM, nn.GRU, nn.RNN), rf=_rnn_rf, macs=_rnn_macs)
