@@ -280,3 +280,28 @@ def test_rnn_macs_hand_formula(cls: type[nn.RNNBase], gates: int) -> None:
         with FlopCounterMode(display=False) as fc:
             m(torch.ones(1, 2, 10))
         assert fc.get_total_flops() // 2 == expected
+
+
+class RowLSTM(nn.Module):
+    """Sequencer2D's row mixer: rows folded into the batch, a BiLSTM along each row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(2, 3, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y, _ = self.rnn(x.permute(0, 2, 3, 1).reshape(n * h, w, c))
+        return y.reshape(n, h, w, 6).permute(0, 3, 1, 2)
+
+
+def test_rnn_along_rows_folded_into_the_batch_keeps_rows_exact() -> None:
+    # unit (h, w) sees row h only (the batch dim carries the rows), every column
+    shape = (1, 2, 6, 8)
+    r = rfscope.analyze(RowLSTM(), input_shape=shape).rf("output")
+    rows = r.dims[0].exact
+    assert r.status == "global" and rows is not None and r.dims[1].exact is None
+    orc = Oracle(RowLSTM(), shape)
+    for idx in ((3, 4), (0, 7), (5, 0)):
+        got_rows, got_cols = orc.support(idx)
+        assert got_rows == rows.window(idx[0]).pixels() and got_cols == [*range(8)]
