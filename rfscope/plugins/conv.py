@@ -22,6 +22,13 @@ from rfscope.core.state import TensorRF, make_global
 
 def conv_geometry(ctx: OpContext) -> Geometry:
     """The geometry of any conv call: a module's attributes, or a functional call's arguments."""
+    hit = ctx.memo.get("geometry")  # asked for the RF, the MACs and the record: read once per call
+    if hit is None:
+        hit = ctx.memo["geometry"] = _conv_geometry(ctx)
+    return hit  # type: ignore[no-any-return]
+
+
+def _conv_geometry(ctx: OpContext) -> Geometry:
     m = ctx.module
     if m is not None:
         assert isinstance(m, nn.modules.conv._ConvNd)

@@ -46,6 +46,13 @@ def _kind(m: Any, t: Any) -> Literal["max", "avg", "lp"]:
 
 def pool_geometry(ctx: OpContext) -> Geometry:
     """Kernel, stride, left padding and dilation of a max/avg/LP pooling call."""
+    hit = ctx.memo.get("geometry")  # asked for the RF, the MACs and the record: read once per call
+    if hit is None:
+        hit = ctx.memo["geometry"] = _pool_geometry(ctx)
+    return hit  # type: ignore[no-any-return]
+
+
+def _pool_geometry(ctx: OpContext) -> Geometry:
     m: Any = ctx.module
     t: Any = ctx.node.target
     if m is not None:
