@@ -172,7 +172,10 @@ def test_einsum_contracting_rows_keeps_columns_exact() -> None:
     m = Einsum("bchw,bcvw->bchw", nd=2)
     shape = (1, 2, 12, 14)
     r = rfscope.analyze(m, input_shape=shape).rf("output")
-    assert r.status == "global" and r.dims[0].exact is None and r.local is None
+    assert r.status == "global" and r.dims[0].exact is None
+    # the local path is a's own (3 taps along rows; b is summed over rows, so it adds only to columns):
+    # local is not None, because a local path exists
+    assert r.local is not None and r.local.status == "exact" and r.local.size == (3, 5)
     cols = r.dims[1].exact
     assert cols is not None
     orc = Oracle(m, shape)

@@ -7,12 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
 
 from rfscope.core.state import CONST, TensorRF, unknown
+
+if TYPE_CHECKING:
+    from rfscope.core.registry import Registry
 
 __all__ = ["OpContext", "Unsupported", "param_positions"]
 
@@ -40,6 +43,9 @@ class OpContext:
     input_size: tuple[int, ...]
     #: per-call scratch space for plugins (one context per node and analysis, so never shared)
     memo: dict[str, Any] = field(default_factory=dict)
+    #: the registry of this analysis (a plugin that hands a call to another plugin looks it up here,
+    #: so per-analysis overrides reach it)
+    registry: Registry | None = None
 
     # -- convenience ----------------------------------------------------
     @property

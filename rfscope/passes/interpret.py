@@ -201,7 +201,7 @@ def run_plugins(
                 n, module, args, kwargs,
                 map_arg(n.args, _value_of),
                 map_arg(n.kwargs, _value_of),
-                val, tuple(input_size),
+                val, size, registry=registry,
             )
             if plugin is not None and plugin.geometry is not None:
                 try:

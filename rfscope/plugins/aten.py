@@ -105,7 +105,7 @@ def translate(ctx: OpContext, call: Call, a: Args | None = None) -> OpContext:
         node, None,
         tuple(st(r) for r in call.args), {k: st(r) for k, r in call.kwargs.items()},
         tuple(val(r) for r in call.args), {k: val(r) for k, r in call.kwargs.items()},
-        out, ctx.input_size,
+        out, ctx.input_size, registry=ctx.registry,
     )
 
 
@@ -121,7 +121,7 @@ def _delegating(reg: Registry, tr: Translator, traits: Iterable[str] = ()) -> Pl
         if hit is None:
             a = Args(ctx)
             call = tr(a)
-            p = reg.lookup(call.target)
+            p = (ctx.registry or reg).lookup(call.target)  # the analysis's own registry: overrides apply
             if p is None:
                 raise Unsupported(f"no plugin for the torch-level equivalent {call.target!r}")
             hit = ctx.memo["aten"] = (p, translate(ctx, call, a), call)
@@ -138,7 +138,7 @@ def _delegating(reg: Registry, tr: Translator, traits: Iterable[str] = ()) -> Pl
         p, c2, _ = plugin_for(ctx)
         if p.macs is None:
             raise Unsupported("no MAC count")
-        return int(p.macs(c2))
+        return p.macs(c2)  # type: ignore[no-any-return]  # validated by the interpreter (non-negative int)
 
     def geometry(ctx: OpContext) -> Geometry | None:
         p, c2, _ = plugin_for(ctx)

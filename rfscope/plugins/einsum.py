@@ -71,19 +71,16 @@ def _einsum_rf(ctx: OpContext) -> TensorRF:
     if len(used) != len(set(used)):
         raise Unsupported("einsum: two output dims index the same input axis")
     parts: list[TensorRF] = []
-    contracted: list[int] = []
     for sub, s in zip(ins, states, strict=True):
         if not isinstance(s, TensorRF):
             continue
+        # an operand summed over a positional index sees all of it, with no local path through it;
+        # the union then keeps the local paths of the operands that are not summed (as an SE gate does)
         summed = axes_of(t for c, t in zip(sub, s.dims, strict=True) if c not in rhs)
-        contracted += summed
         parts.append(make_global(s, summed, keep_local=False))
     if not parts:
         raise Unsupported("no input tensor depends on the model input")
-    m = merge(parts, dims, f"einsum {ctx.node.name}")
-    if m.reason is not None:
-        return m
-    return make_global(m, contracted, keep_local=False)
+    return merge(parts, dims, f"einsum {ctx.node.name}")
 
 
 def _einsum_macs(ctx: OpContext) -> int:

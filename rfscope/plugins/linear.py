@@ -85,6 +85,8 @@ def _embedding_rf(ctx: OpContext) -> TensorRF:
     st = ctx.state(1, "indices") if aten else ctx.state(0, "input")
     if not isinstance(st, TensorRF):
         raise Unsupported("the indices do not depend on the input (an input-dependent table is not supported)")
+    if isinstance(ctx.state(0, "weight") if aten else ctx.state(1, "weight"), TensorRF):
+        raise Unsupported("the embedding table depends on the input")
     if len(ctx.out_shape) != len(st.dims) + 1:
         raise Unsupported("output rank is not the indices' rank + 1")
     return st.with_dims([*st.dims, None])

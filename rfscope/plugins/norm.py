@@ -18,8 +18,14 @@ from rfscope.core.traits import NORM
 
 
 def _group_rf(ctx: OpContext) -> TensorRF:
+    """Statistics over every position of a channel (InstanceNorm) or of a group of channels (GroupNorm)."""
     st = ctx.first
-    return make_global(st, axes_of(st.dims[2:]), keep_local=True)
+    m: Any = ctx.module
+    unbatched = isinstance(m, nn.modules.instancenorm._InstanceNorm) and len(st.dims) == m._get_no_batch_dim()
+    over = st.dims[1:] if unbatched else st.dims[2:]  # an unbatched InstanceNorm input is (C, *positions)
+    if not isinstance(m, nn.modules.instancenorm._InstanceNorm) and ctx.node.target is not F.instance_norm:
+        over = st.dims[1:]  # GroupNorm also mixes the channels of a group
+    return make_global(st, axes_of(over), keep_local=True)
 
 
 def _layer_rf(ctx: OpContext) -> TensorRF:

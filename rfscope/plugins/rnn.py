@@ -75,7 +75,7 @@ def _rnn_macs(ctx: OpContext) -> int:
     m = _module(ctx)
     v = ctx.arg(0, "input")
     if not isinstance(v, torch.Tensor):
-        return 0
+        raise Unsupported("input is not a tensor (a PackedSequence): its steps are not known")
     gates = next((g for cls, g in _GATES.items() if isinstance(m, cls)), 1)
     batched = v.dim() == 3
     steps = int(v.shape[1 if (m.batch_first and batched) else 0])
