@@ -7,21 +7,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.fx as fx
 
 from rfscope.core.state import CONST, TensorRF, unknown
 
-if TYPE_CHECKING:
-    from rfscope.core.registry import Registry
-
 __all__ = ["OpContext", "Unsupported", "param_positions"]
 
 
 class Unsupported(Exception):
     """Raised by a plugin for a call it cannot analyse exactly; the node becomes ``unknown``."""
+
+
+class PluginLookup(Protocol):
+    """What a plugin may ask of the analysis's registry (:class:`rfscope.core.registry.Registry`),
+    named here so that this module does not import the registry (which imports it)."""
+
+    def lookup(self, target: Any) -> Any: ...
 
 
 @dataclass
@@ -45,7 +49,7 @@ class OpContext:
     memo: dict[str, Any] = field(default_factory=dict)
     #: the registry of this analysis (a plugin that hands a call to another plugin looks it up here,
     #: so per-analysis overrides reach it)
-    registry: Registry | None = None
+    registry: PluginLookup | None = None
 
     # -- convenience ----------------------------------------------------
     @property
