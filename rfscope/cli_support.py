@@ -159,12 +159,13 @@ def handle_errors(fn: F) -> F:
         except Exception as e:
             if debug:
                 raise
-            msg = _user_error(e) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+            known = _user_error(e)
+            msg = known or (str(e).splitlines()[0] if str(e) else type(e).__name__)
             from rfscope.core.errors import RfscopeError
 
             # every error rfscope raises for bad input derives from RfscopeError; OSError and
             # ValueError come from the user's files and the user's own model code
-            if not isinstance(e, (RfscopeError, OSError, ValueError)) and _user_error(e) is None:
+            if not isinstance(e, (RfscopeError, OSError, ValueError)) and known is None:
                 msg = f"internal error ({type(e).__name__}: {msg}); rerun with --debug and report it"
             raise CliError(msg) from e
 

@@ -20,7 +20,7 @@ from rfscope.passes.initcheck import Finding, check, require_real_weights
 from rfscope.passes.interpret import build_graph, run_plugins
 from rfscope.report import Report
 from rfscope.trace.copy import named_modules, structural_copy
-from rfscope.trace.runtime import call_deep, deep_tree
+from rfscope.trace.runtime import deep_entry
 from rfscope.trace.shapes import explain_shape_error, propagate_shapes
 from rfscope.trace.strategy import (
     PATH_NAMES,
@@ -380,6 +380,7 @@ def _model_runs(model: torch.nn.Module, example_inputs: Sequence[Any]) -> bool:
     return True
 
 
+@deep_entry  # modules nested thousands of levels deep run where the stack has room for them
 def analyze(
     model: torch.nn.Module,
     input_shape: Sequence[int] | None = None,
@@ -441,11 +442,6 @@ def analyze(
     """
     if not isinstance(model, torch.nn.Module):
         raise AnalysisInputError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    depth = deep_tree(model)
-    if depth:  # modules nested hundreds of levels deep: run where the stack has room for them
-        return call_deep(depth, analyze, model, input_shape, example_inputs=example_inputs, layout=layout,
-                         strict=strict, registry=registry, leaf_modules=leaf_modules, check_init=check_init,
-                         trace=trace, weights=weights, plugins=plugins)
     names: list[str]
     if example_inputs is None:
         if input_shape is None:
@@ -540,6 +536,7 @@ def analyze(
     return report
 
 
+@deep_entry
 def check_init(
     model: torch.nn.Module,
     input_shape: Sequence[int] | None = None,
@@ -573,10 +570,6 @@ def check_init(
     >>> [f.check for f in rfscope.check_init(net, input_shape=(1, 4), forward=False)]
     ['symmetric-units']
     """
-    depth = deep_tree(model) if isinstance(model, torch.nn.Module) else 0
-    if depth:  # a model nested thousands of levels deep runs where the stack has room
-        return call_deep(depth, check_init, model, input_shape, example_inputs=example_inputs, layout=layout,
-                         report=report, registry=registry, leaf_modules=leaf_modules, forward=forward, seed=seed)
     require_real_weights(model)
     reg = registry if registry is not None else default_registry()
     leaf_modules = list(leaf_modules)

@@ -9,7 +9,7 @@ check, for instance, stops following units at an op it knows nothing about and s
 True
 """
 
-__all__ = ["POINTWISE", "RELU", "NORM", "FLATTEN", "CHANNELWISE", "BATCHNORM", "ALL"]
+__all__ = ["POINTWISE", "RELU", "NORM", "FLATTEN", "CHANNELWISE", "BATCHNORM"]
 
 #: one input, same shape and channels, each output element from the same input element
 #: (activations, eval BatchNorm, dropout, copies): passes symmetry and scale through
@@ -29,5 +29,3 @@ CHANNELWISE = "channelwise"
 #: a BatchNorm layer: training normalises each channel with batch statistics, so a constant
 #: channel comes out as its ``beta`` (the initialisation check's dead-unit rule reads it)
 BATCHNORM = "batchnorm"
-
-ALL = frozenset({POINTWISE, RELU, NORM, FLATTEN, CHANNELWISE, BATCHNORM})

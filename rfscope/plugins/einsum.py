@@ -31,7 +31,7 @@ def _parse(ctx: OpContext) -> tuple[list[str], str, list[Any], list[Any]]:
     if len(values) == 1 and isinstance(values[0], (list, tuple)):  # einsum(eq, [a, b])
         states, values = list(states[0]), list(values[0])
     eq = eq.replace(" ", "")
-    if "..." in eq or "." in eq:
+    if "." in eq:
         raise Unsupported("einsum with ...")
     lhs, arrow, rhs = eq.partition("->")
     ins = lhs.split(",")

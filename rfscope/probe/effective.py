@@ -50,12 +50,11 @@ from rfscope.probe.units import axis_extents, layout_of, unit_mask
 from rfscope.report import Report
 from rfscope.trace.runtime import deep_entry, keeps_rng_state
 
-__all__ = ["erf", "ERFResult", "REDUCTIONS", "NonFiniteError", "OUTPUT_FILES", "save_results", "plot_grid",
+__all__ = ["erf", "ERFResult", "REDUCTIONS", "NonFiniteError", "save_results", "plot_grid",
            "output_files"]
 
 #: The files :meth:`ERFResult.save` writes for one node (the image only with matplotlib; ``erf.svg`` or
 #: ``erf.pdf`` instead of ``erf.png`` with ``fmt=``).
-OUTPUT_FILES = ("erf.npy", "erf.json", "erf.png")
 
 SIGMA_DEFINITION = ("per axis, standard deviation (pixels) of the raw map taken as a distribution: "
                     "second moment of its marginal about the centroid")

@@ -23,7 +23,6 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["Heatmap", "FigureOptions", "FORMATS", "DEFAULT_CMAP", "heatmap_figure", "heatmap_image",
-           "heatmap_png", "grid_figure", "grid_image", "save_heatmap"]
+           "grid_figure", "grid_image"]
 
 #: image formats matplotlib writes without system tools
 FORMATS = ("png", "svg", "pdf")
@@ -255,21 +254,3 @@ def grid_image(maps: Sequence[Heatmap], options: FigureOptions = FigureOptions()
         _missing(f"ERF grid {options.fmt.upper()}")
         return None
     return _render(grid_figure(maps, options, title, caption), options)
-
-
-def heatmap_png(h: Heatmap) -> bytes | None:
-    """The heatmap as PNG bytes with the default options; ``None`` (with a message) without matplotlib."""
-    return heatmap_image(h, FigureOptions())
-
-
-def save_heatmap(h: Heatmap, path: str | Path, options: FigureOptions | None = None) -> Path | None:
-    """Write the heatmap to ``path`` atomically; ``None`` (with a message) when matplotlib is missing.
-
-    Without ``options`` the format is the path's suffix (``.png``, ``.svg``, ``.pdf``).
-    """
-    from rfscope.export.files import write_file
-
-    if options is None:
-        options = FigureOptions(fmt=Path(path).suffix.lstrip(".").lower() or "png")
-    data = heatmap_image(h, options)
-    return None if data is None else write_file(path, data)

@@ -201,7 +201,6 @@ def minimum_input(gm: fx.GraphModule, example_inputs: Sequence[Any], limit: int 
     Only for a single input tensor ``(N, C, *spatial)``; ``None`` when not found up to ``limit``.
     Shapes are propagated on meta tensors, so each try is cheap.
     """
-    from rfscope.trace.shapes import propagate_shapes
 
     tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
     if len(tensors) != 1 or len(example_inputs) != 1 or tensors[0].dim() < 3:
