@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from types import MappingProxyType
@@ -65,6 +65,13 @@ class OpContext:
         if index < len(self.arg_values):
             return self.arg_values[index]
         return self.kwarg_values.get(name, default)
+
+    def once(self, key: str, compute: Callable[[OpContext], Any]) -> Any:
+        """``compute(self)``, kept in :attr:`memo` under ``key``: a plugin's RF, MACs and geometry
+        functions that read the same facts of one call compute them once."""
+        if key not in self.memo:
+            self.memo[key] = compute(self)
+        return self.memo[key]
 
     def param(self, name: str, default: Any = None) -> Any:
         """A call argument's *value* by its parameter name, wherever it was passed.

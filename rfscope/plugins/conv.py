@@ -22,10 +22,7 @@ from rfscope.core.state import TensorRF, make_global
 
 def conv_geometry(ctx: OpContext) -> Geometry:
     """The geometry of any conv call: a module's attributes, or a functional call's arguments."""
-    hit = ctx.memo.get("geometry")  # asked for the RF, the MACs and the record: read once per call
-    if hit is None:
-        hit = ctx.memo["geometry"] = _conv_geometry(ctx)
-    return hit  # type: ignore[no-any-return]
+    return ctx.once("geometry", _conv_geometry)  # type: ignore[no-any-return]  # RF, MACs and record ask for it
 
 
 def _conv_geometry(ctx: OpContext) -> Geometry:

@@ -46,10 +46,7 @@ def _kind(m: Any, t: Any) -> Literal["max", "avg", "lp"]:
 
 def pool_geometry(ctx: OpContext) -> Geometry:
     """Kernel, stride, left padding and dilation of a max/avg/LP pooling call."""
-    hit = ctx.memo.get("geometry")  # asked for the RF, the MACs and the record: read once per call
-    if hit is None:
-        hit = ctx.memo["geometry"] = _pool_geometry(ctx)
-    return hit  # type: ignore[no-any-return]
+    return ctx.once("geometry", _pool_geometry)  # type: ignore[no-any-return]  # RF, MACs and record ask for it
 
 
 def _pool_geometry(ctx: OpContext) -> Geometry:
