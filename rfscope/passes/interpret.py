@@ -27,7 +27,11 @@ from rfscope.core.registry import Method, Plugin, PluginError, Registry, node_ta
 from rfscope.core.result import RF
 from rfscope.core.state import CONST, Const, TensorRF, input_rf, unknown
 
-__all__ = ["NodeRecord", "run_plugins", "build_graph", "StrictError", "record_fields", "has_rf"]
+#: ``node.meta`` key: a reason string set by the shape pass on nodes whose values depend on data
+#: (after ``nonzero``, a boolean mask, ``.item()``...); the interpreter makes them ``unknown`` with it.
+UNKNOWN_META = "rfscope_unknown"
+
+__all__ = ["UNKNOWN_META", "NodeRecord", "run_plugins", "build_graph", "StrictError", "record_fields", "has_rf"]
 
 
 class StrictError(RfscopeError, RuntimeError):
@@ -226,7 +230,10 @@ def run_plugins(
                         raise PluginError(msg) from e
                     errors.append(msg)
             fields = record_fields(n.target, args, kwargs) if n.op == "call_function" else None
-            if fields is not None:  # a namedtuple or dataclass built from its fields: their states, in order
+            forced = n.meta.get(UNKNOWN_META)
+            if forced is not None:  # the shape pass could not follow this node (data-dependent values)
+                st = _unknown_like(val, str(forced)) if val is not None else unknown((), str(forced))
+            elif fields is not None:  # a namedtuple or dataclass built from its fields: their states, in order
                 st = tuple(v for _, v in fields)
             elif not tensors or not _has_tensor(val):
                 st = CONST if not isinstance(val, (list, tuple)) else tuple(CONST for _ in val)
