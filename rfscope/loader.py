@@ -15,6 +15,7 @@ where they can be; a model whose constructor needs real tensors is built on the 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -42,7 +43,8 @@ TORCHVISION_INPUTS = {
     "segmentation": "(1, 3, 520, 520)",
     "video": "(1, 3, 16, 112, 112) clips for r3d_18, mc3_18, r2plus1d_18; (1, 3, 16, 224, 224) for the others",
     "optical_flow": "two (1, 3, 224, 224) images (example_inputs)",
-    "detection": "(1, 3, S, S), S = the model's eval transform.min_size (800; SSD 300, SSDlite and *_320_fpn 320)",
+    "detection": "(1, 3, 320, 320), the eval transform set to resize to the input's own size (min_size = max_size = "
+                 "320, so RFs are in input pixels); SSD300 (1, 3, 300, 300) (its fixed size)",
 }
 
 
@@ -60,11 +62,15 @@ class LoadedModel:
     device: str | None = None
     #: why a zoo model asked for on ``meta`` was built on the CPU (``None``: it was not)
     note: str | None = None
+    #: called with the input shape the model is analysed at (a detector's transform resizes to it)
+    adapt: Callable[[tuple[int, ...]], None] | None = None
 
     def inputs(self, shape: tuple[int, ...] | None) -> tuple[tuple[int, ...] | None, tuple[Any, ...] | None]:
         """``(input_shape, example_inputs)`` to analyse: the defaults, or ``shape`` (with the batch dim)
         instead.  A model whose default is several inputs of one shape (optical flow: two images)
         gets each of them at ``shape``."""
+        if self.adapt is not None:
+            self.adapt(shape if shape is not None else self.input_shape or ())
         if shape is None:
             return self.input_shape, self.example_inputs
         ex = self.example_inputs
@@ -263,6 +269,15 @@ def _torchvision_family(builder: Any) -> str:
     return parts[2] if len(parts) > 3 else "classification"
 
 
+def _resize_to(model: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    """A torchvision detector built here resizes its images to ``shape``'s own size (its eval transform
+    would scale them to 800), so that the backbone sees the input at scale 1 and RFs are in input pixels."""
+    t = getattr(model, "transform", None)
+    if t is not None and len(shape) >= 2 and hasattr(t, "min_size"):
+        t.min_size = (min(int(shape[-2]), int(shape[-1])),)
+        t.max_size = max(int(shape[-2]), int(shape[-1]))
+
+
 def _torchvision(name: str, target: str, meta: bool) -> LoadedModel:
     if not name:
         raise LoadError("give a torchvision model name, e.g. torchvision:resnet50")
@@ -299,9 +314,10 @@ def _torchvision(name: str, target: str, meta: bool) -> LoadedModel:
     if family == "segmentation":
         return LoadedModel(model, target, (1, 3, 520, 520), None, device, note)
     if family == "detection":
-        min_size = getattr(getattr(model, "transform", None), "min_size", None) or (800,)
-        s = int(min_size[-1])  # the eval size (keypointrcnn trains on 640..800)
-        return LoadedModel(model, target, (1, 3, s, s), None, device, note)
+        fixed = getattr(getattr(model, "transform", None), "fixed_size", None)  # SSD: its own fixed size
+        s = int(fixed[0]) if fixed else 320
+        adapt = None if fixed else functools.partial(_resize_to, model)
+        return LoadedModel(model, target, (1, 3, s, s), None, device, note, adapt)
     size = 299 if "inception_v3" in name else 224
     return LoadedModel(model, target, (1, 3, size, size), None, device, note)
 

@@ -20,6 +20,7 @@ from rfscope.passes.initcheck import Finding, check, require_real_weights
 from rfscope.passes.interpret import build_graph, run_plugins
 from rfscope.report import Report
 from rfscope.trace.copy import named_modules, structural_copy
+from rfscope.trace.datadep import REAL_SHAPES
 from rfscope.trace.runtime import deep_entry
 from rfscope.trace.shapes import explain_shape_error, propagate_shapes
 from rfscope.trace.strategy import (
@@ -499,6 +500,9 @@ def analyze(
             gm, trace_path, trace_why = _type_tested(gm, model, example_inputs, list(leaf_modules))
     if main_layout.inferred:
         _unbatched_error(gm, example_inputs, failed=False)
+    real_shapes = gm.meta.get(REAL_SHAPES)  # a data-dependent op: shapes on real tensors (rfscope.trace.datadep)
+    if real_shapes:
+        trace_why = f"{trace_why}; {real_shapes}" if trace_why else real_shapes
     input_size = tuple(shape[d] for d in input_axes)
     symbolic = trace_path == PATH_NAMES["symbolic_trace"]
     states = input_states if symbolic else _flat_states(example_inputs, input_states)

@@ -54,6 +54,8 @@ def _rf_text(rf: RF) -> str:
             return "global"
         local = "unknown" if rf.local.status == "unknown" else _fmt_dims(rf.local.size)
         return f"global (local {local})"
+    if rf.table is not None:  # windows differ by position (token layouts): the largest one
+        return f"<={_fmt_dims(rf.size)} per position"
     return _fmt_dims(rf.size)
 
 
@@ -316,7 +318,8 @@ class Report:
     unsupported: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     trace_path: str = "symbolic_trace"
-    #: why the symbolic tracer was not used (``None`` when it was)
+    #: why the symbolic tracer was not used, and/or why shapes were propagated on real tensors (a
+    #: data-dependent op: ``rfscope.trace.datadep``); ``None`` when neither
     trace_fallback: str | None = None
     warnings: list[DesignWarning] = field(default_factory=list)
     findings: list[Finding] | None = None
@@ -922,7 +925,7 @@ class Report:
         if self.warnings:
             lines.append("")
             lines.extend(str(w) for w in self.warnings)
-        if self.trace_path != "symbolic_trace":  # a fallback tracer was used (rfscope.trace.strategy)
+        if self.trace_path != "symbolic_trace" or self.trace_fallback:  # a fallback tracer or real-tensor shapes
             why = self.trace_fallback
             lines.append(f"trace: {self.trace_path}" + (f" ({why})" if why else ""))
         return lines

@@ -105,12 +105,13 @@ def test_every_torchvision_name_resolves(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(rfscope.loader, "_construct", meta_only)
     names = tvm.list_models()
     assert len(names) > 100
-    detection = {"keypointrcnn_resnet50_fpn": 800, "ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320,
-                 "fasterrcnn_mobilenet_v3_large_320_fpn": 320, "retinanet_resnet50_fpn": 800}
+    # 320, with the transform resizing to the input's own size (RFs in input pixels); SSD300 its fixed 300
+    detection = {"keypointrcnn_resnet50_fpn": 320, "ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320,
+                 "fasterrcnn_mobilenet_v3_large_320_fpn": 320, "retinanet_resnet50_fpn": 320}
     for name in names:
         lm = load_model(f"torchvision:{name}", meta=True)
         assert lm.input_shape is not None and len(lm.input_shape) in (4, 5), name
-        if name in detection:  # the eval size of the model's own transform
+        if name in detection:
             assert lm.input_shape == (1, 3, detection[name], detection[name]), name
     assert no_meta and all("regnet" in w for w in no_meta), no_meta
 

@@ -16,6 +16,7 @@ import torch.fx as fx
 from rfscope.core.errors import TraceError
 from rfscope.core.locks import TRACE_LOCK, exclusive
 from rfscope.trace.copy import _to_meta, clear_hooks, meta_copy, modules, named_modules
+from rfscope.trace.datadep import REAL_ATTRS, REAL_INPUTS
 from rfscope.trace.runtime import keep_rng_state
 
 
@@ -163,6 +164,16 @@ def _meta_attrs(gm: fx.GraphModule) -> None:
                 setattr(mod, name, torch.empty_like(v, device="meta"))
 
 
+def _real_attrs(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    """Every tensor the graph holds, by its attribute path (before :func:`_meta_attrs` replaces them)."""
+    out: dict[str, torch.Tensor] = {}
+    for prefix, mod in named_modules(gm):
+        for name, t in (*mod._parameters.items(), *mod._buffers.items(), *vars(mod).items()):
+            if isinstance(t, torch.Tensor):
+                out[f"{prefix}.{name}" if prefix else name] = t
+    return out
+
+
 @exclusive  # make_fx patches nn.Module and keeps process-wide node meta (rfscope.core.locks)
 def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
     """Trace the path the example input takes through a deep copy of ``model`` (real tensors)."""
@@ -186,6 +197,9 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.G
         if _aliasing_hazard(gm):
             calls.clear()
             gm = _functional_make_fx(cp, inputs, opts)
+    # the real values traced with, for a shape pass that needs them (rfscope.trace.datadep.real_pass)
+    gm.meta[REAL_ATTRS] = _real_attrs(gm)
+    gm.meta[REAL_INPUTS] = inputs
     _meta_attrs(gm)
     for n in gm.graph.nodes:  # factory calls recorded with device=cpu (torch.zeros(...)) must make meta tensors
         if isinstance(n.kwargs.get("device"), (torch.device, str)):

@@ -12,6 +12,7 @@ from torch.fx.immutable_collections import immutable_dict, immutable_list
 from rfscope.core.errors import TraceError
 from rfscope.core.locks import running
 from rfscope.core.registry import node_target_name
+from rfscope.trace import datadep
 from rfscope.trace.copy import (
     _meta_twin,
     _to_meta,
@@ -20,6 +21,8 @@ from rfscope.trace.copy import (
     named_modules,
     own_tensors,
 )
+from rfscope.trace.datadep import REAL_ATTRS, REAL_SHAPES, UNKNOWN_META
+from rfscope.trace.runtime import keep_rng_state
 from rfscope.trace.shortcuts import ModuleCallCache, fast_module_output
 
 
@@ -31,8 +34,13 @@ class _ShapePass:
     built once, and BatchNorm/Conv/Linear... take the shortcuts of :mod:`rfscope.trace.shortcuts`.
     """
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, real: torch.Generator | None = None) -> None:
         self.gm = gm
+        #: real tensors instead of meta ones (rfscope.trace.datadep), random values from this generator
+        self.real = real
+        self.real_attrs: dict[str, torch.Tensor] = (gm.meta.get(REAL_ATTRS) or {}) if real is not None else {}
+        #: the node that failed and its exception (after ``run`` raised)
+        self.failed: tuple[fx.Node, Exception] | None = None
         self.modules = dict(named_modules(gm, remove_duplicate=False))
         self.calls = ModuleCallCache()
         self._metas: dict[int, Any] = {}  # id(user tensor or module) -> its meta copy
@@ -43,6 +51,20 @@ class _ShapePass:
         if hit is None:
             hit = self._metas[id(t)] = _meta_twin(t)
         return hit
+
+    def _real_attr(self, target: str, t: torch.Tensor) -> torch.Tensor:
+        """The real tensor for attribute ``target``: the one make_fx traced with, ``t`` when it is
+        real, else seeded random values (one per tensor)."""
+        hit = self.real_attrs.get(target)
+        if hit is not None:
+            return hit
+        if t.device.type != "meta":
+            return t
+        got = self._metas.get(id(t))
+        if got is None:
+            assert self.real is not None
+            got = self._metas[id(t)] = datadep._real_tensor(t, self.real)
+        return got
 
     def _runnable(self, m: torch.nn.Module) -> torch.nn.Module:
         """``m`` itself when it holds no tensor, else a meta copy of it (made once)."""
@@ -74,7 +96,9 @@ class _ShapePass:
                 elif op == "get_attr":
                     out = self.fetch_attr(n.target)
                     if isinstance(out, torch.Tensor):
-                        out = self._meta_tensor(out)
+                        out = self._meta_tensor(out) if self.real is None else self._real_attr(n.target, out)
+                elif self.real is not None:
+                    out = self._run_real(n, value)
                 else:
                     a = _thaw(fx.node.map_arg(n.args, value))
                     kw = _thaw(fx.node.map_arg(n.kwargs, value))
@@ -88,9 +112,27 @@ class _ShapePass:
                     else:  # output
                         out = a[0]
             except Exception as e:
+                self.failed = (n, e)
                 raise self._error(n, e) from e
             env[n] = out
-            n.meta["val"] = out
+            n.meta["val"] = out if self.real is None else datadep.to_meta_value(out)
+
+    def _run_real(self, n: fx.Node, value: Any) -> Any:
+        """One node on real tensors: no shortcuts, modules holding meta tensors on seeded random copies."""
+        a = _thaw(fx.node.map_arg(n.args, value))
+        kw = _thaw(fx.node.map_arg(n.kwargs, value))
+        if n.op == "call_module":
+            m = self.modules[str(n.target)]
+            hit = self._metas.get(id(m))
+            if hit is None:
+                assert self.real is not None
+                hit = self._metas[id(m)] = datadep.real_module(m, self.real)
+            return hit(*a, **kw)
+        if n.op == "call_function":
+            return n.target(*a, **datadep.device_kwargs(kw))  # type: ignore[operator]
+        if n.op == "call_method":
+            return getattr(a[0], str(n.target))(*a[1:], **kw)
+        return a[0]  # output
 
     @staticmethod
     def _placeholder(n: fx.Node, inputs: Any) -> Any:
@@ -190,9 +232,47 @@ def _layer_problem(name: str, m: Any, args: Any) -> str | None:
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
-    """Run ``gm`` on meta tensors, storing each node's value in ``node.meta['val']``."""
+    """Run ``gm`` on meta tensors, storing each node's value in ``node.meta['val']``.
+
+    When a data-dependent op (``nonzero``, a boolean mask, NMS, ``.item()``) or one with no meta
+    kernel stops the meta run, the graph runs on real tensors instead (:mod:`rfscope.trace.datadep`;
+    ``gm.meta[REAL_SHAPES]`` then says why); in any case the nodes whose values depend on the data's
+    values are marked ``node.meta[UNKNOWN_META]``.
+    """
+    gm.meta.pop(REAL_SHAPES, None)
+    for n in gm.graph.nodes:
+        n.meta.pop(UNKNOWN_META, None)
     with torch.no_grad(), running():  # not while torch.export traces (rfscope.core.locks)
-        _ShapePass(gm).run(*[_to_meta(x) for x in example_inputs])
+        sp = _ShapePass(gm)
+        try:
+            sp.run(*[_to_meta(x) for x in example_inputs])
+        except TraceError as err:
+            failed = sp.failed
+            why = datadep.needs_real(*failed) if failed is not None else None
+            if failed is None or why is None:
+                raise
+            _real_shapes(gm, example_inputs, failed[0], why, err)
+    datadep.detach_factories(gm)
+    datadep.mark(gm)
+
+
+def _real_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any], node: fx.Node, why: str,
+                 err: TraceError) -> None:
+    """The shape pass on real tensors (the meta one failed at ``node`` for reason ``why``)."""
+    gen = torch.Generator().manual_seed(0)
+    inputs, source = datadep.real_inputs(gm, example_inputs, gen)
+    real = _ShapePass(gm, real=gen)
+    try:
+        with keep_rng_state():  # the graph may draw from the global generator (dropout, noise)
+            real.run(*inputs)
+    except TraceError as e2:
+        first = str(err).splitlines()[0]
+        raise TraceError(f"{first}; rfscope reran the shapes on real tensors ({why}), which failed too: "
+                         f"{str(e2).splitlines()[0]}") from e2
+    mod = node.meta.get("nn_module_stack")
+    where = f" in module {next(reversed(mod.values()))[0]!r}" if mod else ""
+    gm.meta[REAL_SHAPES] = (f"shapes propagated on real tensors ({source}) because node {node.name!r}{where} is "
+                            f"{why}; what depends on its values is unknown")
 
 
 def minimum_input(gm: fx.GraphModule, example_inputs: Sequence[Any], limit: int = 8192) -> tuple[int, ...] | None:
