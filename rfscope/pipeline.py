@@ -181,11 +181,10 @@ def _input_states(inputs: Sequence[Any], layouts: Sequence[Layout | None],
     primary = next((i for i, lay in enumerate(layouts) if lay is not None and lay.positional), None)
     axes: tuple[str, ...] = ()
     extent: dict[str, int] = {}
-    if primary is not None:
-        lay = layouts[primary]
-        assert lay is not None
-        axes = lay.positional
-        extent = {d: int(s) for d, s in zip(lay.dims, inputs[primary].shape, strict=True)}
+    main = _main_input(inputs, layouts, primary)
+    if main is not None and main[1].positional:  # a tensor, or the first image of a list of images
+        axes = main[1].positional
+        extent = {d: int(s) for d, s in zip(main[1].dims, main[0].shape, strict=True)}
     states: list[Any] = []
     for x, lay, nm in zip(inputs, layouts, names, strict=True):
         if lay is None:
@@ -214,8 +213,42 @@ def _nested_states(x: Any, axes: tuple[str, ...], extent: dict[str, int]) -> Any
     if isinstance(x, (list, tuple)):
         return tuple(_nested_states(v, axes, extent) for v in x)
     if isinstance(x, torch.Tensor):
-        return _tensor_state(x, infer_layout(x), axes, extent, "in a list", "")
+        return _tensor_state(x, _element_layout(x), axes, extent, "in a list", "")
     return CONST
+
+
+def _element_layout(x: torch.Tensor) -> Layout:
+    """The layout of a tensor in a list input: a 3-D one is an image ``(C, H, W)`` (a list of images, as
+    torchvision's detectors take); any other has its inferred layout (:func:`infer_layout`)."""
+    if x.dim() == 3:
+        return Layout(("C", "H", "W"), "CHW", True)
+    return infer_layout(x)
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (list, tuple)):
+        return next((t for t in map(_first_tensor, x) if t is not None), None)
+    return None
+
+
+def _main_input(inputs: Sequence[Any], layouts: Sequence[Layout | None],
+                primary: int | None) -> tuple[torch.Tensor, Layout] | None:
+    """The tensor whose positional axes are the input axes, and its layout: the primary input, else the
+    first tensor input, else the first tensor of a list input (with :func:`_element_layout`)."""
+    if primary is not None:
+        lay = layouts[primary]
+        assert lay is not None
+        return inputs[primary], lay
+    for x, lay in zip(inputs, layouts, strict=True):
+        if lay is not None and isinstance(x, torch.Tensor):
+            return x, lay
+    for x in inputs:
+        t = _first_tensor(x)
+        if t is not None:
+            return t, _element_layout(t)
+    return None
 
 
 def _flat_states(inputs: Sequence[Any], states: Sequence[Any]) -> list[Any]:
@@ -461,15 +494,14 @@ def analyze(
         else:
             example_inputs = tuple(example_inputs)
             names = _arg_names(model, len(example_inputs))
-        if not any(isinstance(x, torch.Tensor) for x in example_inputs):
+        if not any(_first_tensor(x) is not None for x in example_inputs):
             raise AnalysisInputError("example_inputs holds no tensor")
     layouts = _layouts(layout, example_inputs, names)
     input_states, primary = _input_states(example_inputs, layouts, names)
-    main = primary if primary is not None else next(i for i, x in enumerate(example_inputs)
-                                                    if isinstance(x, torch.Tensor))
-    shape = tuple(int(d) for d in example_inputs[main].shape)
-    main_layout = layouts[main]
-    assert main_layout is not None
+    main_input = _main_input(example_inputs, layouts, primary)
+    assert main_input is not None
+    shape = tuple(int(d) for d in main_input[0].shape)
+    main_layout = main_input[1]
     input_axes = tuple(i for i, d in enumerate(main_layout.dims) if d not in ("N", "C"))
     if weights is not None:
         from rfscope.weights import load_weights

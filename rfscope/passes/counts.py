@@ -11,7 +11,9 @@ counted at the first node that uses it; later uses list it in ``NodeCount.shared
   counted at the first node downstream of it that depends on the model input, so
   ``F.conv2d(x, standardize(self.w))`` counts ``w`` at the conv.
 * MACs come from the plugins' ``macs(ctx)`` on the propagated (meta) shapes; a
-  node whose MACs cannot be counted is listed in ``summary.macs_unknown``.
+  node whose MACs cannot be counted is listed in ``summary.macs_unknown``, and so is
+  a node after a data-dependent op (its shapes are one input's: ``rfscope.trace.datadep``),
+  whose MACs are left out of the totals.
 
 Convolution anatomy (``NodeRecord.conv_kind``, from the plugin's
 :class:`~rfscope.core.geometry.Geometry`) is a list: a primary kind, then flags; see
@@ -33,6 +35,7 @@ import torch.nn as nn
 from rfscope.core.state import TensorRF
 from rfscope.core.traits import POINTWISE
 from rfscope.trace.copy import named_modules
+from rfscope.trace.datadep import UNKNOWN_META
 
 if TYPE_CHECKING:
     from rfscope.passes.interpret import NodeRecord
@@ -165,6 +168,8 @@ class Counts:
     records: dict[str, NodeRecord] = field(repr=False)
     per_node: dict[str, NodeCount] = field(default_factory=dict, repr=False)
     _macs_by_module: dict[str, int] | None = field(default=None, repr=False)
+    #: nodes whose shapes depend on the data's values (``rfscope.trace.datadep``): their MACs are not counted
+    data_dependent: frozenset[str] = field(default=frozenset(), repr=False)
     _tensors_by_module: dict[str, tuple[int, int, int]] | None = field(default=None, repr=False)
 
     def node(self, name: str) -> NodeCount:
@@ -209,7 +214,7 @@ class Counts:
         if self._macs_by_module is None:
             acc: dict[str, int] = {}
             for r in self.records.values():
-                if not r.macs:
+                if not r.macs or r.name in self.data_dependent:
                     continue
                 acc[""] = acc.get("", 0) + r.macs
                 if r.module:
@@ -373,13 +378,15 @@ def count(records: dict[str, NodeRecord], gm: fx.GraphModule, model: nn.Module) 
     total, trainable, params = _param_totals(all_params)
     used = sum(p.numel() for p in params if id(p) in counted)
     buffers = sum(b.numel() for b in _unique(all_buffers))
-    macs = sum(r.macs or 0 for r in records.values())
+    # a node after a data-dependent op has the shapes of one input's data: its cost is not known
+    dd = frozenset(n.name for n in gm.graph.nodes if n.meta.get(UNKNOWN_META) is not None)
+    macs = sum(r.macs or 0 for r in records.values() if r.name not in dd)
     unknown = tuple(r.name for r in records.values()
-                    if r.op in ("call_module", "call_function", "call_method") and r.macs is None
-                    and r.shape is not None and r.plugin is None)
+                    if r.op in ("call_module", "call_function", "call_method") and r.shape is not None
+                    and ((r.macs is None and r.plugin is None) or (r.name in dd and r.macs)))
     summary = Summary(total, trainable, total - trainable, buffers, macs, total - used, unknown)
     blocks = _separable_blocks(records, gm, mods)
-    return Counts(summary, blocks, model, records, per_node)
+    return Counts(summary, blocks, model, records, per_node, data_dependent=dd)
 
 
 def _between(rec: NodeRecord | None) -> bool:

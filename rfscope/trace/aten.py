@@ -16,7 +16,7 @@ import torch.fx as fx
 from rfscope.core.errors import TraceError
 from rfscope.core.locks import TRACE_LOCK, exclusive
 from rfscope.trace.copy import _to_meta, clear_hooks, meta_copy, modules, named_modules
-from rfscope.trace.datadep import REAL_ATTRS, REAL_INPUTS
+from rfscope.trace.datadep import FLAT_INPUTS, REAL_ATTRS, REAL_INPUTS
 from rfscope.trace.runtime import keep_rng_state
 
 
@@ -112,6 +112,7 @@ def trace_export(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.Gr
         out.args = (out.args[0][0],)
     _drop_asserts(gm)
     _normalise_stacks(gm, types)
+    gm.meta[FLAT_INPUTS] = True
     return gm
 
 
@@ -200,6 +201,7 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.G
     # the real values traced with, for a shape pass that needs them (rfscope.trace.datadep.real_pass)
     gm.meta[REAL_ATTRS] = _real_attrs(gm)
     gm.meta[REAL_INPUTS] = inputs
+    gm.meta[FLAT_INPUTS] = True
     _meta_attrs(gm)
     for n in gm.graph.nodes:  # factory calls recorded with device=cpu (torch.zeros(...)) must make meta tensors
         if isinstance(n.kwargs.get("device"), (torch.device, str)):

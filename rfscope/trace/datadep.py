@@ -34,6 +34,9 @@ UNKNOWN_META = "rfscope_unknown"
 REAL_ATTRS = "rfscope_real_attrs"
 REAL_INPUTS = "rfscope_real_inputs"
 
+#: ``gm.meta`` key: the graph's placeholders are the inputs' pytree leaves (the ATen tracers' graphs)
+FLAT_INPUTS = "rfscope_flat_inputs"
+
 #: ``gm.meta`` key: why shapes were propagated on real tensors (set by :func:`real_pass`)
 REAL_SHAPES = "rfscope_real_shapes"
 
@@ -206,6 +209,16 @@ def real_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any],
     if all(not isinstance(x, torch.Tensor) or x.device.type != "meta" for x in example_inputs):
         return [_to_real(x, gen) for x in example_inputs], "the example input"
     return [_to_real(x, gen) for x in example_inputs], "a seeded random input of the declared shape"
+
+
+def graph_inputs(gm: fx.GraphModule, inputs: Sequence[Any]) -> list[Any]:
+    """``inputs`` as ``gm``'s placeholders take them: flattened to their pytree leaves for an ATen
+    graph (a list of images is one placeholder per image there)."""
+    if not gm.meta.get(FLAT_INPUTS) or all(isinstance(x, torch.Tensor) for x in inputs):
+        return list(inputs)
+    from torch.utils._pytree import tree_leaves
+
+    return list(tree_leaves(tuple(inputs)))
 
 
 def _shapes(xs: Sequence[Any]) -> list[Any]:

@@ -245,7 +245,7 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     with torch.no_grad(), running():  # not while torch.export traces (rfscope.core.locks)
         sp = _ShapePass(gm)
         try:
-            sp.run(*[_to_meta(x) for x in example_inputs])
+            sp.run(*[_to_meta(x) for x in datadep.graph_inputs(gm, example_inputs)])
         except TraceError as err:
             failed = sp.failed
             why = datadep.needs_real(*failed) if failed is not None else None
@@ -264,7 +264,7 @@ def _real_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any], node: fx.Nod
     real = _ShapePass(gm, real=gen)
     try:
         with keep_rng_state():  # the graph may draw from the global generator (dropout, noise)
-            real.run(*inputs)
+            real.run(*datadep.graph_inputs(gm, inputs))
     except TraceError as e2:
         first = str(err).splitlines()[0]
         raise TraceError(f"{first}; rfscope reran the shapes on real tensors ({why}), which failed too: "
