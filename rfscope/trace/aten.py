@@ -176,8 +176,13 @@ def _real_attrs(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
 
 
 @exclusive  # make_fx patches nn.Module and keeps process-wide node meta (rfscope.core.locks)
-def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.GraphModule:
-    """Trace the path the example input takes through a deep copy of ``model`` (real tensors)."""
+def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any], functional: bool = False) -> fx.GraphModule:
+    """Trace the path the example input takes through a deep copy of ``model`` (real tensors).
+
+    ``functional=True`` functionalises at once rather than after a first trace shows in-place
+    updates of views (a model with data-dependent parts, such as a detector, has them: one trace
+    instead of two).
+    """
     import torch.fx.traceback as fxt
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -194,8 +199,11 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any]) -> fx.G
     # real tensors may be read (``if x.sum() > 0``): the graph follows the branch this input takes
     opts: dict[str, Any] = {"tracing_mode": "real", "_error_on_data_dependent_ops": False}
     with torch.no_grad(), fxt.preserve_node_meta(), keep_rng_state():  # the forward may draw (noise)
-        gm = make_fx(lambda *a: plain_outputs(cp(*a)), **opts)(*inputs)
-        if _aliasing_hazard(gm):
+        if functional:
+            gm = _functional_make_fx(cp, inputs, opts)
+        else:
+            gm = make_fx(lambda *a: plain_outputs(cp(*a)), **opts)(*inputs)
+        if not functional and _aliasing_hazard(gm):
             calls.clear()
             gm = _functional_make_fx(cp, inputs, opts)
     # the real values traced with, for a shape pass that needs them (rfscope.trace.datadep.real_pass)

@@ -94,6 +94,31 @@ def _value(a: Any) -> Any:
     return a.meta.get("val") if isinstance(a, fx.Node) else a
 
 
+def first_data_dependent(gm: fx.GraphModule) -> fx.Node | None:
+    """The first data-dependent node of ``gm`` (:func:`data_dependent`), or ``None``."""
+    return next((n for n in gm.graph.nodes if data_dependent(n) is not None), None)
+
+
+def data_dependent_op(n: fx.Node) -> tuple[str, str]:
+    """:func:`data_dependent` of a node known to be one."""
+    hit = data_dependent(n)
+    assert hit is not None
+    return hit
+
+
+def traced_for(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> bool:
+    """``gm`` was traced by make_fx on real inputs of the example inputs' shapes (its nodes' ``val``
+    are those inputs' values)."""
+    traced = gm.meta.get(REAL_INPUTS)
+    return traced is not None and _shapes(traced) == _shapes(example_inputs)
+
+
+def real_inputs_source(example_inputs: Sequence[Any]) -> str:
+    if all(not isinstance(x, torch.Tensor) or x.device.type != "meta" for x in example_inputs):
+        return "the example input"
+    return "a seeded random input of the declared shape"
+
+
 def data_dependent(n: fx.Node) -> tuple[str, str] | None:
     """``(what, why)`` when ``n``'s output shape or value is decided by the data, else ``None``.
 
@@ -203,12 +228,10 @@ def real_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any],
     from rfscope.trace.aten import _to_real
 
     traced = gm.meta.get(REAL_INPUTS)
-    if traced is not None and _shapes(traced) == _shapes(example_inputs):
-        real = all(not isinstance(x, torch.Tensor) or x.device.type != "meta" for x in example_inputs)
-        return list(traced), "the example input" if real else "a seeded random input of the declared shape"
-    if all(not isinstance(x, torch.Tensor) or x.device.type != "meta" for x in example_inputs):
-        return [_to_real(x, gen) for x in example_inputs], "the example input"
-    return [_to_real(x, gen) for x in example_inputs], "a seeded random input of the declared shape"
+    src = real_inputs_source(example_inputs)
+    if traced is not None and traced_for(gm, example_inputs):
+        return list(traced), src
+    return [_to_real(x, gen) for x in example_inputs], src
 
 
 def graph_inputs(gm: fx.GraphModule, inputs: Sequence[Any]) -> list[Any]:

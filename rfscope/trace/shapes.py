@@ -243,17 +243,42 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     for n in gm.graph.nodes:
         n.meta.pop(UNKNOWN_META, None)
     with torch.no_grad(), running():  # not while torch.export traces (rfscope.core.locks)
-        sp = _ShapePass(gm)
-        try:
-            sp.run(*[_to_meta(x) for x in datadep.graph_inputs(gm, example_inputs)])
-        except TraceError as err:
-            failed = sp.failed
-            why = datadep.needs_real(*failed) if failed is not None else None
-            if failed is None or why is None:
-                raise
-            _real_shapes(gm, example_inputs, failed[0], why, err)
+        first = datadep.first_data_dependent(gm) if datadep.traced_for(gm, example_inputs) else None
+        if first is not None and _traced_values(gm):  # make_fx ran it on real tensors: their values' shapes
+            what = datadep.reason(first, *datadep.data_dependent_op(first)).replace("after ", "", 1)
+            _note_real(gm, first, what, "the values make_fx traced, " + datadep.real_inputs_source(example_inputs))
+        else:
+            sp = _ShapePass(gm)
+            try:
+                sp.run(*[_to_meta(x) for x in datadep.graph_inputs(gm, example_inputs)])
+            except TraceError as err:
+                failed = sp.failed
+                why = datadep.needs_real(*failed) if failed is not None else None
+                if failed is None or why is None:
+                    raise
+                _real_shapes(gm, example_inputs, failed[0], why, err)
     datadep.detach_factories(gm)
     datadep.mark(gm)
+
+
+def _traced_values(gm: fx.GraphModule) -> bool:
+    """Each node's value from the one make_fx recorded on real tensors (``node.meta['val']``, fake
+    tensors), as meta tensors; ``False`` (nothing changed) when a node has none."""
+    sp = _ShapePass(gm)
+    vals: dict[fx.Node, Any] = {}
+    for n in gm.graph.nodes:
+        if n.op == "get_attr":
+            v = sp.fetch_attr(n.target)
+            vals[n] = sp._meta_tensor(v) if isinstance(v, torch.Tensor) else v
+        elif n.op == "output":
+            vals[n] = fx.node.map_arg(n.args[0], vals.__getitem__)
+        elif n.meta.get("val") is None:
+            return False
+        else:
+            vals[n] = datadep.to_meta_value(n.meta["val"])
+    for n, v in vals.items():
+        n.meta["val"] = v
+    return True
 
 
 def _real_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any], node: fx.Node, why: str,
@@ -269,9 +294,13 @@ def _real_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any], node: fx.Nod
         first = str(err).splitlines()[0]
         raise TraceError(f"{first}; rfscope reran the shapes on real tensors ({why}), which failed too: "
                          f"{str(e2).splitlines()[0]}") from e2
+    _note_real(gm, node, why, source)
+
+
+def _note_real(gm: fx.GraphModule, node: fx.Node, why: str, source: str) -> None:
     mod = node.meta.get("nn_module_stack")
     where = f" in module {next(reversed(mod.values()))[0]!r}" if mod else ""
-    gm.meta[REAL_SHAPES] = (f"shapes propagated on real tensors ({source}) because node {node.name!r}{where} is "
+    gm.meta[REAL_SHAPES] = (f"shapes propagated on real tensors ({source}) because of node {node.name!r}{where}: "
                             f"{why}; what depends on its values is unknown")
 
 

@@ -144,17 +144,33 @@ def fallback_paths(model: torch.nn.Module, example_inputs: Sequence[Any], why: s
     if leaves:
         why += f"; {_LEAF_NOTE}"
     tried: list[str] = []
+    data_dependent = False
     try:
         with _quiet():  # a failed export logs the whole graph as a warning
             return trace_export(model, example_inputs), PATH_NAMES["export"], why
     except Exception as e:  # noqa: BLE001 - any failure moves on to the next path
         tried.append(f"torch.export failed: {_first_line(e)}")
+        data_dependent = _data_dependent_guard(e)
+    if data_dependent:
+        why += ("; torch.export stopped at a data-dependent guard, so make_fx traces the path the example input "
+                "takes")
     try:
-        with _quiet():
-            return trace_make_fx(model, example_inputs), PATH_NAMES["make_fx"], why
+        with _quiet():  # a model with data-dependent parts updates views in place: functionalised at once
+            return trace_make_fx(model, example_inputs, functional=data_dependent), PATH_NAMES["make_fx"], why
     except Exception as e:  # noqa: BLE001
         tried.append(f"make_fx failed: {_first_line(e)}")
     raise _AllFailed(f"{why}, and {'; '.join(tried)}", tried)
+
+
+def _data_dependent_guard(e: BaseException) -> bool:
+    """``torch.export`` failed on a value that depends on the data (``nonzero``, ``.item()``...)."""
+    exc: BaseException | None = e
+    while exc is not None:
+        name = type(exc).__name__
+        if "DataDependent" in name or "data-dependent" in str(exc).lower() or "data dependent" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def real_outputs(model: torch.nn.Module, example_inputs: Sequence[Any]) -> Any:
