@@ -79,6 +79,9 @@ class Plugin:
     #: what kind of op this is, for the passes (see :mod:`rfscope.core.traits`)
     traits: frozenset[str] = frozenset()
     init_view: Callable[[InitContext], WeightView | None] | None = None
+    #: the rule on per-position tables (:mod:`rfscope.core.positions`): used when an input is a
+    #: table, or when ``rf`` cannot state the result periodically (``None``: no such rule)
+    table: Callable[[OpContext], Any] | None = None
 
 
 def target_name(t: Any) -> str:
@@ -175,10 +178,11 @@ class Registry:
         geometry: Callable[[OpContext], Geometry | None] | None = None,
         traits: Iterable[str] = (),
         init_view: Callable[[InitContext], WeightView | None] | None = None,
+        table: Callable[[OpContext], Any] | None = None,
     ) -> Plugin:
         """Shorthand for ``register(Plugin(name, tuple(targets), rf, macs, override, ...))``."""
         return self.register(Plugin(name, tuple(targets), rf, macs, override, geometry=geometry,
-                                    traits=frozenset(traits), init_view=init_view))
+                                    traits=frozenset(traits), init_view=init_view, table=table))
 
     def unregister(self, name: str) -> None:
         with TRACE_LOCK:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -70,6 +70,10 @@ class RF:
     dims: tuple[AxisInfo, ...]
     reason: str | None = None
     local: RF | None = None
+    #: the per-position table (:class:`rfscope.core.table.Table`) of a tensor whose positions
+    #: were moved around (windows, class tokens): ``size`` is then the largest over its elements,
+    #: ``stride``/``padding`` are ``None``, and :meth:`window` takes a full tensor index
+    table: Any = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         """Short and bounded, e.g. ``RF(status='exact', size=(427, 427), stride=(32, 32), padding=(213, 213))``.
@@ -79,6 +83,8 @@ class RF:
         """
         if self.status == "unknown":
             return f"RF(status='unknown', reason={self.reason!r})"
+        if self.table is not None:
+            return f"RF(status={self.status!r}, size<={_repr_tuple(self.size)}, per-position table)"
         out = f"RF(status={self.status!r}, size={_repr_tuple(self.size)}, stride={_repr_tuple(self.stride)}, " \
               f"padding={_repr_tuple(self.padding)}"
         if any(d.exact is not None and d.exact.period > 1 for d in self.dims):
@@ -115,8 +121,15 @@ class RF:
         """Per dimension, the bounding-box size of each phase (fractional strides)."""
         return tuple(d.exact.sizes if d.exact is not None else None for d in self.dims)
 
-    def window(self, index: Sequence[int]) -> tuple[tuple[int, int], ...]:
-        """Inclusive pixel bounds ``(lo, hi)`` that unit ``index`` sees, per dimension."""
+    def window(self, index: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
+        """Inclusive pixel bounds ``(lo, hi)`` that unit ``index`` sees, per dimension.
+
+        For a per-position table, ``index`` indexes every dim of the tensor, the result is the
+        bounding box of what that element sees, and ``None`` when it sees nothing (a class token
+        before the first attention).
+        """
+        if self.table is not None:
+            return self.table.box(tuple(index))  # type: ignore[no-any-return]
         out = []
         for d, i in zip(self.dims, index, strict=False):
             if d.exact is None:
@@ -126,7 +139,12 @@ class RF:
         return tuple(out)
 
     def pixels(self, index: Sequence[int]) -> tuple[list[int], ...]:
-        """Exact pixels (holes excluded) unit ``index`` sees, per dimension."""
+        """Exact pixels (holes excluded) unit ``index`` sees, per dimension (for a table: of each
+        box the element sees, merged per axis)."""
+        if self.table is not None:
+            boxes = self.table.boxes(tuple(index))
+            return tuple(sorted({x for b in boxes for x in range(b[a][0], b[a][1] + 1)})
+                         for a in range(len(self.dims)))
         out = []
         for d, i in zip(self.dims, index, strict=False):
             if d.exact is None:
@@ -157,11 +175,16 @@ class RF:
                 }
         if self.status == "unknown":
             d["reason"] = self.reason
+        if self.table is not None:
+            d["per_position"] = True
         return d
 
     # ------------------------------------------------------------------
     @classmethod
     def from_state(cls, st: TensorRF, input_size: Sequence[int]) -> RF:
+        if st.table is not None:
+            sizes = st.table.max_sizes()
+            return cls("exact", tuple(AxisInfo(s, None, None, None, None) for s in sizes), None, None, st.table)
         if st.status == "unknown":
             n = len(input_size)
             dims = tuple(AxisInfo(0, None, None, None, None) for _ in range(n))

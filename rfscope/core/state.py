@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from rfscope.core.rf import IDENTITY, Axis, MisalignedError
 from rfscope.core.rf import union as _union_axis
@@ -81,9 +81,14 @@ class TensorRF:
     #: positions of a spatial dim were scrambled (e.g. cat along tokens); local ops are unknown,
     #: a global op over those dims is still exactly global.
     scrambled: frozenset[int] = field(default_factory=frozenset)
+    #: per-position form (:class:`rfscope.core.table.Table`) when the periodic one cannot say it;
+    #: ``dims`` are then all ``None`` and ``axes`` empty
+    table: Any = None
 
     @property
     def status(self) -> Status:
+        if self.table is not None:
+            return "exact"
         if self.reason is not None or self.scrambled:
             return "unknown"
         if any(isinstance(a, Global) for a in self.axes):

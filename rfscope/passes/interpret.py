@@ -237,14 +237,18 @@ def run_plugins(
                 st = tuple(v for _, v in fields)
             elif not tensors or not _has_tensor(val):
                 st = CONST if not isinstance(val, (list, tuple)) else tuple(CONST for _ in val)
-            elif all(t.reason is None and not t.axes and not t.scrambled for t in tensors):
+            elif all(t.reason is None and not t.axes and not t.scrambled and t.table is None for t in tensors):
                 # computed from inputs with no positional axis only (a feature vector, a timestep):
                 # whatever the op, no dim of the result indexes an input axis, and no RF applies
                 st = _positionless_like(val)
             elif any(t.reason is not None for t in tensors) and not _handles_unknown(plugin):
                 reason = next(t.reason for t in tensors if t.reason is not None)
                 st = _unknown_like(val, reason or "unknown input")
-            elif plugin is None or plugin.rf is None:
+            elif any(t.table is not None for t in tensors) and (plugin is None or plugin.table is None):
+                st = _unknown_like(val, f"{tname}: no rule for per-position (token layout) inputs")
+                if plugin is None or plugin.rf is None:
+                    unsupported[tname] = None
+            elif plugin is None or (plugin.rf is None and plugin.table is None):
                 unsupported[tname] = None
                 msg = f"no plugin for {tname}"
                 if strict:
@@ -254,19 +258,19 @@ def run_plugins(
                     )
                 st = _unknown_like(val, msg)
             else:
-                try:
-                    st = plugin.rf(ctx)
-                    _check(st, val)
-                except Unsupported as e:
-                    st = _unknown_like(val, f"{tname}: {e}")
-                    if strict:
-                        raise StrictError(f"node {n.name!r}: {tname}: {e}") from e
-                except Exception as e:  # noqa: BLE001
-                    msg = f"plugin {plugin.name!r} raised at node {n.name!r} ({tname}): {type(e).__name__}: {e}"
-                    if strict:
-                        raise PluginError(msg) from e
-                    errors.append(msg)
-                    st = _unknown_like(val, msg)
+                tabled = any(t.table is not None for t in tensors)
+                rule = plugin.table if tabled or plugin.rf is None else plugin.rf
+                assert rule is not None
+                retry = not tabled and plugin.table is not None and rule is not plugin.table
+                st = _call_rule(rule, ctx, val, plugin, tname, strict and not retry, errors)
+                if retry and _lost(st):
+                    # the periodic form cannot say it: try the per-position form
+                    assert plugin.table is not None
+                    alt = _call_rule(plugin.table, ctx, val, plugin, tname, False, [])
+                    if not _lost(alt):
+                        st = alt
+                    elif strict:
+                        raise StrictError(f"node {n.name!r}: {next(iter(_reasons(st)), tname)}")
         states[n] = st
         mpath, mcls = _module_of(n)
         stack = n.meta.get("nn_module_stack") or {}
@@ -338,7 +342,8 @@ def has_rf(st: TensorRF, input_size: Sequence[int]) -> bool:
     """A receptive field applies to a tensor that depends on the input: the input has a positional
     axis and the tensor's units depend on positions along it (an input with no positional axis, a
     feature vector, and what is computed from it alone, have none: the table says ``n/a``)."""
-    return bool(input_size) and (st.reason is not None or bool(st.scrambled) or bool(st.axes))
+    return bool(input_size) and (st.reason is not None or bool(st.scrambled) or bool(st.axes)
+                                 or st.table is not None)
 
 
 def _given_state(val: Any, states: Sequence[Any], k: int, n: fx.Node) -> Any:
@@ -373,6 +378,43 @@ def build_graph(records: dict[str, NodeRecord]) -> nx.DiGraph:
         for a in r.inputs:
             g.add_edge(a, r.name)
     return g
+
+
+def _lost(st: Any) -> bool:
+    """A state the periodic rules gave up on (unknown, or positions shuffled)."""
+    if isinstance(st, TensorRF):
+        return st.table is None and (st.reason is not None or bool(st.scrambled))
+    if isinstance(st, tuple):
+        return any(_lost(x) for x in st)
+    return False
+
+
+def _reasons(st: Any) -> list[str]:
+    if isinstance(st, TensorRF):
+        return [st.why] if st.why else []
+    if isinstance(st, tuple):
+        return [r for x in st for r in _reasons(x)]
+    return []
+
+
+def _call_rule(rule: Any, ctx: OpContext, val: Any, plugin: Plugin, tname: str, strict: bool,
+               errors: list[str]) -> Any:
+    """Run one rule of ``plugin``: its state, or ``unknown`` with the reason it gave."""
+    n = ctx.node
+    try:
+        st = rule(ctx)
+        _check(st, val)
+        return st
+    except Unsupported as e:
+        if strict:
+            raise StrictError(f"node {n.name!r}: {tname}: {e}") from e
+        return _unknown_like(val, f"{tname}: {e}")
+    except Exception as e:  # noqa: BLE001
+        msg = f"plugin {plugin.name!r} raised at node {n.name!r} ({tname}): {type(e).__name__}: {e}"
+        if strict:
+            raise PluginError(msg) from e
+        errors.append(msg)
+        return _unknown_like(val, msg)
 
 
 def _has_tensor(v: Any) -> bool:

@@ -10,6 +10,7 @@ BUILTIN = (
     "capsule",
     "conv",
     "einsum",
+    "index",
     "linear",
     "norm",
     "normalize",

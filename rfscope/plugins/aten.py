@@ -26,6 +26,7 @@ from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.geometry import Geometry
 from rfscope.core.initview import InitContext, WeightView
 from rfscope.core.ops import elementwise, norm_dim, reduce_dims, same_state
+from rfscope.core.positions import elementwise_rule, index_rule
 from rfscope.core.registry import Method, Plugin, Registry
 from rfscope.core.state import CONST, TensorRF, make_global
 from rfscope.core.traits import CHANNELWISE, FLATTEN, NORM, POINTWISE, RELU
@@ -132,6 +133,13 @@ def _delegating(reg: Registry, tr: Translator, traits: Iterable[str] = ()) -> Pl
         if p.rf is None:
             raise Unsupported(f"plugin {p.name!r} gives no RF")
         st = p.rf(c2)
+        return call.wrap(st, ctx) if call.wrap is not None else st
+
+    def table(ctx: OpContext) -> Any:
+        p, c2, call = plugin_for(ctx)
+        if p.table is None:
+            raise Unsupported(f"plugin {p.name!r} has no per-position rule")
+        st = p.table(c2)
         return call.wrap(st, ctx) if call.wrap is not None else st
 
     def macs(ctx: OpContext) -> int:
@@ -528,18 +536,26 @@ _CONST = ["zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "ra
 def register(reg: Registry) -> None:
     def d(name: str, ops: list[Any], tr: Translator, traits: Iterable[str] = ()) -> None:
         p = _delegating(reg, tr, traits)
-        reg.add(name, ops, rf=p.rf, macs=p.macs, geometry=p.geometry, traits=p.traits, init_view=p.init_view)
+        reg.add(name, ops, rf=p.rf, macs=p.macs, geometry=p.geometry, traits=p.traits, init_view=p.init_view,
+                table=p.table)
 
     # the traits of the torch-level plugins (rfscope.plugins.pointwise) for the same ops
     grouped = [*_RELU, *_UNARY, *_POINTWISE_ONLY]
     assert all(n in _ELEMENTWISE for n in grouped)
-    reg.add("aten_relu", overloads(_RELU, inplace=True), rf=_elementwise, traits={POINTWISE, RELU, CHANNELWISE})
-    reg.add("aten_unary", overloads(_UNARY, inplace=True), rf=_elementwise, traits={POINTWISE, CHANNELWISE})
-    reg.add("aten_random", overloads(_POINTWISE_ONLY, inplace=True), rf=_elementwise, traits={POINTWISE})
+    ew = elementwise_rule
+    reg.add("aten_relu", overloads(_RELU, inplace=True), rf=_elementwise, traits={POINTWISE, RELU, CHANNELWISE},
+            table=ew)
+    reg.add("aten_unary", overloads(_UNARY, inplace=True), rf=_elementwise, traits={POINTWISE, CHANNELWISE}, table=ew)
+    reg.add("aten_random", overloads(_POINTWISE_ONLY, inplace=True), rf=_elementwise, traits={POINTWISE}, table=ew)
     reg.add("aten_elementwise", overloads([n for n in _ELEMENTWISE if n not in grouped], inplace=True),
-            rf=_elementwise)
+            rf=_elementwise, table=ew)
     reg.add("aten_multi_elementwise", overloads(["log_sigmoid_forward"]), rf=_multi_elementwise)
-    reg.add("aten_copy", overloads(_SELF_ONLY), rf=same_state, traits={POINTWISE, CHANNELWISE})
+    reg.add("aten_copy", overloads(_SELF_ONLY), rf=same_state, traits={POINTWISE, CHANNELWISE}, table=ew)
+    # ops that only move values: PyTorch runs them on the per-position tables themselves
+    reg.add("aten_index_ops", overloads(["roll", "flip", "repeat", "repeat_interleave", "index_select", "gather",
+                                         "take_along_dim", "unfold", "im2col", "channel_shuffle", "index",
+                                         "diagonal", "tile"]),
+            table=index_rule)
     reg.add("aten_const", overloads(_CONST), rf=_const)
     reg.add("aten_as_strided", overloads(["as_strided"], inplace=True), rf=_restride)
     d("aten_conv", overloads(["conv1d", "conv2d", "conv3d"]), _conv)

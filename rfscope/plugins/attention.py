@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import axes_of
+from rfscope.core.positions import sdpa_rule
 from rfscope.core.registry import Registry
 from rfscope.core.state import DimTag, TensorRF, make_global, merge
 
@@ -83,5 +84,5 @@ def _mha_macs(ctx: OpContext) -> int:
 
 
 def register(reg: Registry) -> None:
-    reg.add("sdpa", (F.scaled_dot_product_attention,), rf=_sdpa_rf, macs=_sdpa_macs)
+    reg.add("sdpa", (F.scaled_dot_product_attention,), rf=_sdpa_rf, macs=_sdpa_macs, table=sdpa_rule)
     reg.add("multihead_attention", (nn.MultiheadAttention,), rf=_mha_rf, macs=_mha_macs)

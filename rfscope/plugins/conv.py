@@ -16,6 +16,7 @@ from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.geometry import Geometry
 from rfscope.core.initview import InitContext, WeightView, module_view
 from rfscope.core.ops import as_tuple, local
+from rfscope.core.positions import sliding_rule
 from rfscope.core.registry import Registry
 from rfscope.core.state import TensorRF, make_global
 
@@ -117,6 +118,6 @@ def _init_view(transposed: bool) -> Any:
 
 def register(reg: Registry) -> None:
     reg.add("conv", (nn.Conv1d, nn.Conv2d, nn.Conv3d, *set(_FUNC)), rf=_rf, macs=_macs, geometry=conv_geometry,
-            init_view=_init_view(False))
+            table=sliding_rule(conv_geometry, True), init_view=_init_view(False))
     reg.add("conv_transpose", (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, *set(_FUNC_T)),
             rf=_rf, macs=_macs, geometry=conv_geometry, init_view=_init_view(True))

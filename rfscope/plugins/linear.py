@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.initview import InitContext, WeightView, module_view
 from rfscope.core.ops import axes_of
+from rfscope.core.positions import contract_rule, matmul_rule
 from rfscope.core.registry import Method, Registry
 from rfscope.core.state import DimTag, TensorRF, make_global, merge
 
@@ -95,6 +96,6 @@ def _embedding_rf(ctx: OpContext) -> TensorRF:
 def register(reg: Registry) -> None:
     reg.add("embedding", (nn.Embedding, F.embedding, torch.ops.aten.embedding.default), rf=_embedding_rf)
     reg.add("linear", (nn.Linear, F.linear, nn.LazyLinear), rf=_linear_rf, macs=_linear_macs,
-            init_view=_linear_view)
+            init_view=_linear_view, table=contract_rule(1))
     reg.add("matmul", (torch.matmul, torch.bmm, torch.mm, operator.matmul, Method("matmul"), Method("bmm")),
-            rf=_matmul_rf, macs=_matmul_macs)
+            rf=_matmul_rf, macs=_matmul_macs, table=matmul_rule)

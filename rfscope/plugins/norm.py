@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from rfscope.core.context import OpContext
 from rfscope.core.ops import axes_of
+from rfscope.core.positions import contract_rule, group_rule
 from rfscope.core.registry import Registry
 from rfscope.core.state import TensorRF, make_global
 from rfscope.core.traits import NORM
@@ -47,8 +48,18 @@ _GROUP = (nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
           torch.group_norm)
 
 
+def _layer_n(ctx: OpContext) -> int:
+    m: Any = ctx.module
+    shape = m.normalized_shape if m is not None else ctx.param("normalized_shape")
+    return 1 if isinstance(shape, int) else len(shape)
+
+
+def _group_dims(ctx: OpContext, nd: int) -> list[int]:
+    return list(range(1, nd))  # per sample: the group's channels and every position
+
+
 def register(reg: Registry) -> None:
-    reg.add("group_norm", _GROUP, rf=_group_rf, traits={NORM})
+    reg.add("group_norm", _GROUP, rf=_group_rf, traits={NORM}, table=group_rule)
     reg.add("layer_norm", (nn.LayerNorm, F.layer_norm, torch.layer_norm, nn.RMSNorm, F.rms_norm), rf=_layer_rf,
-            traits={NORM})
+            traits={NORM}, table=contract_rule(_layer_n))
     reg.add("local_response_norm", (nn.LocalResponseNorm, F.local_response_norm), rf=_lrn_rf, traits={NORM})

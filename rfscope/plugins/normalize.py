@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from rfscope.core.context import OpContext
 from rfscope.core.ops import global_over, norm_dim
+from rfscope.core.positions import softmax_rule
 from rfscope.core.registry import Registry
 from rfscope.core.state import TensorRF
 from rfscope.core.traits import NORM
@@ -25,4 +26,4 @@ def _normalize_rf(ctx: OpContext) -> TensorRF:
 
 
 def register(reg: Registry) -> None:
-    reg.add("normalize", (F.normalize,), rf=_normalize_rf, traits={NORM})
+    reg.add("normalize", (F.normalize,), rf=_normalize_rf, traits={NORM}, table=softmax_rule)

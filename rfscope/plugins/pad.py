@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import local
+from rfscope.core.positions import index_rule
 from rfscope.core.registry import Registry
 from rfscope.core.state import TensorRF
 
@@ -49,4 +50,4 @@ def _rf(ctx: OpContext) -> TensorRF:
 
 
 def register(reg: Registry) -> None:
-    reg.add("pad", (*_PAD_MODULES, F.pad), rf=_rf)
+    reg.add("pad", (*_PAD_MODULES, F.pad), rf=_rf, table=index_rule)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import elementwise, same_state
+from rfscope.core.positions import elementwise_rule
 from rfscope.core.registry import Method, Registry
 from rfscope.core.state import TensorRF
 from rfscope.core.traits import BATCHNORM, CHANNELWISE, NORM, POINTWISE, RELU
@@ -95,22 +96,22 @@ def _complex_part(ctx: OpContext) -> TensorRF:
 def register(reg: Registry) -> None:
     channelwise = [m for m in (*ACTIVATION_MODULES, *OTHER_MODULES)
                    if m not in _RELU_MODULES and m not in _RANDOM_MODULES]
-    reg.add("relu_modules", _RELU_MODULES, rf=_elementwise, traits={POINTWISE, RELU, CHANNELWISE})
-    reg.add("pointwise_modules", channelwise, rf=_elementwise, traits={POINTWISE, CHANNELWISE})
-    reg.add("random_modules", _RANDOM_MODULES, rf=_elementwise, traits={POINTWISE})
+    reg.add("relu_modules", _RELU_MODULES, rf=_elementwise, table=elementwise_rule, traits={POINTWISE, RELU, CHANNELWISE})
+    reg.add("pointwise_modules", channelwise, rf=_elementwise, table=elementwise_rule, traits={POINTWISE, CHANNELWISE})
+    reg.add("random_modules", _RANDOM_MODULES, rf=_elementwise, table=elementwise_rule, traits={POINTWISE})
     reg.add("batch_norm_modules", BATCHNORM_MODULES, rf=_elementwise,
             traits={POINTWISE, CHANNELWISE, NORM, BATCHNORM})
     funcs = [*_FUNCS, *(Method(m) for m in _METHODS)]
     unary = [*_UNARY_FUNCS, *(Method(m) for m in _UNARY_METHODS)]
     grouped = [*_RELU_FUNCS, *unary, *_POINTWISE_ONLY_FUNCS, *_NORM_FUNCS]
     assert all(f in funcs for f in grouped), "every grouped function is one of _FUNCS/_METHODS"
-    reg.add("relu", _RELU_FUNCS, rf=_elementwise, traits={POINTWISE, RELU, CHANNELWISE})
-    reg.add("unary", unary, rf=_elementwise, traits={POINTWISE, CHANNELWISE})
-    reg.add("random", _POINTWISE_ONLY_FUNCS, rf=_elementwise, traits={POINTWISE})
-    reg.add("batch_norm", _NORM_FUNCS, rf=_elementwise, traits={POINTWISE, NORM})
-    reg.add("elementwise", tuple(dict.fromkeys(f for f in funcs if f not in grouped)), rf=_elementwise)
+    reg.add("relu", _RELU_FUNCS, rf=_elementwise, table=elementwise_rule, traits={POINTWISE, RELU, CHANNELWISE})
+    reg.add("unary", unary, rf=_elementwise, table=elementwise_rule, traits={POINTWISE, CHANNELWISE})
+    reg.add("random", _POINTWISE_ONLY_FUNCS, rf=_elementwise, table=elementwise_rule, traits={POINTWISE})
+    reg.add("batch_norm", _NORM_FUNCS, rf=_elementwise, table=elementwise_rule, traits={POINTWISE, NORM})
+    reg.add("elementwise", tuple(dict.fromkeys(f for f in funcs if f not in grouped)), rf=_elementwise, table=elementwise_rule)
     reg.add("self_only", tuple(Method(m) for m in _SELF_ONLY) + (torch.clone,), rf=same_state,
-            traits={POINTWISE, CHANNELWISE})
+            traits={POINTWISE, CHANNELWISE}, table=elementwise_rule)
     # ``z.real`` / ``z.imag`` of a complex input (an STFT front end): the same positions, element by element
     reg.add("complex_part", (getattr, torch.real, torch.imag, torch.ops.aten.real.default,
                              torch.ops.aten.imag.default), rf=_complex_part, traits={POINTWISE, CHANNELWISE})

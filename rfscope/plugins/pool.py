@@ -14,6 +14,7 @@ from rfscope.core import rf
 from rfscope.core.context import OpContext
 from rfscope.core.geometry import Geometry
 from rfscope.core.ops import as_tuple, local, reduce_dims
+from rfscope.core.positions import sliding_rule
 from rfscope.core.registry import Registry
 from rfscope.core.traits import CHANNELWISE
 
@@ -135,8 +136,22 @@ def _adaptive_macs(ctx: OpContext) -> int:
     return total
 
 
+def _adaptive_table(ctx: OpContext) -> Any:
+    """Adaptive pooling of a table: exact when each output reads an equal, disjoint block."""
+    ins, outs = ctx.in_shape(0), ctx.out_shape
+    n = len(outs) - (len(ins) - len(outs)) if len(outs) != len(ins) else None
+    k = []
+    for i, o in zip(ins[2:] if n is None else ins[-len(outs) + 1:], outs[2:], strict=False):
+        if o == 0 or i % o:
+            raise Unsupported("adaptive pooling to a size that does not divide the input, in a token layout")
+        k.append(i // o)
+    g = Geometry("pool", tuple(k), tuple(k), tuple(0 for _ in k), tuple(1 for _ in k))
+    return sliding_rule(lambda _c: g, False)(ctx)
+
+
 def register(reg: Registry) -> None:
     # pooling acts on each channel alone, the same way for every channel
     reg.add("pool", (*_MAX, *_AVG, *_LP, *_F_MAX, *_F_AVG, *_F_LP), rf=_pool_rf, macs=_pool_macs,
-            geometry=pool_geometry, traits={CHANNELWISE})
-    reg.add("adaptive_pool", (*_ADA, *_F_ADA), rf=_adaptive_rf, macs=_adaptive_macs, traits={CHANNELWISE})
+            geometry=pool_geometry, traits={CHANNELWISE}, table=sliding_rule(pool_geometry, False))
+    reg.add("adaptive_pool", (*_ADA, *_F_ADA), rf=_adaptive_rf, macs=_adaptive_macs, traits={CHANNELWISE},
+            table=_adaptive_table)

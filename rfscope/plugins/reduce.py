@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from rfscope.core.context import OpContext
 from rfscope.core.ops import elementwise, global_over, reduce_dims
+from rfscope.core.positions import reduce_table_rule, softmax_rule
 from rfscope.core.registry import Method, Registry
 from rfscope.core.state import TensorRF
 
@@ -43,6 +44,6 @@ def register(reg: Registry) -> None:
     reg.add("reduce", (torch.mean, torch.sum, torch.amax, torch.amin, torch.max, torch.min, torch.std,
                        torch.var, torch.logsumexp, torch.norm, torch.prod,
                        M("mean"), M("sum"), M("amax"), M("amin"), M("max"), M("min"), M("std"),
-                       M("var"), M("logsumexp"), M("norm"), M("prod")), rf=_reduce_rf)
+                       M("var"), M("logsumexp"), M("norm"), M("prod")), rf=_reduce_rf, table=reduce_table_rule)
     reg.add("softmax", (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, M("softmax"),
-                        M("log_softmax"), nn.Softmax, nn.LogSoftmax, nn.Softmin), rf=_softmax_rf)
+                        M("log_softmax"), nn.Softmax, nn.LogSoftmax, nn.Softmin), rf=_softmax_rf, table=softmax_rule)

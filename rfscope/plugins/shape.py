@@ -15,6 +15,7 @@ import torch.nn as nn
 from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import norm_dim
+from rfscope.core.positions import index_rule
 from rfscope.core.registry import Method, Plugin, Registry
 from rfscope.core.state import CONST, DimTag, Global, Merged, TensorRF, map_axis, merge, unknown
 from rfscope.core.traits import FLATTEN
@@ -309,19 +310,20 @@ def _split_rf(ctx: OpContext) -> Any:
 def register(reg: Registry) -> None:
     M = Method
     reg.add("reshape", (M("view"), M("reshape"), M("unflatten"), M("view_as"),
-                        M("reshape_as"), torch.reshape, torch.unflatten, nn.Unflatten), rf=_reshape_rf)
-    reg.add("flatten", (M("flatten"), torch.flatten, nn.Flatten), rf=_reshape_rf, traits={FLATTEN})
-    reg.add("permute", (M("permute"), torch.permute), rf=_permute_rf)
-    reg.add("transpose", (M("transpose"), torch.transpose, M("swapaxes"), torch.swapaxes), rf=_transpose_rf)
-    reg.add("movedim", (M("movedim"), torch.movedim), rf=_movedim_rf)
-    reg.add("unsqueeze", (M("unsqueeze"), torch.unsqueeze), rf=_unsqueeze_rf)
-    reg.add("squeeze", (M("squeeze"), torch.squeeze), rf=_squeeze_rf)
-    reg.add("expand", (M("expand"), M("expand_as")), rf=_expand_rf)
+                        M("reshape_as"), torch.reshape, torch.unflatten, nn.Unflatten), rf=_reshape_rf, table=index_rule)
+    reg.add("flatten", (M("flatten"), torch.flatten, nn.Flatten), rf=_reshape_rf, traits={FLATTEN}, table=index_rule)
+    reg.add("permute", (M("permute"), torch.permute), rf=_permute_rf, table=index_rule)
+    reg.add("transpose", (M("transpose"), torch.transpose, M("swapaxes"), torch.swapaxes), rf=_transpose_rf, table=index_rule)
+    reg.add("movedim", (M("movedim"), torch.movedim), rf=_movedim_rf, table=index_rule)
+    reg.add("unsqueeze", (M("unsqueeze"), torch.unsqueeze), rf=_unsqueeze_rf, table=index_rule)
+    reg.add("squeeze", (M("squeeze"), torch.squeeze), rf=_squeeze_rf, table=index_rule)
+    reg.add("expand", (M("expand"), M("expand_as")), rf=_expand_rf, table=index_rule)
     # called with unknown inputs too: picking a known output of a tuple whose other outputs are
     # unknown (a unidirectional RNN's global h_n) must not inherit their reason
-    reg.register(Plugin("getitem", (operator.getitem,), _getitem_rf, extra={"handles_unknown": True}))
-    reg.add("select", (M("select"), torch.select), rf=_select_rf)
-    reg.add("narrow", (M("narrow"), torch.narrow), rf=_narrow_rf)
-    reg.add("t", (M("t"), torch.t), rf=_t_rf)
-    reg.add("cat", (torch.cat, torch.concat, torch.concatenate, torch.stack), rf=_cat_rf)
-    reg.add("split", (M("split"), M("chunk"), M("unbind"), torch.split, torch.chunk, torch.unbind), rf=_split_rf)
+    reg.register(Plugin("getitem", (operator.getitem,), _getitem_rf, extra={"handles_unknown": True},
+                        table=index_rule))
+    reg.add("select", (M("select"), torch.select), rf=_select_rf, table=index_rule)
+    reg.add("narrow", (M("narrow"), torch.narrow), rf=_narrow_rf, table=index_rule)
+    reg.add("t", (M("t"), torch.t), rf=_t_rf, table=index_rule)
+    reg.add("cat", (torch.cat, torch.concat, torch.concatenate, torch.stack), rf=_cat_rf, table=index_rule)
+    reg.add("split", (M("split"), M("chunk"), M("unbind"), torch.split, torch.chunk, torch.unbind), rf=_split_rf, table=index_rule)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import local
+from rfscope.core.positions import index_rule
 from rfscope.core.registry import Registry
 from rfscope.core.state import TensorRF
 from rfscope.plugins.pool import adaptive
@@ -176,9 +177,18 @@ def _unshuffle_rf(ctx: OpContext) -> TensorRF:
     return local(ctx, {-1: lambda a: rf.conv(a, r, r), -2: lambda a: rf.conv(a, r, r)})
 
 
+def _interp_table(ctx: OpContext) -> Any:
+    """Nearest-neighbour resizing only copies values: run it on the table; other modes blend."""
+    m: Any = ctx.module
+    mode = m.mode if m is not None else ctx.param("mode", "nearest")
+    if mode not in ("nearest", "nearest-exact"):
+        raise Unsupported(f"{mode} interpolation in a token layout")
+    return index_rule(ctx)
+
+
 def register(reg: Registry) -> None:
     reg.add("interpolate", (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
                             F.interpolate, F.upsample),
-            rf=_interp_rf, macs=_interp_macs)
-    reg.add("pixel_shuffle", (nn.PixelShuffle, F.pixel_shuffle), rf=_shuffle_rf)
-    reg.add("pixel_unshuffle", (nn.PixelUnshuffle, F.pixel_unshuffle), rf=_unshuffle_rf)
+            rf=_interp_rf, macs=_interp_macs, table=_interp_table)
+    reg.add("pixel_shuffle", (nn.PixelShuffle, F.pixel_shuffle), rf=_shuffle_rf, table=index_rule)
+    reg.add("pixel_unshuffle", (nn.PixelUnshuffle, F.pixel_unshuffle), rf=_unshuffle_rf, table=index_rule)

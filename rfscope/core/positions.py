@@ -1,0 +1,471 @@
+"""Switching a tensor between the periodic form and a per-position table, and the table rules.
+
+A plugin's ``table`` rule (:attr:`rfscope.core.registry.Plugin.table`) runs when one of
+its inputs is a table, or when its ``rf`` rule cannot state the result periodically (a
+reshape that cuts a spatial dim into windows, a class token ``cat``).  The rules here are
+the few kinds every op falls into:
+
+- :func:`index_rule`: the op only moves values around (view, permute, roll, cat, gather,
+  unfold...): PyTorch runs the op itself on the table's columns;
+- :func:`elementwise_rule`: each output element reads the same element of every input;
+- :func:`reduce_rule`, :func:`contract_rule`, :func:`matmul_rule`, :func:`sdpa_rule`:
+  the output mixes the elements along some dims (the exact union);
+- :func:`sliding_rule`: convs and pools over the last dims.
+
+After each rule the result goes back to the periodic form when the table is periodic
+again (:func:`from_table`).  See docs/design.md, "Token layouts".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from rfscope.core.context import OpContext, Unsupported
+from rfscope.core.rf import Axis, Window
+from rfscope.core.state import CONST, Global, Merged, TensorRF
+from rfscope.core.table import Part, Table, TableError, _assemble, compress
+
+__all__ = [
+    "to_table", "from_table", "index_rule", "elementwise_rule", "reduce_rule", "contract_rule",
+    "matmul_rule", "sdpa_rule", "sliding_rule", "softmax_rule", "reduce_table_rule", "group_rule", "is_table",
+    "NOT_TRACKED",
+]
+
+#: why a global axis met through a table has no local RF
+NOT_TRACKED = "local paths are not tracked through token layouts"
+
+
+# -- periodic -> table ----------------------------------------------------------
+def _unit_index(tag: Any, axis: int, shape: Sequence[int], d: int) -> torch.Tensor | None:
+    """Unit index along input ``axis`` of each index of tensor dim ``d`` (``None``: not on this dim)."""
+    n = shape[d]
+    ar = torch.arange(n, dtype=torch.int64)
+    if tag == axis and isinstance(tag, int):
+        return ar
+    if isinstance(tag, Merged):
+        after = 1
+        for t, sz in reversed(tag.parts):
+            if t == axis:
+                return (ar // after) % sz
+            after *= sz
+    return None
+
+
+def _axis_bounds(a: Axis, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    for w in a.windows:
+        if not w.empty and w.count != w.size:
+            raise Unsupported("windows with holes (dilation) cannot enter a token layout yet")
+    lo = torch.tensor([w.lo if not w.empty else 1 for w in a.windows], dtype=torch.int64)
+    hi = torch.tensor([w.hi if not w.empty else 0 for w in a.windows], dtype=torch.int64)
+    m, ph = torch.div(u, a.period, rounding_mode="floor"), u % a.period
+    shift = m * a.step
+    return lo[ph] + shift, hi[ph] + shift
+
+
+def to_table(st: TensorRF, shape: Sequence[int], input_size: Sequence[int]) -> Table:
+    """The table of a tensor in periodic form (raises :class:`Unsupported` if it cannot say)."""
+    if st.table is not None:
+        return st.table
+    if st.reason is not None:
+        raise Unsupported(st.reason)
+    if st.scrambled:
+        raise Unsupported(st.why or "positions were shuffled")
+    shape = tuple(shape)
+    nd = len(shape)
+    bounds = []
+    for a, ax in enumerate(st.axes):
+        if isinstance(ax, Global):
+            z = torch.zeros((), dtype=torch.int64).expand(shape)
+            bounds.append((z, z + (input_size[a] - 1)))
+            continue
+        u = None
+        for d, tag in enumerate(st.dims):
+            idx = _unit_index(tag, a, shape, d)
+            if idx is None:
+                continue
+            if u is not None:
+                raise Unsupported(f"two dims index input axis {a}")
+            view = [1] * nd
+            view[d] = shape[d]
+            u = idx.view(view)
+        if u is None:  # every element sees what one unit saw (after select)
+            u = torch.zeros((1,) * nd, dtype=torch.int64)
+        lo, hi = _axis_bounds(ax, u)
+        bounds.append((lo.expand(shape), hi.expand(shape)))
+    return Table((Part.encode(bounds),), shape, len(st.axes))
+
+
+# -- table -> periodic ------------------------------------------------------------
+def _period(lo: list[int], hi: list[int]) -> Axis | None:
+    """The smallest periodic axis that reproduces the windows ``[lo[i], hi[i]]`` (seen twice at least)."""
+    n = len(lo)
+    wins = [Window(lo[i], (1 << (hi[i] - lo[i] + 1)) - 1) if hi[i] >= lo[i] else Window(0, 0) for i in range(n)]
+    if n == 1:
+        return Axis(1, 0, (wins[0],))
+    for d in range(1, n // 2 + 1):
+        ref = next((i for i in range(n - d) if not wins[i].empty and not wins[i + d].empty), None)
+        k = wins[ref + d].lo - wins[ref].lo if ref is not None else 0
+        if all(wins[i + d] == (wins[i].shift(k) if not wins[i].empty else wins[i]) for i in range(n - d)):
+            return Axis(d, k, tuple(wins[:d]))
+    return None
+
+
+def from_table(t: Table, input_size: Sequence[int], ndim: int) -> TensorRF:
+    """The compact form of a table: global where every element sees the whole input, periodic
+    where the table is one window sequence per tensor dim, else the table itself."""
+    none = (None,) * ndim
+    if t.covers(input_size):
+        return TensorRF(none, tuple(Global(None, NOT_TRACKED) for _ in input_size))
+    if len(t.parts) == 1:
+        p = t.parts[0]
+        bounds = p.bounds()
+        tags: list[Any] = [None] * ndim
+        axes: list[Any] = []
+        ok = True
+        for a, (lo, hi) in enumerate(bounds):
+            lo, hi = compress(lo.expand(t.shape)), compress(hi.expand(t.shape))
+            var = [d for d in range(ndim) if t.shape[d] > 1 and (lo.stride(d) != 0 or hi.stride(d) != 0)]
+            if len(var) > 1 or (var and tags[var[0]] is not None):
+                ok = False
+                break
+            if var:
+                d = var[0]
+                idx = tuple(slice(None) if i == d else 0 for i in range(ndim))
+                ax = _period(lo[idx].tolist(), hi[idx].tolist())
+                if ax is None:
+                    ok = False
+                    break
+                tags[d] = a
+            else:
+                first = tuple(0 for _ in range(ndim))
+                ax = _period([int(lo[first])], [int(hi[first])])
+            assert ax is not None
+            axes.append(ax)
+        if ok and not bool(p.empty().any()):
+            return TensorRF(tuple(tags), tuple(axes))
+    return TensorRF(none, (), table=t)
+
+
+# -- the rules ---------------------------------------------------------------------
+def _tables(ctx: OpContext, states: Any, values: Any, fill_const: bool) -> Any:
+    """``values`` with each tensor that depends on the input replaced by its table and each
+    constant float tensor by an empty table (``fill_const``) or left as it is."""
+    if isinstance(states, TensorRF):
+        if not isinstance(values, torch.Tensor):
+            raise Unsupported("an input without a known shape")
+        return to_table(states, values.shape, ctx.input_size)
+    if isinstance(states, (list, tuple)) and isinstance(values, (list, tuple)):
+        return type(values)(_tables(ctx, s, v, fill_const) for s, v in zip(states, values, strict=False))
+    if isinstance(states, dict) and isinstance(values, dict):
+        return {k: _tables(ctx, states[k], v, fill_const) for k, v in values.items()}
+    if isinstance(values, torch.Tensor) and fill_const:
+        return Table.empty_like(values.shape, len(ctx.input_size))
+    return values
+
+
+def _table_list(x: Any) -> list[Table]:
+    if isinstance(x, Table):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _table_list(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _table_list(v)]
+    return []
+
+
+def _const_value(ctx: OpContext, node: Any, value: Any) -> Any:
+    """The real value of a constant tensor argument (index tensors): only a module's buffer or
+    parameter has one; a value computed in ``forward`` is known on ``meta`` by its shape only."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    if isinstance(node, fx.Node) and node.op == "get_attr":
+        gm = node.graph.owning_module
+        obj: Any = gm
+        for part in str(node.target).split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, torch.Tensor) and obj.device.type != "meta":
+            return obj.detach()
+    raise Unsupported("an index tensor whose values are not known before running the model")
+
+
+def _call(ctx: OpContext) -> Callable[..., Any]:
+    n = ctx.node
+    if n.op == "call_module":
+        assert ctx.module is not None
+        return ctx.module
+    if n.op == "call_method":
+        return getattr(torch.Tensor, str(n.target))
+    return n.target  # type: ignore[return-value]
+
+
+def _result(ctx: OpContext, out: Any) -> Any:
+    if isinstance(out, Table):
+        return from_table(out, ctx.input_size, len(out.shape))
+    if isinstance(out, tuple):
+        return tuple(_result(ctx, o) for o in out)
+    return CONST
+
+
+def _guard(fn: Callable[[OpContext], Any]) -> Callable[[OpContext], Any]:
+    def rule(ctx: OpContext) -> Any:
+        try:
+            return fn(ctx)
+        except TableError as e:
+            raise Unsupported(str(e)) from None
+
+    rule.__name__ = fn.__name__
+    rule.__doc__ = fn.__doc__
+    return rule
+
+
+_PAD_VALUE = {torch.nn.functional.pad: "value", torch.constant_pad_nd: "value"}
+
+
+@_guard
+def index_rule(ctx: OpContext) -> Any:
+    """The op moves values around only: run it on every column of the input tables."""
+    fn = _call(ctx)
+    n = ctx.node
+    states = (ctx.args, ctx.kwargs)
+    values = (ctx.arg_values, ctx.kwarg_values)
+    # constants: float ones (class tokens, zero fills) become empty tables; integer ones are indices
+    nodes = (n.args, n.kwargs)
+
+    def sub(s: Any, v: Any, nd: Any) -> Any:
+        if isinstance(s, TensorRF):
+            return _tables(ctx, s, v, False)
+        if isinstance(v, torch.Tensor):
+            if v.is_floating_point() or v.is_complex():
+                return Table.empty_like(v.shape, len(ctx.input_size))
+            return _const_value(ctx, nd, v)
+        if isinstance(v, (list, tuple)) and isinstance(s, (list, tuple)):
+            nds = nd if isinstance(nd, (list, tuple)) else [None] * len(v)
+            return type(v)(sub(a, b, c) for a, b, c in zip(s, v, nds, strict=False))
+        if isinstance(v, dict) and isinstance(s, dict):
+            return {k: sub(s.get(k, CONST), x, nd.get(k) if isinstance(nd, dict) else None) for k, x in v.items()}
+        if isinstance(v, slice):
+            return v
+        return v
+
+    args = sub(states[0], values[0], nodes[0])
+    kwargs = sub(states[1], values[1], nodes[1])
+    if fn in _PAD_VALUE:
+        kwargs = dict(kwargs)
+        if len(args) > 3:
+            args = tuple(args[:3])
+        kwargs["value"] = 0.0  # padding sees nothing, whatever value it holds
+    elif n.op == "call_module" and getattr(ctx.module, "value", 0) != 0:
+        pads = ctx.module.padding  # type: ignore[union-attr]
+        fn = lambda x: torch.nn.functional.pad(x, pads)  # noqa: E731 - padding sees nothing
+    tables = _table_list((args, kwargs))
+    if not tables:
+        raise Unsupported("no input table")
+    n_parts = max(len(t.parts) for t in tables)
+
+    def column(x: Any, p: int, c: int, dtype: torch.dtype) -> Any:
+        if isinstance(x, Table):
+            part = x.parts[p] if p < len(x.parts) else None
+            col = part.cols[c] if part is not None else torch.zeros((), dtype=torch.int64).expand(x.shape)
+            return col.to(dtype) if dtype != torch.int64 else col
+        if isinstance(x, (list, tuple)):
+            return type(x)(column(v, p, c, dtype) for v in x)
+        if isinstance(x, dict):
+            return {k: column(v, p, c, dtype) for k, v in x.items()}
+        return x
+
+    n_axes = len(ctx.input_size)
+    outs = []
+    for p in range(n_parts):
+        cols = []
+        for c in range(2 * n_axes):
+            try:
+                r = fn(*column(args, p, c, torch.int64), **column(kwargs, p, c, torch.int64))
+            except (RuntimeError, NotImplementedError, TypeError):
+                # ops defined on floats only (F.unfold, interpolate): exact below 2**53
+                r = fn(*column(args, p, c, torch.float64), **column(kwargs, p, c, torch.float64))
+            cols.append(r)
+        outs.append(cols)
+    return _result(ctx, _assemble(outs, n_axes))
+
+
+def _out_like(t: Table, shape: Sequence[int]) -> Table:
+    return t.union(shape=shape) if tuple(t.shape) != tuple(shape) else t
+
+
+@_guard
+def elementwise_rule(ctx: OpContext) -> Any:
+    """Each output element reads the same element of every input: the union, broadcast."""
+    tabs = _table_list(_tables(ctx, (ctx.args, ctx.kwargs), (ctx.arg_values, ctx.kwarg_values), False))
+    if not tabs:
+        raise Unsupported("no input table")
+    shape = ctx.out_shape
+    out = tabs[0].union(*tabs[1:], shape=shape)
+    return _result(ctx, out)
+
+
+def _first_table(ctx: OpContext) -> Table:
+    for s, v in zip(ctx.args, ctx.arg_values, strict=False):
+        if isinstance(s, TensorRF):
+            return _tables(ctx, s, v, False)  # type: ignore[no-any-return]
+    raise Unsupported("no input depends on the model input")
+
+
+def reduce_rule(dims_of: Callable[[OpContext, int], Sequence[int] | None], keep: bool | None = None
+                ) -> Callable[[OpContext], Any]:
+    """The output mixes the input along ``dims_of(ctx, ndim)`` (``None``: all dims); ``keep``
+    (or the call's ``keepdim``) says whether the reduced dims stay as size 1."""
+
+    @_guard
+    def rule(ctx: OpContext) -> Any:
+        t = _first_table(ctx)
+        nd = len(t.shape)
+        dims = dims_of(ctx, nd)
+        dims = list(range(nd)) if dims is None else list(dims)
+        r = t.reduce(dims, keepdim=True)
+        out_shape = ctx.out_shape
+        if tuple(r.shape) != tuple(out_shape):
+            r = r.apply(lambda c: c.reshape(out_shape) if c.numel() == _numel(out_shape) else c.expand(out_shape))
+        return _result(ctx, r)
+
+    return rule
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+@_guard
+def softmax_rule(ctx: OpContext) -> Any:
+    """Softmax-like ops (and ``F.normalize``): every element mixes its whole ``dim``."""
+    t = _first_table(ctx)
+    m: Any = ctx.module
+    d = m.dim if m is not None else ctx.param("dim", 1 if ctx.node.target is torch.nn.functional.normalize else None)
+    if d is None:
+        raise Unsupported("softmax without dim")
+    dims = [int(d)] if isinstance(d, int) else [int(x) for x in d]
+    return _result(ctx, t.reduce(dims, keepdim=True).union(t, shape=ctx.out_shape))
+
+
+@_guard
+def reduce_table_rule(ctx: OpContext) -> Any:
+    """``mean``/``sum``/``amax``... over ``dim`` (all dims when not given)."""
+    other = ctx.param("other", None)
+    if isinstance(other, torch.Tensor):  # torch.max(a, b): elementwise
+        return elementwise_rule(ctx)
+    t = _first_table(ctx)
+    nd = len(t.shape)
+    dim = ctx.param("dim", None)
+    dims = list(range(nd)) if dim is None or dim == [] or dim == () else (
+        [int(dim)] if isinstance(dim, int) else [int(x) for x in dim])
+    r = t.reduce(dims, keepdim=True)
+    keep = bool(ctx.param("keepdim", False))
+    if not keep:
+        r = r.apply(lambda c: c.squeeze(tuple(d % nd for d in dims)) if c.dim() else c)
+    out = _result(ctx, r)
+    if isinstance(ctx.out, (tuple, list)):  # max(dim) -> (values, indices)
+        return tuple(out for _ in ctx.out)
+    return out
+
+
+@_guard
+def group_rule(ctx: OpContext) -> Any:
+    """GroupNorm / InstanceNorm: each sample's element mixes every position of its group's channels;
+    exact here when the table does not change along the channels (then groups do not matter)."""
+    t = _first_table(ctx)
+    nd = len(t.shape)
+    if nd > 1 and t.shape[1] > 1 and any(c.stride(1) != 0 for p in t.parts for c in p.cols):
+        raise Unsupported("group norm over channels that carry positions")
+    return _result(ctx, t.reduce(list(range(1, nd)), keepdim=True).union(t, shape=ctx.out_shape))
+
+
+def contract_rule(n_last: int | Callable[[OpContext], int]) -> Callable[[OpContext], Any]:
+    """The output's last dims mix the input's last ``n_last`` dims (Linear, LayerNorm, ...)."""
+
+    @_guard
+    def rule(ctx: OpContext) -> Any:
+        t = _first_table(ctx)
+        k = n_last(ctx) if callable(n_last) else n_last
+        nd = len(t.shape)
+        r = t.reduce(list(range(nd - k, nd)), keepdim=True)
+        return _result(ctx, r.union(shape=ctx.out_shape))
+
+    return rule
+
+
+@_guard
+def matmul_rule(ctx: OpContext) -> Any:
+    """``a @ b``: ``out[..., i, j]`` sees row ``i`` of ``a`` and column ``j`` of ``b``."""
+    sa, sb = ctx.args[0], ctx.args[1]
+    va, vb = ctx.arg_values[0], ctx.arg_values[1]
+    if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor)) or va.dim() < 2 or vb.dim() < 2:
+        raise Unsupported("matmul of a vector")
+    parts = []
+    if isinstance(sa, TensorRF):
+        parts.append(_tables(ctx, sa, va, False).reduce([-1], keepdim=True))
+    if isinstance(sb, TensorRF):
+        parts.append(_tables(ctx, sb, vb, False).reduce([-2], keepdim=True))
+    if not parts:
+        raise Unsupported("no input table")
+    return _result(ctx, parts[0].union(*parts[1:], shape=ctx.out_shape))
+
+
+@_guard
+def sdpa_rule(ctx: OpContext) -> Any:
+    """Attention: every query sees itself and every key and value it attends to."""
+    if ctx.param("is_causal", False):
+        raise Unsupported("causal attention in a token layout")
+    q, k, v = (ctx.state(i, n) for i, n in enumerate(("query", "key", "value")))
+    vals = [ctx.arg(i, n) for i, n in enumerate(("query", "key", "value"))]
+    parts = []
+    for s, val, dims in zip((q, k, v), vals, ([-1], [-1, -2], [-1, -2]), strict=True):
+        if isinstance(s, TensorRF):
+            parts.append(_tables(ctx, s, val, False).reduce(dims, keepdim=True))
+    if not parts:
+        raise Unsupported("no input table")
+    return _result(ctx, parts[0].union(*parts[1:], shape=ctx.out_shape))
+
+
+def sliding_rule(geometry: Callable[[OpContext], Any], mixes_channels: bool) -> Callable[[OpContext], Any]:
+    """A conv or pool over the last dims, from the call's geometry (kernel, stride, padding,
+    dilation); a conv also mixes its input channels (dim 1)."""
+
+    @_guard
+    def rule(ctx: OpContext) -> Any:
+        g = geometry(ctx)
+        if g is None:
+            raise Unsupported("no geometry for this call")
+        t = _first_table(ctx)
+        n = len(g.kernel)
+        if getattr(g, "transposed", False):
+            raise Unsupported("transposed conv in a token layout")
+        pads = list(g.padding)
+        if any(isinstance(x, str) for x in pads):
+            raise Unsupported("string padding in a token layout")
+        groups = int(getattr(g, "groups", 1) or 1)
+        mix = [len(t.shape) - n - 1] if mixes_channels else []
+        if mixes_channels and groups > 1:
+            ch = t.reduce(mix, keepdim=True)
+            if any(p.cols[0].stride(mix[0]) != 0 for p in t.parts) and tuple(ch.shape) != tuple(t.shape):
+                raise Unsupported("a grouped conv over channels that carry positions")
+        pm = getattr(ctx.module, "padding_mode", "zeros")
+        mode = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}[pm]
+        r = t.sliding(n, g.kernel, g.stride, pads, g.dilation, mix=mix, mode=mode)
+        if tuple(r.shape[-n:]) != tuple(ctx.out_shape[-n:]):
+            raise Unsupported("ceil_mode pooling in a token layout")
+        if tuple(r.shape) != tuple(ctx.out_shape):
+            r = r.union(shape=ctx.out_shape)
+        return _result(ctx, r)
+
+    return rule
+
+
+def is_table(st: Any) -> bool:
+    """Whether ``st`` is a tensor in per-position form."""
+    return isinstance(st, TensorRF) and st.table is not None

@@ -1,0 +1,407 @@
+"""Per-position receptive-field tables: exact RFs through ops that move positions around.
+
+The periodic form (:class:`~rfscope.core.rf.Axis` per input axis, one tensor dim per axis)
+cannot describe a tensor whose positions were cut into windows and folded into the batch
+dim, prefixed with a class token, rolled, gathered or flattened and then convolved.  Such
+a tensor gets a :class:`Table`: for every element, per input axis, the interval of input
+pixels it sees (a *box*).  A table is a union of :class:`Part` s (element ``e`` sees the
+union of every part's box at ``e``), which keeps unions exact without per-element sets.
+
+Index ops are not re-implemented: the op itself is run by PyTorch on the table's columns
+(int64 tensors of the tensor's shape holding ``lo + BIG`` and ``hi + BIG`` per axis; ``0``
+means *sees nothing*, so zero padding and zero-filled class tokens come out right).  Dims
+along which a column does not change are stored with stride 0, so a table costs the
+number of positions of the tensor, not its channels.  Mixing ops (attention, token MLPs,
+convs over tokens, reductions) take the union of the boxes they read and check that it
+is a box again, rasterising the boxes inside their bounding box; when it is not (a 1-D
+conv across the rows of a flattened grid), the op is ``unknown``.  See docs/design.md,
+"Token layouts".
+
+>>> t = Table.grid((1, 2, 3), dims=(None, 0, 1), boxes=[[(0, 0), (1, 1)], [(0, 0), (1, 1), (2, 2)]])
+>>> t.box((0, 1, 2))
+((1, 1), (2, 2))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import Any
+
+import torch
+
+__all__ = ["Part", "Table", "TableError", "BIG", "MAX_PARTS", "RASTER_BUDGET"]
+
+#: offset of the stored bounds: a stored ``0`` is an element that sees nothing
+BIG = 1 << 40
+#: more parts than this: the union is no longer tracked (``unknown``)
+MAX_PARTS = 4
+#: cells rasterised at once when checking that a union of boxes is a box
+RASTER_BUDGET = 1 << 24
+_INF = 1 << 50
+
+
+class TableError(ValueError):
+    """The op's result is not a union of boxes that rfscope can state exactly."""
+
+
+def compress(t: torch.Tensor) -> torch.Tensor:
+    """The same values, stored with stride 0 along every dim where they do not change."""
+    if t.numel() <= 1:
+        return t.expand(t.shape) if t.dim() else t
+    for d in range(t.dim()):
+        if t.shape[d] > 1 and t.stride(d) != 0:
+            first = t.narrow(d, 0, 1)
+            if bool((t == first).all()):
+                t = first.expand(t.shape)
+    return t
+
+
+def _core(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with every stride-0 dim narrowed to size 1 (what the values really are)."""
+    idx = tuple(slice(0, 1) if (t.stride(d) == 0 and t.shape[d] > 1) else slice(None) for d in range(t.dim()))
+    return t[idx]
+
+
+@dataclass(frozen=True, eq=False)
+class Part:
+    """One box per element: ``cols[2a]``/``cols[2a+1]`` are the encoded bounds along input axis ``a``."""
+
+    cols: tuple[torch.Tensor, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.cols[0].shape)
+
+    @property
+    def n_axes(self) -> int:
+        return len(self.cols) // 2
+
+    def empty(self) -> torch.Tensor:
+        """Elements that see nothing."""
+        e = self.cols[0] == 0
+        for c in self.cols[1:]:
+            e = e | (c == 0)
+        return e
+
+    def bounds(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Decoded ``(lo, hi)`` per axis; an empty element has ``lo = +inf``, ``hi = -inf``."""
+        e = self.empty()
+        out = []
+        for a in range(self.n_axes):
+            lo = torch.where(e, _INF, self.cols[2 * a] - BIG)
+            hi = torch.where(e, -_INF, self.cols[2 * a + 1] - BIG)
+            out.append((lo, hi))
+        return out
+
+    @staticmethod
+    def encode(bounds: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Part:
+        e = None
+        for lo, hi in bounds:
+            ea = lo > hi
+            e = ea if e is None else e | ea
+        cols: list[torch.Tensor] = []
+        for lo, hi in bounds:
+            assert e is not None
+            cols.append(compress(torch.where(e, 0, lo + BIG)))
+            cols.append(compress(torch.where(e, 0, hi + BIG)))
+        return Part(tuple(cols))
+
+    def expand(self, shape: Sequence[int]) -> Part:
+        return Part(tuple(c.expand(tuple(shape)) for c in self.cols))
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """The exact receptive field of every element of one tensor (see module docstring)."""
+
+    parts: tuple[Part, ...]
+    shape: tuple[int, ...]
+    n_axes: int
+
+    # -- building --------------------------------------------------------
+    @staticmethod
+    def empty_like(shape: Sequence[int], n_axes: int) -> Table:
+        z = torch.zeros((), dtype=torch.int64).expand(tuple(shape))
+        return Table((Part(tuple(z for _ in range(2 * n_axes))),), tuple(shape), n_axes)
+
+    @staticmethod
+    def grid(shape: Sequence[int], dims: Sequence[Any], boxes: Sequence[Sequence[tuple[int, int]]]) -> Table:
+        """A table whose axis ``a`` varies along the tensor dim ``dims.index(a)`` only.
+
+        ``boxes[a][i]`` is the ``(lo, hi)`` seen by index ``i`` of that dim (``lo > hi``: nothing).
+        """
+        shape = tuple(shape)
+        n = len(boxes)
+        bounds = []
+        for a in range(n):
+            d = list(dims).index(a)
+            lo = torch.tensor([b[0] for b in boxes[a]], dtype=torch.int64)
+            hi = torch.tensor([b[1] for b in boxes[a]], dtype=torch.int64)
+            view = [1] * len(shape)
+            view[d] = shape[d]
+            bounds.append((lo.view(view).expand(shape), hi.view(view).expand(shape)))
+        return Table((Part.encode(bounds),), shape, n)
+
+    # -- reading ---------------------------------------------------------
+    def box(self, index: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
+        """``(lo, hi)`` per axis of the bounding box element ``index`` sees, ``None`` if it sees nothing."""
+        los, his = [_INF] * self.n_axes, [-_INF] * self.n_axes
+        for p in self.parts:
+            if bool(p.empty()[tuple(index)]):
+                continue
+            for a, (lo, hi) in enumerate(p.bounds()):
+                los[a] = min(los[a], int(lo[tuple(index)]))
+                his[a] = max(his[a], int(hi[tuple(index)]))
+        if los[0] == _INF:
+            return None
+        return tuple(zip(los, his, strict=True))
+
+    def boxes(self, index: Sequence[int]) -> list[tuple[tuple[int, int], ...]]:
+        """The boxes whose union element ``index`` sees (one per part that is not empty there)."""
+        out = []
+        for p in self.parts:
+            if bool(p.empty()[tuple(index)]):
+                continue
+            out.append(tuple((int(lo[tuple(index)]), int(hi[tuple(index)])) for lo, hi in p.bounds()))
+        return out
+
+    def max_sizes(self) -> tuple[int, ...]:
+        """Per axis, the largest bounding-box size over the elements (0 if none sees anything)."""
+        sizes = []
+        for a in range(self.n_axes):
+            lo_all = hi_all = None
+            for p in self.parts:
+                lo, hi = p.bounds()[a]
+                lo_all = lo if lo_all is None else torch.minimum(lo_all, lo)
+                hi_all = hi if hi_all is None else torch.maximum(hi_all, hi)
+            assert lo_all is not None and hi_all is not None
+            s = (hi_all - lo_all + 1).clamp(min=0)
+            sizes.append(int(_core(s).max()) if s.numel() else 0)
+        return tuple(sizes)
+
+    def covers(self, extent: Sequence[int]) -> bool:
+        """Every element sees the whole input (one of its boxes is the whole input)."""
+        full = None
+        for p in self.parts:
+            ok = ~p.empty()
+            for (lo, hi), n in zip(p.bounds(), extent, strict=False):
+                ok = ok & (lo <= 0) & (hi >= n - 1)
+            full = ok if full is None else full | ok
+        return bool(full is not None and bool(full.all()))
+
+    def nbytes(self) -> int:
+        """Memory actually held (stride-0 dims cost nothing)."""
+        return sum(_core(c).numel() * 8 for p in self.parts for c in p.cols)
+
+    # -- index ops -------------------------------------------------------
+    def apply(self, fn: Callable[[torch.Tensor], Any]) -> Any:
+        """Run an index op on every column; returns a Table, or a tuple of them for tuple outputs."""
+        outs = [[fn(c) for c in p.cols] for p in self.parts]
+        return _assemble(outs, self.n_axes)
+
+    # -- mixing ----------------------------------------------------------
+    def union(self, *others: Table, shape: Sequence[int] | None = None) -> Table:
+        """Element-wise union with ``others``, broadcast to ``shape``."""
+        shape = tuple(shape) if shape is not None else tuple(torch.broadcast_shapes(self.shape, *(o.shape for o in others)))
+        parts = [p.expand(shape) for t in (self, *others) for p in t.parts]
+        return Table(_simplify(parts), shape, self.n_axes)
+
+    def reduce(self, dims: Sequence[int], keepdim: bool = True) -> Table:
+        """Each element of the result sees the union of what the reduced ``dims`` saw."""
+        nd = len(self.shape)
+        dims = sorted({d % nd for d in dims})
+        parts = [_reduce_part(p, dims, keepdim) for p in self.parts]
+        shape = parts[0].shape
+        return Table(_simplify(parts), shape, self.n_axes)
+
+    def sliding(self, n_dims: int, k: Sequence[int], s: Sequence[int], p: Sequence[int], d: Sequence[int],
+                mix: Sequence[int] = (), mode: str = "constant") -> Table:
+        """A conv or pool over the last ``n_dims`` dims (kernel, stride, padding, dilation per dim),
+        whose output also mixes the dims ``mix`` (a conv's input channels; kept as size 1)."""
+        nd = len(self.shape)
+        win_dims: list[int] = []
+
+        def unf(c: torch.Tensor) -> torch.Tensor:
+            pad: list[int] = []
+            for i in reversed(range(n_dims)):
+                pad += [p[i], p[i]]
+            if any(pad):
+                if mode == "constant":
+                    c = torch.nn.functional.pad(c, pad)
+                else:
+                    lead = c.dim() - n_dims
+                    shp = c.shape
+                    c2 = c.reshape(-1, 1, *shp[lead:]) if lead != 1 else c.unsqueeze(1)
+                    c2 = torch.nn.functional.pad(c2.double(), pad, mode=mode).long()
+                    c = c2.reshape(*shp[:lead], *c2.shape[2:])
+            for i in range(n_dims):
+                dim = nd - n_dims + i
+                span = d[i] * (k[i] - 1) + 1
+                c = c.unfold(dim, span, s[i])
+                if d[i] > 1:
+                    c = c[..., :: d[i]]
+            return c
+
+        out_parts = []
+        for part in self.parts:
+            cols = tuple(unf(c.contiguous() if c.stride() and 0 in c.stride() and mode != "constant" else c)
+                         for c in part.cols)
+            win_dims = list(range(nd, nd + n_dims))
+            out_parts.append(_reduce_part(Part(cols), [*mix, *win_dims], keepdim=False, squeeze=win_dims))
+        shape = out_parts[0].shape
+        return Table(_simplify(out_parts), shape, self.n_axes)
+
+
+def _assemble(outs: list[list[Any]], n_axes: int) -> Any:
+    first = outs[0][0]
+    if isinstance(first, (tuple, list)):
+        return tuple(_assemble([[c[i] for c in cols] for cols in outs], n_axes) for i in range(len(first)))
+    if not isinstance(first, torch.Tensor):
+        raise TableError(f"the op returned {type(first).__name__}")
+    parts = tuple(Part(tuple(compress(c.long() if c.dtype != torch.int64 else c) for c in cols)) for cols in outs)
+    return Table(parts, tuple(first.shape), n_axes)
+
+
+def _contains(a: list[tuple[torch.Tensor, torch.Tensor]], b: list[tuple[torch.Tensor, torch.Tensor]]
+              ) -> torch.Tensor:
+    ok = None
+    for (la, ha), (lb, hb) in zip(a, b, strict=True):
+        c = (la <= lb) & (hb <= ha)
+        ok = c if ok is None else ok & c
+    assert ok is not None
+    return ok
+
+
+def _merge_pair(a: Part, b: Part) -> Part | None:
+    """``a ∪ b`` as one part when it is one box at every element, else ``None``."""
+    ba, bb = a.bounds(), b.bounds()
+    ea, eb = a.empty(), b.empty()
+    a_in_b = ea | _contains(bb, ba)
+    b_in_a = eb | _contains(ba, bb)
+    # boxes equal on all axes but one, overlapping or touching on that one
+    diff = torch.zeros_like(ea, dtype=torch.int64)
+    touch = torch.ones_like(ea)
+    for (la, ha), (lb, hb) in zip(ba, bb, strict=True):
+        same = (la == lb) & (ha == hb)
+        diff = diff + (~same).long()
+        touch = touch & (same | ((lb <= ha + 1) & (la <= hb + 1)))
+    ok = a_in_b | b_in_a | ((diff <= 1) & touch)
+    if not bool(ok.all()):
+        return None
+    bounds = [(torch.minimum(la, lb), torch.maximum(ha, hb)) for (la, ha), (lb, hb) in zip(ba, bb, strict=True)]
+    return Part.encode(bounds)
+
+
+def _simplify(parts: Sequence[Part]) -> tuple[Part, ...]:
+    out: list[Part] = []
+    for p in parts:
+        if bool(_core_all_empty(p)):
+            continue
+        for i, q in enumerate(out):
+            m = _merge_pair(q, p)
+            if m is not None:
+                out[i] = m
+                break
+        else:
+            out.append(p)
+    if not out:
+        return (parts[0],) if parts else ()
+    if len(out) > MAX_PARTS:
+        raise TableError(f"the positions an element sees form more than {MAX_PARTS} boxes")
+    return tuple(out)
+
+
+def _core_all_empty(p: Part) -> bool:
+    return bool(_core(p.empty().expand(p.shape) if p.empty().dim() else p.empty()).all())
+
+
+def _reduce_part(p: Part, dims: Sequence[int], keepdim: bool, squeeze: Sequence[int] = ()) -> Part:
+    """Union of the boxes along ``dims`` of one part, checked to be a box."""
+    bounds = p.bounds()
+    var = [d for d in dims if p.cols[0].shape[d] > 1 and any(c.stride(d) != 0 for c in p.cols)]
+    los, his = [], []
+    for lo, hi in bounds:
+        lo_r, hi_r = lo, hi
+        if var:
+            lo_r = lo.amin(dim=var, keepdim=True)
+            hi_r = hi.amax(dim=var, keepdim=True)
+        los.append(lo_r)
+        his.append(hi_r)
+    if var and not _is_box(bounds, var):
+        raise TableError("the positions mixed here do not form one box (e.g. a 1-D op across the rows "
+                         "of a flattened grid)")
+    out = []
+    idx = tuple(slice(0, 1) if i in dims else slice(None) for i in range(len(p.shape)))
+    drop = sorted(set(squeeze) if squeeze else set(dims), reverse=True) if not keepdim else []
+    for lo_r, hi_r in zip(los, his, strict=True):
+        lo_r, hi_r = lo_r[idx], hi_r[idx]
+        for d in drop:
+            lo_r, hi_r = lo_r.squeeze(d), hi_r.squeeze(d)
+        out.append((lo_r, hi_r))
+    return Part.encode(out)
+
+
+def _is_box(bounds: list[tuple[torch.Tensor, torch.Tensor]], var: Sequence[int]) -> bool:
+    """Whether, for every group, the union of the members' boxes fills their bounding box."""
+    nd = bounds[0][0].dim()
+    keep = [d for d in range(nd) if d not in var]
+    ref = torch.broadcast_shapes(*(b.shape for pair in bounds for b in pair))
+    # a kept dim along which nothing varies is one group, not many equal ones
+    flat = [d for d in keep if ref[d] > 1 and all(b.shape[d] == 1 or b.stride(d) == 0 for pair in bounds for b in pair)]
+    idx = tuple(slice(0, 1) if d in flat else slice(None) for d in range(nd))
+    m = 1
+    for d in var:
+        m *= ref[d]
+
+    def members(t: torch.Tensor) -> torch.Tensor:
+        return t.expand(ref)[idx].permute(keep + list(var)).reshape(-1, m)
+
+    m_lo = [members(lo) for lo, _ in bounds]
+    m_hi = [members(hi) for _, hi in bounds]
+    b_lo = [x.amin(1) for x in m_lo]
+    b_hi = [x.amax(1) for x in m_hi]
+    G, M = m_lo[0].shape
+    valid = m_lo[0] <= m_hi[0]
+    for a in range(1, len(m_lo)):
+        valid = valid & (m_lo[a] <= m_hi[a])
+    # cheap: a member equal to the bounding box covers it
+    eq = valid.clone()
+    for a in range(len(m_lo)):
+        eq = eq & (m_lo[a] == b_lo[a][:, None]) & (m_hi[a] == b_hi[a][:, None])
+    todo = ~eq.any(1) & valid.any(1)
+    if not bool(todo.any()):
+        return True
+    gi = torch.nonzero(todo).flatten()
+    ext = [(b_hi[a][gi] - b_lo[a][gi] + 1) for a in range(len(m_lo))]
+    emax = [int(e.max()) for e in ext]
+    cells = 1
+    for e in emax:
+        cells *= e + 1
+    chunk = max(1, RASTER_BUDGET // cells)
+    if cells > RASTER_BUDGET:
+        raise TableError("the union of the mixed positions is too large to check exactly")
+    n = len(m_lo)
+    for start in range(0, len(gi), chunk):
+        sel = gi[start:start + chunk]
+        g = len(sel)
+        canvas = torch.zeros((g, *[e + 1 for e in emax]), dtype=torch.int32)
+        v = valid[sel]
+        rel_lo = [(m_lo[a][sel] - b_lo[a][sel][:, None]) for a in range(n)]
+        rel_hi = [(m_hi[a][sel] - b_lo[a][sel][:, None] + 1) for a in range(n)]
+        gidx = torch.arange(g)[:, None].expand(g, M)[v]
+        for corner in product((0, 1), repeat=n):
+            sign = -1 if sum(corner) % 2 else 1
+            idx = [gidx] + [(rel_hi[a] if c else rel_lo[a])[v] for a, c in enumerate(corner)]
+            canvas.index_put_(tuple(idx), torch.full((len(gidx),), sign, dtype=torch.int32), accumulate=True)
+        for a in range(n):
+            canvas = canvas.cumsum(a + 1, dtype=torch.int32)
+        e_sel = [e[start:start + chunk] for e in ext]
+        inside = torch.ones(canvas.shape, dtype=torch.bool)
+        for a in range(n):
+            ar = torch.arange(emax[a] + 1).view(*([1] * (a + 1)), -1, *([1] * (n - a - 1)))
+            inside = inside & (ar < e_sel[a].view(-1, *([1] * n)))
+        if bool(((canvas <= 0) & inside).any()):
+            return False
+    return True
