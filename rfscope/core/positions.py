@@ -96,7 +96,7 @@ def to_table(st: TensorRF, shape: Sequence[int], input_size: Sequence[int]) -> T
             u = torch.zeros((1,) * nd, dtype=torch.int64)
         lo, hi = _axis_bounds(ax, u)
         bounds.append((lo.expand(shape), hi.expand(shape)))
-    return Table((Part.encode(bounds),), shape, len(st.axes))
+    return Table((Part.encode(bounds, shape),), shape, len(st.axes))
 
 
 # -- table -> periodic ------------------------------------------------------------

@@ -36,7 +36,7 @@ __all__ = ["Part", "Table", "TableError", "BIG", "MAX_PARTS", "RASTER_BUDGET"]
 #: offset of the stored bounds: a stored ``0`` is an element that sees nothing
 BIG = 1 << 40
 #: more parts than this: the union is no longer tracked (``unknown``)
-MAX_PARTS = 4
+MAX_PARTS = 8
 #: cells rasterised at once when checking that a union of boxes is a box
 RASTER_BUDGET = 1 << 24
 _INF = 1 << 50
@@ -78,25 +78,41 @@ class Part:
     def n_axes(self) -> int:
         return len(self.cols) // 2
 
+    def core(self) -> tuple[torch.Tensor, ...]:
+        """The columns narrowed to size 1 along every dim where none of them varies."""
+        shape = self.shape
+        idx = tuple(slice(0, 1) if shape[d] > 1 and all(c.stride(d) == 0 for c in self.cols) else slice(None)
+                    for d in range(len(shape)))
+        return tuple(c[idx] for c in self.cols)
+
     def empty(self) -> torch.Tensor:
-        """Elements that see nothing."""
-        e = self.cols[0] == 0
-        for c in self.cols[1:]:
+        """Elements that see nothing (on the core: broadcastable to :attr:`shape`)."""
+        cols = self.core()
+        e = cols[0] == 0
+        for c in cols[1:]:
             e = e | (c == 0)
         return e
 
     def bounds(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Decoded ``(lo, hi)`` per axis; an empty element has ``lo = +inf``, ``hi = -inf``."""
-        e = self.empty()
+        """Decoded ``(lo, hi)`` per axis on the core (broadcastable to :attr:`shape`); an empty
+        element has ``lo = +inf``, ``hi = -inf``."""
+        cols = self.core()
+        e = cols[0] == 0
+        for c in cols[1:]:
+            e = e | (c == 0)
         out = []
         for a in range(self.n_axes):
-            lo = torch.where(e, _INF, self.cols[2 * a] - BIG)
-            hi = torch.where(e, -_INF, self.cols[2 * a + 1] - BIG)
+            lo = torch.where(e, _INF, cols[2 * a] - BIG)
+            hi = torch.where(e, -_INF, cols[2 * a + 1] - BIG)
             out.append((lo, hi))
         return out
 
     @staticmethod
-    def encode(bounds: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Part:
+    def encode(bounds: Sequence[tuple[torch.Tensor, torch.Tensor]], shape: Sequence[int] | None = None) -> Part:
+        """The part whose element ``e`` sees ``[lo[e], hi[e]]`` per axis, broadcast to ``shape``."""
+        if shape is None:
+            shape = torch.broadcast_shapes(*(b.shape for pair in bounds for b in pair))
+        shape = tuple(shape)
         e = None
         for lo, hi in bounds:
             ea = lo > hi
@@ -104,8 +120,8 @@ class Part:
         cols: list[torch.Tensor] = []
         for lo, hi in bounds:
             assert e is not None
-            cols.append(compress(torch.where(e, 0, lo + BIG)))
-            cols.append(compress(torch.where(e, 0, hi + BIG)))
+            cols.append(compress(torch.where(e, 0, lo + BIG).expand(shape)))
+            cols.append(compress(torch.where(e, 0, hi + BIG).expand(shape)))
         return Part(tuple(cols))
 
     def expand(self, shape: Sequence[int]) -> Part:
@@ -142,18 +158,18 @@ class Table:
             view = [1] * len(shape)
             view[d] = shape[d]
             bounds.append((lo.view(view).expand(shape), hi.view(view).expand(shape)))
-        return Table((Part.encode(bounds),), shape, n)
+        return Table((Part.encode(bounds, shape),), shape, n)
 
     # -- reading ---------------------------------------------------------
     def box(self, index: Sequence[int]) -> tuple[tuple[int, int], ...] | None:
         """``(lo, hi)`` per axis of the bounding box element ``index`` sees, ``None`` if it sees nothing."""
         los, his = [_INF] * self.n_axes, [-_INF] * self.n_axes
         for p in self.parts:
-            if bool(p.empty()[tuple(index)]):
+            if bool(_at(p.empty(), index)):
                 continue
             for a, (lo, hi) in enumerate(p.bounds()):
-                los[a] = min(los[a], int(lo[tuple(index)]))
-                his[a] = max(his[a], int(hi[tuple(index)]))
+                los[a] = min(los[a], int(_at(lo, index)))
+                his[a] = max(his[a], int(_at(hi, index)))
         if los[0] == _INF:
             return None
         return tuple(zip(los, his, strict=True))
@@ -162,9 +178,9 @@ class Table:
         """The boxes whose union element ``index`` sees (one per part that is not empty there)."""
         out = []
         for p in self.parts:
-            if bool(p.empty()[tuple(index)]):
+            if bool(_at(p.empty(), index)):
                 continue
-            out.append(tuple((int(lo[tuple(index)]), int(hi[tuple(index)])) for lo, hi in p.bounds()))
+            out.append(tuple((int(_at(lo, index)), int(_at(hi, index))) for lo, hi in p.bounds()))
         return out
 
     def max_sizes(self) -> tuple[int, ...]:
@@ -212,7 +228,15 @@ class Table:
         """Each element of the result sees the union of what the reduced ``dims`` saw."""
         nd = len(self.shape)
         dims = sorted({d % nd for d in dims})
-        parts = [_reduce_part(p, dims, keepdim) for p in self.parts]
+        try:  # the union distributes over parts: each part alone, when each stays a union of boxes
+            parts = [q for p in self.parts for q in _reduce_part(p, dims, keepdim)]
+        except TableError:
+            if len(self.parts) == 1:
+                raise
+            # parts that only make boxes together (one was merged into another where it could be)
+            both = _stacked(self.parts)
+            drop = [0] if keepdim else [0, *(d + 1 for d in dims)]
+            parts = _reduce_part(both, [0, *(d + 1 for d in dims)], keepdim=False, squeeze=drop)
         shape = parts[0].shape
         return Table(_simplify(parts), shape, self.n_axes)
 
@@ -223,7 +247,7 @@ class Table:
         nd = len(self.shape)
         win_dims: list[int] = []
 
-        def unf(c: torch.Tensor) -> torch.Tensor:
+        def unf(c: torch.Tensor, lead: int) -> torch.Tensor:
             pad: list[int] = []
             for i in reversed(range(n_dims)):
                 pad += [p[i], p[i]]
@@ -231,27 +255,49 @@ class Table:
                 if mode == "constant":
                     c = torch.nn.functional.pad(c, pad)
                 else:
-                    lead = c.dim() - n_dims
+                    nlead = c.dim() - n_dims
                     shp = c.shape
-                    c2 = c.reshape(-1, 1, *shp[lead:]) if lead != 1 else c.unsqueeze(1)
+                    c2 = c.reshape(-1, 1, *shp[nlead:])
                     c2 = torch.nn.functional.pad(c2.double(), pad, mode=mode).long()
-                    c = c2.reshape(*shp[:lead], *c2.shape[2:])
+                    c = c2.reshape(*shp[:nlead], *c2.shape[2:])
             for i in range(n_dims):
-                dim = nd - n_dims + i
+                dim = nd + lead - n_dims + i
                 span = d[i] * (k[i] - 1) + 1
                 c = c.unfold(dim, span, s[i])
                 if d[i] > 1:
                     c = c[..., :: d[i]]
             return c
 
-        out_parts = []
-        for part in self.parts:
-            cols = tuple(unf(c.contiguous() if c.stride() and 0 in c.stride() and mode != "constant" else c)
-                         for c in part.cols)
-            win_dims = list(range(nd, nd + n_dims))
-            out_parts.append(_reduce_part(Part(cols), [*mix, *win_dims], keepdim=False, squeeze=win_dims))
+        def slide(part: Part, lead: int) -> list[Part]:
+            cols = tuple(unf(c.contiguous() if mode != "constant" else c, lead) for c in part.cols)
+            win = list(range(nd + lead, nd + lead + n_dims))
+            first = list(range(lead))
+            return _reduce_part(Part(cols), [*first, *(m + lead for m in mix), *win], keepdim=False,
+                                squeeze=[*first, *win])
+
+        try:  # each part alone (the union distributes), else all parts' boxes together
+            out_parts = [q for part in self.parts for q in slide(part, 0)]
+        except TableError:
+            if len(self.parts) == 1:
+                raise
+            out_parts = slide(_stacked(self.parts), 1)
         shape = out_parts[0].shape
         return Table(_simplify(out_parts), shape, self.n_axes)
+
+
+def _stacked(parts: Sequence[Part]) -> Part:
+    """The parts stacked along a new leading dim (stride 0 kept where none of them varies)."""
+    shape = parts[0].shape
+    var = [d for d in range(len(shape)) if shape[d] > 1 and any(c.stride(d) != 0 for p in parts for c in p.cols)]
+    idx = tuple(slice(None) if d in var else slice(0, 1) for d in range(len(shape)))
+    n = len(parts[0].cols)
+    cols = tuple(torch.stack([p.cols[c][idx] for p in parts]).expand(len(parts), *shape) for c in range(n))
+    return Part(cols)
+
+
+def _at(t: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
+    """``t[index]`` for a core tensor (size-1 dims stand for every index)."""
+    return t[tuple(int(i) if t.shape[d] > 1 else 0 for d, i in enumerate(index))]
 
 
 def _assemble(outs: list[list[Any]], n_axes: int) -> Any:
@@ -274,8 +320,9 @@ def _contains(a: list[tuple[torch.Tensor, torch.Tensor]], b: list[tuple[torch.Te
     return ok
 
 
-def _merge_pair(a: Part, b: Part) -> Part | None:
-    """``a ∪ b`` as one part when it is one box at every element, else ``None``."""
+def _merge_pair(a: Part, b: Part) -> tuple[Part, Part | None]:
+    """``a ∪ b`` as one part wherever it is one box, and what is left of ``b`` elsewhere
+    (``None`` when nothing is left)."""
     ba, bb = a.bounds(), b.bounds()
     ea, eb = a.empty(), b.empty()
     a_in_b = ea | _contains(bb, ba)
@@ -288,24 +335,24 @@ def _merge_pair(a: Part, b: Part) -> Part | None:
         diff = diff + (~same).long()
         touch = touch & (same | ((lb <= ha + 1) & (la <= hb + 1)))
     ok = a_in_b | b_in_a | ((diff <= 1) & touch)
-    if not bool(ok.all()):
-        return None
-    bounds = [(torch.minimum(la, lb), torch.maximum(ha, hb)) for (la, ha), (lb, hb) in zip(ba, bb, strict=True)]
-    return Part.encode(bounds)
+    merged = [(torch.where(ok, torch.minimum(la, lb), la), torch.where(ok, torch.maximum(ha, hb), ha))
+              for (la, ha), (lb, hb) in zip(ba, bb, strict=True)]
+    if bool(ok.all()):
+        return Part.encode(merged, a.shape), None
+    rest = [(torch.where(ok, 1, lb), torch.where(ok, 0, hb)) for lb, hb in bb]
+    return Part.encode(merged, a.shape), Part.encode(rest, a.shape)
 
 
 def _simplify(parts: Sequence[Part]) -> tuple[Part, ...]:
     out: list[Part] = []
     for p in parts:
-        if bool(_core_all_empty(p)):
-            continue
+        rest: Part | None = p
         for i, q in enumerate(out):
-            m = _merge_pair(q, p)
-            if m is not None:
-                out[i] = m
+            if rest is None or _core_all_empty(rest):
                 break
-        else:
-            out.append(p)
+            out[i], rest = _merge_pair(q, rest)
+        if rest is not None and not _core_all_empty(rest):
+            out.append(rest)
     if not out:
         return (parts[0],) if parts else ()
     if len(out) > MAX_PARTS:
@@ -314,63 +361,128 @@ def _simplify(parts: Sequence[Part]) -> tuple[Part, ...]:
 
 
 def _core_all_empty(p: Part) -> bool:
-    return bool(_core(p.empty().expand(p.shape) if p.empty().dim() else p.empty()).all())
+    return bool(p.empty().all())
 
 
-def _reduce_part(p: Part, dims: Sequence[int], keepdim: bool, squeeze: Sequence[int] = ()) -> Part:
-    """Union of the boxes along ``dims`` of one part, checked to be a box."""
+def _reduce_part(p: Part, dims: Sequence[int], keepdim: bool, squeeze: Sequence[int] = ()) -> list[Part]:
+    """Union of the boxes along ``dims`` of one part: one part when it is a box in every group,
+    else up to ``2**n_axes`` parts (a union that wraps around, as a shifted window does)."""
     bounds = p.bounds()
     var = [d for d in dims if p.cols[0].shape[d] > 1 and any(c.stride(d) != 0 for c in p.cols)]
-    los, his = [], []
-    for lo, hi in bounds:
-        lo_r, hi_r = lo, hi
-        if var:
-            lo_r = lo.amin(dim=var, keepdim=True)
-            hi_r = hi.amax(dim=var, keepdim=True)
-        los.append(lo_r)
-        his.append(hi_r)
-    if var and not _is_box(bounds, var):
-        raise TableError("the positions mixed here do not form one box (e.g. a 1-D op across the rows "
-                         "of a flattened grid)")
-    out = []
     idx = tuple(slice(0, 1) if i in dims else slice(None) for i in range(len(p.shape)))
     drop = sorted(set(squeeze) if squeeze else set(dims), reverse=True) if not keepdim else []
-    for lo_r, hi_r in zip(los, his, strict=True):
-        lo_r, hi_r = lo_r[idx], hi_r[idx]
-        for d in drop:
-            lo_r, hi_r = lo_r.squeeze(d), hi_r.squeeze(d)
-        out.append((lo_r, hi_r))
-    return Part.encode(out)
+    out_shape = [1 if i in dims else n for i, n in enumerate(p.shape)]
+    for d in drop:
+        del out_shape[d]
+
+    def finish(boxes: list[tuple[torch.Tensor, torch.Tensor]]) -> Part:
+        out = []
+        for lo_r, hi_r in boxes:
+            lo_r, hi_r = lo_r[idx], hi_r[idx]
+            for d in drop:
+                lo_r, hi_r = lo_r.squeeze(d), hi_r.squeeze(d)
+            out.append((lo_r, hi_r))
+        return Part.encode(out, out_shape)
+
+    if not var:
+        return [finish(bounds)]
+    g = _Groups(bounds, var)
+    if _covered(g.m_lo, g.m_hi, [x.amin(1) for x in g.m_lo], [x.amax(1) for x in g.m_hi]):
+        return [finish([(lo.amin(dim=var, keepdim=True), hi.amax(dim=var, keepdim=True)) for lo, hi in bounds])]
+    return [finish([(g.back(lo), g.back(hi)) for lo, hi in box]) for box in _split(g)]
 
 
-def _is_box(bounds: list[tuple[torch.Tensor, torch.Tensor]], var: Sequence[int]) -> bool:
-    """Whether, for every group, the union of the members' boxes fills their bounding box."""
-    nd = bounds[0][0].dim()
-    keep = [d for d in range(nd) if d not in var]
-    ref = torch.broadcast_shapes(*(b.shape for pair in bounds for b in pair))
-    # a kept dim along which nothing varies is one group, not many equal ones
-    flat = [d for d in keep if ref[d] > 1 and all(b.shape[d] == 1 or b.stride(d) == 0 for pair in bounds for b in pair)]
-    idx = tuple(slice(0, 1) if d in flat else slice(None) for d in range(nd))
-    m = 1
-    for d in var:
-        m *= ref[d]
+class _Groups:
+    """The boxes of a reduction as ``(groups, members)`` matrices, and the way back to the
+    kept-dims shape (groups along which nothing varies are computed once)."""
 
-    def members(t: torch.Tensor) -> torch.Tensor:
-        return t.expand(ref)[idx].permute(keep + list(var)).reshape(-1, m)
+    def __init__(self, bounds: list[tuple[torch.Tensor, torch.Tensor]], var: Sequence[int]) -> None:
+        nd = bounds[0][0].dim()
+        keep = [d for d in range(nd) if d not in var]
+        ref = torch.broadcast_shapes(*(b.shape for pair in bounds for b in pair))
+        flat: list[int] = []
+        self.idx = tuple(slice(None) for _ in range(nd))
+        m = 1
+        for d in var:
+            m *= ref[d]
+        perm = keep + list(var)
+        self.m_lo = [lo.expand(ref)[self.idx].permute(perm).reshape(-1, m) for lo, _ in bounds]
+        self.m_hi = [hi.expand(ref)[self.idx].permute(perm).reshape(-1, m) for _, hi in bounds]
+        self.kept = [1 if d in flat else ref[d] for d in keep]
+        self.shape = [1 if d in var else ref[d] for d in range(nd)]
+        self.var = sorted(var)
 
-    m_lo = [members(lo) for lo, _ in bounds]
-    m_hi = [members(hi) for _, hi in bounds]
-    b_lo = [x.amin(1) for x in m_lo]
-    b_hi = [x.amax(1) for x in m_hi]
+    def back(self, x: torch.Tensor) -> torch.Tensor:
+        """A ``(groups,)`` vector in the reduced (keepdim) shape."""
+        y = x.reshape(self.kept)
+        for d in self.var:
+            y = y.unsqueeze(d)
+        return y.expand(self.shape)
+
+
+def _split(g: _Groups) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Per group, the union as the product of each axis's union of intervals (at most two per
+    axis), checked to cover every box of that product; raises :class:`TableError` otherwise."""
+    n = len(g.m_lo)
+    per_axis = []
+    for a in range(n):
+        lo, hi = g.m_lo[a], g.m_hi[a]
+        order = lo.argsort(1)
+        slo, shi = lo.gather(1, order), hi.gather(1, order)
+        cm = shi.cummax(1).values
+        gap = torch.zeros_like(slo, dtype=torch.bool)
+        gap[:, 1:] = (slo[:, 1:] > cm[:, :-1] + 1) & (slo[:, 1:] < _INF)
+        ngap = gap.sum(1)
+        if bool((ngap > 1).any()):
+            raise TableError("the positions mixed here form more than two runs along an axis")
+        has = ngap == 1
+        k = gap.to(torch.int64).argmax(1)
+        end1 = torch.where(has, cm.gather(1, (k - 1).clamp(min=0)[:, None]).squeeze(1), cm[:, -1])
+        start2 = torch.where(has, slo.gather(1, k[:, None]).squeeze(1), torch.full_like(k, _INF))
+        end2 = torch.where(has, cm[:, -1], torch.full_like(k, -_INF))
+        per_axis.append(((slo[:, 0], end1), (start2, end2)))
+    out = []
+    for choice in product((0, 1), repeat=n):
+        box = [per_axis[a][c] for a, c in enumerate(choice)]
+        nonempty = torch.ones_like(box[0][0], dtype=torch.bool)
+        for lo, hi in box:
+            nonempty = nonempty & (lo <= hi)
+        if not bool(nonempty.any()):
+            continue
+        c_lo = [torch.maximum(g.m_lo[a], box[a][0][:, None]) for a in range(n)]
+        c_hi = [torch.minimum(g.m_hi[a], box[a][1][:, None]) for a in range(n)]
+        live = torch.ones_like(c_lo[0], dtype=torch.bool)
+        for a in range(n):
+            live = live & (c_lo[a] <= c_hi[a])
+        c_lo = [torch.where(live, x, _INF) for x in c_lo]
+        c_hi = [torch.where(live, x, -_INF) for x in c_hi]
+        # the clipped members must reach the box's corners and fill it
+        for a in range(n):
+            ok = (c_lo[a].amin(1) == box[a][0]) & (c_hi[a].amax(1) == box[a][1])
+            if not bool((ok | ~nonempty).all()):
+                raise TableError("the positions mixed here do not form one box (e.g. a 1-D op across the rows "
+                                 "of a flattened grid)")
+        if not _covered(c_lo, c_hi, [b[0] for b in box], [b[1] for b in box], nonempty):
+            raise TableError("the positions mixed here do not form one box (e.g. a 1-D op across the rows "
+                             "of a flattened grid)")
+        out.append([(torch.where(nonempty, b[0], 1), torch.where(nonempty, b[1], 0)) for b in box])
+    return out
+
+
+def _covered(m_lo: list[torch.Tensor], m_hi: list[torch.Tensor], b_lo: list[torch.Tensor],
+             b_hi: list[torch.Tensor], where: torch.Tensor | None = None) -> bool:
+    """Whether, in every group (row), the members' boxes fill the box ``[b_lo, b_hi]``."""
     G, M = m_lo[0].shape
     valid = m_lo[0] <= m_hi[0]
     for a in range(1, len(m_lo)):
         valid = valid & (m_lo[a] <= m_hi[a])
-    # cheap: a member equal to the bounding box covers it
+    # cheap: a member equal to the box covers it
     eq = valid.clone()
     for a in range(len(m_lo)):
         eq = eq & (m_lo[a] == b_lo[a][:, None]) & (m_hi[a] == b_hi[a][:, None])
     todo = ~eq.any(1) & valid.any(1)
+    if where is not None:
+        todo = todo & where
     if not bool(todo.any()):
         return True
     gi = torch.nonzero(todo).flatten()
@@ -379,9 +491,9 @@ def _is_box(bounds: list[tuple[torch.Tensor, torch.Tensor]], var: Sequence[int])
     cells = 1
     for e in emax:
         cells *= e + 1
-    chunk = max(1, RASTER_BUDGET // cells)
     if cells > RASTER_BUDGET:
         raise TableError("the union of the mixed positions is too large to check exactly")
+    chunk = max(1, RASTER_BUDGET // cells)
     n = len(m_lo)
     for start in range(0, len(gi), chunk):
         sel = gi[start:start + chunk]
