@@ -485,6 +485,8 @@ TIMM: dict[str, tuple[str, dict[str, Any], int]] = {
     "xcit": ("xcit_nano_12_p16_224", dict(img_size=64, depth=2), 64),
     "beit": ("beit_base_patch16_224", dict(img_size=64, depth=2, embed_dim=64, num_heads=2), 64),
     "eva": ("eva02_tiny_patch14_224", dict(img_size=56, depth=2), 56),
+    "davit": ("davit_tiny", dict(depths=(1, 1, 1, 1)), 56),  # 14x14 grid: windows of 7 need no padding
+    "swin": ("swin_tiny_patch4_window7_224", dict(img_size=64, window_size=4, depths=(2, 1, 1, 1)), 64),
 }
 
 
@@ -562,3 +564,55 @@ def test_timm_first_block_sees_everything(key: str, node: str,
         assert r.status == "global", r
     else:
         agree(r, o, y, idx, clip_free=False)
+
+
+@pytest.mark.parametrize("key,node,layout", [
+    ("davit", "stages.0.blocks.0.0", "nchw"),  # window attention, 7x7 windows of the 14x14 grid
+    ("swin", "layers.0.blocks.0", "nhwc"),  # 4x4 windows of the 16x16 grid
+    ("swin", "layers.0.blocks.1", "nhwc"),  # shifted by 2 (torch.roll): windows wrap around
+])
+def test_timm_window_block_against_the_oracle(key: str, node: str, layout: str,
+                                              timm_reports: dict[str, tuple[nn.Module, rfscope.Report]]) -> None:
+    model, rep = timm_reports[key]
+    size = TIMM[key][2]
+    r = rep.rf(node)
+    assert r.status == "exact", r
+    o = Oracle(model, (1, 3, size, size), module=node)
+    y = o.out
+    if layout == "nchw":
+        idx = [(0, c, i, j) for c, i, j in [(0, 0, 0), (1, 3, 2), (2, 9, 5), (3, 6, 6), (5, 7, 7), (6, 13, 13)]]
+        agree(r, o, y, idx, clip_free=False)
+    else:
+        idx = [(0, i, j, c) for i, j, c in [(0, 0, 0), (1, 3, 2), (5, 9, 1), (6, 6, 3), (15, 15, 4), (0, 15, 5)]]
+        agree(r, o, y, idx, clip_free=False, unit=nhwc, chan=-1)
+
+
+# -- padded windows cropped back to tokens (timm DaViT at 64: 16x16 grid, windows of 7) --------------
+class PaddedWindows(nn.Module):
+    """Tokens (B, N, C) -> (B, H, W, C), padded 16 -> 21, each token the mean of its 7x7 window, cropped back
+    to 16x16 and to tokens, plus the shortcut: DaViT's SpatialBlock with the attention replaced by a mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(1, 1, 4, 4)
+        self.out = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).permute(0, 2, 3, 1).reshape(1, 256, 1)  # 16x16 tokens of 4x4 pixels
+        y = F.pad(x.view(1, 16, 16, 1), (0, 0, 0, 5, 0, 5))  # (1, 21, 21, 1)
+        y = y.view(1, 3, 7, 3, 7, 1).mean((2, 4), keepdim=True).expand(1, 3, 7, 3, 7, 1).reshape(1, 21, 21, 1)
+        return self.out(x + y[:, :16, :16].reshape(1, 256, 1))
+
+
+@pytest.mark.xfail(strict=True, reason="padded windows cropped back to tokens + the shortcut: token 20 (grid (1, 4)) "
+                                       "gets boxes ((4, 7), (16, 19)) + ((0, 27), (56, 83)); the oracle: "
+                                       "((0, 27), (0, 27)); token 255: ((28, 63), (0, 63)) vs ((56, 63), (56, 63))")
+def test_padded_windows_cropped_back_to_tokens() -> None:
+    model = PaddedWindows().eval()
+    shape = (1, 1, 64, 64)
+    rep = analyze(model, shape)
+    o = Oracle(model, shape, module="out")
+    r = rep.rf("out")
+    # grid (i, j) = token 16 i + j sees its window (i // 7, j // 7), 28x28 pixels (clipped to the image)
+    agree(r, o, o.out, [(0, 16 * i + j, 0) for i, j in [(0, 0), (1, 4), (6, 7), (8, 8), (15, 15)]], clip_free=False,
+          unit=lambda t: divmod(t[1], 16), chan=2)
