@@ -144,22 +144,47 @@ def fallback_paths(model: torch.nn.Module, example_inputs: Sequence[Any], why: s
     if leaves:
         why += f"; {_LEAF_NOTE}"
     tried: list[str] = []
-    data_dependent = False
-    try:
-        with _quiet():  # a failed export logs the whole graph as a warning
-            return trace_export(model, example_inputs), PATH_NAMES["export"], why
-    except Exception as e:  # noqa: BLE001 - any failure moves on to the next path
-        tried.append(f"torch.export failed: {_first_line(e)}")
-        data_dependent = _data_dependent_guard(e)
+    stop = _meta_stop(model, example_inputs)
+    data_dependent = stop is not None
+    if stop is not None:  # torch.export would trace all the way to it and fail there (seconds on a detector)
+        tried.append(f"torch.export skipped: the model's forward on meta tensors stops at {stop}")
+    else:
+        try:
+            with _quiet():  # a failed export logs the whole graph as a warning
+                return trace_export(model, example_inputs), PATH_NAMES["export"], why
+        except Exception as e:  # noqa: BLE001 - any failure moves on to the next path
+            tried.append(f"torch.export failed: {_first_line(e)}")
+            data_dependent = _data_dependent_guard(e)
     if data_dependent:
-        why += ("; torch.export stopped at a data-dependent guard, so make_fx traces the path the example input "
-                "takes")
+        meets = f"the forward meets {stop}" if stop else "torch.export stopped at a data-dependent guard"
+        why += f"; {meets}, so make_fx traces the path the example input takes"
     try:
         with _quiet():  # a model with data-dependent parts updates views in place: functionalised at once
             return trace_make_fx(model, example_inputs, functional=data_dependent), PATH_NAMES["make_fx"], why
     except Exception as e:  # noqa: BLE001
         tried.append(f"make_fx failed: {_first_line(e)}")
     raise _AllFailed(f"{why}, and {'; '.join(tried)}", tried)
+
+
+def _meta_stop(model: torch.nn.Module, example_inputs: Sequence[Any]) -> str | None:
+    """The data-dependent op (``nonzero``, ``.item()``...) at which the model's own forward stops on
+    meta tensors, in words, or ``None`` (it runs, fails otherwise, or has meta weights: make_fx
+    could not trace it, so torch.export must be tried)."""
+    if any(t is not None and t.device.type == "meta"
+           for m in modules(model) for t in (*m._parameters.values(), *m._buffers.values())):
+        return None
+    try:
+        with _quiet():
+            real_outputs(model, example_inputs)
+    except Exception as e:  # noqa: BLE001 - classified below
+        text = f"{type(e).__name__}: {e}".lower()
+        for op in ("nonzero", "masked_select", "item()", ".item", "_local_scalar_dense", "unique", "nms",
+                   "data-dependent", "data dependent", "dynamicoutputshape", "datadependentoutput"):
+            if op in text:
+                name = {"item()": "item()", ".item": "item()", "_local_scalar_dense": "item()"}.get(op, op)
+                site = failure_site(e)
+                return f"a data-dependent op ({name}{' at ' + site if site else ''})"
+    return None
 
 
 def _data_dependent_guard(e: BaseException) -> bool:
