@@ -20,7 +20,8 @@ Zoos (``--zoo``, comma-separated or ``all``):
 * ``torchvision``: every ``torchvision.models.list_models()`` name of every family
   (classification, detection, segmentation, video, optical flow, quantization), random
   weights, each family's natural input (video 16-frame clips, optical flow two images,
-  detection a list of 3-D images).
+  detection a list of one 3-D 320x320 image, built on the CPU with the transform resizing to 320;
+  SSD300 at its fixed 300).
 * ``monai``: the networks of ``monai.networks.nets`` in :data:`MONAI_NETS` (constructor
   arguments and input per net); the other classes are recorded as ``skipped``.
 * ``hf``: a handful of Hugging Face transformers vision and audio models from their
@@ -248,12 +249,18 @@ def torchvision_build(name: str, device: str) -> Built:
     builder = tvm.get_model_builder(name)
 
     def make() -> Any:
-        return builder(**kw)
+        model = builder(**kw)
+        t = getattr(model, "transform", None)
+        if fam == "detection" and t is not None and not getattr(t, "fixed_size", None):
+            t.min_size, t.max_size = (320,), 320  # resize to the input's own size (scale 1), as rfscope's loader
+        return model
 
     def inputs(model: Any) -> dict[str, Any]:
         g = torch.Generator().manual_seed(0)
-        if fam == "detection":
-            return {"example_inputs": ([torch.rand(3, 224, 224, generator=g)],)}
+        if fam == "detection":  # a list of 3-D images; SSD300 at its fixed 300
+            fixed = getattr(getattr(model, "transform", None), "fixed_size", None)
+            s = int(fixed[0]) if fixed else 320
+            return {"example_inputs": ([torch.rand(3, s, s, generator=g)],)}
         if fam == "optical_flow":
             return {"example_inputs": (torch.rand(1, 3, 224, 224, generator=g),
                                        torch.rand(1, 3, 224, 224, generator=g))}
@@ -265,7 +272,8 @@ def torchvision_build(name: str, device: str) -> Built:
         size = 299 if "inception_v3" in name else 224
         return {"input_shape": (1, 3, size, size)}
 
-    return _on_device(make, inputs, device)
+    # a detector is traced by running it (make_fx, on its data-dependent parts): real weights
+    return _on_device(make, inputs, "cpu" if fam == "detection" else device)
 
 
 # -- MONAI --------------------------------------------------------------------------------
