@@ -366,6 +366,16 @@ MONAI_NETS: dict[str, tuple[dict[str, Any], Any]] = {
                   (1, 64)),
     "DecoderOnlyTransformer": ({"num_tokens": 10, "max_seq_len": 16, "attn_layers_dim": 8, "attn_layers_depth": 2,
                                 "attn_layers_heads": 2}, ((1, 16), "tokens")),
+    "DenseNet": ({"spatial_dims": 2, "in_channels": 3, "out_channels": 2, "init_features": 16, "growth_rate": 8,
+                  "block_config": (2, 2, 2)}, (1, 3, 64, 64)),
+    "SENet": ({"spatial_dims": 2, "in_channels": 3, "block": "se_bottleneck", "layers": (1, 1, 1, 1), "groups": 1,
+               "reduction": 16, "num_classes": 2, "inplanes": 64, "downsample_kernel_size": 1, "input_3x3": False},
+              (1, 3, 64, 64)),
+    "EfficientNet": ({"blocks_args_str": ["r1_k3_s11_e1_i32_o16_se0.25", "r2_k3_s22_e6_i16_o24_se0.25"],
+                      "spatial_dims": 2, "in_channels": 3, "num_classes": 2}, (1, 3, 64, 64)),
+    "NetAdapter": ({"num_classes": 2}, _S2),  # model= a torchvision resnet18, made in monai_build
+    "VarFullyConnectedNet": ({"in_channels": 10, "out_channels": 2, "latent_size": 2, "encode_channels": (16,),
+                              "decode_channels": (16,)}, (1, 10)),
     "DiffusionModelUNet": ({"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": (32, 64, 64),
                             "attention_levels": (False, True, True), "num_res_blocks": 1,
                             "num_head_channels": 32}, ((1, 1, 64, 64), "timesteps")),
@@ -405,6 +415,10 @@ def monai_build(name: str, device: str) -> Built:
     cls = getattr(nets, name)
 
     def make() -> Any:
+        if name == "NetAdapter":
+            import torchvision
+
+            return cls(model=torchvision.models.resnet18(), **kw)
         return cls(**kw)
 
     def inputs(model: Any) -> dict[str, Any]:
