@@ -31,7 +31,7 @@ from rfscope.core.table import Part, Table, TableError, _assemble, compress
 
 __all__ = [
     "to_table", "from_table", "index_rule", "elementwise_rule", "reduce_rule", "contract_rule",
-    "matmul_rule", "sdpa_rule", "sliding_rule", "softmax_rule", "reduce_table_rule", "group_rule", "is_table",
+    "matmul_rule", "sdpa_rule", "sdpa_like", "sliding_rule", "softmax_rule", "reduce_table_rule", "group_rule", "is_table",
     "NOT_TRACKED",
 ]
 
@@ -210,10 +210,10 @@ def _result(ctx: OpContext, out: Any) -> Any:
     return CONST
 
 
-def _guard(fn: Callable[[OpContext], Any]) -> Callable[[OpContext], Any]:
-    def rule(ctx: OpContext) -> Any:
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def rule(ctx: OpContext, *args: Any) -> Any:
         try:
-            return fn(ctx)
+            return fn(ctx, *args)
         except TableError as e:
             raise Unsupported(str(e)) from None
 
@@ -243,7 +243,8 @@ def index_rule(ctx: OpContext) -> Any:
                 return Table.empty_like(v.shape, len(ctx.input_size))
             return _const_value(ctx, nd, v)
         if isinstance(v, (list, tuple)) and isinstance(s, (list, tuple)):
-            nds = nd if isinstance(nd, (list, tuple)) else [None] * len(v)
+            nds = list(nd) if isinstance(nd, (list, tuple)) else []
+            nds += [None] * (len(v) - len(nds))  # a translated call (ATen) has no fx arguments
             return type(v)(sub(a, b, c) for a, b, c in zip(s, v, nds, strict=False))
         if isinstance(v, dict) and isinstance(s, dict):
             return {k: sub(s.get(k, CONST), x, nd.get(k) if isinstance(nd, dict) else None) for k, x in v.items()}
@@ -266,15 +267,16 @@ def index_rule(ctx: OpContext) -> Any:
         raise Unsupported("no input table")
     n_parts = max(len(t.parts) for t in tables)
 
-    def column(x: Any, p: int, c: int, dtype: torch.dtype) -> Any:
+    def column(x: Any, p: int, c: int, dtype: torch.dtype, dense: bool = False) -> Any:
         if isinstance(x, Table):
             part = x.parts[p] if p < len(x.parts) else None
             col = part.cols[c] if part is not None else torch.zeros((), dtype=torch.int64).expand(x.shape)
-            return col.to(dtype) if dtype != torch.int64 else col
+            col = col.to(dtype) if dtype != torch.int64 else col
+            return col.contiguous() if dense else col
         if isinstance(x, (list, tuple)):
-            return type(x)(column(v, p, c, dtype) for v in x)
+            return type(x)(column(v, p, c, dtype, dense) for v in x)
         if isinstance(x, dict):
-            return {k: column(v, p, c, dtype) for k, v in x.items()}
+            return {k: column(v, p, c, dtype, dense) for k, v in x.items()}
         return x
 
     n_axes = len(ctx.input_size)
@@ -285,8 +287,12 @@ def index_rule(ctx: OpContext) -> Any:
             try:
                 r = fn(*column(args, p, c, torch.int64), **column(kwargs, p, c, torch.int64))
             except (RuntimeError, NotImplementedError, TypeError):
-                # ops defined on floats only (F.unfold, interpolate): exact below 2**53
-                r = fn(*column(args, p, c, torch.float64), **column(kwargs, p, c, torch.float64))
+                # a view of a stride-0 column (contiguous first), or an op defined on floats only
+                # (F.unfold, interpolate; exact below 2**53)
+                try:
+                    r = fn(*column(args, p, c, torch.int64, True), **column(kwargs, p, c, torch.int64, True))
+                except (RuntimeError, NotImplementedError, TypeError):
+                    r = fn(*column(args, p, c, torch.float64, True), **column(kwargs, p, c, torch.float64, True))
             cols.append(r)
         outs.append(cols)
     return _result(ctx, _assemble(outs, n_axes))
@@ -414,6 +420,23 @@ def matmul_rule(ctx: OpContext) -> Any:
     if not parts:
         raise Unsupported("no input table")
     return _result(ctx, parts[0].union(*parts[1:], shape=ctx.out_shape))
+
+
+@_guard
+def sdpa_like(ctx: OpContext, seq: int) -> Any:
+    """Attention with the sequence along dim ``seq`` of (query, key, value) and features last
+    (``nn.MultiheadAttention``): the first output, as :func:`sdpa_rule`."""
+    vals = list(ctx.arg_values[:3])
+    states = list(ctx.args[:3])
+    out = ctx.out[0] if isinstance(ctx.out, (tuple, list)) else ctx.out
+    parts = []
+    for i, (s, val) in enumerate(zip(states, vals, strict=False)):
+        if isinstance(s, TensorRF):
+            dims = [-1] if i == 0 else [-1, seq]
+            parts.append(_tables(ctx, s, val, False).reduce(dims, keepdim=True))
+    if not parts:
+        raise Unsupported("no input table")
+    return _result(ctx, parts[0].union(*parts[1:], shape=tuple(out.shape)))
 
 
 @_guard

@@ -53,7 +53,10 @@ def compress(t: torch.Tensor) -> torch.Tensor:
     for d in range(t.dim()):
         if t.shape[d] > 1 and t.stride(d) != 0:
             first = t.narrow(d, 0, 1)
-            if bool((t == first).all()):
+            # cheap first: indices 0 and 1 differ somewhere (a dim that varies, the usual case)
+            if not torch.equal(t.narrow(d, 1, 1), first):
+                continue
+            if torch.equal(t, first.expand(t.shape)):
                 t = first.expand(t.shape)
     return t
 

@@ -173,7 +173,7 @@ def _delegating(reg: Registry, tr: Translator, traits: Iterable[str] = ()) -> Pl
         return p.init_view(ictx.translated(target, tuple(raw(r) for r in call.args),
                                            {k: raw(r) for k, r in call.kwargs.items()}))
 
-    return Plugin("", (), rf, macs, geometry=geometry, traits=frozenset(traits), init_view=init_view)
+    return Plugin("", (), rf, macs, geometry=geometry, traits=frozenset(traits), init_view=init_view, table=table)
 
 
 # -- translators ---------------------------------------------------------------------------

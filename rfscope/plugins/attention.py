@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import axes_of
-from rfscope.core.positions import sdpa_rule
+from rfscope.core.positions import sdpa_like, sdpa_rule
 from rfscope.core.registry import Registry
-from rfscope.core.state import DimTag, TensorRF, make_global, merge
+from rfscope.core.state import CONST, DimTag, TensorRF, make_global, merge
 
 
 def _attend(q: TensorRF | None, kv: list[TensorRF], seq_dim: int, dims: list[DimTag], what: str) -> TensorRF:
@@ -67,6 +67,21 @@ def _mha_rf(ctx: OpContext) -> tuple[TensorRF, object]:
     return out, out.with_dims([None] * weights_val.dim())
 
 
+def _mha_table(ctx: OpContext) -> Any:
+    """``nn.MultiheadAttention`` on per-position inputs: each query sees itself and every key and
+    value along the sequence dim (masks only re-weight); the weights the same."""
+    m = ctx.module
+    assert isinstance(m, nn.MultiheadAttention)
+    q = ctx.arg_values[0]
+    seq = 1 if (m.batch_first and q.dim() == 3) else 0
+    out = sdpa_like(ctx, seq)
+    weights = ctx.out[1] if isinstance(ctx.out, (tuple, list)) else None
+    if weights is None:
+        return out, CONST
+    return out, CONST if not isinstance(out, TensorRF) else out.with_dims([None] * weights.dim()) \
+        if out.table is None else CONST
+
+
 def _mha_macs(ctx: OpContext) -> int:
     m = ctx.module
     assert isinstance(m, nn.MultiheadAttention)
@@ -85,4 +100,4 @@ def _mha_macs(ctx: OpContext) -> int:
 
 def register(reg: Registry) -> None:
     reg.add("sdpa", (F.scaled_dot_product_attention,), rf=_sdpa_rf, macs=_sdpa_macs, table=sdpa_rule)
-    reg.add("multihead_attention", (nn.MultiheadAttention,), rf=_mha_rf, macs=_mha_macs)
+    reg.add("multihead_attention", (nn.MultiheadAttention,), rf=_mha_rf, macs=_mha_macs, table=_mha_table)
