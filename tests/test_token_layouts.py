@@ -203,14 +203,16 @@ def test_torchvision_vit_tokens_before_attention() -> None:
     agree(r, o, y, [(0, 1, 0), (0, 6, 3), (0, 16, 7)])
 
 
-@pytest.mark.xfail(strict=True, reason="nn.MultiheadAttention has no table rule: unknown after the class token "
-                                       "cat, where the oracle sees the whole image (global)")
 def test_torchvision_vit_attention_is_global() -> None:
     model = tv_vit().eval()
     rep = analyze(model, (1, 3, 32, 32))
-    assert rep.rf("encoder.layers.encoder_layer_0.self_attention").status == "global"
+    node = "encoder.layers.encoder_layer_0.self_attention"
+    assert rep.rf(node).status == "global"
     assert rep.rf("output").status == "global"
     assert unknowns(rep) == []
+    o = Oracle(model, (1, 3, 32, 32), module=node)  # nn.MultiheadAttention: (out, weights)
+    for idx in [(0, 0, 0), (0, 1, 3), (0, 16, 7)]:  # the class token too
+        assert bool(seen(o, o.out, idx).all()), idx
 
 
 # -- window attention written by hand --------------------------------------------------------------
@@ -403,9 +405,6 @@ def test_space_to_depth_reshape() -> None:
     s2d_check(SpaceToDepthReshape(), unshuffle=False)
 
 
-@pytest.mark.xfail(strict=True, reason="TResNet's SpaceToDepth (view after permute().contiguous()) raises in the "
-                                       "reshape plugin's table rule: 'view size is not compatible with input "
-                                       "tensor's size and stride'")
 def test_space_to_depth_tresnet_view() -> None:
     s2d_check(SpaceToDepthView(), unshuffle=False)
 
@@ -616,3 +615,24 @@ def test_padded_windows_cropped_back_to_tokens() -> None:
     # grid (i, j) = token 16 i + j sees its window (i // 7, j // 7), 28x28 pixels (clipped to the image)
     agree(r, o, o.out, [(0, 16 * i + j, 0) for i, j in [(0, 0), (1, 4), (6, 7), (8, 8), (15, 15)]], clip_free=False,
           unit=lambda t: divmod(t[1], 16), chan=2)
+
+
+@pytest.mark.parametrize("key,node,prefix", [
+    ("pit", "transformers.0.blocks.0.norm1", 1),  # class token cat inside the stage; 16x16 patches, stride 8
+    ("deit_distilled", "blocks.0.norm1", 2),
+    ("convit", "blocks.0.norm1", 0),
+])
+def test_timm_table_node_before_attention(key: str, node: str, prefix: int,
+                                          timm_reports: dict[str, tuple[nn.Module, rfscope.Report]]) -> None:
+    model, rep = timm_reports[key]
+    size = TIMM[key][2]
+    r = rep.rf(node)
+    o = Oracle(model, (1, 3, size, size), module=node)
+    y = o.out
+    n = y.shape[1]
+    grid = int(round((n - prefix) ** 0.5))
+    assert grid * grid == n - prefix
+    idx = [(0, t, c) for t, c in [(0, 0), (prefix, 1), (prefix + grid, 2), (prefix + grid + 2, 3), (n - 1, 4)]]
+    for t in range(prefix):  # class / distillation tokens
+        assert r.window((0, t, t)) is None and not bool(seen(o, y, (0, t, t)).any())
+    agree(r, o, y, idx, clip_free=False, unit=lambda i: divmod(i[1] - prefix, grid), chan=2)
