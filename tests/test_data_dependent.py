@@ -103,6 +103,25 @@ def test_macs_after_the_op_are_unknown() -> None:
     assert sm.params_total == n_params(m)
 
 
+class Istft(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv1d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(self.c(x)[:, 0], 64, window=torch.ones(64), return_complex=True)
+        return torch.istft(spec, 64, window=torch.ones(64))
+
+
+def test_op_without_meta_kernel_runs_on_real_tensors() -> None:
+    """``istft`` has no meta kernel: shapes come from real tensors; nothing is data-dependent."""
+    rep = rfscope.analyze(Istft(), example_inputs=(torch.rand(1, 1, 1024),), layout="NCT")
+    assert rep.rf("c").size == (3,)
+    assert rep.records["istft"].shape == (1, 1024)
+    assert rep.trace_fallback and "istft (no meta kernel" in rep.trace_fallback
+    assert not any(n.meta.get("rfscope_unknown") for n in rep.gm.graph.nodes)
+
+
 class FailsOnRealToo(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[x > 0].view(7, -1, 3)

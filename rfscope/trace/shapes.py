@@ -300,8 +300,9 @@ def _real_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any], node: fx.Nod
 def _note_real(gm: fx.GraphModule, node: fx.Node, why: str, source: str) -> None:
     mod = node.meta.get("nn_module_stack")
     where = f" in module {next(reversed(mod.values()))[0]!r}" if mod else ""
+    after = "" if "no meta kernel" in why else "; what depends on its values is unknown"
     gm.meta[REAL_SHAPES] = (f"shapes propagated on real tensors ({source}) because of node {node.name!r}{where}: "
-                            f"{why}; what depends on its values is unknown")
+                            f"{why}{after}")
 
 
 def minimum_input(gm: fx.GraphModule, example_inputs: Sequence[Any], limit: int = 8192) -> tuple[int, ...] | None:
