@@ -323,10 +323,12 @@ class _Builder:
         if rf.status == "global":
             rows = ["RF global (sees the whole input)"]
             if rf.local is not None and rf.local.status == "unknown":
-                rows.append("local RF unknown (local paths misaligned)")
+                rows.append(f"local RF unknown ({rf.local.reason or 'local paths misaligned'})"[:60])
             elif rf.local is not None:
                 rows.append(f"local RF {_sizes(rf.local)}, stride {_fmt_dims(rf.local.stride, '×', '?')}")
             return rows
+        if rf.table is not None:  # token layouts: each element has its own window
+            return [f"RF ≤{_sizes(rf)}, per position"]
         rows = [f"RF {_sizes(rf)}, stride {_fmt_dims(rf.stride, '×', '?')}"]
         cov = [c for c in rf.coverage if c is not None]
         if cov and min(cov) < 1:
