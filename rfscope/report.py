@@ -169,12 +169,16 @@ def _cell(row: TableRow, col: str) -> str:
             return "global (local unknown)"
         if rf.status == "unknown" and rf.reason:
             return f"unknown: {rf.reason}"
+        if rf.table is not None:
+            return "exact (per position)"
         return rf.status
     if rf.status == "unknown":
         return "?"
     if col == "rf":
         if rf.status == "global" and rf.local is not None and rf.local.status != "unknown":
             return f"{_fmt_dims(rf.local.size)} (local)"
+        if rf.table is not None:  # token layouts: the largest window of any element
+            return "<=" + "x".join(str(d.size) for d in rf.dims)
         return _collapse(["all" if d.exact is None else str(d.size) for d in rf.dims])
     # a global dim's stride/padding are those of the local path, if any
     return _collapse([_fmt(x) for x in (rf.stride if col == "stride" else rf.padding)])
