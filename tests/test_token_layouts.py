@@ -636,3 +636,21 @@ def test_timm_table_node_before_attention(key: str, node: str, prefix: int,
     for t in range(prefix):  # class / distillation tokens
         assert r.window((0, t, t)) is None and not bool(seen(o, y, (0, t, t)).any())
     agree(r, o, y, idx, clip_free=False, unit=lambda i: divmod(i[1] - prefix, grid), chan=2)
+
+
+def test_timm_tresnet_space_to_depth() -> None:
+    """timm's TResNet: SpaceToDepth(4) (view/permute/contiguous/view) then a 3x3 conv, 0 unknown nodes."""
+    model = timm.create_model("tresnet_m", pretrained=False).eval()
+    shape = (1, 3, 64, 64)
+    rep = analyze(model, shape)
+    assert unknowns(rep) == []
+    assert rep.rf("output").status == "global"
+    o = Oracle(model, shape, module=["body.s2d", "body.conv1"])
+    r, y = rep.rf("body.s2d"), o.outs["body.s2d"]
+    if r.table is not None:  # channel (i * 4 + j) * 3 + c at (p, q) is pixel (4p + i, 4q + j)
+        agree(r, o, y, [(0, s2d_channel(c, i, j, False), p, q) for c, i, j, p, q in
+                        [(0, 0, 0, 0, 0), (1, 2, 3, 5, 2), (2, 3, 1, 15, 15), (0, 1, 2, 7, 0)]])
+    else:
+        agree(r, o, y, [(0, 0, 0, 0), (0, 0, 5, 2), (0, 0, 15, 15)])
+    rc, yc = rep.rf("body.conv1"), o.outs["body.conv1"]
+    agree(rc, o, yc, [(0, 0, 0, 0), (0, 1, 5, 2), (0, 2, 15, 15), (0, 3, 7, 8)], clip_free=False)
