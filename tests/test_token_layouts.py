@@ -654,3 +654,43 @@ def test_timm_tresnet_space_to_depth() -> None:
         agree(r, o, y, [(0, 0, 0, 0), (0, 0, 5, 2), (0, 0, 15, 15)])
     rc, yc = rep.rf("body.conv1"), o.outs["body.conv1"]
     agree(rc, o, yc, [(0, 0, 0, 0), (0, 1, 5, 2), (0, 2, 15, 15), (0, 3, 7, 8)], clip_free=False)
+
+
+# -- MaxViT's grid partition: a window of tokens spread over the whole grid (dilated) ---------------
+class GridAttention(nn.Module):
+    """Patch embed 2x2 on 32x32 -> 16x16 grid; ``grid_partition`` with a 4x4 grid: window (hi, wi) holds the
+    positions (4 gi + hi, 4 gj + wi), 16 patches 8 pixels apart; attention inside; ``grid_reverse``."""
+
+    def __init__(self, dim: int = 8, g: int = 4) -> None:
+        super().__init__()
+        self.g = g
+        self.patch_embed = nn.Conv2d(3, dim, 2, 2)
+        self.attn = Attention(dim)
+        self.windows = nn.Identity()
+        self.grid = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).permute(0, 2, 3, 1)
+        b, h, w, c = x.shape
+        g = self.g
+        x = x.view(b, g, h // g, g, w // g, c).permute(0, 2, 4, 1, 3, 5).reshape(-1, g * g, c)
+        x = self.windows(self.attn(x))
+        x = x.view(b, h // g, w // g, g, g, c).permute(0, 3, 1, 4, 2, 5).reshape(b, h, w, c)
+        return self.grid(x)
+
+
+def test_grid_partition_attention_is_never_overstated() -> None:
+    """The tokens of a grid window see 16 separate 2x2 patches: not a box, not the whole image.  rfscope may
+    say unknown; if it states an RF it must be the oracle's (and never global)."""
+    model = GridAttention().eval()
+    shape = (1, 3, 32, 32)
+    rep = analyze(model, shape)
+    o = Oracle(model, shape, module=["windows", "grid"])
+    for name, idx, unit in [("windows", [(0, 0, 0), (5, 3, 1), (15, 15, 2)], nchw),
+                            ("grid", [(0, 0, 0, 0), (0, 5, 9, 1), (0, 15, 15, 2)], nhwc)]:
+        r = rep.rf(name)
+        want = seen(o, o.outs[name], idx[0])
+        assert int(want.sum()) == 16 * 4 and not bool(want.all())  # the oracle: 16 patches of 2x2
+        assert r.status != "global", (name, r)
+        if r.status == "exact":
+            agree(r, o, o.outs[name], idx, clip_free=False, unit=unit, chan=-1)
