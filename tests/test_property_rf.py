@@ -9,8 +9,10 @@ unit's dependency cone reaches; the input is made ``> 2R`` wide so that central
 units never touch padding or PyTorch's border clamping, and those units (a run
 covering every phase) are compared pixel for pixel.  Plain stacks (zero padding,
 no resampling) also probe the first unit's hi edge and the last units' lo edge
-(docs/design.md §5).  Merges of branches with different jumps must come
-out ``unknown`` with a "misaligned" reason, never a number.
+(docs/design.md §5).  Merges of branches with different jumps have no periodic
+form: they come out as an exact per-position table, checked element by element
+against the oracle (central units exactly and jointly, border units as a cover),
+or ``unknown`` with a "misaligned" reason or a table's reason, never a number.
 """
 
 from __future__ import annotations
@@ -410,6 +412,101 @@ def _contains(ops: list[Op], kinds: set[str]) -> bool:
     return any(o.kind in kinds or _contains(o.subs[0] + o.subs[1], kinds) for o in ops)
 
 
+#: why a misaligned (or irregular) graph may stay unknown once it met the per-position tables:
+#: a union that is not a few boxes, or an op that tables do not support yet ("... in a token layout")
+TABLE_REASONS = ("do not form one box", "more than", "too large to check", "token layout")
+
+
+def _table_reason(why: str) -> bool:
+    return any(t in why for t in TABLE_REASONS)
+
+
+def _border_safe(ops: list[Op]) -> bool:
+    """Only zero padding and no interpolation: a border unit sees no pixel outside its clipped boxes."""
+    for o in ops:
+        if o.kind == "up" or (o.kind == "conv" and o.p["mode"] != "zeros"):
+            return False
+        if o.kind == "pad" and o.p["mode"] not in ("F.pad", "zero"):
+            return False
+        if not _border_safe(o.subs[0] + o.subs[1]):
+            return False
+    return True
+
+
+def _check_table(r: Any, ops: list[Op], model: nn.Module, shape: tuple[int, ...], out: tuple[int, ...],
+                 n: int, plain: bool) -> None:
+    """A per-position table, element by element against the oracle.
+
+    The pixels a unit sees are the union over channels (the oracle sums over them) of
+    ``r.table.boxes((0, c, *index))`` clipped to the input.  Central units (the middle half of
+    the output, whose boxes stay inside the input) must match exactly, jointly over the axes and
+    so per axis.  Boxes are unclipped, like the periodic windows: a border unit may read padding
+    whose coordinates lie inside the input (pixels a floor-mode layer dropped), so border units
+    only have to cover the oracle (when zero padding alone reaches them), and in plain stacks
+    also match on the inner edge (the first unit's hi, the last units' lo), as the periodic check.
+    """
+    size = shape[2:]
+    assert r.table is not None
+    lo = [o // 4 if o >= 8 else o // 2 for o in out]
+    hi = [(3 * o) // 4 if o >= 8 else o // 2 for o in out]
+    start = [max(a, o // 2 - 3) for a, o in zip(lo, out, strict=True)]
+    central = [[s0 + t for s0 in start] for t in range(6)
+               if all(s0 + t <= h for s0, h in zip(start, hi, strict=True))]  # every phase of a stride <= 6
+    border: list[list[int]] = []
+    if _border_safe(ops):
+        border = [[0] * n, [o - 1 for o in out], [o - 2 for o in out]]
+        if n > 1:
+            border += [[0] + [o - 1 for o in out[1:]], [out[0] - 1] + [0] * (n - 1)]
+        event("table: border units checked")
+    probes = central + border
+    dtype = torch.float32 if _contains(ops, {"up"}) else torch.float64
+    oracle = Oracle(model, shape, batch=max(len(probes), 2), dtype=dtype)
+    assert tuple(oracle.out_size) == out
+    go = torch.zeros(oracle.out.shape, dtype=oracle.out.dtype)
+    for b, idx in enumerate(probes):
+        go[(b, slice(None), *idx)] = 1.0
+    (g,) = torch.autograd.grad(oracle.out, oracle.x, go)
+    for b, idx in enumerate(probes):
+        got = oracle._axes(g[b])
+        seen = (g[b] != 0).any(dim=0)  # the joint support over the input's spatial axes
+        want = torch.zeros(tuple(size), dtype=torch.bool)
+        boxes = [bx for c in range(C) for bx in r.table.boxes((0, c, *idx))]
+        for bx in boxes:
+            assert len(bx) == n, bx
+            sl = tuple(slice(max(lo, 0), min(hi, sz - 1) + 1) for (lo, hi), sz in zip(bx, size, strict=True))
+            if all(s.start < s.stop for s in sl):
+                want[sl] = True
+        for c in range(C):  # the window is the bounding box of the element's boxes (None: sees nothing)
+            bc = r.table.boxes((0, c, *idx))
+            w = r.window((0, c, *idx))
+            if not bc:
+                assert w is None, (idx, c, w)
+            else:
+                bb = tuple((min(bx[a][0] for bx in bc), max(bx[a][1] for bx in bc)) for a in range(n))
+                assert tuple(tuple(v) for v in w) == bb, (idx, c, w, bb)
+        proj = []
+        for a in range(n):
+            other = [d for d in range(n) if d != a]
+            v = want.any(dim=other) if other else want
+            proj.append([int(i) for i in torch.nonzero(v).flatten()])
+        inside = all(0 <= lo_ and hi_ < sz for bx in boxes for (lo_, hi_), sz in zip(bx, size, strict=True))
+        if b < len(central) and inside:
+            for a in range(n):
+                assert got[a] == proj[a], f"axis {a} unit {idx}: oracle {got[a]} table {proj[a]} (boxes {boxes})"
+            assert torch.equal(seen, want), f"unit {idx}: joint support differs from the union of {boxes}"
+            event("table: central unit compared exactly")
+            continue
+        if not border:  # interpolation or reflect/replicate/circular padding: no border claim
+            continue
+        assert not bool((seen & ~want).any()), f"border unit {idx} sees pixels outside its boxes {boxes}: {got}"
+        if plain and any(got):
+            for a in range(n):
+                if all(v == 0 for v in idx):
+                    assert got[a][-1] == proj[a][-1], (a, idx, got[a], boxes)
+                elif all(v >= o - 2 for v, o in zip(idx, out, strict=True)):
+                    assert got[a][0] == proj[a][0], (a, idx, got[a], boxes)
+
+
 def check(ops: list[Op], n: int, plain: bool, global_first: bool = False) -> None:
     """Compare rfscope with the oracle on the random graph ``ops``.
 
@@ -435,28 +532,45 @@ def check(ops: list[Op], n: int, plain: bool, global_first: bool = False) -> Non
         assert r.status == "global", r.status
         assert r.local is not None, "a local path exists, but the report says there is none"
         if built.misaligned:
-            assert r.local.status == "unknown" and "misaligned" in (r.local.reason or ""), r.local
+            # tables do not track local paths: "misaligned", or the table's "not tracked" reason
+            assert r.local.status == "unknown", (r.local.status, r.local.stride)
+            why = r.local.reason or ""
+            assert "misaligned" in why or "not tracked" in why or _table_reason(why) or built.maybe_irregular, why
             event("global op, then a misaligned merge -> local RF unknown")
             return
         if r.local.status == "unknown" and (built.maybe_irregular or _contains(ops, {"convT"})):
             event("global op, then irregular resampling -> local RF unknown")
             return
         r = r.local
+    if r.table is not None:
+        # the periodic algebra cannot state it (a misaligned merge): an exact per-position table
+        assert built.misaligned or built.maybe_irregular, "a table for an aligned graph"
+        assert r.status == "exact" and all(v is None for v in r.stride), (r.status, r.stride)
+        _check_table(r, ops, model, shape, out, n, plain)
+        event("misaligned merge -> exact per-position table")
+        return
     if built.misaligned:
         assert r.status == "unknown", (r.status, r.stride)
-        empty_ok = n > 1 and "see no pixel" in (r.reason or "") and _contains(ops, {"convT"})
-        assert "misaligned" in (r.reason or "") or built.maybe_irregular or empty_ok, r.reason
+        why = r.reason or ""
+        empty_ok = n > 1 and "see no pixel" in why and _contains(ops, {"convT"})
+        assert "misaligned" in why or _table_reason(why) or built.maybe_irregular or empty_ok, why
         event("misaligned merge -> unknown")
         return
     if r.status == "unknown" and n > 1 and "see no pixel" in (r.reason or "") and _contains(ops, {"convT"}):
         event("merge of a branch with empty units (2-D/3-D) -> unknown")
         return
     if r.status == "unknown" and built.maybe_irregular:
-        assert "periodic" in (r.reason or "") or "period" in (r.reason or ""), r.reason
+        # not periodic; once it became a per-position table, the table's reasons too
+        assert "period" in (r.reason or "") or _table_reason(r.reason or ""), r.reason
         event("irregular resampling -> unknown")
         return
     assert r.status == "exact", r.reason
-    assert list(r.stride) == built.jumps, (r.stride, built.jumps)
+    if built.maybe_irregular and list(r.stride) != built.jumps:
+        # the generator's jump is an estimate here; a per-position table found periodic again states
+        # the exact one (the pixels below are what is checked)
+        event("irregular resampling -> periodic again through a table")
+    else:
+        assert list(r.stride) == built.jumps, (r.stride, built.jumps)
     event("checked against the oracle")
     if any(ax.exact is not None and ax.exact.period > 1 for ax in r.dims):
         event("checked, several phases")
@@ -522,13 +636,23 @@ test_global_then_random_graphs_1d = _property(1, 120, plain=False, global_first=
 test_global_then_random_graphs_2d = _property(2, 60, plain=False, global_first=True)
 
 
-def test_misaligned_merge_is_unknown_never_a_number() -> None:
+def test_misaligned_merge_is_exact_per_position() -> None:
+    # conv_stride2(x) + x[..., :16]: no periodic form, but every element sees the union of two boxes
     ops = [Op("branch", {"merge": "add"}, ([Op("conv", dict(k=(3,), s=(2,), pad=(1,), d=(1,), groups=1,
                                                        mode="zeros", functional=False, left=(1,)))], []))]
-    model, _, built = build_chain(ops, 1, torch.zeros(1, C, 32), [Fraction(1)])
+    model, y, built = build_chain(ops, 1, torch.zeros(1, C, 32), [Fraction(1)])
     assert built.misaligned
     r = rfscope.analyze(model, input_shape=(1, C, 32)).rf("output")
-    assert r.status == "unknown" and "misaligned" in (r.reason or "")
+    assert r.status == "exact" and r.table is not None and r.stride == (None,), (r.status, r.stride, r.reason)
+    out = y.shape[2]
+    sups = Oracle(model, (1, C, 32), batch=out).supports([(i,) for i in range(out)])
+    for i, (got,) in enumerate(sups):
+        for c in range(C):
+            seen = {p for (lo, hi), in r.table.boxes((0, c, i)) for p in range(lo, hi + 1)}
+            assert seen == {*range(2 * i - 1, 2 * i + 2), i}, (i, c, r.table.boxes((0, c, i)))
+        want = sorted({p for (lo, hi), in r.table.boxes((0, 0, i)) for p in range(max(lo, 0), min(hi, 31) + 1)})
+        assert got == want, (i, got, want)
+        assert r.window((0, 0, i)) == ((min(2 * i - 1, i), 2 * i + 1),)
 
 
 class _SE(nn.Module):
