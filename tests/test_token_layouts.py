@@ -281,9 +281,6 @@ def nhwc(index: Index) -> Index:
 REVERSE_GRID = [(0, i, j, c) for i, j, c in [(0, 0, 0), (3, 3, 1), (4, 3, 2), (7, 12, 7), (15, 15, 4), (9, 2, 0)]]
 
 
-@pytest.mark.xfail(strict=True, reason="the reverse partition goes back to the periodic form (size 8, stride 8) "
-                                       "whose window(i, j) is 8i..8i+7, where grid position (i, j) sees window "
-                                       "(i // 4, j // 4): 8(i // 4)..8(i // 4)+7 (the oracle)")
 def test_window_reverse_back_to_the_grid() -> None:
     rep, o = window_case()
     r, y = rep.rf("grid"), o.outs["grid"]
@@ -603,9 +600,6 @@ class PaddedWindows(nn.Module):
         return self.out(x + y[:, :16, :16].reshape(1, 256, 1))
 
 
-@pytest.mark.xfail(strict=True, reason="padded windows cropped back to tokens + the shortcut: token 20 (grid (1, 4)) "
-                                       "gets boxes ((4, 7), (16, 19)) + ((0, 27), (56, 83)); the oracle: "
-                                       "((0, 27), (0, 27)); token 255: ((28, 63), (0, 63)) vs ((56, 63), (56, 63))")
 def test_padded_windows_cropped_back_to_tokens() -> None:
     model = PaddedWindows().eval()
     shape = (1, 1, 64, 64)

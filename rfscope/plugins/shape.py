@@ -79,7 +79,24 @@ def reshape_tags(in_shape: Sequence[int], out_shape: Sequence[int], tags: Sequen
 
 def _reshape_rf(ctx: OpContext) -> TensorRF:
     st = ctx.first
-    return st.with_dims(reshape_tags(ctx.in_shape(0), ctx.out_shape, st.dims))
+    tags = reshape_tags(ctx.in_shape(0), ctx.out_shape, st.dims)
+    for t in tags:
+        if isinstance(t, Merged) and _axis_then_other(t):
+            # (window row, row in window) merged back into one grid dim: index i of that dim is not
+            # unit i of the axis, so a periodic RF would mislead; the per-position table says it exactly
+            raise Unsupported("reshape merges a spatial dim with a finer non-spatial one")
+    return st.with_dims(tags)
+
+
+def _axis_then_other(t: Merged) -> bool:
+    """A positional part followed (inner) by a non-positional part of size > 1."""
+    seen = False
+    for tag, size in t.parts:
+        if tag is not None:
+            seen = True
+        elif seen and size > 1:
+            return True
+    return False
 
 
 def _permute_rf(ctx: OpContext) -> TensorRF:
