@@ -225,10 +225,13 @@ class Google(nn.Module):
 
 
 def test_misaligned_merge_reported_with_reason() -> None:
+    # the stride-4 and stride-2 branches meet in add_1: each element sees a pixel and a 3x3 box, an
+    # exact per-position union; the 3x3 conv c over it would mix three separate pixels along an
+    # axis (4i - 4, 4i, 4i + 4): not a union of boxes, so c is unknown, never a guessed number
     rep = rfscope.analyze(Google(), input_shape=(1, 1, 32, 32))
     for name in ("c", "output"):
         r = rep.rf(name)
-        assert r.status == "unknown" and "misaligned" in (r.reason or "")
+        assert r.status == "unknown" and "runs along an axis" in (r.reason or "")
         assert r.to_dict()["size"] == [0, 0] and r.stride == (None, None)
 
 
@@ -313,9 +316,11 @@ def test_merge_with_units_that_see_nothing() -> None:
     # 1-D: odd unit i sees only x[i] (the other branch is empty there); even unit i sees x[i] too.
     r = rfscope.analyze(EmptyUnits(1), input_shape=(1, 1, 8)).rf("output")
     assert r.status == "exact" and [r.pixels((i,)) for i in range(4)] == [([i],) for i in range(4)]
-    # 2-D: for odd rows the up branch sees nothing, so its columns must not count either: not per-axis
+    # 2-D: for odd rows the up branch sees nothing, so its columns must not count either; the
+    # per-position form unions the two branches element by element: every unit sees its own pixel
     r = rfscope.analyze(EmptyUnits(2), input_shape=(1, 1, 8, 8)).rf("output")
-    assert r.status == "unknown" and "see no pixel" in (r.reason or "")
+    assert r.status == "exact"
+    assert [r.pixels((i, j)) for i, j in [(0, 0), (1, 3), (6, 2)]] == [([0], [0]), ([1], [3]), ([6], [2])]
 
 
 def test_maxpool_with_indices_keeps_rf():

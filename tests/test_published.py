@@ -74,7 +74,12 @@ class GoogleMisaligned(nn.Module):
 
 
 def test_google_misaligned_reported():
+    # receptive_field refuses this graph (one RF per layer cannot hold both jumps); per position it
+    # is exact: unit i of the stride-4 branch sees pixel 4i, the stride-2 branch (3x3/2 then 3x3/1)
+    # sees [2i - 3, 2i + 3]; their union is one box while 4i lies inside, two boxes after
     rep = rfscope.analyze(GoogleMisaligned(), input_shape=(1, 1, 16, 16))
     r = rep.rf("output")
-    assert r.status == "unknown"
-    assert "misaligned" in r.reason
+    assert r.status == "exact" and r.table is not None and r.stride == (None, None)
+    boxes = [sorted(r.table.boxes((0, 0, i, i))) for i in range(4)]
+    assert boxes == [[((-3, 3), (-3, 3))], [((-1, 5), (-1, 5))],
+                     [((1, 7), (1, 7)), ((8, 8), (8, 8))], [((3, 9), (3, 9)), ((12, 12), (12, 12))]]
