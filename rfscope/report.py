@@ -169,7 +169,7 @@ def _cell(row: TableRow, col: str) -> str:
             return "global (local unknown)"
         if rf.status == "unknown" and rf.reason:
             return f"unknown: {rf.reason}"
-        if rf.table is not None:
+        if rf.table is not None and rf.status == "exact":
             return "exact (per position)"
         return rf.status
     if rf.status == "unknown":
@@ -177,7 +177,7 @@ def _cell(row: TableRow, col: str) -> str:
     if col == "rf":
         if rf.status == "global" and rf.local is not None and rf.local.status != "unknown":
             return f"{_fmt_dims(rf.local.size)} (local)"
-        if rf.table is not None:  # token layouts: the largest window of any element
+        if rf.table is not None and rf.status == "exact":  # token layouts: the largest window
             return "<=" + "x".join(str(d.size) for d in rf.dims)
         return _collapse(["all" if d.exact is None else str(d.size) for d in rf.dims])
     # a global dim's stride/padding are those of the local path, if any

@@ -19,6 +19,7 @@ again (:func:`from_table`).  See docs/design.md, "Token layouts".
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from rfscope.core.table import Part, Table, TableError, _assemble, compress
 __all__ = [
     "to_table", "from_table", "index_rule", "elementwise_rule", "reduce_rule", "contract_rule",
     "matmul_rule", "sdpa_rule", "sdpa_like", "sliding_rule", "softmax_rule", "reduce_table_rule", "group_rule", "is_table",
+    "as_table", "table_rule",
     "NOT_TRACKED",
 ]
 
@@ -67,21 +69,42 @@ def _axis_bounds(a: Axis, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def to_table(st: TensorRF, shape: Sequence[int], input_size: Sequence[int]) -> Table:
-    """The table of a tensor in periodic form (raises :class:`Unsupported` if it cannot say)."""
+    """The table of a tensor in periodic form (raises :class:`Unsupported` if it cannot say).
+
+    A global axis sees the whole input; its local path (``Global.local``) becomes the table's
+    ``local`` part.
+    """
     if st.table is not None:
-        return st.table
+        return st.table  # type: ignore[no-any-return]
     if st.reason is not None:
         raise Unsupported(st.reason)
     if st.scrambled:
         raise Unsupported(st.why or "positions were shuffled")
-    shape = tuple(shape)
+    full = _boxes(st, tuple(shape), input_size, local=False)
+    glob = [a for a in st.axes if isinstance(a, Global)]
+    if not glob:
+        return full
+    why = next((a.local_why for a in glob if a.local_why), None)
+    local: Any
+    if why is not None:
+        local = why
+    elif any(a.local is None for a in glob):
+        local = Table.empty_like(shape, len(st.axes))  # no local path at all
+    else:
+        local = _boxes(st, tuple(shape), input_size, local=True)
+    return replace(full, local=local)
+
+
+def _boxes(st: TensorRF, shape: tuple[int, ...], input_size: Sequence[int], local: bool) -> Table:
     nd = len(shape)
     bounds = []
     for a, ax in enumerate(st.axes):
-        if isinstance(ax, Global):
-            z = torch.zeros((), dtype=torch.int64).expand(shape)
+        if isinstance(ax, Global) and not (local and ax.local is not None):
+            z = torch.zeros((1,) * nd, dtype=torch.int64)
             bounds.append((z, z + (input_size[a] - 1)))
             continue
+        axis = ax.local if isinstance(ax, Global) else ax
+        assert axis is not None
         u = None
         for d, tag in enumerate(st.dims):
             idx = _unit_index(tag, a, shape, d)
@@ -94,8 +117,7 @@ def to_table(st: TensorRF, shape: Sequence[int], input_size: Sequence[int]) -> T
             u = idx.view(view)
         if u is None:  # every element sees what one unit saw (after select)
             u = torch.zeros((1,) * nd, dtype=torch.int64)
-        lo, hi = _axis_bounds(ax, u)
-        bounds.append((lo.expand(shape), hi.expand(shape)))
+        bounds.append(_axis_bounds(axis, u))  # broadcastable: encode expands (stride 0)
     return Table((Part.encode(bounds, shape),), shape, len(st.axes))
 
 
@@ -115,39 +137,56 @@ def _period(lo: list[int], hi: list[int]) -> Axis | None:
 
 
 def from_table(t: Table, input_size: Sequence[int], ndim: int) -> TensorRF:
-    """The compact form of a table: global where every element sees the whole input, periodic
-    where the table is one window sequence per tensor dim, else the table itself."""
+    """The compact form of a table: global where every element sees the whole input through a
+    global op (with its local part periodic), periodic where the table is one window sequence per
+    tensor dim, else the table itself."""
     none = (None,) * ndim
-    if t.covers(input_size):
-        return TensorRF(none, tuple(Global(None, NOT_TRACKED) for _ in input_size))
-    if len(t.parts) == 1:
-        p = t.parts[0]
-        bounds = p.bounds()
-        tags: list[Any] = [None] * ndim
-        axes: list[Any] = []
-        ok = True
-        for a, (lo, hi) in enumerate(bounds):
-            lo, hi = compress(lo.expand(t.shape)), compress(hi.expand(t.shape))
-            var = [d for d in range(ndim) if t.shape[d] > 1 and (lo.stride(d) != 0 or hi.stride(d) != 0)]
-            if len(var) > 1 or (var and tags[var[0]] is not None):
-                ok = False
-                break
-            if var:
-                d = var[0]
-                idx = tuple(slice(None) if i == d else 0 for i in range(ndim))
-                ax = _period(lo[idx].tolist(), hi[idx].tolist())
-                if ax is None:
-                    ok = False
-                    break
-                tags[d] = a
-            else:
-                first = tuple(0 for _ in range(ndim))
-                ax = _period([int(lo[first])], [int(hi[first])])
-            assert ax is not None
-            axes.append(ax)
-        if ok and not bool(p.empty().any()):
-            return TensorRF(tuple(tags), tuple(axes))
-    return TensorRF(none, (), table=t)
+    full = t.covers(input_size)
+    if full and t.local is not None:
+        loc = t.local
+        if isinstance(loc, str):
+            return TensorRF(none, tuple(Global(None, loc) for _ in input_size))
+        if loc.all_empty():
+            return TensorRF(none, tuple(Global(None) for _ in input_size))
+        c = _periodic(loc, ndim) if not loc.covers(input_size) else None
+        if c is not None:
+            return TensorRF(c.dims, tuple(Global(a) for a in c.axes))
+        return TensorRF(none, (), table=replace(t, full=True))
+    if t.local is None:
+        c = _periodic(t, ndim)
+        if c is not None:
+            return c
+    return TensorRF(none, (), table=replace(t, full=full))
+
+
+def _periodic(t: Table, ndim: int) -> TensorRF | None:
+    """``t`` as a periodic state (one window sequence per tensor dim), or ``None``."""
+    if len(t.parts) != 1:
+        return None
+    p = t.parts[0]
+    bounds = p.bounds()
+    tags: list[Any] = [None] * ndim
+    axes: list[Any] = []
+    for a, (lo, hi) in enumerate(bounds):
+        lo, hi = compress(lo.expand(t.shape)), compress(hi.expand(t.shape))
+        var = [d for d in range(ndim) if t.shape[d] > 1 and (lo.stride(d) != 0 or hi.stride(d) != 0)]
+        if len(var) > 1 or (var and tags[var[0]] is not None):
+            return None
+        if var:
+            d = var[0]
+            idx = tuple(slice(None) if i == d else 0 for i in range(ndim))
+            ax = _period(lo[idx].tolist(), hi[idx].tolist())
+            if ax is None:
+                return None
+            tags[d] = a
+        else:
+            first = tuple(0 for _ in range(ndim))
+            ax = _period([int(lo[first])], [int(hi[first])])
+        assert ax is not None
+        axes.append(ax)
+    if bool(p.empty().any()):
+        return None
+    return TensorRF(tuple(tags), tuple(axes))
 
 
 # -- the rules ---------------------------------------------------------------------
@@ -157,7 +196,15 @@ def _tables(ctx: OpContext, states: Any, values: Any, fill_const: bool) -> Any:
     if isinstance(states, TensorRF):
         if not isinstance(values, torch.Tensor):
             raise Unsupported("an input without a known shape")
-        return to_table(states, values.shape, ctx.input_size)
+        t = to_table(states, values.shape, ctx.input_size)
+        if ctx.memo.get(_VIEW) == "local":
+            if isinstance(t.local, str):
+                raise _LocalUnknown(t.local)
+            if t.local is not None:
+                return t.local
+            return t
+        ctx.memo.setdefault(_INPUTS, []).append(t)
+        return t
     if isinstance(states, (list, tuple)) and isinstance(values, (list, tuple)):
         return type(values)(_tables(ctx, s, v, fill_const) for s, v in zip(states, values, strict=False))
     if isinstance(states, dict) and isinstance(values, dict):
@@ -210,22 +257,70 @@ def _result(ctx: OpContext, out: Any) -> Any:
     return CONST
 
 
-def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-    def rule(ctx: OpContext, *args: Any) -> Any:
-        try:
-            return fn(ctx, *args)
-        except TableError as e:
-            raise Unsupported(str(e)) from None
+_VIEW, _INPUTS = "positions.view", "positions.inputs"
 
-    rule.__name__ = fn.__name__
-    rule.__doc__ = fn.__doc__
-    return rule
+
+class _LocalUnknown(Exception):
+    """An input's local part is not known: neither is the result's."""
+
+
+def _guard(mixing: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a rule that returns tables: run it on the inputs' tables, and again on their local
+    parts when some input has one; a ``mixing`` rule whose result comes to cover the whole input
+    from local inputs that did not is a global op (no local path survives it)."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def rule(ctx: OpContext, *args: Any) -> Any:
+            try:
+                ctx.memo[_VIEW] = "full"
+                ctx.memo[_INPUTS] = []
+                out = fn(ctx, *args)
+                ins = list(ctx.memo[_INPUTS])
+                if any(t.local is not None for t in ins):
+                    ctx.memo[_VIEW] = "local"
+                    try:
+                        loc = fn(ctx, *args)
+                    except _LocalUnknown as e:
+                        loc = str(e)
+                    except (TableError, Unsupported) as e:
+                        loc = f"local paths: {e}"
+                    loc_ins = [t.local if t.local is not None else t for t in ins]
+                else:
+                    loc, loc_ins = out, ins
+                out = _with_local(ctx, out, loc, loc_ins, mixing)
+                return _result(ctx, out)
+            except TableError as e:
+                raise Unsupported(str(e)) from None
+            finally:
+                ctx.memo.pop(_VIEW, None)
+                ctx.memo.pop(_INPUTS, None)
+
+        rule.__name__ = fn.__name__
+        rule.__doc__ = fn.__doc__
+        return rule
+
+    return wrap
+
+
+def _with_local(ctx: OpContext, out: Any, loc: Any, loc_ins: list[Any], mixing: bool) -> Any:
+    if isinstance(out, tuple):
+        locs = loc if isinstance(loc, tuple) else tuple(loc for _ in out)
+        return tuple(_with_local(ctx, o, lo, loc_ins, mixing) for o, lo in zip(out, locs, strict=False))
+    if not isinstance(out, Table):
+        return out
+    size = ctx.input_size
+    if isinstance(loc, Table) and mixing and loc.covers(size) \
+            and not any(isinstance(t, Table) and t.covers(size) for t in loc_ins):
+        loc = Table.empty_like(out.shape, out.n_axes)  # a global op: no local path through it
+    if loc is out:
+        return out
+    return replace(out, local=loc)
 
 
 _PAD_VALUE = {torch.nn.functional.pad: "value", torch.constant_pad_nd: "value"}
 
 
-@_guard
+@_guard(mixing=False)
 def index_rule(ctx: OpContext) -> Any:
     """The op moves values around only: run it on every column of the input tables."""
     fn = _call(ctx)
@@ -295,22 +390,35 @@ def index_rule(ctx: OpContext) -> Any:
                     r = fn(*column(args, p, c, torch.float64, True), **column(kwargs, p, c, torch.float64, True))
             cols.append(r)
         outs.append(cols)
-    return _result(ctx, _assemble(outs, n_axes))
+    return _assemble(outs, n_axes)
 
 
 def _out_like(t: Table, shape: Sequence[int]) -> Table:
     return t.union(shape=shape) if tuple(t.shape) != tuple(shape) else t
 
 
-@_guard
-def elementwise_rule(ctx: OpContext) -> Any:
-    """Each output element reads the same element of every input: the union, broadcast."""
+def _union_all(ctx: OpContext) -> Table:
     tabs = _table_list(_tables(ctx, (ctx.args, ctx.kwargs), (ctx.arg_values, ctx.kwarg_values), False))
     if not tabs:
         raise Unsupported("no input table")
-    shape = ctx.out_shape
-    out = tabs[0].union(*tabs[1:], shape=shape)
-    return _result(ctx, out)
+    return tabs[0].union(*tabs[1:], shape=ctx.out_shape)
+
+
+@_guard(mixing=False)
+def elementwise_rule(ctx: OpContext) -> Any:
+    """Each output element reads the same element of every input: the union, broadcast."""
+    return _union_all(ctx)
+
+
+def as_table(ctx: OpContext, st: TensorRF, value: Any) -> Table:
+    """The table of one input inside a :func:`table_rule` (its local part when the rule runs on
+    local paths)."""
+    return _tables(ctx, st, value, False)  # type: ignore[no-any-return]
+
+
+#: for plugin authors: ``@table_rule(mixing=...)`` turns a function returning a :class:`Table`
+#: (built from :func:`as_table` of its inputs) into a plugin's ``table`` rule
+table_rule = _guard
 
 
 def _first_table(ctx: OpContext) -> Table:
@@ -325,7 +433,7 @@ def reduce_rule(dims_of: Callable[[OpContext, int], Sequence[int] | None], keep:
     """The output mixes the input along ``dims_of(ctx, ndim)`` (``None``: all dims); ``keep``
     (or the call's ``keepdim``) says whether the reduced dims stay as size 1."""
 
-    @_guard
+    @_guard(mixing=True)
     def rule(ctx: OpContext) -> Any:
         t = _first_table(ctx)
         nd = len(t.shape)
@@ -335,7 +443,7 @@ def reduce_rule(dims_of: Callable[[OpContext, int], Sequence[int] | None], keep:
         out_shape = ctx.out_shape
         if tuple(r.shape) != tuple(out_shape):
             r = r.apply(lambda c: c.reshape(out_shape) if c.numel() == _numel(out_shape) else c.expand(out_shape))
-        return _result(ctx, r)
+        return r
 
     return rule
 
@@ -347,7 +455,7 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
-@_guard
+@_guard(mixing=True)
 def softmax_rule(ctx: OpContext) -> Any:
     """Softmax-like ops (and ``F.normalize``): every element mixes its whole ``dim``."""
     t = _first_table(ctx)
@@ -355,16 +463,18 @@ def softmax_rule(ctx: OpContext) -> Any:
     d = m.dim if m is not None else ctx.param("dim", 1 if ctx.node.target is torch.nn.functional.normalize else None)
     if d is None:
         raise Unsupported("softmax without dim")
+    if ctx.memo.get(_VIEW) == "local":  # each element's own position stays a local path
+        return t.union(shape=ctx.out_shape)
     dims = [int(d)] if isinstance(d, int) else [int(x) for x in d]
-    return _result(ctx, t.reduce(dims, keepdim=True).union(t, shape=ctx.out_shape))
+    return t.reduce(dims, keepdim=True).union(t, shape=ctx.out_shape)
 
 
-@_guard
+@_guard(mixing=True)
 def reduce_table_rule(ctx: OpContext) -> Any:
     """``mean``/``sum``/``amax``... over ``dim`` (all dims when not given)."""
     other = ctx.param("other", None)
     if isinstance(other, torch.Tensor):  # torch.max(a, b): elementwise
-        return elementwise_rule(ctx)
+        return _union_all(ctx)
     t = _first_table(ctx)
     nd = len(t.shape)
     dim = ctx.param("dim", None)
@@ -374,13 +484,12 @@ def reduce_table_rule(ctx: OpContext) -> Any:
     keep = bool(ctx.param("keepdim", False))
     if not keep:
         r = r.apply(lambda c: c.squeeze(tuple(d % nd for d in dims)) if c.dim() else c)
-    out = _result(ctx, r)
     if isinstance(ctx.out, (tuple, list)):  # max(dim) -> (values, indices)
-        return tuple(out for _ in ctx.out)
-    return out
+        return tuple(r for _ in ctx.out)
+    return r
 
 
-@_guard
+@_guard(mixing=True)
 def group_rule(ctx: OpContext) -> Any:
     """GroupNorm / InstanceNorm: each sample's element mixes every position of its group's channels;
     exact here when the table does not change along the channels (then groups do not matter)."""
@@ -388,24 +497,24 @@ def group_rule(ctx: OpContext) -> Any:
     nd = len(t.shape)
     if nd > 1 and t.shape[1] > 1 and any(c.stride(1) != 0 for p in t.parts for c in p.cols):
         raise Unsupported("group norm over channels that carry positions")
-    return _result(ctx, t.reduce(list(range(1, nd)), keepdim=True).union(t, shape=ctx.out_shape))
+    return t.reduce(list(range(1, nd)), keepdim=True).union(t, shape=ctx.out_shape)
 
 
 def contract_rule(n_last: int | Callable[[OpContext], int]) -> Callable[[OpContext], Any]:
     """The output's last dims mix the input's last ``n_last`` dims (Linear, LayerNorm, ...)."""
 
-    @_guard
+    @_guard(mixing=True)
     def rule(ctx: OpContext) -> Any:
         t = _first_table(ctx)
         k = n_last(ctx) if callable(n_last) else n_last
         nd = len(t.shape)
         r = t.reduce(list(range(nd - k, nd)), keepdim=True)
-        return _result(ctx, r.union(shape=ctx.out_shape))
+        return r.union(shape=ctx.out_shape)
 
     return rule
 
 
-@_guard
+@_guard(mixing=True)
 def matmul_rule(ctx: OpContext) -> Any:
     """``a @ b``: ``out[..., i, j]`` sees row ``i`` of ``a`` and column ``j`` of ``b``."""
     sa, sb = ctx.args[0], ctx.args[1]
@@ -419,10 +528,10 @@ def matmul_rule(ctx: OpContext) -> Any:
         parts.append(_tables(ctx, sb, vb, False).reduce([-2], keepdim=True))
     if not parts:
         raise Unsupported("no input table")
-    return _result(ctx, parts[0].union(*parts[1:], shape=ctx.out_shape))
+    return parts[0].union(*parts[1:], shape=ctx.out_shape)
 
 
-@_guard
+@_guard(mixing=True)
 def sdpa_like(ctx: OpContext, seq: int) -> Any:
     """Attention with the sequence along dim ``seq`` of (query, key, value) and features last
     (``nn.MultiheadAttention``): the first output, as :func:`sdpa_rule`."""
@@ -436,10 +545,10 @@ def sdpa_like(ctx: OpContext, seq: int) -> Any:
             parts.append(_tables(ctx, s, val, False).reduce(dims, keepdim=True))
     if not parts:
         raise Unsupported("no input table")
-    return _result(ctx, parts[0].union(*parts[1:], shape=tuple(out.shape)))
+    return parts[0].union(*parts[1:], shape=tuple(out.shape))
 
 
-@_guard
+@_guard(mixing=True)
 def sdpa_rule(ctx: OpContext) -> Any:
     """Attention: every query sees itself and every key and value it attends to."""
     if ctx.param("is_causal", False):
@@ -452,14 +561,14 @@ def sdpa_rule(ctx: OpContext) -> Any:
             parts.append(_tables(ctx, s, val, False).reduce(dims, keepdim=True))
     if not parts:
         raise Unsupported("no input table")
-    return _result(ctx, parts[0].union(*parts[1:], shape=ctx.out_shape))
+    return parts[0].union(*parts[1:], shape=ctx.out_shape)
 
 
 def sliding_rule(geometry: Callable[[OpContext], Any], mixes_channels: bool) -> Callable[[OpContext], Any]:
     """A conv or pool over the last dims, from the call's geometry (kernel, stride, padding,
     dilation); a conv also mixes its input channels (dim 1)."""
 
-    @_guard
+    @_guard(mixing=True)
     def rule(ctx: OpContext) -> Any:
         g = geometry(ctx)
         if g is None:
@@ -484,7 +593,7 @@ def sliding_rule(geometry: Callable[[OpContext], Any], mixes_channels: bool) -> 
             raise Unsupported("ceil_mode pooling in a token layout")
         if tuple(r.shape) != tuple(ctx.out_shape):
             r = r.union(shape=ctx.out_shape)
-        return _result(ctx, r)
+        return r
 
     return rule
 

@@ -183,8 +183,16 @@ class RF:
     @classmethod
     def from_state(cls, st: TensorRF, input_size: Sequence[int]) -> RF:
         if st.table is not None:
-            sizes = st.table.max_sizes()
-            return cls("exact", tuple(AxisInfo(s, None, None, None, None) for s in sizes), None, None, st.table)
+            t = st.table
+            if st.status == "global":  # seen whole through a global op; the local part per position
+                dims = tuple(AxisInfo(ext, None, None, Fraction(ext - 1, 2), None) for ext in input_size)
+                loc = t.local
+                blank = tuple(AxisInfo(0, None, None, None, None) for _ in input_size)
+                local = cls("unknown", blank, loc) if isinstance(loc, str) else None if loc.all_empty() else \
+                    cls("exact", tuple(AxisInfo(s, None, None, None, None) for s in loc.max_sizes()), None, None, loc)
+                return cls("global", dims, None, local, t)
+            sizes = t.max_sizes()
+            return cls("exact", tuple(AxisInfo(s, None, None, None, None) for s in sizes), None, None, t)
         if st.status == "unknown":
             n = len(input_size)
             dims = tuple(AxisInfo(0, None, None, None, None) for _ in range(n))

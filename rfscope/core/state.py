@@ -88,7 +88,7 @@ class TensorRF:
     @property
     def status(self) -> Status:
         if self.table is not None:
-            return "exact"
+            return "global" if self.table.full and self.table.local is not None else "exact"
         if self.reason is not None or self.scrambled:
             return "unknown"
         if any(isinstance(a, Global) for a in self.axes):

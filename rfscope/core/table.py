@@ -53,8 +53,12 @@ def compress(t: torch.Tensor) -> torch.Tensor:
     for d in range(t.dim()):
         if t.shape[d] > 1 and t.stride(d) != 0:
             first = t.narrow(d, 0, 1)
-            # cheap first: indices 0 and 1 differ somewhere (a dim that varies, the usual case)
-            if not torch.equal(t.narrow(d, 1, 1), first):
+            # cheap first: indices 0 and 1 differ in a corner of the other dims (a dim that varies)
+            corner = t
+            for o in range(t.dim()):
+                if o != d:
+                    corner = corner.narrow(o, 0, min(2, t.shape[o]))
+            if not torch.equal(corner.narrow(d, 1, 1), corner.narrow(d, 0, 1)):
                 continue
             if torch.equal(t, first.expand(t.shape)):
                 t = first.expand(t.shape)
@@ -123,8 +127,10 @@ class Part:
         cols: list[torch.Tensor] = []
         for lo, hi in bounds:
             assert e is not None
-            cols.append(compress(torch.where(e, 0, lo + BIG).expand(shape)))
-            cols.append(compress(torch.where(e, 0, hi + BIG).expand(shape)))
+            # dims where the bounds have size 1 stay stride 0; no scan for constant dims here
+            # (index ops, which may materialise, compress their results in _assemble)
+            cols.append(torch.where(e, 0, lo + BIG).expand(shape))
+            cols.append(torch.where(e, 0, hi + BIG).expand(shape))
         return Part(tuple(cols))
 
     def expand(self, shape: Sequence[int]) -> Part:
@@ -138,6 +144,12 @@ class Table:
     parts: tuple[Part, ...]
     shape: tuple[int, ...]
     n_axes: int
+    #: what the spatially local paths alone see: ``None`` (every path is local: this table), a
+    #: :class:`Table` (a global op such as attention over all tokens was met), or a string saying
+    #: why it is not known (see :class:`rfscope.core.state.Global`)
+    local: Any = None
+    #: every element sees the whole input (set by :func:`rfscope.core.positions.from_table`)
+    full: bool = False
 
     # -- building --------------------------------------------------------
     @staticmethod
@@ -209,6 +221,10 @@ class Table:
                 ok = ok & (lo <= 0) & (hi >= n - 1)
             full = ok if full is None else full | ok
         return bool(full is not None and bool(full.all()))
+
+    def all_empty(self) -> bool:
+        """No element sees anything."""
+        return all(bool(p.empty().all()) for p in self.parts)
 
     def nbytes(self) -> int:
         """Memory actually held (stride-0 dims cost nothing)."""

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from rfscope.core.context import OpContext, Unsupported
+from rfscope.core.positions import as_table, table_rule
 from rfscope.core.ops import axes_of
 from rfscope.core.registry import Registry
 from rfscope.core.state import DimTag, TensorRF, make_global, merge
@@ -91,5 +92,37 @@ def _einsum_macs(ctx: OpContext) -> int:
     return math.prod(size.values()) * (len(values) - 1)
 
 
+@table_rule(mixing=True)
+def _einsum_table(ctx: OpContext) -> Any:
+    """Per-position inputs: an output element sees, for each operand, the union over the indices
+    summed away of the operand elements it reads."""
+    ins, out, states, values = _parse(ctx)
+    parts = []
+    for sub, st, v in zip(ins, states, values, strict=True):
+        if not isinstance(st, TensorRF):
+            continue
+        if len(set(sub)) != len(sub):
+            raise Unsupported("einsum diagonal (a repeated index) in a token layout")
+        t = as_table(ctx, st, v)
+        summed = [i for i, c in enumerate(sub) if c not in out]
+        if summed:
+            t = t.reduce(summed, keepdim=False)
+        kept = [c for c in sub if c in out]
+        order = sorted(range(len(kept)), key=lambda i: out.index(kept[i]))
+        present = {kept[i] for i in order}
+
+        def place(c: torch.Tensor, order: list[int] = order, present: set[str] = present) -> torch.Tensor:
+            c = c.permute(order)
+            for j, letter in enumerate(out):
+                if letter not in present:
+                    c = c.unsqueeze(j)
+            return c
+
+        parts.append(t.apply(place))
+    if not parts:
+        raise Unsupported("no input table")
+    return parts[0].union(*parts[1:], shape=ctx.out_shape)
+
+
 def register(reg: Registry) -> None:
-    reg.add("einsum", (torch.einsum,), rf=_einsum_rf, macs=_einsum_macs)
+    reg.add("einsum", (torch.einsum,), rf=_einsum_rf, macs=_einsum_macs, table=_einsum_table)

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from rfscope.core.positions import elementwise_rule
 from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import local, same_state
@@ -172,7 +173,8 @@ def _register_now(reg: Registry) -> None:
     fn = getattr(sd_mod, "stochastic_depth", None) if not callable(sd_mod) else sd_mod
     targets = [StochasticDepth] + ([fn] if fn is not None else [])
     # drops whole samples (train) or is the identity (eval): never moves positions
-    reg.add("torchvision_stochastic_depth", targets, rf=same_state, traits={POINTWISE})  # random: not channelwise
+    reg.add("torchvision_stochastic_depth", targets, rf=same_state, traits={POINTWISE},
+            table=elementwise_rule)  # random: not channelwise
     try:
         from torchvision.models import swin_transformer as swin
     except Exception:  # noqa: BLE001 - older torchvision without Swin
