@@ -32,8 +32,8 @@ from rfscope.core.table import Part, Table, TableError, _assemble, compress
 
 __all__ = [
     "to_table", "from_table", "index_rule", "elementwise_rule", "reduce_rule", "contract_rule",
-    "matmul_rule", "sdpa_rule", "sdpa_like", "sliding_rule", "softmax_rule", "reduce_table_rule", "group_rule", "is_table",
-    "as_table", "table_rule",
+    "matmul_rule", "sdpa_rule", "sdpa_like", "sliding_rule", "softmax_rule", "reduce_table_rule", "group_rule",
+    "is_table", "as_table", "table_rule",
     "NOT_TRACKED",
 ]
 
@@ -150,7 +150,7 @@ def from_table(t: Table, input_size: Sequence[int], ndim: int) -> TensorRF:
             return TensorRF(none, tuple(Global(None) for _ in input_size))
         c = _periodic(loc, ndim) if not loc.covers(input_size) else None
         if c is not None:
-            return TensorRF(c.dims, tuple(Global(a) for a in c.axes))
+            return TensorRF(c.dims, tuple(Global(a) if isinstance(a, Axis) else a for a in c.axes))
         return TensorRF(none, (), table=replace(t, full=True))
     if t.local is None:
         c = _periodic(t, ndim)
@@ -355,7 +355,7 @@ def index_rule(ctx: OpContext) -> Any:
             args = tuple(args[:3])
         kwargs["value"] = 0.0  # padding sees nothing, whatever value it holds
     elif n.op == "call_module" and getattr(ctx.module, "value", 0) != 0:
-        pads = ctx.module.padding  # type: ignore[union-attr]
+        pads: Any = getattr(ctx.module, "padding", ())
         fn = lambda x: torch.nn.functional.pad(x, pads)  # noqa: E731 - padding sees nothing
     tables = _table_list((args, kwargs))
     if not tables:

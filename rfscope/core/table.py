@@ -239,7 +239,9 @@ class Table:
     # -- mixing ----------------------------------------------------------
     def union(self, *others: Table, shape: Sequence[int] | None = None) -> Table:
         """Element-wise union with ``others``, broadcast to ``shape``."""
-        shape = tuple(shape) if shape is not None else tuple(torch.broadcast_shapes(self.shape, *(o.shape for o in others)))
+        if shape is None:
+            shape = torch.broadcast_shapes(self.shape, *(o.shape for o in others))
+        shape = tuple(shape)
         parts = [p.expand(shape) for t in (self, *others) for p in t.parts]
         return Table(_simplify(parts), shape, self.n_axes)
 
@@ -264,7 +266,6 @@ class Table:
         """A conv or pool over the last ``n_dims`` dims (kernel, stride, padding, dilation per dim),
         whose output also mixes the dims ``mix`` (a conv's input channels; kept as size 1)."""
         nd = len(self.shape)
-        win_dims: list[int] = []
 
         def unf(c: torch.Tensor, lead: int) -> torch.Tensor:
             pad: list[int] = []

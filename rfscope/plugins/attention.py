@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -76,10 +77,14 @@ def _mha_table(ctx: OpContext) -> Any:
     seq = 1 if (m.batch_first and q.dim() == 3) else 0
     out = sdpa_like(ctx, seq)
     weights = ctx.out[1] if isinstance(ctx.out, (tuple, list)) else None
-    if weights is None:
-        return out, CONST
-    return out, CONST if not isinstance(out, TensorRF) else out.with_dims([None] * weights.dim()) \
-        if out.table is None else CONST
+    # the weights read the same queries and keys (a per-position table of another shape: not stated)
+    return out, CONST if weights is None else _unknown_weights(weights)
+
+
+def _unknown_weights(weights: Any) -> TensorRF:
+    from rfscope.core.state import unknown
+
+    return unknown([None] * weights.dim(), "attention weights of per-position inputs are not tracked")
 
 
 def _mha_macs(ctx: OpContext) -> int:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from rfscope.core.context import OpContext, Unsupported
-from rfscope.core.positions import as_table, table_rule
 from rfscope.core.ops import axes_of
+from rfscope.core.positions import as_table, table_rule
 from rfscope.core.registry import Registry
 from rfscope.core.state import DimTag, TensorRF, make_global, merge
 

@@ -96,7 +96,8 @@ def _complex_part(ctx: OpContext) -> TensorRF:
 def register(reg: Registry) -> None:
     channelwise = [m for m in (*ACTIVATION_MODULES, *OTHER_MODULES)
                    if m not in _RELU_MODULES and m not in _RANDOM_MODULES]
-    reg.add("relu_modules", _RELU_MODULES, rf=_elementwise, table=elementwise_rule, traits={POINTWISE, RELU, CHANNELWISE})
+    reg.add("relu_modules", _RELU_MODULES, rf=_elementwise, table=elementwise_rule,
+            traits={POINTWISE, RELU, CHANNELWISE})
     reg.add("pointwise_modules", channelwise, rf=_elementwise, table=elementwise_rule, traits={POINTWISE, CHANNELWISE})
     reg.add("random_modules", _RANDOM_MODULES, rf=_elementwise, table=elementwise_rule, traits={POINTWISE})
     reg.add("batch_norm_modules", BATCHNORM_MODULES, rf=_elementwise,
@@ -109,7 +110,8 @@ def register(reg: Registry) -> None:
     reg.add("unary", unary, rf=_elementwise, table=elementwise_rule, traits={POINTWISE, CHANNELWISE})
     reg.add("random", _POINTWISE_ONLY_FUNCS, rf=_elementwise, table=elementwise_rule, traits={POINTWISE})
     reg.add("batch_norm", _NORM_FUNCS, rf=_elementwise, table=elementwise_rule, traits={POINTWISE, NORM})
-    reg.add("elementwise", tuple(dict.fromkeys(f for f in funcs if f not in grouped)), rf=_elementwise, table=elementwise_rule)
+    reg.add("elementwise", tuple(dict.fromkeys(f for f in funcs if f not in grouped)), rf=_elementwise,
+            table=elementwise_rule)
     reg.add("self_only", tuple(Method(m) for m in _SELF_ONLY) + (torch.clone,), rf=same_state,
             traits={POINTWISE, CHANNELWISE}, table=elementwise_rule)
     # ``z.real`` / ``z.imag`` of a complex input (an STFT front end): the same positions, element by element

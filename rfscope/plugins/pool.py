@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rfscope.core import rf
-from rfscope.core.context import OpContext
+from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.geometry import Geometry
 from rfscope.core.ops import as_tuple, local, reduce_dims
 from rfscope.core.positions import sliding_rule

@@ -327,10 +327,12 @@ def _split_rf(ctx: OpContext) -> Any:
 def register(reg: Registry) -> None:
     M = Method
     reg.add("reshape", (M("view"), M("reshape"), M("unflatten"), M("view_as"),
-                        M("reshape_as"), torch.reshape, torch.unflatten, nn.Unflatten), rf=_reshape_rf, table=index_rule)
+                        M("reshape_as"), torch.reshape, torch.unflatten, nn.Unflatten), rf=_reshape_rf,
+            table=index_rule)
     reg.add("flatten", (M("flatten"), torch.flatten, nn.Flatten), rf=_reshape_rf, traits={FLATTEN}, table=index_rule)
     reg.add("permute", (M("permute"), torch.permute), rf=_permute_rf, table=index_rule)
-    reg.add("transpose", (M("transpose"), torch.transpose, M("swapaxes"), torch.swapaxes), rf=_transpose_rf, table=index_rule)
+    reg.add("transpose", (M("transpose"), torch.transpose, M("swapaxes"), torch.swapaxes), rf=_transpose_rf,
+            table=index_rule)
     reg.add("movedim", (M("movedim"), torch.movedim), rf=_movedim_rf, table=index_rule)
     reg.add("unsqueeze", (M("unsqueeze"), torch.unsqueeze), rf=_unsqueeze_rf, table=index_rule)
     reg.add("squeeze", (M("squeeze"), torch.squeeze), rf=_squeeze_rf, table=index_rule)
@@ -343,4 +345,5 @@ def register(reg: Registry) -> None:
     reg.add("narrow", (M("narrow"), torch.narrow), rf=_narrow_rf, table=index_rule)
     reg.add("t", (M("t"), torch.t), rf=_t_rf, table=index_rule)
     reg.add("cat", (torch.cat, torch.concat, torch.concatenate, torch.stack), rf=_cat_rf, table=index_rule)
-    reg.add("split", (M("split"), M("chunk"), M("unbind"), torch.split, torch.chunk, torch.unbind), rf=_split_rf, table=index_rule)
+    reg.add("split", (M("split"), M("chunk"), M("unbind"), torch.split, torch.chunk, torch.unbind), rf=_split_rf,
+            table=index_rule)

@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 
-from rfscope.core.positions import elementwise_rule
 from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import local, same_state
+from rfscope.core.positions import elementwise_rule
 from rfscope.core.registry import Registry
 from rfscope.core.rf import Axis
 from rfscope.core.shape_rules import register_function_rule
