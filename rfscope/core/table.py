@@ -214,6 +214,9 @@ class Table:
 
     def covers(self, extent: Sequence[int]) -> bool:
         """Every element sees the whole input (one of its boxes is the whole input)."""
+        if not any(all(int(_at(lo, [0] * len(self.shape))) <= 0 and int(_at(hi, [0] * len(self.shape))) >= n - 1
+                       for (lo, hi), n in zip(p.bounds(), extent, strict=False)) for p in self.parts):
+            return False  # the first element does not: no need to look at the others
         full = None
         for p in self.parts:
             ok = ~p.empty()
@@ -363,19 +366,34 @@ def _merge_pair(a: Part, b: Part) -> tuple[Part, Part | None]:
     return Part.encode(merged, a.shape), Part.encode(rest, a.shape)
 
 
-def _simplify(parts: Sequence[Part]) -> tuple[Part, ...]:
+def _varying(p: Part) -> frozenset[int]:
+    return frozenset(d for d, n in enumerate(p.shape) if n > 1 and any(c.stride(d) != 0 for c in p.cols))
+
+
+def _simplify(parts: Sequence[Part], nested: bool = True) -> tuple[Part, ...]:
+    """Merge parts that are one box together.  With ``nested``, only parts whose varying dims
+    nest are merged: the union of a query part (varying along queries) and a key part (along
+    keys) stays two small parts instead of one of queries x keys."""
     out: list[Part] = []
     for p in parts:
+        if _core_all_empty(p):
+            continue
         rest: Part | None = p
         for i, q in enumerate(out):
             if rest is None or _core_all_empty(rest):
                 break
+            if nested:
+                vq, vr = _varying(q), _varying(rest)
+                if not (vq <= vr or vr <= vq):
+                    continue
             out[i], rest = _merge_pair(q, rest)
         if rest is not None and not _core_all_empty(rest):
             out.append(rest)
     if not out:
         return (parts[0],) if parts else ()
     if len(out) > MAX_PARTS:
+        if nested:
+            return _simplify(out, nested=False)
         raise TableError(f"the positions an element sees form more than {MAX_PARTS} boxes")
     return tuple(out)
 
@@ -505,6 +523,27 @@ def _covered(m_lo: list[torch.Tensor], m_hi: list[torch.Tensor], b_lo: list[torc
         todo = todo & where
     if not bool(todo.any()):
         return True
+    if M <= 256:  # disjoint boxes (patches, window tokens) fill the box iff their areas add up to it
+        gi = torch.nonzero(todo).flatten()
+        lo_g = [x[gi] for x in m_lo]
+        hi_g = [x[gi] for x in m_hi]
+        v = valid[gi]
+        meet = v[:, :, None] & v[:, None, :] & ~torch.eye(M, dtype=torch.bool)[None]
+        area = v.to(torch.int64)
+        for lo, hi in zip(lo_g, hi_g, strict=True):
+            meet = meet & (lo[:, :, None] <= hi[:, None, :]) & (lo[:, None, :] <= hi[:, :, None])
+            area = area * torch.where(v, hi - lo + 1, 0)
+        box = torch.ones(len(gi), dtype=torch.int64)
+        for a in range(len(m_lo)):
+            box = box * (b_hi[a][gi] - b_lo[a][gi] + 1)
+        fine = ~meet.flatten(1).any(1) & (area.sum(1) == box)
+        disjoint_short = ~meet.flatten(1).any(1) & (area.sum(1) < box)
+        if bool(disjoint_short.any()):
+            return False  # disjoint boxes whose areas fall short of the box: a hole
+        todo = todo.clone()
+        todo[gi[fine]] = False
+        if not bool(todo.any()):
+            return True
     gi = torch.nonzero(todo).flatten()
     ext = [(b_hi[a][gi] - b_lo[a][gi] + 1) for a in range(len(m_lo))]
     emax = [int(e.max()) for e in ext]
