@@ -549,7 +549,7 @@ def register(reg: Registry) -> None:
     reg.add("aten_random", overloads(_POINTWISE_ONLY, inplace=True), rf=_elementwise, traits={POINTWISE}, table=ew)
     reg.add("aten_elementwise", overloads([n for n in _ELEMENTWISE if n not in grouped], inplace=True),
             rf=_elementwise, table=ew)
-    reg.add("aten_multi_elementwise", overloads(["log_sigmoid_forward"]), rf=_multi_elementwise)
+    reg.add("aten_multi_elementwise", overloads(["log_sigmoid_forward"]), rf=_multi_elementwise, table=ew)
     reg.add("aten_copy", overloads(_SELF_ONLY), rf=same_state, traits={POINTWISE, CHANNELWISE}, table=ew)
     # ops that only move values: PyTorch runs them on the per-position tables themselves
     reg.add("aten_index_ops", overloads(["roll", "flip", "repeat", "repeat_interleave", "index_select", "gather",

@@ -100,7 +100,7 @@ def register(reg: Registry) -> None:
             traits={POINTWISE, RELU, CHANNELWISE})
     reg.add("pointwise_modules", channelwise, rf=_elementwise, table=elementwise_rule, traits={POINTWISE, CHANNELWISE})
     reg.add("random_modules", _RANDOM_MODULES, rf=_elementwise, table=elementwise_rule, traits={POINTWISE})
-    reg.add("batch_norm_modules", BATCHNORM_MODULES, rf=_elementwise,
+    reg.add("batch_norm_modules", BATCHNORM_MODULES, rf=_elementwise, table=elementwise_rule,
             traits={POINTWISE, CHANNELWISE, NORM, BATCHNORM})
     funcs = [*_FUNCS, *(Method(m) for m in _METHODS)]
     unary = [*_UNARY_FUNCS, *(Method(m) for m in _UNARY_METHODS)]
@@ -116,4 +116,5 @@ def register(reg: Registry) -> None:
             traits={POINTWISE, CHANNELWISE}, table=elementwise_rule)
     # ``z.real`` / ``z.imag`` of a complex input (an STFT front end): the same positions, element by element
     reg.add("complex_part", (getattr, torch.real, torch.imag, torch.ops.aten.real.default,
-                             torch.ops.aten.imag.default), rf=_complex_part, traits={POINTWISE, CHANNELWISE})
+                             torch.ops.aten.imag.default), rf=_complex_part, traits={POINTWISE, CHANNELWISE},
+            table=elementwise_rule)
