@@ -588,7 +588,13 @@ def sliding_rule(geometry: Callable[[OpContext], Any], mixes_channels: bool) -> 
                 raise Unsupported("a grouped conv over channels that carry positions")
         pm = getattr(ctx.module, "padding_mode", "zeros")
         mode = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}[pm]
-        r = t.sliding(n, g.kernel, g.stride, pads, g.dilation, mix=mix, mode=mode)
+        if all(k == 1 for k in g.kernel) and not any(pads):  # a 1x1 conv: no window, a subsample at most
+            r = t.reduce(mix, keepdim=True) if mix else t
+            if any(s != 1 for s in g.stride):
+                sl = (slice(None),) * (len(t.shape) - n) + tuple(slice(None, None, s) for s in g.stride)
+                r = r.apply(lambda c: c[sl])
+        else:
+            r = t.sliding(n, g.kernel, g.stride, pads, g.dilation, mix=mix, mode=mode)
         if tuple(r.shape[-n:]) != tuple(ctx.out_shape[-n:]):
             raise Unsupported("ceil_mode pooling in a token layout")
         if tuple(r.shape) != tuple(ctx.out_shape):

@@ -38,7 +38,10 @@ BIG = 1 << 40
 #: more parts than this: the union is no longer tracked (``unknown``)
 MAX_PARTS = 8
 #: cells rasterised at once when checking that a union of boxes is a box
-RASTER_BUDGET = 1 << 24
+RASTER_BUDGET = 1 << 22
+#: cells rasterised in all for one op: beyond, the op is ``unknown`` (bounds the time and memory
+#: of the check; see docs/design.md, "Per-position tables")
+TOTAL_RASTER = 1 << 27
 _INF = 1 << 50
 
 
@@ -507,6 +510,14 @@ def _split(g: _Groups) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     return out
 
 
+def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inverse, index of the first occurrence of each distinct row)."""
+    uniq, inv = torch.unique(rows, dim=0, return_inverse=True)
+    first = torch.full((len(uniq),), len(rows), dtype=torch.int64)
+    first.scatter_reduce_(0, inv, torch.arange(len(rows)), reduce="amin")
+    return inv, first
+
+
 def _covered(m_lo: list[torch.Tensor], m_hi: list[torch.Tensor], b_lo: list[torch.Tensor],
              b_hi: list[torch.Tensor], where: torch.Tensor | None = None) -> bool:
     """Whether, in every group (row), the members' boxes fill the box ``[b_lo, b_hi]``."""
@@ -545,13 +556,20 @@ def _covered(m_lo: list[torch.Tensor], m_hi: list[torch.Tensor], b_lo: list[torc
         if not bool(todo.any()):
             return True
     gi = torch.nonzero(todo).flatten()
+    if len(gi) > 1:  # equal groups (the same boxes relative to their corner) are checked once
+        rows = torch.cat([torch.where(valid[gi], x[gi] - b_lo[a][gi][:, None], 0)
+                          for a, x in enumerate(m_lo)] + [torch.where(valid[gi], x[gi] - b_lo[a][gi][:, None], -1)
+                                                          for a, x in enumerate(m_hi)], 1)
+        _, first = _unique_rows(rows)
+        gi = gi[first]
     ext = [(b_hi[a][gi] - b_lo[a][gi] + 1) for a in range(len(m_lo))]
     emax = [int(e.max()) for e in ext]
     cells = 1
     for e in emax:
         cells *= e + 1
-    if cells > RASTER_BUDGET:
-        raise TableError("the union of the mixed positions is too large to check exactly")
+    if cells > RASTER_BUDGET or cells * len(gi) > TOTAL_RASTER:
+        raise TableError("the union of the mixed positions is too large to check exactly "
+                         f"(more than {TOTAL_RASTER:,} pixels to rasterise)")
     chunk = max(1, RASTER_BUDGET // cells)
     n = len(m_lo)
     for start in range(0, len(gi), chunk):
