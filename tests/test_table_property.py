@@ -371,9 +371,6 @@ def test_mean_over_cropped_tokens_then_class_token() -> None:
     check((8, 8), [("padcrop", 1, 0, 0), ("tokens",), ("mix", "mean"), ("cls",)], "nlc")
 
 
-@pytest.mark.xfail(strict=True, reason="Program((8, 8), [('roll', 1), ('tokens',), ('mix', 'mean'), ('cls',)], "
-                   "'nlc'): rfscope says 'global' (every element sees the whole input) but the class token cat "
-                   "after the mean sees no pixel (without the roll the result is a correct table)")
 def test_class_token_after_global_mean() -> None:
     check((8, 8), [("roll", 1), ("tokens",), ("mix", "mean"), ("cls",)], "nlc")
 
@@ -387,17 +384,9 @@ def test_crop_then_pad_back_sees_nothing() -> None:
     check((8, 8), [("padcrop", 1, 2, 1), ("padcrop", 1, 0, 1)], "nchw")
 
 
-@pytest.mark.xfail(strict=True, reason="Program((8, 8), [('res', ('padcrop', 1, 0, 2))], 'nchw'): y = x + x shifted "
-                   "diagonally (row i - 1, column j + 1); unit (1, 1) sees two diagonal 2x2 patches, (2..3, 2..3) and "
-                   "(0..1, 4..5), rfscope says exact, the full product (0..3) x (2..5); plain NCHW: "
-                   "y = conv(k=s=2)(x); y + F.pad(y, (1, 1, 1, 1))[:, :, 0:4, 2:6]")
 def test_residual_diagonal_shift_is_not_a_box() -> None:
     check((8, 8), [("res", ("padcrop", 1, 0, 2))], "nchw")
 
 
-@pytest.mark.xfail(strict=True, reason="Program((8, 8), [('padcrop', 1, 0, 0), ('flip', (1,)), ('padcrop', 1, 0, 0)], "
-                   "'nchw'): the crop drops the last patch row, the flip brings that side to the top, the second pad "
-                   "puts a zero row there: output row 0 sees no pixel, rfscope states pixels for it (same family as "
-                   "test_crop_then_pad_back_sees_nothing)")
 def test_crop_flip_then_pad_sees_nothing() -> None:
     check((8, 8), [("padcrop", 1, 0, 0), ("flip", (1,)), ("padcrop", 1, 0, 0)], "nchw")

@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 
 from rfscope.core.context import OpContext, Unsupported
-from rfscope.core.rf import Axis, Window
+from rfscope.core.rf import MAX_PERIOD, Axis, Window
 from rfscope.core.state import CONST, Global, Merged, TensorRF
 from rfscope.core.table import Part, Table, TableError, _assemble, compress
 
@@ -117,22 +117,41 @@ def _boxes(st: TensorRF, shape: tuple[int, ...], input_size: Sequence[int], loca
             u = idx.view(view)
         if u is None:  # every element sees what one unit saw (after select)
             u = torch.zeros((1,) * nd, dtype=torch.int64)
-        bounds.append(_axis_bounds(axis, u))  # broadcastable: encode expands (stride 0)
+        lo, hi = _axis_bounds(axis, u)
+        # pixels outside the input do not exist: a padding position of the periodic form (whose
+        # window the RF convention extends past the border) sees only what is inside, or nothing
+        bounds.append((lo.clamp(min=0), hi.clamp(max=input_size[a] - 1)))  # broadcastable: encode expands
     return Table((Part.encode(bounds, shape),), shape, len(st.axes))
 
 
 # -- table -> periodic ------------------------------------------------------------
 def _period(lo: list[int], hi: list[int]) -> Axis | None:
-    """The smallest periodic axis that reproduces the windows ``[lo[i], hi[i]]`` (seen twice at least)."""
+    """The smallest periodic axis that reproduces the windows ``[lo[i], hi[i]]`` (seen twice at least,
+    period at most :data:`rfscope.core.rf.MAX_PERIOD`); ``lo > hi`` is an empty window."""
     n = len(lo)
-    wins = [Window(lo[i], (1 << (hi[i] - lo[i] + 1)) - 1) if hi[i] >= lo[i] else Window(0, 0) for i in range(n)]
     if n == 1:
-        return Axis(1, 0, (wins[0],))
-    for d in range(1, n // 2 + 1):
-        ref = next((i for i in range(n - d) if not wins[i].empty and not wins[i + d].empty), None)
-        k = wins[ref + d].lo - wins[ref].lo if ref is not None else 0
-        if all(wins[i + d] == (wins[i].shift(k) if not wins[i].empty else wins[i]) for i in range(n - d)):
-            return Axis(d, k, tuple(wins[:d]))
+        w = Window(lo[0], (1 << (hi[0] - lo[0] + 1)) - 1) if hi[0] >= lo[0] else Window(0, 0)
+        return Axis(1, 0, (w,))
+    tlo, thi = torch.tensor(lo), torch.tensor(hi)
+    empty = tlo > thi
+    width = torch.where(empty, -1, thi - tlo)
+    for d in range(1, min(n // 2, MAX_PERIOD) + 1):
+        if int(width[d]) != int(width[0]):
+            continue
+        same_shape = bool((width[d:] == width[:-d]).all())
+        if not same_shape:
+            continue
+        shift = torch.where(empty[d:], 0, tlo[d:] - tlo[:-d])
+        live = ~empty[d:]
+        if bool(live.any()):
+            k = int(shift[live][0])
+            if not bool((shift[live] == k).all()):
+                continue
+        else:
+            k = 0
+        wins = tuple(Window(lo[i], (1 << (hi[i] - lo[i] + 1)) - 1) if hi[i] >= lo[i] else Window(0, 0)
+                     for i in range(d))
+        return Axis(d, k, wins)
     return None
 
 

@@ -285,6 +285,12 @@ def _cat_rf(ctx: OpContext) -> TensorRF:
         if isinstance(s, TensorRF) and s.dims[d] is not None:
             tag = s.dims[d]
     if tag is None:
+        vals = ctx.arg_values[0] if ctx.arg_values else ()
+        if any(not isinstance(s, TensorRF) for s in tensors) and isinstance(vals, (list, tuple)) \
+                and any(isinstance(a, Global) for s in sts for a in s.axes) and not is_stack:
+            # a constant (a class token) joins a global tensor along a dim that may carry positions:
+            # its elements see nothing, which only the per-position form can say
+            raise Unsupported("a constant concatenated to a global tensor")
         return merge(sts, [next((s.dims[i] for s in sts if s.dims[i] is not None), None) for i in range(nd)],
                      f"cat {ctx.node.name}")
     # Concatenating along a spatial dim: positions no longer map to one lattice.
