@@ -16,24 +16,8 @@ import torch.fx as fx
 from rfscope.core.errors import TraceError
 from rfscope.core.locks import TRACE_LOCK, exclusive
 from rfscope.trace.copy import _to_meta, clear_hooks, meta_copy, modules, named_modules
-from rfscope.trace.datadep import FLAT_INPUTS, REAL_ATTRS, REAL_INPUTS
+from rfscope.trace.datadep import FLAT_INPUTS, REAL_ATTRS, REAL_INPUTS, _to_real
 from rfscope.trace.runtime import keep_rng_state
-
-
-def _to_real(x: Any, gen: torch.Generator | None = None) -> Any:
-    """A real tensor for an example input: a clone of a real one, random values for a meta one
-    (from a private generator: the user's random stream does not move)."""
-    if gen is None:
-        gen = torch.Generator().manual_seed(0)
-    if isinstance(x, torch.Tensor):
-        if x.device.type != "meta":
-            return x.detach().clone()
-        if x.is_floating_point() or x.is_complex():
-            return torch.randn(x.shape, dtype=x.dtype, generator=gen)
-        return torch.zeros(x.shape, dtype=x.dtype)
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_real(v, gen) for v in x)
-    return x
 
 
 def _module_types(model: torch.nn.Module) -> dict[str, type]:

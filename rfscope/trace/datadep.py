@@ -67,6 +67,22 @@ _LABELS = {"item": "item()", "_local_scalar_dense": "item()", "tolist": "tolist(
            "where": "torch.where(condition)"}
 
 
+def _to_real(x: Any, gen: torch.Generator | None = None) -> Any:
+    """A real tensor for an example input: a clone of a real one, random values for a meta one
+    (from a private generator: the user's random stream does not move)."""
+    if gen is None:
+        gen = torch.Generator().manual_seed(0)
+    if isinstance(x, torch.Tensor):
+        if x.device.type != "meta":
+            return x.detach().clone()
+        if x.is_floating_point() or x.is_complex():
+            return torch.randn(x.shape, dtype=x.dtype, generator=gen)
+        return torch.zeros(x.shape, dtype=x.dtype)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_real(v, gen) for v in x)
+    return x
+
+
 def _op_name(n: fx.Node) -> str:
     """``aten.nonzero.default`` -> ``nonzero``; ``torchvision.ops.boxes.nms`` -> ``nms``."""
     if n.op == "call_method":
@@ -224,8 +240,7 @@ def real_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any],
                 gen: torch.Generator) -> tuple[list[Any], str]:
     """The inputs of the real pass and where they come from: those make_fx traced with (its graph
     is specialised to them), the example inputs when they are real, else seeded random ones of
-    their shapes (:func:`rfscope.trace.aten._to_real`)."""
-    from rfscope.trace.aten import _to_real
+    their shapes (:func:`_to_real`)."""
 
     traced = gm.meta.get(REAL_INPUTS)
     src = real_inputs_source(example_inputs)
