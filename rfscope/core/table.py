@@ -534,8 +534,9 @@ def _covered(m_lo: list[torch.Tensor], m_hi: list[torch.Tensor], b_lo: list[torc
         todo = todo & where
     if not bool(todo.any()):
         return True
-    if M <= 256:  # disjoint boxes (patches, window tokens) fill the box iff their areas add up to it
-        gi = torch.nonzero(todo).flatten()
+    gi = torch.nonzero(todo).flatten()
+    if M <= 256 and len(gi) * M * M <= RASTER_BUDGET:
+        # disjoint boxes (patches, window tokens) fill the box iff their areas add up to it
         lo_g = [x[gi] for x in m_lo]
         hi_g = [x[gi] for x in m_hi]
         v = valid[gi]
