@@ -30,7 +30,9 @@ warnings.filterwarnings("ignore")
 import torch, torchvision, rfscope
 from rfscope.core.table import _core
 name, size, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-kw = {"image_size": size} if name.startswith("vit") else {"input_size": (size, size)} if name.startswith("maxvit") else {}
+kw = {"image_size": size} if name.startswith("vit") else {}
+if name.startswith("maxvit"):
+    kw = {"input_size": (size, size)}
 m = torchvision.models.get_model(name, weights=None, **kw).eval()
 shape = (1, 3, size, size)
 t0 = time.perf_counter(); torch.fx.symbolic_trace(m); trace_s = time.perf_counter() - t0
