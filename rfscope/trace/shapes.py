@@ -9,10 +9,10 @@ import torch
 import torch.fx as fx
 from torch.fx.immutable_collections import immutable_dict, immutable_list
 
+import rfscope.trace.datadep as datadep
 from rfscope.core.errors import TraceError
 from rfscope.core.locks import running
 from rfscope.core.registry import node_target_name
-from rfscope.trace import datadep
 from rfscope.trace.copy import (
     _meta_twin,
     _to_meta,
