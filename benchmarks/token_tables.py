@@ -28,7 +28,6 @@ CHILD = r'''
 import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore")
 import torch, torchvision, rfscope
-from rfscope.core.table import _core
 name, size, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 kw = {"image_size": size} if name.startswith("vit") else {}
 if name.startswith("maxvit"):
@@ -43,16 +42,11 @@ for _ in range(reps):
     best = dt if best is None else min(best, dt)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 nodes = [r for r in rep.records.values() if getattr(r.state, "table", None) is not None]
-def held(t):
-    n = sum(_core(c).numel() for p in t.parts for c in p.cols)
-    if t.local is not None and not isinstance(t.local, str):
-        n += held(t.local)
-    return n
 worst = 0.0
 big = 0
 for r in nodes:
     t = r.state.table
-    n = held(t)
+    n = t.nbytes() // 8
     big = max(big, n)
     pos = 1
     for s in t.shape:

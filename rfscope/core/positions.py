@@ -8,7 +8,7 @@ the few kinds every op falls into:
 - :func:`index_rule`: the op only moves values around (view, permute, roll, cat, gather,
   unfold...): PyTorch runs the op itself on the table's columns;
 - :func:`elementwise_rule`: each output element reads the same element of every input;
-- :func:`reduce_rule`, :func:`contract_rule`, :func:`matmul_rule`, :func:`sdpa_rule`:
+- :func:`reduce_table_rule`, :func:`contract_rule`, :func:`matmul_rule`, :func:`sdpa_rule`:
   the output mixes the elements along some dims (the exact union);
 - :func:`sliding_rule`: convs and pools over the last dims.
 
@@ -31,15 +31,10 @@ from rfscope.core.state import CONST, Global, Merged, TensorRF
 from rfscope.core.table import Part, Table, TableError, _assemble, compress
 
 __all__ = [
-    "to_table", "from_table", "index_rule", "elementwise_rule", "reduce_rule", "contract_rule",
+    "to_table", "from_table", "index_rule", "elementwise_rule", "contract_rule",
     "matmul_rule", "sdpa_rule", "sdpa_like", "sliding_rule", "softmax_rule", "reduce_table_rule", "group_rule",
-    "is_table", "as_table", "table_rule",
-    "NOT_TRACKED",
+    "as_table", "table_rule",
 ]
-
-#: why a global axis met through a table has no local RF
-NOT_TRACKED = "local paths are not tracked through token layouts"
-
 
 # -- periodic -> table ----------------------------------------------------------
 def _unit_index(tag: Any, axis: int, shape: Sequence[int], d: int) -> torch.Tensor | None:
@@ -209,9 +204,9 @@ def _periodic(t: Table, ndim: int) -> TensorRF | None:
 
 
 # -- the rules ---------------------------------------------------------------------
-def _tables(ctx: OpContext, states: Any, values: Any, fill_const: bool) -> Any:
-    """``values`` with each tensor that depends on the input replaced by its table and each
-    constant float tensor by an empty table (``fill_const``) or left as it is."""
+def _tables(ctx: OpContext, states: Any, values: Any) -> Any:
+    """``values`` with each tensor that depends on the input replaced by its table (its local
+    part when the rule runs on local paths); constants are left as they are."""
     if isinstance(states, TensorRF):
         if not isinstance(values, torch.Tensor):
             raise Unsupported("an input without a known shape")
@@ -225,11 +220,9 @@ def _tables(ctx: OpContext, states: Any, values: Any, fill_const: bool) -> Any:
         ctx.memo.setdefault(_INPUTS, []).append(t)
         return t
     if isinstance(states, (list, tuple)) and isinstance(values, (list, tuple)):
-        return type(values)(_tables(ctx, s, v, fill_const) for s, v in zip(states, values, strict=False))
+        return type(values)(_tables(ctx, s, v) for s, v in zip(states, values, strict=False))
     if isinstance(states, dict) and isinstance(values, dict):
-        return {k: _tables(ctx, states[k], v, fill_const) for k, v in values.items()}
-    if isinstance(values, torch.Tensor) and fill_const:
-        return Table.empty_like(values.shape, len(ctx.input_size))
+        return {k: _tables(ctx, states[k], v) for k, v in values.items()}
     return values
 
 
@@ -336,7 +329,7 @@ def _with_local(ctx: OpContext, out: Any, loc: Any, loc_ins: list[Any], mixing: 
     return replace(out, local=loc)
 
 
-_PAD_VALUE = {torch.nn.functional.pad: "value", torch.constant_pad_nd: "value"}
+_PAD_VALUE = {torch.nn.functional.pad, torch.constant_pad_nd}  # calls whose fill value is an argument
 
 
 @_guard(mixing=False)
@@ -351,7 +344,7 @@ def index_rule(ctx: OpContext) -> Any:
 
     def sub(s: Any, v: Any, nd: Any) -> Any:
         if isinstance(s, TensorRF):
-            return _tables(ctx, s, v, False)
+            return _tables(ctx, s, v)
         if isinstance(v, torch.Tensor):
             if v.is_floating_point() or v.is_complex():
                 return Table.empty_like(v.shape, len(ctx.input_size))
@@ -412,12 +405,8 @@ def index_rule(ctx: OpContext) -> Any:
     return _assemble(outs, n_axes)
 
 
-def _out_like(t: Table, shape: Sequence[int]) -> Table:
-    return t.union(shape=shape) if tuple(t.shape) != tuple(shape) else t
-
-
 def _union_all(ctx: OpContext) -> Table:
-    tabs = _table_list(_tables(ctx, (ctx.args, ctx.kwargs), (ctx.arg_values, ctx.kwarg_values), False))
+    tabs = _table_list(_tables(ctx, (ctx.args, ctx.kwargs), (ctx.arg_values, ctx.kwarg_values)))
     if not tabs:
         raise Unsupported("no input table")
     return tabs[0].union(*tabs[1:], shape=ctx.out_shape)
@@ -432,7 +421,7 @@ def elementwise_rule(ctx: OpContext) -> Any:
 def as_table(ctx: OpContext, st: TensorRF, value: Any) -> Table:
     """The table of one input inside a :func:`table_rule` (its local part when the rule runs on
     local paths)."""
-    return _tables(ctx, st, value, False)  # type: ignore[no-any-return]
+    return _tables(ctx, st, value)  # type: ignore[no-any-return]
 
 
 #: for plugin authors: ``@table_rule(mixing=...)`` turns a function returning a :class:`Table`
@@ -443,35 +432,8 @@ table_rule = _guard
 def _first_table(ctx: OpContext) -> Table:
     for s, v in zip(ctx.args, ctx.arg_values, strict=False):
         if isinstance(s, TensorRF):
-            return _tables(ctx, s, v, False)  # type: ignore[no-any-return]
+            return _tables(ctx, s, v)  # type: ignore[no-any-return]
     raise Unsupported("no input depends on the model input")
-
-
-def reduce_rule(dims_of: Callable[[OpContext, int], Sequence[int] | None], keep: bool | None = None
-                ) -> Callable[[OpContext], Any]:
-    """The output mixes the input along ``dims_of(ctx, ndim)`` (``None``: all dims); ``keep``
-    (or the call's ``keepdim``) says whether the reduced dims stay as size 1."""
-
-    @_guard(mixing=True)
-    def rule(ctx: OpContext) -> Any:
-        t = _first_table(ctx)
-        nd = len(t.shape)
-        dims = dims_of(ctx, nd)
-        dims = list(range(nd)) if dims is None else list(dims)
-        r = t.reduce(dims, keepdim=True)
-        out_shape = ctx.out_shape
-        if tuple(r.shape) != tuple(out_shape):
-            r = r.apply(lambda c: c.reshape(out_shape) if c.numel() == _numel(out_shape) else c.expand(out_shape))
-        return r
-
-    return rule
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 @_guard(mixing=True)
@@ -542,9 +504,9 @@ def matmul_rule(ctx: OpContext) -> Any:
         raise Unsupported("matmul of a vector")
     parts = []
     if isinstance(sa, TensorRF):
-        parts.append(_tables(ctx, sa, va, False).reduce([-1], keepdim=True))
+        parts.append(_tables(ctx, sa, va).reduce([-1], keepdim=True))
     if isinstance(sb, TensorRF):
-        parts.append(_tables(ctx, sb, vb, False).reduce([-2], keepdim=True))
+        parts.append(_tables(ctx, sb, vb).reduce([-2], keepdim=True))
     if not parts:
         raise Unsupported("no input table")
     return parts[0].union(*parts[1:], shape=ctx.out_shape)
@@ -561,7 +523,7 @@ def sdpa_like(ctx: OpContext, seq: int) -> Any:
     for i, (s, val) in enumerate(zip(states, vals, strict=False)):
         if isinstance(s, TensorRF):
             dims = [-1] if i == 0 else [-1, seq]
-            parts.append(_tables(ctx, s, val, False).reduce(dims, keepdim=True))
+            parts.append(_tables(ctx, s, val).reduce(dims, keepdim=True))
     if not parts:
         raise Unsupported("no input table")
     return parts[0].union(*parts[1:], shape=tuple(out.shape))
@@ -577,7 +539,7 @@ def sdpa_rule(ctx: OpContext) -> Any:
     parts = []
     for s, val, dims in zip((q, k, v), vals, ([-1], [-1, -2], [-1, -2]), strict=True):
         if isinstance(s, TensorRF):
-            parts.append(_tables(ctx, s, val, False).reduce(dims, keepdim=True))
+            parts.append(_tables(ctx, s, val).reduce(dims, keepdim=True))
     if not parts:
         raise Unsupported("no input table")
     return parts[0].union(*parts[1:], shape=ctx.out_shape)
@@ -621,8 +583,3 @@ def sliding_rule(geometry: Callable[[OpContext], Any], mixes_channels: bool) -> 
         return r
 
     return rule
-
-
-def is_table(st: Any) -> bool:
-    """Whether ``st`` is a tensor in per-position form."""
-    return isinstance(st, TensorRF) and st.table is not None

@@ -233,8 +233,9 @@ class Table:
         return all(bool(p.empty().all()) for p in self.parts)
 
     def nbytes(self) -> int:
-        """Memory actually held (stride-0 dims cost nothing)."""
-        return sum(_core(c).numel() * 8 for p in self.parts for c in p.cols)
+        """Memory actually held, local part included (stride-0 dims cost nothing)."""
+        own = sum(_core(c).numel() * 8 for p in self.parts for c in p.cols)
+        return own + (self.local.nbytes() if isinstance(self.local, Table) else 0)
 
     # -- index ops -------------------------------------------------------
     def apply(self, fn: Callable[[torch.Tensor], Any]) -> Any:
