@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -34,7 +35,10 @@ def n_params(model: torch.nn.Module) -> int:
 def one_line_error(res: Result) -> str:
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output
-    lines = res.output.strip().splitlines()
+    # progress notices ("rfscope: loading the model...", "...: done in 1.7 s") appear when a step is
+    # slow, as on a loaded machine: the error itself is one line
+    lines = [ln for ln in res.output.strip().splitlines()
+             if not (ln.endswith("...") or re.search(r": done in [0-9.]+ s$", ln))]
     assert len(lines) == 1 and lines[0].startswith("rfscope: error:"), res.output
     return lines[0]
 
