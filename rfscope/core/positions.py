@@ -156,6 +156,8 @@ def from_table(t: Table, input_size: Sequence[int], ndim: int) -> TensorRF:
     tensor dim, else the table itself."""
     none = (None,) * ndim
     full = t.covers(input_size)
+    if full and not t.full:  # one stride-0 part from here on: what follows reads it for nothing
+        t = Table.whole(t.shape, input_size, local=t.local)
     if full and t.local is not None:
         loc = t.local
         if isinstance(loc, str):
@@ -165,7 +167,7 @@ def from_table(t: Table, input_size: Sequence[int], ndim: int) -> TensorRF:
         c = _periodic(loc, ndim) if not loc.covers(input_size) else None
         if c is not None:
             return TensorRF(c.dims, tuple(Global(a) if isinstance(a, Axis) else a for a in c.axes))
-        return TensorRF(none, (), table=replace(t, full=True))
+        return TensorRF(none, (), table=t)
     if t.local is None:
         c = _periodic(t, ndim)
         if c is not None:
@@ -175,6 +177,13 @@ def from_table(t: Table, input_size: Sequence[int], ndim: int) -> TensorRF:
 
 def _periodic(t: Table, ndim: int) -> TensorRF | None:
     """``t`` as a periodic state (one window sequence per tensor dim), or ``None``."""
+    key = ("periodic", ndim)
+    if key not in t.memo:
+        t.memo[key] = _find_periodic(t, ndim)
+    return t.memo[key]  # type: ignore[no-any-return]
+
+
+def _find_periodic(t: Table, ndim: int) -> TensorRF | None:
     if len(t.parts) != 1:
         return None
     p = t.parts[0]
@@ -413,9 +422,68 @@ def _union_all(ctx: OpContext) -> Table:
 
 
 @_guard(mixing=False)
+def _elementwise(ctx: OpContext) -> Any:
+    return _union_all(ctx)
+
+
 def elementwise_rule(ctx: OpContext) -> Any:
     """Each output element reads the same element of every input: the union, broadcast."""
-    return _union_all(ctx)
+    st = _only_table_state(ctx)
+    if st is not None:  # one input (a residual stream's activations, dropout): its table, broadcast
+        out = _broadcast_state(st, ctx.out_shape)
+        if out is not None:
+            return out
+    return _elementwise(ctx)
+
+
+def _only_table_state(ctx: OpContext) -> TensorRF | None:
+    """The input state, when exactly one (possibly repeated) input depends on the model input and
+    it is a table; ``None`` otherwise."""
+    found: TensorRF | None = None
+    stack: list[Any] = [ctx.args, ctx.kwargs]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, TensorRF):
+            if x.table is None or (found is not None and x is not found):
+                return None
+            found = x
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+    return found
+
+
+def _broadcast_state(st: TensorRF, shape: Any, narrow: Sequence[int] = ()) -> TensorRF | None:
+    """``st``'s table (and local part) narrowed to size 1 along ``narrow`` (dims along which
+    nothing varies) and broadcast to ``shape``; ``None`` when that is not possible."""
+    if not isinstance(shape, (tuple, list, torch.Size)):
+        return None
+    t: Table = st.table
+    shape = tuple(shape)
+    if not narrow and t.shape == shape:
+        return st
+    try:
+        full = t.reduce(narrow, keepdim=True).expanded(shape) if narrow else t.expanded(shape)
+        loc = t.local
+        if isinstance(loc, Table):
+            loc = loc.reduce(narrow, keepdim=True).expanded(shape) if narrow else loc.expanded(shape)
+    except RuntimeError:  # not broadcastable: the general rule says why
+        return None
+    return TensorRF((None,) * len(shape), (), table=replace(full, local=loc) if loc is not None else full)
+
+
+def _constant_along(t: Table, dims: Sequence[int]) -> bool:
+    """No part of ``t`` (nor of its local part) varies along ``dims``."""
+    for tab in (t, t.local):
+        if not isinstance(tab, Table):
+            continue
+        for p in tab.parts:
+            for c in p.cols:
+                for d in dims:
+                    if c.shape[d] > 1 and c.stride(d) != 0:
+                        return False
+    return True
 
 
 def as_table(ctx: OpContext, st: TensorRF, value: Any) -> Table:
@@ -427,6 +495,13 @@ def as_table(ctx: OpContext, st: TensorRF, value: Any) -> Table:
 #: for plugin authors: ``@table_rule(mixing=...)`` turns a function returning a :class:`Table`
 #: (built from :func:`as_table` of its inputs) into a plugin's ``table`` rule
 table_rule = _guard
+
+
+def _mixed(ctx: OpContext, t: Table, dims: Sequence[int]) -> Table:
+    """``t`` reduced over ``dims``; when that is the whole input, the one-part table saying so (a
+    union with it costs nothing)."""
+    r = t.reduce(dims, keepdim=True)
+    return Table.whole(r.shape, ctx.input_size) if r.covers(ctx.input_size) else r
 
 
 def _first_table(ctx: OpContext) -> Table:
@@ -485,13 +560,26 @@ def contract_rule(n_last: int | Callable[[OpContext], int]) -> Callable[[OpConte
     """The output's last dims mix the input's last ``n_last`` dims (Linear, LayerNorm, ...)."""
 
     @_guard(mixing=True)
-    def rule(ctx: OpContext) -> Any:
+    def general(ctx: OpContext) -> Any:
         t = _first_table(ctx)
         k = n_last(ctx) if callable(n_last) else n_last
         nd = len(t.shape)
         r = t.reduce(list(range(nd - k, nd)), keepdim=True)
         return r.union(shape=ctx.out_shape)
 
+    def rule(ctx: OpContext) -> Any:
+        st = _only_table_state(ctx)
+        if st is not None:  # the features of a token (stride 0 in its table): nothing is mixed
+            k = n_last(ctx) if callable(n_last) else n_last
+            nd = len(st.table.shape)
+            dims = list(range(nd - k, nd))
+            if _constant_along(st.table, dims):
+                out = _broadcast_state(st, ctx.out_shape, dims)
+                if out is not None:
+                    return out
+        return general(ctx)
+
+    rule.__doc__ = general.__doc__
     return rule
 
 
@@ -504,9 +592,9 @@ def matmul_rule(ctx: OpContext) -> Any:
         raise Unsupported("matmul of a vector")
     parts = []
     if isinstance(sa, TensorRF):
-        parts.append(_tables(ctx, sa, va).reduce([-1], keepdim=True))
+        parts.append(_mixed(ctx, _tables(ctx, sa, va), [-1]))
     if isinstance(sb, TensorRF):
-        parts.append(_tables(ctx, sb, vb).reduce([-2], keepdim=True))
+        parts.append(_mixed(ctx, _tables(ctx, sb, vb), [-2]))
     if not parts:
         raise Unsupported("no input table")
     return parts[0].union(*parts[1:], shape=ctx.out_shape)
@@ -523,7 +611,7 @@ def sdpa_like(ctx: OpContext, seq: int) -> Any:
     for i, (s, val) in enumerate(zip(states, vals, strict=False)):
         if isinstance(s, TensorRF):
             dims = [-1] if i == 0 else [-1, seq]
-            parts.append(_tables(ctx, s, val).reduce(dims, keepdim=True))
+            parts.append(_mixed(ctx, _tables(ctx, s, val), dims))
     if not parts:
         raise Unsupported("no input table")
     return parts[0].union(*parts[1:], shape=tuple(out.shape))
@@ -539,7 +627,7 @@ def sdpa_rule(ctx: OpContext) -> Any:
     parts = []
     for s, val, dims in zip((q, k, v), vals, ([-1], [-1, -2], [-1, -2]), strict=True):
         if isinstance(s, TensorRF):
-            parts.append(_tables(ctx, s, val).reduce(dims, keepdim=True))
+            parts.append(_mixed(ctx, _tables(ctx, s, val), dims))
     if not parts:
         raise Unsupported("no input table")
     return parts[0].union(*parts[1:], shape=ctx.out_shape)

@@ -25,7 +25,7 @@ conv across the rows of a flattened grid), the op is ``unknown``.  See docs/desi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
 
@@ -153,8 +153,22 @@ class Table:
     local: Any = None
     #: every element sees the whole input (set by :func:`rfscope.core.positions.from_table`)
     full: bool = False
+    #: what was derived from this (immutable) table: coverage, reductions, the periodic form.
+    #: Per table, so per analysis; ``replace`` starts a new one (see docs/design.md §2b, "Cost")
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # -- building --------------------------------------------------------
+    @staticmethod
+    def whole(shape: Sequence[int], extent: Sequence[int], local: Any = None) -> Table:
+        """Every element sees the whole input ``extent`` (one stride-0 part: reductions and unions of it cost
+        nothing)."""
+        shape = tuple(shape)
+        cols: list[torch.Tensor] = []
+        for n in extent:
+            cols.append(torch.full((), BIG, dtype=torch.int64).expand(shape))
+            cols.append(torch.full((), BIG + n - 1, dtype=torch.int64).expand(shape))
+        return Table((Part(tuple(cols)),), shape, len(extent), local=local, full=True)
+
     @staticmethod
     def empty_like(shape: Sequence[int], n_axes: int) -> Table:
         z = torch.zeros((), dtype=torch.int64).expand(tuple(shape))
@@ -203,6 +217,12 @@ class Table:
 
     def max_sizes(self) -> tuple[int, ...]:
         """Per axis, the largest bounding-box size over the elements (0 if none sees anything)."""
+        memo = _root(self).memo  # the same values, broadcast or narrowed: the same sizes
+        if "max_sizes" not in memo:
+            memo["max_sizes"] = self._max_sizes()
+        return memo["max_sizes"]  # type: ignore[no-any-return]
+
+    def _max_sizes(self) -> tuple[int, ...]:
         sizes = []
         for a in range(self.n_axes):
             lo_all = hi_all = None
@@ -217,6 +237,14 @@ class Table:
 
     def covers(self, extent: Sequence[int]) -> bool:
         """Every element sees the whole input (one of its boxes is the whole input)."""
+        if self.full:
+            return True
+        key, memo = ("covers", tuple(extent)), _root(self).memo
+        if key not in memo:
+            memo[key] = self._covers(extent)
+        return bool(memo[key])
+
+    def _covers(self, extent: Sequence[int]) -> bool:
         if not any(all(int(_at(lo, [0] * len(self.shape))) <= 0 and int(_at(hi, [0] * len(self.shape))) >= n - 1
                        for (lo, hi), n in zip(p.bounds(), extent, strict=False)) for p in self.parts):
             return False  # the first element does not: no need to look at the others
@@ -230,7 +258,19 @@ class Table:
 
     def all_empty(self) -> bool:
         """No element sees anything."""
-        return all(bool(p.empty().all()) for p in self.parts)
+        memo = _root(self).memo
+        if "void" not in memo:
+            memo["void"] = all(bool(p.empty().all()) for p in self.parts)
+        return bool(memo["void"])
+
+    def expanded(self, shape: Sequence[int]) -> Table:
+        """This table (without its local part) broadcast to ``shape``."""
+        shape = tuple(shape)
+        if shape == self.shape and self.local is None:
+            return self
+        out = Table(tuple(p.expand(shape) for p in self.parts), shape, self.n_axes, full=self.full)
+        out.memo["root"] = _root(self)
+        return out
 
     def nbytes(self) -> int:
         """Memory actually held, local part included (stride-0 dims cost nothing)."""
@@ -249,6 +289,14 @@ class Table:
         if shape is None:
             shape = torch.broadcast_shapes(self.shape, *(o.shape for o in others))
         shape = tuple(shape)
+        tabs = [t for t in (self, *others) if not t.all_empty()]
+        # cheap cases first: a table that sees everything absorbs the others; one table (met
+        # again and again in a residual stream) is its own union
+        full = next((t for t in tabs if t.full), None)
+        if full is not None:
+            return full.expanded(shape)
+        if tabs and all(_root(t) is _root(tabs[0]) and t.shape == tabs[0].shape for t in tabs):
+            return tabs[0].expanded(shape)  # the same table, broadcast alike (see _root)
         parts = [p.expand(shape) for t in (self, *others) for p in t.parts]
         return Table(_simplify(parts), shape, self.n_axes)
 
@@ -256,6 +304,21 @@ class Table:
         """Each element of the result sees the union of what the reduced ``dims`` saw."""
         nd = len(self.shape)
         dims = sorted({d % nd for d in dims})
+        key = ("reduce", tuple(dims), keepdim)
+        if key not in self.memo:
+            self.memo[key] = self._reduce(dims, keepdim)
+        return self.memo[key]  # type: ignore[no-any-return]
+
+    def _reduce(self, dims: list[int], keepdim: bool) -> Table:
+        if keepdim and not any(self.shape[d] > 1 and c.stride(d) != 0 for p in self.parts for c in p.cols
+                               for d in dims):
+            # nothing varies along ``dims`` (channels of a token): the table, narrowed to size 1 there
+            idx = tuple(slice(0, 1) if d in dims else slice(None) for d in range(len(self.shape)))
+            shape = tuple(1 if d in dims else n for d, n in enumerate(self.shape))
+            out = Table(tuple(Part(tuple(c[idx] for c in p.cols)) for p in self.parts), shape, self.n_axes,
+                        full=self.full)
+            out.memo["root"] = _root(self)
+            return out
         try:  # the union distributes over parts: each part alone, when each stays a union of boxes
             parts = [q for p in self.parts for q in _reduce_part(p, dims, keepdim)]
         except TableError:
@@ -266,7 +329,7 @@ class Table:
             drop = [0] if keepdim else [0, *(d + 1 for d in dims)]
             parts = _reduce_part(both, [0, *(d + 1 for d in dims)], keepdim=False, squeeze=drop)
         shape = parts[0].shape
-        return Table(_simplify(parts), shape, self.n_axes)
+        return Table(_simplify(parts), shape, self.n_axes, full=self.full)
 
     def sliding(self, n_dims: int, k: Sequence[int], s: Sequence[int], p: Sequence[int], d: Sequence[int],
                 mix: Sequence[int] = (), mode: str = "constant") -> Table:
@@ -310,6 +373,13 @@ class Table:
             out_parts = slide(_stacked(self.parts), 1)
         shape = out_parts[0].shape
         return Table(_simplify(out_parts), shape, self.n_axes)
+
+
+def _root(t: Table) -> Table:
+    """The table ``t`` was narrowed or broadcast from along dims where nothing varies.  Such
+    tables share their values: two of the same root and the same shape are equal (broadcasting
+    aligns dims from the right, so the varying dims land in the same place)."""
+    return t.memo.get("root", t)  # type: ignore[no-any-return]
 
 
 def _stacked(parts: Sequence[Part]) -> Part:
