@@ -75,8 +75,9 @@ def to_table(st: TensorRF, shape: Sequence[int], input_size: Sequence[int]) -> T
         raise Unsupported(st.reason)
     if st.scrambled:
         raise Unsupported(st.why or "positions were shuffled")
-    full = _boxes(st, tuple(shape), input_size, local=False)
     glob = [a for a in st.axes if isinstance(a, Global)]
+    full = Table.whole(shape, input_size) if len(glob) == len(st.axes) == len(input_size) \
+        else _boxes(st, tuple(shape), input_size, local=False)
     if not glob:
         return full
     why = next((a.local_why for a in glob if a.local_why), None)
@@ -381,7 +382,10 @@ def index_rule(ctx: OpContext) -> Any:
     tables = _table_list((args, kwargs))
     if not tables:
         raise Unsupported("no input table")
-    n_parts = max(len(t.parts) for t in tables)
+    grow = None
+    if fn in _CAT:
+        args, kwargs, grow = _cat_narrowed(args, kwargs, ctx.out_shape)
+    n_parts = max(len(t.parts) for t in _table_list((args, kwargs)))
 
     def column(x: Any, p: int, c: int, dtype: torch.dtype, dense: bool = False) -> Any:
         if isinstance(x, Table):
@@ -411,7 +415,32 @@ def index_rule(ctx: OpContext) -> Any:
                     r = fn(*column(args, p, c, torch.float64, True), **column(kwargs, p, c, torch.float64, True))
             cols.append(r)
         outs.append(cols)
-    return _assemble(outs, n_axes)
+    res = _assemble(outs, n_axes)
+    return res.expanded(grow) if grow is not None else res
+
+
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+
+
+def _cat_narrowed(args: Any, kwargs: Any, out_shape: Any) -> tuple[Any, Any, Any]:
+    """``cat`` of tables that do not vary along some other dim (a token's features): the same cat
+    on the tables narrowed to size 1 there, and the shape to broadcast the result back to (a
+    cat then reads ``tokens x 1`` values, not ``tokens x channels``)."""
+    seq = args[0] if args else kwargs.get("tensors")
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    if not isinstance(seq, (list, tuple)) or not seq or not all(isinstance(t, Table) for t in seq) \
+            or not isinstance(dim, int) or not isinstance(out_shape, (tuple, list, torch.Size)):
+        return args, kwargs, None
+    nd = len(seq[0].shape)
+    dim %= nd
+    free = [d for d in range(nd) if d != dim and all(
+        c.shape[d] == 1 or c.stride(d) == 0 for t in seq for p in t.parts for c in p.cols)]
+    if not free:
+        return args, kwargs, None
+    narrowed = [t.reduce(free, keepdim=True) for t in seq]  # nothing varies there: a narrowing
+    if args:
+        return (type(seq)(narrowed), *args[1:]), kwargs, tuple(out_shape)
+    return args, {**kwargs, "tensors": type(seq)(narrowed)}, tuple(out_shape)
 
 
 def _union_all(ctx: OpContext) -> Table:
@@ -461,7 +490,7 @@ def _broadcast_state(st: TensorRF, shape: Any, narrow: Sequence[int] = ()) -> Te
         return None
     t: Table = st.table
     shape = tuple(shape)
-    if not narrow and t.shape == shape:
+    if t.shape == shape:  # narrowed along dims where nothing varies and broadcast back: the same
         return st
     try:
         full = t.reduce(narrow, keepdim=True).expanded(shape) if narrow else t.expanded(shape)
@@ -501,7 +530,24 @@ def _mixed(ctx: OpContext, t: Table, dims: Sequence[int]) -> Table:
     """``t`` reduced over ``dims``; when that is the whole input, the one-part table saying so (a
     union with it costs nothing)."""
     r = t.reduce(dims, keepdim=True)
-    return Table.whole(r.shape, ctx.input_size) if r.covers(ctx.input_size) else r
+    if not r.covers(ctx.input_size):
+        return r
+    key = ("whole", tuple(ctx.input_size))
+    if key not in r.memo:
+        r.memo[key] = Table.whole(r.shape, ctx.input_size)
+    return r.memo[key]  # type: ignore[no-any-return]
+
+
+def _attend(ctx: OpContext, ins: Sequence[tuple[Any, Any, Sequence[int]]], shape: Sequence[int]) -> Table:
+    """The union of each ``(state, value, dims)`` input's table reduced over ``dims``; the whole input
+    at once when one input already sees it."""
+    tabs = [(_tables(ctx, s, v), dims) for s, v, dims in ins if isinstance(s, TensorRF)]
+    if not tabs:
+        raise Unsupported("no input table")
+    if any(t.full for t, _ in tabs):
+        return Table.whole(shape, ctx.input_size)
+    parts = [_mixed(ctx, t, dims) for t, dims in tabs]
+    return parts[0].union(*parts[1:], shape=shape)
 
 
 def _first_table(ctx: OpContext) -> Table:
@@ -604,17 +650,10 @@ def matmul_rule(ctx: OpContext) -> Any:
 def sdpa_like(ctx: OpContext, seq: int) -> Any:
     """Attention with the sequence along dim ``seq`` of (query, key, value) and features last
     (``nn.MultiheadAttention``): the first output, as :func:`sdpa_rule`."""
-    vals = list(ctx.arg_values[:3])
-    states = list(ctx.args[:3])
     out = ctx.out[0] if isinstance(ctx.out, (tuple, list)) else ctx.out
-    parts = []
-    for i, (s, val) in enumerate(zip(states, vals, strict=False)):
-        if isinstance(s, TensorRF):
-            dims = [-1] if i == 0 else [-1, seq]
-            parts.append(_mixed(ctx, _tables(ctx, s, val), dims))
-    if not parts:
-        raise Unsupported("no input table")
-    return parts[0].union(*parts[1:], shape=tuple(out.shape))
+    ins = [(s, v, [-1] if i == 0 else [-1, seq])
+           for i, (s, v) in enumerate(zip(ctx.args[:3], ctx.arg_values[:3], strict=False))]
+    return _attend(ctx, ins, tuple(out.shape))
 
 
 @_guard(mixing=True)
@@ -624,13 +663,7 @@ def sdpa_rule(ctx: OpContext) -> Any:
         raise Unsupported("causal attention in a token layout")
     q, k, v = (ctx.state(i, n) for i, n in enumerate(("query", "key", "value")))
     vals = [ctx.arg(i, n) for i, n in enumerate(("query", "key", "value"))]
-    parts = []
-    for s, val, dims in zip((q, k, v), vals, ([-1], [-1, -2], [-1, -2]), strict=True):
-        if isinstance(s, TensorRF):
-            parts.append(_mixed(ctx, _tables(ctx, s, val), dims))
-    if not parts:
-        raise Unsupported("no input table")
-    return parts[0].union(*parts[1:], shape=ctx.out_shape)
+    return _attend(ctx, list(zip((q, k, v), vals, ([-1], [-1, -2], [-1, -2]), strict=True)), ctx.out_shape)
 
 
 def sliding_rule(geometry: Callable[[OpContext], Any], mixes_channels: bool) -> Callable[[OpContext], Any]:

@@ -172,7 +172,9 @@ class Table:
     @staticmethod
     def empty_like(shape: Sequence[int], n_axes: int) -> Table:
         z = torch.zeros((), dtype=torch.int64).expand(tuple(shape))
-        return Table((Part(tuple(z for _ in range(2 * n_axes))),), tuple(shape), n_axes)
+        t = Table((Part(tuple(z for _ in range(2 * n_axes))),), tuple(shape), n_axes)
+        t.memo["void"] = True
+        return t
 
     @staticmethod
     def grid(shape: Sequence[int], dims: Sequence[Any], boxes: Sequence[Sequence[tuple[int, int]]]) -> Table:
@@ -289,7 +291,7 @@ class Table:
         if shape is None:
             shape = torch.broadcast_shapes(self.shape, *(o.shape for o in others))
         shape = tuple(shape)
-        tabs = [t for t in (self, *others) if not t.all_empty()]
+        tabs = [t for t in (self, *others) if not _root(t).memo.get("void", False)]  # known to see nothing
         # cheap cases first: a table that sees everything absorbs the others; one table (met
         # again and again in a residual stream) is its own union
         full = next((t for t in tabs if t.full), None)
@@ -304,10 +306,10 @@ class Table:
         """Each element of the result sees the union of what the reduced ``dims`` saw."""
         nd = len(self.shape)
         dims = sorted({d % nd for d in dims})
-        key = ("reduce", tuple(dims), keepdim)
-        if key not in self.memo:
-            self.memo[key] = self._reduce(dims, keepdim)
-        return self.memo[key]  # type: ignore[no-any-return]
+        key, memo = ("reduce", self.shape, tuple(dims), keepdim), _root(self).memo  # equal tables: see _root
+        if key not in memo:
+            memo[key] = self._reduce(dims, keepdim)
+        return memo[key]  # type: ignore[no-any-return]
 
     def _reduce(self, dims: list[int], keepdim: bool) -> Table:
         if keepdim and not any(self.shape[d] > 1 and c.stride(d) != 0 for p in self.parts for c in p.cols
