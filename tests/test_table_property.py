@@ -26,10 +26,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from masks import bbox, claimed, periodic_unit, seen
 from oracle import Oracle
 
 import rfscope
-from rfscope.core.result import RF
 
 C = 4  # channels of every token
 Spec = tuple[Any, ...]
@@ -238,48 +238,6 @@ def programs(draw: st.DrawFn) -> tuple[tuple[int, int], tuple[Spec, ...], str]:
 
 
 # -- the comparison --------------------------------------------------------------------------------
-def seen(o: Oracle, y: torch.Tensor, index: Sequence[int], chan: Sequence[int] | None) -> torch.Tensor:
-    """Oracle: the joint (H, W) mask of input pixels element ``index`` of ``y`` depends on (``chan``:
-    the channel dims, summed over, for a periodic RF's unit)."""
-    sl: list[Any] = [int(i) for i in index]
-    for d in chan or ():
-        sl[d] = slice(None)
-    unit = y[tuple(sl)].sum()
-    if not unit.requires_grad:
-        return torch.zeros(o.x.shape[2:], dtype=torch.bool)
-    (g,) = torch.autograd.grad(unit, o.x, retain_graph=True, allow_unused=True)
-    if g is None:
-        return torch.zeros(o.x.shape[2:], dtype=torch.bool)
-    return g[0].ne(0).any(0)
-
-
-def claimed(r: RF, index: Sequence[int], unit: Sequence[int] | None, size: Sequence[int]) -> torch.Tensor:
-    """rfscope: the joint (H, W) mask: union of the table's boxes clipped to the image, or the
-    product set of the periodic RF's pixels of unit ``unit``."""
-    m = torch.zeros(tuple(size), dtype=torch.bool)
-    if r.table is not None:
-        for box in r.table.boxes(tuple(index)):
-            m[tuple(slice(max(lo, 0), max(hi + 1, 0)) for lo, hi in box)] = True
-        return m
-    assert unit is not None
-    px = r.pixels(tuple(unit))
-    rows = torch.zeros(size[0], dtype=torch.bool)
-    cols = torch.zeros(size[1], dtype=torch.bool)
-    rows[[p for p in px[0] if 0 <= p < size[0]]] = True
-    cols[[p for p in px[1] if 0 <= p < size[1]]] = True
-    return rows[:, None] & cols[None, :]
-
-
-def bbox(mask: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
-    if not bool(mask.any()):
-        return None
-    out = []
-    for d in range(mask.dim()):
-        nz = mask.any(dim=tuple(a for a in range(mask.dim()) if a != d)).nonzero().flatten()
-        out.append((int(nz[0]), int(nz[-1])))
-    return tuple(out)
-
-
 def elements(y: torch.Tensor, end: str) -> list[tuple[int, ...]]:
     """Corners and centre (NCHW), or first / middle / last tokens (NLC; the first is the class
     token when there is one), on the first and last channel."""
@@ -310,40 +268,13 @@ def check(hw: tuple[int, int], steps: Sequence[Spec], end: str) -> str:
             assert bool(want.all()), (idx, "global but the oracle sees", bbox(want), want.sum())
             continue
         assert r.status == "exact", r
-        unit, chan = (None, None) if r.table is not None else periodic_unit(rep, r, idx)
+        unit, chan = (None, None) if r.table is not None else periodic_unit(rep.records["output"].state.dims, r, idx)
         want = seen(o, y, idx, chan)
-        got = claimed(r, idx, unit, hw)
+        got = claimed(r, idx, hw, unit)
         detail = r.table.boxes(tuple(idx)) if r.table is not None else r.pixels(tuple(unit or ()))
         assert torch.equal(got, want), (idx, "rfscope", bbox(got), detail, "oracle", bbox(want),
                                         want.nonzero().tolist())
     return outcome
-
-
-def periodic_unit(rep: rfscope.Report, r: RF, index: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The unit (per input axis) of element ``index`` of a periodic result, and the dims the unit spans.
-
-    The output's dim tags say which input axis each tensor dim indexes (a flattened token dim is
-    ``Merged``: row-major over its parts); an axis no dim indexes has stride 0 (every unit sees
-    the same along it); every untagged dim but the batch dim is the unit's channels."""
-    dims = rep.records["output"].state.dims
-    unit: list[int | None] = [None] * len(r.dims)
-    chans = []
-    for d, tag in enumerate(dims):
-        if tag is None:
-            if d:
-                chans.append(d)
-        elif isinstance(tag, int):
-            unit[tag] = int(index[d])
-        else:  # Merged
-            rest = int(index[d])
-            for t, n in reversed(tag.parts):
-                rest, i = divmod(rest, n)
-                if t is not None:  # an untagged part: every unit sees the same along it
-                    unit[t] = i
-    for a, u in enumerate(unit):
-        if u is None:
-            assert r.stride[a] == 0, (dims, r)
-    return tuple(u or 0 for u in unit), tuple(chans)
 
 
 @settings(max_examples=100, deadline=None, derandomize=True, database=None,

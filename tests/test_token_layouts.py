@@ -18,10 +18,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from masks import agree, bbox, box_of, claimed, nchw, nhwc, seen
 from oracle import Oracle
 
 import rfscope
-from rfscope.core.result import RF
 
 timm = pytest.importorskip("timm")
 tv = pytest.importorskip("torchvision")
@@ -36,75 +36,6 @@ def analyze(model: nn.Module, shape: tuple[int, ...]) -> rfscope.Report:
 
 def unknowns(rep: rfscope.Report) -> list[tuple[str, str | None]]:
     return [(n, r.rf.reason) for n, r in rep.records.items() if r.rf is not None and r.rf.status == "unknown"]
-
-
-def seen(o: Oracle, y: torch.Tensor, index: Index, chan: int | None = None) -> torch.Tensor:
-    """Oracle: the (H, W) mask of input pixels element ``index`` of ``y`` depends on.
-
-    ``chan``: the channel dim, summed over (the periodic form's unit is every channel at a position,
-    like the oracle's ``support``); ``None``: that one element (a table element)."""
-    sl: list[Any] = [int(i) for i in index]
-    if chan is not None:
-        sl[chan] = slice(None)
-    unit = y[tuple(sl)].sum()
-    b = int(index[0]) if y.shape[0] == o.x.shape[0] else 0
-    if not unit.requires_grad:
-        return torch.zeros(o.x.shape[2:], dtype=torch.bool)
-    (g,) = torch.autograd.grad(unit, o.x, retain_graph=True, allow_unused=True)
-    if g is None:
-        return torch.zeros(o.x.shape[2:], dtype=torch.bool)
-    return g[b].ne(0).any(0)
-
-
-def claimed(r: RF, index: Index, size: Sequence[int], unit: Callable[[Index], Index]) -> torch.Tensor:
-    """rfscope: the (H, W) mask of what element ``index`` sees (boxes clipped to the image); for a
-    periodic RF, of unit ``unit(index)`` (its spatial index)."""
-    m = torch.zeros(tuple(size), dtype=torch.bool)
-    if r.table is not None:
-        for box in r.table.boxes(tuple(index)):
-            sl = tuple(slice(max(lo, 0), max(hi + 1, 0)) for lo, hi in box)
-            m[sl] = True
-        return m
-    assert r.status == "exact", r
-    px = r.pixels(tuple(unit(index)))
-    rows = torch.zeros(size[0], dtype=torch.bool)
-    cols = torch.zeros(size[1], dtype=torch.bool)
-    rows[[p for p in px[0] if 0 <= p < size[0]]] = True
-    cols[[p for p in px[1] if 0 <= p < size[1]]] = True
-    return rows[:, None] & cols[None, :]
-
-
-def nchw(index: Index) -> Index:
-    return tuple(index[2:])
-
-
-def bbox(mask: torch.Tensor) -> tuple[tuple[int, int], ...] | None:
-    if not bool(mask.any()):
-        return None
-    out = []
-    for d in range(mask.dim()):
-        nz = mask.any(dim=tuple(a for a in range(mask.dim()) if a != d)).nonzero().flatten()
-        out.append((int(nz[0]), int(nz[-1])))
-    return tuple(out)
-
-
-def agree(r: RF, o: Oracle, y: torch.Tensor, indices: Sequence[Index], clip_free: bool = True,
-          unit: Callable[[Index], Index] = nchw, chan: int = 1) -> None:
-    """rfscope's boxes (their union) are exactly the oracle's support for every element in ``indices``
-    (a table: that element; a periodic RF: unit ``unit(index)``, against the oracle's sum over dim
-    ``chan``); ``clip_free``: nothing reaches outside the image, so ``window`` is the support's bounding box."""
-    size = tuple(o.x.shape[2:])
-    for idx in indices:
-        want = seen(o, y, idx, None if r.table is not None else chan)
-        got = claimed(r, idx, size, unit)
-        assert torch.equal(got, want), (idx, bbox(got), bbox(want), r.table.boxes(tuple(idx)) if r.table else r)
-        if clip_free:
-            w = r.window(tuple(idx)) if r.table is not None else r.window(tuple(unit(idx)))
-            assert w == bbox(want), idx
-
-
-def box_of(lo: Sequence[int], hi: Sequence[int]) -> tuple[tuple[int, int], ...]:
-    return tuple(zip(lo, hi, strict=True))
 
 
 # -- hand-written modules --------------------------------------------------------------------------
@@ -274,10 +205,6 @@ def test_window_attention_token_sees_its_window() -> None:
         assert r.window((w, t, 0)) == box_of((8 * i, 8 * j), (8 * i + 7, 8 * j + 7))
 
 
-def nhwc(index: Index) -> Index:
-    return tuple(index[1:3])
-
-
 REVERSE_GRID = [(0, i, j, c) for i, j, c in [(0, 0, 0), (3, 3, 1), (4, 3, 2), (7, 12, 7), (15, 15, 4), (9, 2, 0)]]
 
 
@@ -413,9 +340,9 @@ def test_space_to_depth_same_rf_as_pixel_unshuffle() -> None:
     ra, rb = a.rf("conv"), b.rf("conv")
     assert ra.status == rb.status == "exact"
     for p, q in [(0, 0), (1, 2), (3, 3)]:  # what unit (p, q) sees, clipped to the image (zero padding sees nothing)
-        assert torch.equal(claimed(ra, (0, 0, p, q), (16, 16), nchw), claimed(rb, (0, 0, p, q), (16, 16), nchw))
+        assert torch.equal(claimed(ra, (0, 0, p, q), (16, 16), (p, q)), claimed(rb, (0, 0, p, q), (16, 16), (p, q)))
         lo, hi = (max(4 * p - 4, 0), max(4 * q - 4, 0)), (min(4 * p + 7, 15), min(4 * q + 7, 15))
-        assert bbox(claimed(ra, (0, 0, p, q), (16, 16), nchw)) == box_of(lo, hi)
+        assert bbox(claimed(ra, (0, 0, p, q), (16, 16), (p, q))) == box_of(lo, hi)
 
 
 # -- token-axis Conv1d / AvgPool1d -----------------------------------------------------------------
