@@ -9,6 +9,14 @@ failed symbolic trace and export attempts included) are timed alternately in one
 ratio of medians is reported.  Targets: <= 2x on the export path, <= 3x for detectors.
 
     python benchmarks/export_cost.py [--reps 3] [--models raft_small,fasterrcnn_mobilenet_v3_large_fpn]
+    python benchmarks/export_cost.py --reps 1 --models detection,segmentation,video,optical_flow,monai
+
+``--models`` takes model names and torchvision family names (``detection``, ``segmentation``,
+``video``, ``optical_flow``: every model of the family, with benchmarks/zoo.py's inputs) and
+``monai`` (SwinUNETR 2-D and 3-D).  Each model's first ``analyze`` is the warm-up and gives the
+seconds per stage; the rows are written to ``--out`` as they come (a long run can be stopped).
+A model that symbolic_trace follows is timed against a bare symbolic_trace (the fallback is
+not involved; benchmarks/overhead.py is that comparison's own benchmark).
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from rfscope.trace.aten import plain_outputs
 
 #: name -> (builder, example inputs); detectors at 320 with their transform resizing to 320
 DETECTORS = ["fasterrcnn_mobilenet_v3_large_fpn", "retinanet_resnet50_fpn", "ssd300_vgg16", "maskrcnn_resnet50_fpn"]
-OTHERS = ["raft_small", "monai_swinunetr_2d"]
+OTHERS = ["raft_small", "monai_swinunetr_2d", "monai_swinunetr_3d"]
+FAMILIES = ("detection", "segmentation", "video", "optical_flow")
 #: ``toy_mask`` (--models toy_mask) is a few ms of tracing: its ratio is rfscope's fixed cost, not the fallback's
 MODELS = OTHERS + DETECTORS
 TARGET = {"torch.export": 2.0, "make_fx (specialised to the example input)": 3.0}
@@ -54,18 +63,56 @@ def build(name: str) -> tuple[torch.nn.Module, tuple[Any, ...]]:
         m = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, spatial_dims=2, depths=(1, 1, 1, 1),
                       num_heads=(1, 1, 1, 1))
         return m.eval(), (torch.rand(1, 1, 64, 64, generator=gen),)
+    if name == "monai_swinunetr_3d":  # as benchmarks/zoo.py builds it
+        from monai.networks.nets import SwinUNETR
+
+        m = SwinUNETR(in_channels=1, out_channels=2, feature_size=24)
+        return m.eval(), (torch.rand(1, 1, 96, 96, 96, generator=gen),)
     import torchvision
+
+    fam = _family(name)
+    if fam in ("segmentation", "video"):  # benchmarks/zoo.py's inputs
+        kw0: dict[str, Any] = {"weights": None}
+        if fam == "segmentation":
+            kw0["weights_backbone"] = None
+        shape = ((1, 3, 520, 520) if fam == "segmentation" else
+                 (1, 3, 16, 112, 112) if name.startswith(("r3d", "mc3", "r2plus1d")) else (1, 3, 16, 224, 224))
+        return torchvision.models.get_model(name, **kw0).eval(), (torch.rand(*shape, generator=gen),)
 
     kw: dict[str, Any] = {"weights": None}
     if name in DETECTORS:
         kw["weights_backbone"] = None
     m = torchvision.models.get_model(name, **kw).eval()
-    if name == "raft_small":
-        return m, (torch.rand(1, 3, 128, 128, generator=gen), torch.rand(1, 3, 128, 128, generator=gen))
+    if fam == "optical_flow":  # raft_small at 128 as before; zoo.py takes 224
+        s = 128 if name == "raft_small" else 224
+        return m, (torch.rand(1, 3, s, s, generator=gen), torch.rand(1, 3, s, s, generator=gen))
     t = m.transform
     size = int(t.fixed_size[0]) if getattr(t, "fixed_size", None) else 320
     t.min_size, t.max_size = (size,), size
     return m, (torch.rand(1, 3, size, size, generator=gen),)
+
+
+def _family(name: str) -> str:
+    """torchvision family of ``name`` (``classification`` for the top-level models)."""
+    import torchvision.models as tvm
+
+    parts = tvm.get_model_builder(name).__module__.split(".")
+    return parts[2] if len(parts) > 3 else "classification"
+
+
+def expand(models: str) -> list[str]:
+    """``--models``: names, torchvision family names and ``monai``."""
+    import torchvision.models as tvm
+
+    out: list[str] = []
+    for item in filter(None, models.split(",")):
+        if item in FAMILIES:
+            out.extend(sorted(tvm.list_models(module=getattr(tvm, item))))
+        elif item == "monai":
+            out.extend(["monai_swinunetr_2d", "monai_swinunetr_3d"])
+        else:
+            out.append(item)
+    return out
 
 
 def bare(path: str, m: torch.nn.Module, inputs: tuple[Any, ...]) -> Callable[[], Any]:
@@ -86,8 +133,8 @@ def bare(path: str, m: torch.nn.Module, inputs: tuple[Any, ...]) -> Callable[[],
 STAGES = ["trace_model", "propagate_shapes", "run_plugins", "count"]
 
 
-def stages(m: torch.nn.Module, inputs: tuple[Any, ...]) -> dict[str, float]:
-    """Seconds spent in each stage of one ``analyze`` (its module-level helpers, wrapped)."""
+def stages(m: torch.nn.Module, inputs: tuple[Any, ...]) -> tuple[dict[str, float], Any]:
+    """Seconds spent in each stage of one ``analyze`` (its module-level helpers, wrapped), and its report."""
     acc: dict[str, float] = dict.fromkeys(STAGES, 0.0)
     saved = {k: getattr(rfscope.pipeline, k) for k in STAGES}
 
@@ -103,11 +150,11 @@ def stages(m: torch.nn.Module, inputs: tuple[Any, ...]) -> dict[str, float]:
     try:
         for k, f in saved.items():
             setattr(rfscope.pipeline, k, wrap(k, f))
-        rfscope.analyze(m, example_inputs=inputs)
+        rep = rfscope.analyze(m, example_inputs=inputs)
     finally:
         for k, f in saved.items():
             setattr(rfscope.pipeline, k, f)
-    return acc
+    return acc, rep
 
 
 def main() -> None:
@@ -115,9 +162,11 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     a = ap.parse_args()
     rows = []
-    for name in a.models.split(","):
+    for name in expand(a.models):
         m, inputs = build(name)
-        rep = rfscope.analyze(m, example_inputs=inputs)
+        t0 = time.perf_counter()
+        st, rep = stages(m, inputs)  # the warm-up
+        first = time.perf_counter() - t0
         path = rep.trace_path
         def analyze(m: torch.nn.Module = m, x: tuple[Any, ...] = inputs) -> Any:
             return rfscope.analyze(m, example_inputs=x)
@@ -125,13 +174,13 @@ def main() -> None:
         t = interleave({"bare": bare(path, m, inputs), "analyze": analyze}, reps=a.reps)
         b, an = median(t["bare"]), median(t["analyze"])
         target = TARGET.get(path, 2.0)
-        st = stages(m, inputs)
         row = {"model": name, "path": path.split(" ")[0], "nodes": len(rep.records),
                "real_shapes": "shapes propagated on real tensors" in (rep.trace_fallback or ""),
                "bare_s": b, "analyze_s": an, "ratio": an / b, "target": target, "met": an / b <= target,
-               **{f"{k}_s": v for k, v in st.items()}}
+               "first_analyze_s": first, **{f"{k}_s": v for k, v in st.items()}}
         rows.append(row)
         print(table([row], list(row)).splitlines()[-1], flush=True)
+        write(a.out, {"benchmark": "export_cost", "targets": TARGET, "reps": a.reps, "rows": rows})
         del m, rep
     cols = ["model", "path", "real_shapes", "nodes", "bare_s", "analyze_s", "ratio", "target", "met"]
     print()
