@@ -682,6 +682,12 @@ def sliding_rule(geometry: Callable[[OpContext], Any], mixes_channels: bool) -> 
         pads = list(g.padding)
         if any(isinstance(x, str) for x in pads):
             raise Unsupported("string padding in a token layout")
+        if t.full and all(p < d * (k - 1) + 1 for p, k, d in zip(pads, g.kernel, g.dilation, strict=True)):
+            return Table.whole(ctx.out_shape, ctx.input_size)  # every window reads an element that sees it all
+        # batch and channels along which nothing varies: slide one of them (padding would copy them all)
+        free = [d for d in range(len(t.shape) - n) if t.shape[d] > 1 and _constant_along(t, [d])]
+        if free:
+            t = t.reduce(free, keepdim=True)
         groups = int(getattr(g, "groups", 1) or 1)
         mix = [len(t.shape) - n - 1] if mixes_channels else []
         if mixes_channels and groups > 1:
