@@ -92,6 +92,16 @@ def to_table(st: TensorRF, shape: Sequence[int], input_size: Sequence[int]) -> T
 
 
 def _boxes(st: TensorRF, shape: tuple[int, ...], input_size: Sequence[int], local: bool) -> Table:
+    tagged = [d for d, tag in enumerate(st.dims) if tag is not None]
+    sets = [_axes_of_tag(st.dims[d]) for d in tagged]
+    if len(tagged) > 1 and all(x == sets[0] for x in sets) and sets[0]:
+        # every positional dim indexes the same axes (attention logits q @ k^T: a query dim and a
+        # key dim): element (i, j) sees unit i's window and unit j's, one part each
+        parts = []
+        for d in tagged:
+            only = tuple(tag if e == d else None for e, tag in enumerate(st.dims))
+            parts.extend(_boxes(replace(st, dims=only), shape, input_size, local).parts)
+        return Table(tuple(parts), shape, len(st.axes))
     nd = len(shape)
     bounds = []
     for a, ax in enumerate(st.axes):
@@ -118,6 +128,14 @@ def _boxes(st: TensorRF, shape: tuple[int, ...], input_size: Sequence[int], loca
         # window the RF convention extends past the border) sees only what is inside, or nothing
         bounds.append((lo.clamp(min=0), hi.clamp(max=input_size[a] - 1)))  # broadcastable: encode expands
     return Table((Part.encode(bounds, shape),), shape, len(st.axes))
+
+
+def _axes_of_tag(tag: Any) -> frozenset[int]:
+    if isinstance(tag, int):
+        return frozenset((tag,))
+    if isinstance(tag, Merged):
+        return frozenset(t for t, _ in tag.parts if isinstance(t, int))
+    return frozenset()
 
 
 # -- table -> periodic ------------------------------------------------------------
