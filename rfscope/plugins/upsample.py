@@ -13,13 +13,14 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import local
-from rfscope.core.positions import index_rule
+from rfscope.core.positions import as_table, index_rule, table_rule
 from rfscope.core.registry import Registry
 from rfscope.core.state import TensorRF
 from rfscope.plugins.pool import adaptive
@@ -178,12 +179,35 @@ def _unshuffle_rf(ctx: OpContext) -> TensorRF:
 
 
 def _interp_table(ctx: OpContext) -> Any:
-    """Nearest-neighbour resizing only copies values: run it on the table; other modes blend."""
-    m: Any = ctx.module
-    mode = m.mode if m is not None else ctx.param("mode", "nearest")
-    if mode not in ("nearest", "nearest-exact"):
+    """Nearest-neighbour resizing only copies values: run it on the table; the linear family and
+    bicubic blend the input indices :func:`_taps` finds (each axis alone: the kernels are separable)."""
+    mode, *_ = _interp_params(ctx)
+    if mode in ("nearest", "nearest-exact"):
+        return index_rule(ctx)
+    if mode not in ("linear", "bilinear", "trilinear", "bicubic"):
         raise Unsupported(f"{mode} interpolation in a token layout")
-    return index_rule(ctx)
+    if ctx.param("antialias", False):
+        raise Unsupported("antialiased interpolation in a token layout")
+    return _blend_table(ctx)
+
+
+@table_rule(mixing=False)
+def _blend_table(ctx: OpContext) -> Any:
+    mode, sf, ac, rec = _interp_params(ctx)
+    t = as_table(ctx, ctx.state(0, "input"), ctx.arg(0, "input"))
+    x, out = ctx.in_shape(0), ctx.out_shape
+    free = [d for d in range(2) if x[d] > 1 and all(c.stride(d) == 0 for p in t.parts for c in p.cols)]
+    if free:  # batch / channels along which nothing varies: blend one of them
+        t = t.reduce(free, keepdim=True)
+    for i in range(len(x) - 2):
+        d = 2 + i
+        s_i = None if sf is None else float(sf[i] if isinstance(sf, (tuple, list)) else sf)
+        taps = _taps(mode, x[d], out[d], _scale(x[d], out[d], s_i, ac, rec), ac)
+        m = max(len(ts) for ts, _ in taps)
+        idx = torch.tensor([ts + [ts[0]] * (m - len(ts)) for ts, _ in taps], dtype=torch.int64).flatten()
+        t = t.apply(lambda c, d=d, idx=idx, m=m: c.index_select(d, idx).unflatten(d, (out[d], m)))
+        t = t.reduce([d + 1], keepdim=True).apply(lambda c, d=d: c.squeeze(d + 1))
+    return t.union(shape=out)
 
 
 def register(reg: Registry) -> None:

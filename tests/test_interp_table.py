@@ -1,0 +1,93 @@
+"""Bilinear / bicubic / linear resizing of a per-position table (CoaT's parallel blocks resize
+token grids between scales): each output element sees the union of what the input elements with
+a non-zero weight saw.  Checked element by element against the gradient oracle
+(``tests/oracle.py``); see docs/design.md §2b."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from oracle import Oracle
+
+import rfscope
+
+
+class Resize(nn.Module):
+    """4x4 patches of a 16x16 image, the grid rolled by one column (a table: column 0 sees the last
+    patch column), then resized."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__()
+        self.kw = kw
+        self.embed = nn.Conv2d(1, 3, 4, 4)
+        self.out = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.roll(self.embed(x), 1, dims=3)
+        return self.out(F.interpolate(g, **self.kw))
+
+
+CASES = [
+    dict(scale_factor=2, mode="bilinear", align_corners=False),
+    dict(scale_factor=2, mode="bilinear", align_corners=True),
+    dict(size=(7, 5), mode="bilinear", align_corners=False),
+    dict(size=(3, 2), mode="bilinear", align_corners=True),
+    dict(scale_factor=2, mode="bicubic", align_corners=False),
+    dict(size=(6, 9), mode="bicubic", align_corners=True),
+]
+
+
+@pytest.mark.parametrize("kw", CASES, ids=[str(i) for i in range(len(CASES))])
+def test_resized_table_matches_the_oracle(kw: dict[str, Any]) -> None:
+    model = Resize(**kw).eval()
+    shape = (1, 1, 16, 16)
+    rep = rfscope.analyze(model, input_shape=shape)
+    r = rep.rf("out")
+    assert r.table is not None, r
+    o = Oracle(model, shape, module="out")
+    y = o.out
+    h, w = y.shape[2:]
+    for i in range(h):
+        for j in range(w):
+            (g,) = torch.autograd.grad(y[0, 1, i, j], o.x, retain_graph=True)
+            want = g[0, 0].ne(0)
+            got = torch.zeros(16, 16, dtype=torch.bool)
+            for box in r.table.boxes((0, 1, i, j)):
+                got[tuple(slice(lo, hi + 1) for lo, hi in box)] = True
+            assert torch.equal(got, want), ((i, j), r.table.boxes((0, 1, i, j)))
+
+
+def test_linear_over_a_token_axis() -> None:
+    """``F.interpolate(mode="linear")`` over a row of 4 tokens (16x4-pixel strips) with a class token
+    in front: the class token sees nothing, so the outputs that blend only it see nothing either."""
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(1, 2, (16, 4), (16, 4))
+            self.out = nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.embed(x).flatten(2)  # (1, 2, 4)
+            t = torch.cat([torch.zeros(1, 2, 1), t], dim=2)  # (1, 2, 5)
+            return self.out(F.interpolate(t, size=13, mode="linear", align_corners=False))
+
+    model = M().eval()
+    shape = (1, 1, 16, 16)
+    r = rfscope.analyze(model, input_shape=shape).rf("out")
+    o = Oracle(model, shape, module="out")
+    assert r.table is not None, r
+    seen_any = False
+    for k in range(13):
+        (g,) = torch.autograd.grad(o.out[0, 0, k], o.x, retain_graph=True)
+        want = g[0, 0].ne(0)
+        got = torch.zeros(16, 16, dtype=torch.bool)
+        for box in r.table.boxes((0, 0, k)):
+            got[tuple(slice(lo, hi + 1) for lo, hi in box)] = True
+        assert torch.equal(got, want), (k, r.table.boxes((0, 0, k)))
+        seen_any = seen_any or not bool(want.any())
+    assert seen_any  # some outputs blend only the class token: they see nothing
