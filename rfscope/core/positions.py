@@ -97,7 +97,7 @@ def _boxes(st: TensorRF, shape: tuple[int, ...], input_size: Sequence[int], loca
     if len(tagged) > 1 and all(x == sets[0] for x in sets) and sets[0]:
         # every positional dim indexes the same axes (attention logits q @ k^T: a query dim and a
         # key dim): element (i, j) sees unit i's window and unit j's, one part each
-        parts = []
+        parts: list[Part] = []
         for d in tagged:
             only = tuple(tag if e == d else None for e, tag in enumerate(st.dims))
             parts.extend(_boxes(replace(st, dims=only), shape, input_size, local).parts)

@@ -205,8 +205,14 @@ def _blend_table(ctx: OpContext) -> Any:
         taps = _taps(mode, x[d], out[d], _scale(x[d], out[d], s_i, ac, rec), ac)
         m = max(len(ts) for ts, _ in taps)
         idx = torch.tensor([ts + [ts[0]] * (m - len(ts)) for ts, _ in taps], dtype=torch.int64).flatten()
-        t = t.apply(lambda c, d=d, idx=idx, m=m: c.index_select(d, idx).unflatten(d, (out[d], m)))
-        t = t.reduce([d + 1], keepdim=True).apply(lambda c, d=d: c.squeeze(d + 1))
+
+        def gather(c: torch.Tensor, d: int = d, idx: torch.Tensor = idx, m: int = m) -> torch.Tensor:
+            return c.index_select(d, idx).unflatten(d, (out[d], m))  # (..., n_out, taps, ...)
+
+        def drop(c: torch.Tensor, d: int = d) -> torch.Tensor:
+            return c.squeeze(d + 1)
+
+        t = t.apply(gather).reduce([d + 1], keepdim=True).apply(drop)
     return t.union(shape=out)
 
 
