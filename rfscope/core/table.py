@@ -333,6 +333,21 @@ class Table:
         shape = parts[0].shape
         return Table(_simplify(parts), shape, self.n_axes, full=self.full)
 
+    def pick(self, dim: int, members: torch.Tensor) -> Table:
+        """Along ``dim`` (non-negative), output index ``o`` sees the union of what input indices
+        ``members[o]`` saw (an ``(n_out, m)`` index tensor; a short row repeats a member).  Resizing
+        and adaptive pooling, one axis at a time."""
+        n_out, m = members.shape
+        flat = members.flatten()
+        t = self.apply(lambda c: c.index_select(dim, flat).unflatten(dim, (n_out, m)))
+        return t.reduce([dim + 1], keepdim=True).apply(lambda c: c.squeeze(dim + 1))  # type: ignore[no-any-return]
+
+    def narrowed_where_constant(self, dims: Sequence[int]) -> Table:
+        """Narrowed to size 1 along those of ``dims`` where nothing varies (batch, channels of a
+        token): an op then reads one of them, not all; broadcast the result back."""
+        free = [d for d in dims if self.shape[d] > 1 and all(c.stride(d) == 0 for p in self.parts for c in p.cols)]
+        return self.reduce(free, keepdim=True) if free else self
+
     def sliding(self, n_dims: int, k: Sequence[int], s: Sequence[int], p: Sequence[int], d: Sequence[int],
                 mix: Sequence[int] = (), mode: str = "constant") -> Table:
         """A conv or pool over the last ``n_dims`` dims (kernel, stride, padding, dilation per dim),

@@ -7,6 +7,7 @@ from functools import partial
 from math import gcd
 from typing import Any, Literal
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -14,7 +15,7 @@ from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.geometry import Geometry
 from rfscope.core.ops import as_tuple, local, reduce_dims
-from rfscope.core.positions import sliding_rule
+from rfscope.core.positions import as_table, sliding_rule, table_rule
 from rfscope.core.registry import Registry
 from rfscope.core.traits import CHANNELWISE
 
@@ -103,8 +104,7 @@ def adaptive(a: rf.Axis, n_in: int, n_out: int) -> rf.Axis:
 def _adaptive_rf(ctx: OpContext) -> Any:
     x = ctx.in_shape(0)
     out = ctx.out[0] if isinstance(ctx.out, (tuple, list)) else ctx.out
-    m = ctx.module  # a subclass that keeps forward gets this plugin too: match through the MRO
-    n = next(v for c, v in _ADA.items() if isinstance(m, c)) if m is not None else _F_ADA[ctx.node.target]
+    n = _pooled_dims(ctx)
     st = ctx.first
     out_shape = tuple(out.shape)
     fns = {}
@@ -136,17 +136,32 @@ def _adaptive_macs(ctx: OpContext) -> int:
     return total
 
 
+@table_rule(mixing=True)
 def _adaptive_table(ctx: OpContext) -> Any:
-    """Adaptive pooling of a table: exact when each output reads an equal, disjoint block."""
-    ins, outs = ctx.in_shape(0), ctx.out_shape
-    n = len(outs) - (len(ins) - len(outs)) if len(outs) != len(ins) else None
-    k = []
-    for i, o in zip(ins[2:] if n is None else ins[-len(outs) + 1:], outs[2:], strict=False):
-        if o == 0 or i % o:
-            raise Unsupported("adaptive pooling to a size that does not divide the input, in a token layout")
-        k.append(i // o)
-    g = Geometry("pool", tuple(k), tuple(k), tuple(0 for _ in k), tuple(1 for _ in k))
-    return sliding_rule(lambda _c: g, False)(ctx)
+    """Adaptive pooling of a table: output ``i`` of ``o`` along an input dim of ``n`` pools indices
+    ``floor(i n / o)`` to ``ceil((i + 1) n / o) - 1`` (PyTorch's windows), overlapping or not."""
+    ins = ctx.in_shape(0)
+    outs = tuple((ctx.out[0] if isinstance(ctx.out, (tuple, list)) else ctx.out).shape)
+    t = as_table(ctx, ctx.state(0, "input"), ctx.arg(0, "input"))
+    k = _pooled_dims(ctx)
+    t = t.narrowed_where_constant(range(len(ins) - k))
+    for d in range(len(ins) - k, len(ins)):
+        n, o = ins[d], outs[d]
+        if o == 0:
+            raise Unsupported("adaptive pooling to size 0")
+        rows = []
+        for i in range(o):
+            lo, hi = (i * n) // o, -((-(i + 1) * n) // o)
+            rows.append(list(range(lo, hi)))
+        m = max(len(r) for r in rows)
+        t = t.pick(d, torch.tensor([r + [r[0]] * (m - len(r)) for r in rows], dtype=torch.int64))
+    t = t.union(shape=outs)
+    return (t, t) if isinstance(ctx.out, (tuple, list)) else t
+
+
+def _pooled_dims(ctx: OpContext) -> int:
+    m = ctx.module  # a subclass that keeps forward gets this plugin too: match through the MRO
+    return next(v for c, v in _ADA.items() if isinstance(m, c)) if m is not None else _F_ADA[ctx.node.target]
 
 
 def register(reg: Registry) -> None:

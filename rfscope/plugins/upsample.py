@@ -196,23 +196,13 @@ def _blend_table(ctx: OpContext) -> Any:
     mode, sf, ac, rec = _interp_params(ctx)
     t = as_table(ctx, ctx.state(0, "input"), ctx.arg(0, "input"))
     x, out = ctx.in_shape(0), ctx.out_shape
-    free = [d for d in range(2) if x[d] > 1 and all(c.stride(d) == 0 for p in t.parts for c in p.cols)]
-    if free:  # batch / channels along which nothing varies: blend one of them
-        t = t.reduce(free, keepdim=True)
+    t = t.narrowed_where_constant(range(2))
     for i in range(len(x) - 2):
         d = 2 + i
         s_i = None if sf is None else float(sf[i] if isinstance(sf, (tuple, list)) else sf)
         taps = _taps(mode, x[d], out[d], _scale(x[d], out[d], s_i, ac, rec), ac)
         m = max(len(ts) for ts, _ in taps)
-        idx = torch.tensor([ts + [ts[0]] * (m - len(ts)) for ts, _ in taps], dtype=torch.int64).flatten()
-
-        def gather(c: torch.Tensor, d: int = d, idx: torch.Tensor = idx, m: int = m) -> torch.Tensor:
-            return c.index_select(d, idx).unflatten(d, (out[d], m))  # (..., n_out, taps, ...)
-
-        def drop(c: torch.Tensor, d: int = d) -> torch.Tensor:
-            return c.squeeze(d + 1)
-
-        t = t.apply(gather).reduce([d + 1], keepdim=True).apply(drop)
+        t = t.pick(d, torch.tensor([ts + [ts[0]] * (m - len(ts)) for ts, _ in taps], dtype=torch.int64))
     return t.union(shape=out)
 
 
