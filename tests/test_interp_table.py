@@ -1,6 +1,7 @@
 """Bilinear / bicubic / linear resizing and adaptive pooling of a per-position table (CoaT's
-parallel blocks resize token grids between scales; CSATv2 pools them to sizes that do not divide):
-each output element sees the union of what the input elements with a non-zero weight saw.  Checked element by element against the gradient oracle
+parallel blocks resize token grids between scales; CSATv2 pools them to sizes that do not
+divide): each output element sees the union of what the input elements with a non-zero weight
+saw.  Checked element by element against the gradient oracle
 (``tests/oracle.py``); see docs/design.md §2b."""
 
 from __future__ import annotations

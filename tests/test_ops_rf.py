@@ -276,9 +276,19 @@ def test_upsample_align_corners_stride() -> None:
 def test_float_rounding_breaks_periodicity_unknown_not_a_guess() -> None:
     # 46 -> 115 with align_corners: stride 45/114 = 15/38, but in float32 o*scale is 0.0 at o=0 and
     # 15.000001 at o=38 (which also reads input 16, with a tiny weight): no periodic map fits every unit.
+    # No periodic RF: the per-position table states each row's window, which must be what PyTorch's
+    # float32 kernel reads (rows with a non-zero weight, found by resizing each input row alone).
     up = nn.Upsample(scale_factor=(2.5, 2.0), mode="bilinear", align_corners=True)
     r = rfscope.analyze(up, input_shape=(1, 1, 46, 8)).rf("output")
-    assert r.status == "unknown" and "periodic" in (r.reason or "")
+    assert r.status == "unknown" or r.table is not None, r
+    if r.table is None:
+        return
+    eye = torch.eye(46).view(46, 1, 46, 1).expand(46, 1, 46, 8).contiguous()
+    reads = up(eye)[:, 0, :, 0].ne(0)  # (input row, output row)
+    assert bool(reads[16, 38])  # the tiny weight the comment above is about
+    for o in range(115):
+        rows = reads[:, o].nonzero().flatten().tolist()
+        assert r.window((0, 0, o, 0))[0] == (min(rows), max(rows)), o
 
 
 class Attention(nn.Module):
