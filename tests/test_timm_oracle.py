@@ -21,7 +21,7 @@ cancels and the oracle sees less than the model does).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -279,7 +279,9 @@ class Case:
 
 
 @pytest.fixture(scope="module")
-def cases() -> Callable[[str], Case]:
+def cases() -> Iterator[Callable[[str], Case]]:
+    """Each model built, analysed and run by the oracle once.  One intra-op thread: the tensors are tiny, and
+    on a loaded 2-core machine idle worker threads spinning cost more CPU than they save."""
     cache: dict[str, Case] = {}
 
     def get(key: str) -> Case:
@@ -287,7 +289,12 @@ def cases() -> Callable[[str], Case]:
             cache[key] = Case(key)
         return cache[key]
 
-    return get
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield get
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("key,node,what,local", _params())
