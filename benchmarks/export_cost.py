@@ -80,7 +80,7 @@ def build(name: str) -> tuple[torch.nn.Module, tuple[Any, ...]]:
         return torchvision.models.get_model(name, **kw0).eval(), (torch.rand(*shape, generator=gen),)
 
     kw: dict[str, Any] = {"weights": None}
-    if name in DETECTORS:
+    if fam == "detection":  # no download
         kw["weights_backbone"] = None
     m = torchvision.models.get_model(name, **kw).eval()
     if fam == "optical_flow":  # raft_small at 128 as before; zoo.py takes 224
