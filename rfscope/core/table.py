@@ -323,13 +323,16 @@ class Table:
             return out
         try:  # the union distributes over parts: each part alone, when each stays a union of boxes
             parts = [q for p in self.parts for q in _reduce_part(p, dims, keepdim)]
-        except TableError:
+        except TableError as alone:
             if len(self.parts) == 1:
                 raise
             # parts that only make boxes together (one was merged into another where it could be)
             both = _stacked(self.parts)
             drop = [0] if keepdim else [0, *(d + 1 for d in dims)]
-            parts = _reduce_part(both, [0, *(d + 1 for d in dims)], keepdim=False, squeeze=drop)
+            try:
+                parts = _reduce_part(both, [0, *(d + 1 for d in dims)], keepdim=False, squeeze=drop)
+            except TableError as together:
+                raise TableError(f"{alone} ({together})") from None
         shape = parts[0].shape
         return Table(_simplify(parts), shape, self.n_axes, full=self.full)
 

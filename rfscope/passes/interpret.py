@@ -26,10 +26,10 @@ from rfscope.core.geometry import Geometry
 from rfscope.core.registry import Method, Plugin, PluginError, Registry, node_target_name
 from rfscope.core.result import RF
 from rfscope.core.state import CONST, Const, TensorRF, input_rf, unknown
+from rfscope.passes.inplace import UNKNOWN_META, follow_writes
 
 #: ``node.meta`` key: a reason string set by the shape pass on nodes whose values depend on data
 #: (after ``nonzero``, a boolean mask, ``.item()``...); the interpreter makes them ``unknown`` with it.
-UNKNOWN_META = "rfscope_unknown"
 
 __all__ = ["UNKNOWN_META", "NodeRecord", "run_plugins", "build_graph", "StrictError", "record_fields", "has_rf"]
 
@@ -161,6 +161,7 @@ def run_plugins(
     a placeholder past them (an argument left to its default) is a constant.  Without it, a float
     input of 3 dims or more is ``(N, C, *spatial)`` and anything else a constant.
     """
+    follow_writes(gm)  # reads after an in-place write see it (ATen graphs from torch.export)
     records: dict[str, NodeRecord] = {}
     states: dict[fx.Node, Any] = {}
     unsupported: dict[str, None] = {}

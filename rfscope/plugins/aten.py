@@ -272,6 +272,13 @@ def _expand(a: Args) -> Call:
     return Call(Method("expand"), ["self", "size"])
 
 
+def _copy(a: Args) -> Call:
+    """``copy(dst, src)`` and ``copy_``: ``src``'s values broadcast to ``dst``'s shape (every element
+    is overwritten; MViTv2's ``attn[:, :, k:, k:] = ...`` traced by ``torch.export``).  Who reads
+    ``dst`` afterwards: :mod:`rfscope.passes.inplace`."""
+    return Call(Method("expand"), ["src", Lit(tuple(a.ctx.out_shape))])
+
+
 def _einsum(a: Args) -> Call:
     return Call(torch.einsum, ["equation", "tensors"])
 
@@ -601,6 +608,7 @@ def register(reg: Registry) -> None:
                                  "_reshape_copy"]), _reshape)
     d("aten_flatten", overloads(["flatten"]), _reshape, {FLATTEN})
     d("aten_expand", overloads(["expand", "expand_copy"]), _expand)
+    d("aten_copy_into", [aten.copy.default, aten.copy_.default], _copy)
     d("aten_expand_as", overloads(["expand_as"]), _expand_as)
     d("aten_einsum", overloads(["einsum"]), _einsum)
     d("aten_permute", overloads(["permute", "permute_copy"]), _permute)
