@@ -31,6 +31,7 @@ from rfscope.trace.strategy import (
     tests_tensor_types,
     trace_model,
 )
+from rfscope.trace.symbolic import FIRST_OUTPUTS
 
 __all__ = ["analyze", "AnalysisInputError", "check_init", "Layout", "parse_layout", "infer_layout"]
 
@@ -561,6 +562,9 @@ def analyze(
             modules.setdefault(str(n.target), n.name)
     for key, name in containers.items():  # a call with no tensor-valued node: its tuple-producing node
         modules.setdefault(key, name)
+    for key, name in gm.meta.get(FIRST_OUTPUTS, {}).items():  # a call that returns a tuple: its first tensor
+        if name in records and isinstance(records[name].state, TensorRF):
+            modules[key] = name
     graph = build_graph(records)
     warnings, check_errors = diagnose(records, graph, input_size)
     report = Report(tuple(shape), records, modules, graph, gm, count(records, gm, copy), unsupported,

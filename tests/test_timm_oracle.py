@@ -149,11 +149,7 @@ NODES: list[tuple[str, ...]] = [
     ("tnt", "blocks.0.proj", "pixel tokens reshaped back into patch tokens"),
     ("tnt", "pos_drop", "class token cat"),
     ("tnt", "blocks.0.attn_out", "outer attention: global"),
-    ("tnt", "blocks.0", "a module returning (pixel_embed, patch_embed)", XFAIL, (
-        "tnt_s_patch16_224(img_size=64, depth=1): rep.rf('blocks.0') resolves to node add_6, the block's SECOND "
-        "output (patch_embed, global); the module's first output, pixel_embed (what the oracle's hook and "
-        "Report.rf's docstring take), sees only its 16x16 patch: element (0, 0, 0) oracle bbox (0..15, 0..15); "
-        "minimal: test_module_returning_a_tuple_is_its_first_output")),
+    ("tnt", "blocks.0", "a module returning (pixel_embed, patch_embed): its first output"),
     ("volo", "patch_embed", "conv stem + patch projection"),
     ("volo", "network.0.0.attn", "outlook attention: F.unfold, per-window weights, F.fold"),
     ("volo", "network.0", "outlooker stage"),
@@ -450,8 +446,6 @@ class _TupleOut(nn.Module):
         return a + b
 
 
-@pytest.mark.xfail(strict=True, reason="rep.rf('two') resolves to the node of the module's LAST output (expand_as, "
-                   "global); its first output (what Report.rf's docstring says a tuple gives) sees a 3x3 window")
 def test_module_returning_a_tuple_is_its_first_output() -> None:
     model = _TupleOut().eval()
     rep = rfscope.analyze(model, input_shape=(1, 3, 16, 16))

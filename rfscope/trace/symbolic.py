@@ -58,13 +58,24 @@ class RFTracer(fx.Tracer):
         self.registry = registry
         self.leaf_paths = set(leaf_modules)
         self._thread = threading.get_ident()
+        #: module path -> node of the first tensor it returns, for calls that return a tuple, list or
+        #: dict (the module's "output" in a report; otherwise its last node inside the call stands for it)
+        self.first_outputs: dict[str, str] = {}
 
     # While tracing, fx patches nn.Module.__call__/__getattr__ for every thread: another thread's
     # module calls and attribute reads reach this tracer, which hands them straight back.
     def call_module(self, m: torch.nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if threading.get_ident() != self._thread:
             return forward(*args, **kwargs)
-        return super().call_module(m, forward, args, kwargs)
+        out = super().call_module(m, forward, args, kwargs)
+        if isinstance(out, (tuple, list, dict)):
+            leaves = [x for x in torch.utils._pytree.tree_leaves(out) if isinstance(x, fx.Proxy)]
+            if leaves:
+                try:
+                    self.first_outputs.setdefault(self.path_of_module(m), leaves[0].node.name)
+                except NameError:  # a module that is not a submodule of the root
+                    pass
+        return out
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         if threading.get_ident() != self._thread:
@@ -95,11 +106,15 @@ def trace(
         err.module = next(reversed(tracer.module_stack.values()))[0] if tracer.module_stack else None
         raise err from e
     gm = _graph_module(tracer.root, graph, type(model).__name__)
+    if tracer.first_outputs:
+        gm.meta[FIRST_OUTPUTS] = dict(tracer.first_outputs)
     if tests.seen:
         gm.meta[TYPE_TESTS] = tests.seen
     return gm
 
 
+#: ``GraphModule.meta`` key: module path -> node of the first tensor a call returns (tuple outputs)
+FIRST_OUTPUTS = "rfscope_first_outputs"
 #: ``GraphModule.meta`` key: where the forward tested the type of a traced value (see :class:`_TypeTests`)
 TYPE_TESTS = "rfscope_type_tests"
 
