@@ -240,9 +240,10 @@ NODES: list[tuple[str, ...]] = [
     ("mvitv2", "patch_embed", "patch embed 7x7, stride 4"),
     ("mvitv2", "stages.0", "pooling attention", XFAIL, (
         "MultiScaleVit(MultiScaleVitCfg(depths=(1,1,1,1), embed_dim=32, num_heads=1), img_size=(64,64)): "
-        "stages.0 and everything after is 'unknown': aten.copy_.default: no rule for per-position (token "
-        "layout) inputs: the relative position bias is added in place, attn[:, :, 1:, 1:] = attn[:, :, 1:, 1:] + "
-        "bias (aten.copy_; a hand-written model with a class token: aten.slice_scatter, same reason)")),
+        "stages.0 and everything after is 'unknown': the keys are pooled with a 3x3 conv of stride 4 (pool_kv), "
+        "so pixels between their windows are seen by no key, and a query's attention sees its own token's box "
+        "plus a union with holes: not a union of a few boxes (the in-place relative-position bias, aten.copy_, "
+        "is followed since 5b558d6)")),
 ]
 
 
@@ -299,7 +300,7 @@ def test_node_against_the_oracle(key: str, node: str, what: str, local: bool, ca
     check_node(c.rep, c.oracle(local), node, n=6, local=local)
 
 
-@pytest.mark.parametrize("key", [pytest.param(k, marks=_xfail("aten.copy_ (see mvitv2:stages.0)"))
+@pytest.mark.parametrize("key", [pytest.param(k, marks=_xfail("pooled keys leave holes (see mvitv2:stages.0)"))
                                  if k == "mvitv2" else k for k in MODELS])
 def test_no_unknown_node_and_global_output(key: str, cases: Callable[[str], Case]) -> None:
     rep = cases(key).rep
