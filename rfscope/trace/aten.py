@@ -246,6 +246,8 @@ def trace_make_fx(model: torch.nn.Module, example_inputs: Sequence[Any], functio
         if not functional and _aliasing_hazard(gm):
             calls.clear()
             gm = _functional_make_fx(cp, inputs, opts)
+        elif not functional:
+            _drop_unread_constant_updates(gm)
     # the real values traced with, for a shape pass that needs them (rfscope.trace.datadep.real_pass)
     gm.meta[REAL_ATTRS] = _real_attrs(gm)
     gm.meta[REAL_INPUTS] = inputs
