@@ -345,6 +345,46 @@ class Table:
         t = self.apply(lambda c: c.index_select(dim, flat).unflatten(dim, (n_out, m)))
         return t.reduce([dim + 1], keepdim=True).apply(lambda c: c.squeeze(dim + 1))  # type: ignore[no-any-return]
 
+    def prefix(self, dim: int) -> Table:
+        """Index ``t`` along ``dim`` (non-negative) sees the union of what ``0..t`` saw (a causal
+        recurrence); raises :class:`TableError` where that union is not a box.  Each step's box
+        must join the box of the steps before it: contain it, lie in it, or extend it along one axis."""
+        parts = []
+        for p in self.parts:
+            b = p.bounds()
+            cum = [(lo.expand(p.shape).cummin(dim).values, hi.expand(p.shape).cummax(dim).values) for lo, hi in b]
+            n = p.shape[dim]
+            if n > 1:
+                prev = [(lo.narrow(dim, 0, n - 1), hi.narrow(dim, 0, n - 1)) for lo, hi in cum]
+                step = [(lo.expand(p.shape).narrow(dim, 1, n - 1), hi.expand(p.shape).narrow(dim, 1, n - 1))
+                        for lo, hi in b]
+                empty = torch.zeros((), dtype=torch.bool)
+                for (pl, ph), (sl, sh) in zip(prev, step, strict=True):
+                    empty = empty | (pl > ph) | (sl > sh)
+                inside = torch.ones((), dtype=torch.bool)
+                holds = torch.ones((), dtype=torch.bool)
+                differ = torch.zeros((), dtype=torch.int64)
+                touch = torch.ones((), dtype=torch.bool)
+                for (pl, ph), (sl, sh) in zip(prev, step, strict=True):
+                    inside = inside & (pl <= sl) & (sh <= ph)
+                    holds = holds & (sl <= pl) & (ph <= sh)
+                    same = (pl == sl) & (ph == sh)
+                    differ = differ + (~same).long()
+                    touch = touch & (same | ((sl <= ph + 1) & (pl <= sh + 1)))
+                if not bool((empty | inside | holds | ((differ <= 1) & touch)).all()):
+                    raise TableError("the steps up to t do not form one box (a recurrence across the rows of a "
+                                     "flattened grid)")
+            parts.append(Part.encode(cum, p.shape))
+        return Table(_simplify(parts), self.shape, self.n_axes)
+
+    def where_dim(self, dim: int, keep: torch.Tensor) -> Table:
+        """The table where index ``i`` of ``dim`` has ``keep[i]``, and sees nothing elsewhere (a
+        bidirectional RNN's forward features)."""
+        view = [1] * len(self.shape)
+        view[dim] = len(keep)
+        k = keep.view(view)
+        return self.apply(lambda c: torch.where(k, c, 0))  # type: ignore[no-any-return]
+
     def narrowed_where_constant(self, dims: Sequence[int]) -> Table:
         """Narrowed to size 1 along those of ``dims`` where nothing varies (batch, channels of a
         token): an op then reads one of them, not all; broadcast the result back."""

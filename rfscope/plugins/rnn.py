@@ -5,9 +5,10 @@ positions:
 
 * a *bidirectional* layer's output step sees every step: ``global`` along that axis (no local
   RF: every path to another step goes through the recurrence);
-* a *unidirectional* one's step ``t`` sees steps ``[0, t]`` (the reverse: ``[t, L-1]``), a window
-  that grows with ``t``: neither a periodic RF nor the whole axis, so ``unknown`` with the reason
-  "causal recurrence: step t sees [0, t]";
+* a *unidirectional* one's step ``t`` sees steps ``[0, t]``, a window that grows with ``t``:
+  not a periodic RF, so the periodic rule says ``unknown`` and the per-position rule
+  (:func:`_rnn_table`) states each step's window exactly (the union of the boxes of steps
+  ``0..t``, checked to be a box);
 * the final states ``h_n`` (and ``c_n``) summarise the whole sequence in any direction: ``global``.
 
 Features are mixed (an input feature dim tagged positional becomes ``global``); the batch dim
@@ -26,6 +27,7 @@ import torch.nn as nn
 
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import axes_of
+from rfscope.core.positions import as_table, table_rule
 from rfscope.core.registry import Registry
 from rfscope.core.state import DimTag, TensorRF, make_global, unknown
 
@@ -71,6 +73,39 @@ def _rnn_rf(ctx: OpContext) -> tuple[Any, Any]:
     return out, final
 
 
+@table_rule(mixing=True)
+def _rnn_table(ctx: OpContext) -> Any:
+    """Per position: step ``t`` sees steps ``0..t`` (unidirectional) or every step (bidirectional),
+    each step all features; the final states see every step of their sample."""
+    m = _module(ctx)
+    x = ctx.state(0, "input")
+    v = ctx.arg(0, "input")
+    if not isinstance(x, TensorRF) or not isinstance(v, torch.Tensor):
+        raise Unsupported("recurrent layer over a PackedSequence or a constant")
+    hx = ctx.state(1, "hx")
+    if any(isinstance(h, TensorRF) for h in (hx if isinstance(hx, tuple) else (hx,))):
+        raise Unsupported("recurrent layer with an initial state that depends on the input")
+    t = as_table(ctx, x, v)
+    batched = v.dim() == 3
+    t_dim = 1 if (m.batch_first and batched) else 0
+    f_dim = v.dim() - 1
+    t = t.reduce([f_dim], keepdim=True)
+    out_shape = tuple(ctx.out[0].shape)
+    out = t.prefix(t_dim).union(shape=out_shape)
+    if m.bidirectional:  # features H.. run backwards: step t sees t..L-1 there
+        back = t.apply(lambda c: c.flip(t_dim)).prefix(t_dim).apply(lambda c: c.flip(t_dim))
+        h = out_shape[-1] // 2
+        fwd_only = torch.arange(out_shape[-1]) < h
+        out = out.where_dim(f_dim, fwd_only).union(back.union(shape=out_shape).where_dim(f_dim, ~fwd_only))
+    whole = t.reduce([t_dim], keepdim=True)  # (B, 1, 1), (1, B, 1) or (1, 1): per sample
+
+    fin = whole.apply(lambda c: c.reshape(1, -1, 1) if batched else c.reshape(1, 1))  # (layers x D, B, H)
+    finals = ctx.out[1]
+    if isinstance(finals, tuple):  # LSTM: (h_n, c_n)
+        return out, tuple(fin.union(shape=tuple(f.shape)) for f in finals)
+    return out, fin.union(shape=tuple(finals.shape))
+
+
 def _rnn_macs(ctx: OpContext) -> int:
     m = _module(ctx)
     v = ctx.arg(0, "input")
@@ -92,4 +127,4 @@ def _rnn_macs(ctx: OpContext) -> int:
 
 
 def register(reg: Registry) -> None:
-    reg.add("rnn", (nn.LSTM, nn.GRU, nn.RNN), rf=_rnn_rf, macs=_rnn_macs)
+    reg.add("rnn", (nn.LSTM, nn.GRU, nn.RNN), rf=_rnn_rf, macs=_rnn_macs, table=_rnn_table)
