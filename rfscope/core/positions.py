@@ -139,32 +139,41 @@ def _axes_of_tag(tag: Any) -> frozenset[int]:
 
 
 # -- table -> periodic ------------------------------------------------------------
-def _period(lo: list[int], hi: list[int]) -> Axis | None:
+def _period(lo: torch.Tensor, hi: torch.Tensor) -> Axis | None:
     """The smallest periodic axis that reproduces the windows ``[lo[i], hi[i]]`` (seen twice at least,
     period at most :data:`rfscope.core.rf.MAX_PERIOD`); ``lo > hi`` is an empty window."""
     n = len(lo)
     if n == 1:
-        w = Window(lo[0], (1 << (hi[0] - lo[0] + 1)) - 1) if hi[0] >= lo[0] else Window(0, 0)
-        return Axis(1, 0, (w,))
-    tlo, thi = torch.tensor(lo), torch.tensor(hi)
+        a, b = int(lo[0]), int(hi[0])
+        return Axis(1, 0, (Window(a, (1 << (b - a + 1)) - 1) if b >= a else Window(0, 0),))
+    tlo, thi = lo, hi
     empty = tlo > thi
     width = torch.where(empty, -1, thi - tlo)
-    for d in range(1, min(n // 2, MAX_PERIOD) + 1):
-        if int(width[d]) != int(width[0]):
+    top = min(n // 2, MAX_PERIOD)
+    cands = (width[1:top + 1] == width[0]).nonzero().flatten() + 1
+    change = ((tlo[1:] != tlo[:-1]) | (thi[1:] != thi[:-1])).nonzero().flatten() + 1
+    if len(change):  # a period d moves the first change c to c + d: another change
+        later = change - change[0]
+        mask = torch.zeros(top + 1, dtype=torch.bool)
+        mask[later[later <= top]] = True
+        cands = cands[mask[cands]]
+
+    def shift(d: int, m: int) -> int | None:
+        """The shift per period when the first ``m`` windows repeat ``d`` later, else ``None``."""
+        if not bool((width[d:d + m] == width[:m]).all()):
+            return None
+        step = torch.where(empty[d:d + m], 0, tlo[d:d + m] - tlo[:m])
+        live = ~empty[d:d + m]
+        k = int(step[live][0]) if bool(live.any()) else 0
+        return k if bool((step[live] == k).all()) else None
+
+    for d in cands.tolist():
+        k = shift(d, min(n - d, 2 * d + 16))  # a short prefix first: most candidates fail there
+        if k is None or shift(d, n - d) != k:
             continue
-        same_shape = bool((width[d:] == width[:-d]).all())
-        if not same_shape:
-            continue
-        shift = torch.where(empty[d:], 0, tlo[d:] - tlo[:-d])
-        live = ~empty[d:]
-        if bool(live.any()):
-            k = int(shift[live][0])
-            if not bool((shift[live] == k).all()):
-                continue
-        else:
-            k = 0
-        wins = tuple(Window(lo[i], (1 << (hi[i] - lo[i] + 1)) - 1) if hi[i] >= lo[i] else Window(0, 0)
-                     for i in range(d))
+        los, his = tlo[:d].tolist(), thi[:d].tolist()
+        wins = tuple(Window(a, (1 << (b - a + 1)) - 1) if b >= a else Window(0, 0)
+                     for a, b in zip(los, his, strict=True))
         return Axis(d, k, wins)
     return None
 
@@ -217,13 +226,13 @@ def _find_periodic(t: Table, ndim: int) -> TensorRF | None:
         if var:
             d = var[0]
             idx = tuple(slice(None) if i == d else 0 for i in range(ndim))
-            ax = _period(lo[idx].tolist(), hi[idx].tolist())
+            ax = _period(lo[idx].contiguous(), hi[idx].contiguous())
             if ax is None:
                 return None
             tags[d] = a
         else:
             first = tuple(0 for _ in range(ndim))
-            ax = _period([int(lo[first])], [int(hi[first])])
+            ax = _period(lo[first].reshape(1), hi[first].reshape(1))
         assert ax is not None
         axes.append(ax)
     if bool(p.empty().any()):
