@@ -170,13 +170,6 @@ TV_SWIN_SHIFTED = (
     "see the whole rolled window (rows 0..15 and 48..63 x the same cols, 1024 px): the -100 additive mask "
     "leaves weights of ~exp(-100); the torchvision plugin drops them by design (README 'Swin Transformer', "
     "tests/test_swin.py), the per-position table path keeps them")
-MONAI_SWINUNETR_UNKNOWN = (
-    "monai SwinUNETR(in_channels=3, out_channels=2, feature_size=12, spatial_dims=2, depths=(2,1,1,1), "
-    "num_heads=(1,1,1,1), window_size=4, patch_size=2) at 64x64: 57 unknown nodes from decoder5.transp_conv.conv "
-    "on (and the output): \"aten.conv_transpose2d.input: plugin 'conv_transpose' has no per-position rule\" "
-    "(its input is a Swin stage's output, whose RF is a per-position table); minimal: "
-    "test_conv_transpose_on_a_table_is_unknown")
-
 #: (model, node): every node checked against the oracle; the third entry: why it is an xfail
 NODES: list[tuple[str, str] | tuple[str, str, str]] = [
     *[(k, n) for k, (tok, blk, _) in VIT.items() for n in (tok, blk)],
@@ -311,46 +304,48 @@ def _probe(grid: int) -> list[tuple[int, int]]:
 
 
 # -- (a) no unknown node ------------------------------------------------------------------------------
-@pytest.mark.parametrize("key", [pytest.param(k, marks=_xfail(MONAI_SWINUNETR_UNKNOWN)) if k == "monai_swinunetr"
-                                 else k for k in MODELS])
+@pytest.mark.parametrize("key", MODELS)
 def test_no_unknown_node(key: str, cases: Callable[[str], Case]) -> None:
     rep = cases(key).rep
     assert [n for n, r in rep.records.items() if r.rf is not None and r.rf.status == "unknown"] == []
 
 
 def test_monai_swinunetr_encoder_has_no_unknown_node(cases: Callable[[str], Case]) -> None:
-    """The unknown nodes of SwinUNETR are all in its decoder (transposed convs), none in the Swin encoder."""
+    """No unknown node in SwinUNETR's Swin encoder (its decoder's transposed convs read per-position tables:
+    see test_conv_transpose_on_a_table_matches_the_oracle)."""
     rep = cases("monai_swinunetr").rep
     unknown = [n for n, r in rep.records.items() if r.rf is not None and r.rf.status == "unknown"]
     mods = {str(getattr(rep.records[n], "module", "")) for n in unknown}
     assert not any(m.startswith("swinViT") for m in mods), sorted(mods)[:5]
 
 
-@pytest.mark.xfail(strict=True, reason=("a transposed conv on a per-position table is 'unknown': 'ConvTranspose2d: "
-                                         "no rule for per-position (token layout) inputs' (torch.fx), 'plugin "
-                                         "conv_transpose has no per-position rule' (torch.export, SwinUNETR)"))
-def test_conv_transpose_on_a_table_is_unknown() -> None:
-    """Minimal form of SwinUNETR's unknown decoder: a transposed conv reading a per-position table (here
-    made by a roll): ``up`` output (0, 0, 0, 0) reads conv unit (0, 0), which after the roll along H is
-    unit (3, 0) of ``conv``: pixels rows 6..7, cols 0..1 (exact; rfscope: unknown)."""
+@pytest.mark.parametrize("k,s,p,op,d", [(2, 2, 0, 0, 1), (3, 2, 1, 1, 1), (1, 2, 0, 1, 1), (3, 1, 1, 0, 2)],
+                         ids=["k2s2", "k3s2p1op1", "k1s2-holes", "k3d2"])
+def test_conv_transpose_on_a_table_matches_the_oracle(k: int, s: int, p: int, op: int, d: int) -> None:
+    """SwinUNETR's decoder in small: a transposed conv reading a per-position table (made by a roll
+    along H); every output element's pixels against the oracle (kernel < stride: some see nothing)."""
 
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = nn.Conv2d(1, 1, 2, stride=2)
-            self.up = nn.ConvTranspose2d(1, 1, 2, stride=2)
+            self.conv = nn.Conv2d(1, 2, 2, stride=2)
+            self.up = nn.ConvTranspose2d(2, 1, k, stride=s, padding=p, output_padding=op, dilation=d)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.up(torch.roll(self.conv(x), 1, dims=2))
 
     model = Net().eval()
     rep = rfscope.analyze(model, input_shape=(1, 1, 8, 8))
-    assert rep.rf("conv").status == "exact"
-    o = Oracle(model, (1, 1, 8, 8), module="up")
-    assert bbox(seen(o, o.outs["up"], (0, 0, 0, 0), 1)) == ((6, 7), (0, 1))
     r = rep.rf("up")
-    assert r.status == "exact", (r.status, r.reason)
-    assert r.window((0, 0, 0, 0)) == ((6, 7), (0, 1))
+    assert r.table is not None, r
+    o = Oracle(model, (1, 1, 8, 8), module="up")
+    y = o.outs["up"]
+    for i in range(y.shape[2]):
+        for j in range(y.shape[3]):
+            want = seen(o, y, (0, 0, i, j), None)
+            assert torch.equal(claimed(r, (0, 0, i, j), (8, 8)), want), ((i, j), r.table.boxes((0, 0, i, j)))
+    if (k, s) == (2, 2):  # written out: output (0, 0) reads conv unit (0, 0), which the roll took from unit (3, 0)
+        assert r.window((0, 0, 0, 0)) == ((6, 7), (0, 1))
 
 
 # -- (b) every node against the oracle ----------------------------------------------------------------------

@@ -693,6 +693,36 @@ def sdpa_rule(ctx: OpContext) -> Any:
     return _attend(ctx, list(zip((q, k, v), vals, ([-1], [-1, -2], [-1, -2]), strict=True)), ctx.out_shape)
 
 
+def _transposed(ctx: OpContext, t: Table, g: Any, mixes_channels: bool) -> Table:
+    """A transposed conv: output ``o`` of an axis reads input ``i`` through tap ``k`` when
+    ``o = i * stride - padding + k * dilation`` (PyTorch's definition); an output no input reaches
+    (kernel < stride) sees nothing.  Axes are independent; a conv mixes its input channels."""
+    n = len(g.kernel)
+    nd = len(t.shape)
+    t = t.narrowed_where_constant(range(nd - n))
+    if mixes_channels:
+        c = nd - n - 1
+        if int(getattr(g, "groups", 1) or 1) > 1 and t.shape[c] > 1:
+            raise Unsupported("a grouped transposed conv over channels that carry positions")
+        t = t.reduce([c], keepdim=True)
+    for a in range(n):
+        d = nd - n + a
+        n_in, n_out = t.shape[d], ctx.out_shape[d]
+        s, p, k, dil = g.stride[a], g.padding[a], g.kernel[a], g.dilation[a]
+        rows = []
+        for o in range(n_out):
+            r = [(o + p - j * dil) // s for j in range(k) if (o + p - j * dil) % s == 0
+                 and 0 <= (o + p - j * dil) // s < n_in]
+            rows.append(r or [n_in])  # n_in: an empty slot appended below
+        m = max(len(r) for r in rows)
+
+        def with_empty(c: torch.Tensor, d: int = d) -> torch.Tensor:
+            return torch.cat([c, torch.zeros_like(c.narrow(d, 0, 1))], d)
+
+        t = t.apply(with_empty).pick(d, torch.tensor([r + [r[0]] * (m - len(r)) for r in rows], dtype=torch.int64))
+    return t.union(shape=ctx.out_shape)
+
+
 def sliding_rule(geometry: Callable[[OpContext], Any], mixes_channels: bool) -> Callable[[OpContext], Any]:
     """A conv or pool over the last dims, from the call's geometry (kernel, stride, padding,
     dilation); a conv also mixes its input channels (dim 1)."""
@@ -705,7 +735,7 @@ def sliding_rule(geometry: Callable[[OpContext], Any], mixes_channels: bool) -> 
         t = _first_table(ctx)
         n = len(g.kernel)
         if getattr(g, "transposed", False):
-            raise Unsupported("transposed conv in a token layout")
+            return _transposed(ctx, t, g, mixes_channels)
         pads = list(g.padding)
         if any(isinstance(x, str) for x in pads):
             raise Unsupported("string padding in a token layout")

@@ -120,4 +120,5 @@ def register(reg: Registry) -> None:
     reg.add("conv", (nn.Conv1d, nn.Conv2d, nn.Conv3d, *set(_FUNC)), rf=_rf, macs=_macs, geometry=conv_geometry,
             table=sliding_rule(conv_geometry, True), init_view=_init_view(False))
     reg.add("conv_transpose", (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, *set(_FUNC_T)),
-            rf=_rf, macs=_macs, geometry=conv_geometry, init_view=_init_view(True))
+            rf=_rf, macs=_macs, geometry=conv_geometry, table=sliding_rule(conv_geometry, True),
+            init_view=_init_view(True))
