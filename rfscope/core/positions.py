@@ -595,7 +595,7 @@ def softmax_rule(ctx: OpContext) -> Any:
     if ctx.memo.get(_VIEW) == "local":  # each element's own position stays a local path
         return t.union(shape=ctx.out_shape)
     dims = [int(d)] if isinstance(d, int) else [int(x) for x in d]
-    return t.reduce(dims, keepdim=True).union(t, shape=ctx.out_shape)
+    return t.reduce(dims, keepdim=True).union(shape=ctx.out_shape)  # the element is one of its row's
 
 
 @_guard(mixing=True)
@@ -626,7 +626,7 @@ def group_rule(ctx: OpContext) -> Any:
     nd = len(t.shape)
     if nd > 1 and t.shape[1] > 1 and any(c.stride(1) != 0 for p in t.parts for c in p.cols):
         raise Unsupported("group norm over channels that carry positions")
-    return t.reduce(list(range(1, nd)), keepdim=True).union(t, shape=ctx.out_shape)
+    return t.reduce(list(range(1, nd)), keepdim=True).union(shape=ctx.out_shape)  # the element is one of them
 
 
 def contract_rule(n_last: int | Callable[[OpContext], int]) -> Callable[[OpContext], Any]:
