@@ -42,6 +42,7 @@ CASES = [
     dict(size=(3, 2), mode="bilinear", align_corners=True),
     dict(scale_factor=2, mode="bicubic", align_corners=False),
     dict(size=(6, 9), mode="bicubic", align_corners=True),
+    dict(pool=nn.Upsample(scale_factor=2, mode="bilinear")),  # the module (EfficientFormerV2's token mixer)
     dict(pool=nn.AdaptiveAvgPool2d((3, 5))),  # overlapping windows (4 -> 3), repeated ones (4 -> 5)
     dict(pool=nn.AdaptiveMaxPool2d((3, 3))),
     dict(pool=nn.AdaptiveAvgPool2d((2, 1))),

@@ -186,7 +186,7 @@ def _interp_table(ctx: OpContext) -> Any:
         return index_rule(ctx)
     if mode not in ("linear", "bilinear", "trilinear", "bicubic"):
         raise Unsupported(f"{mode} interpolation in a token layout")
-    if ctx.param("antialias", False):
+    if ctx.module is None and ctx.param("antialias", False):  # nn.Upsample has no antialias
         raise Unsupported("antialiased interpolation in a token layout")
     return _blend_table(ctx)
 
