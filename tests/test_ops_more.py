@@ -242,16 +242,17 @@ RNNS = (nn.LSTM, nn.GRU, nn.RNN)
 
 @pytest.mark.parametrize("cls", RNNS)
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_unidirectional_rnn_is_unknown_step_t_sees_0_to_t(cls: type[nn.RNNBase], batch_first: bool) -> None:
+def test_unidirectional_rnn_step_t_sees_0_to_t(cls: type[nn.RNNBase], batch_first: bool) -> None:
     # the truth, by the oracle and by random weights: step t sees [0, t] (grows with t), which is
-    # neither one periodic window nor the whole axis
+    # neither one periodic window nor the whole axis: exact per position
     shape = (1, 2, 10)
     r = rfscope.analyze(Seq(cls, False, batch_first), input_shape=shape).rf("output")
-    assert r.status == "unknown" and "causal recurrence" in (r.reason or "")
+    assert r.status == "exact" and r.table is not None, r
     orc = Oracle(Seq(cls, False, batch_first), shape)
     for t in (0, 4, 9):
         assert orc.support((t,)) == ([*range(t + 1)],)
         assert grad_support(Seq(cls, False, batch_first), shape, (0, 1, t)) == [[*range(t + 1)]]
+        assert r.window((0, 1, t)) == ((0, t),)
 
 
 @pytest.mark.parametrize("cls", RNNS)
