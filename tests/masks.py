@@ -10,7 +10,7 @@ test_timm_oracle.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -201,3 +201,21 @@ def check_node(rep: rfscope.Report, o: Oracle, name: str, indices: Sequence[Inde
         assert torch.equal(got, want), (name, i, "rfscope", bbox(got), detail, "oracle", bbox(want),
                                         int(got.sum()), int(want.sum()))
     return r.status
+
+
+def cached_on_one_thread(make: Callable[[str], Any]) -> Iterator[Callable[[str], Any]]:
+    """For a module-scoped fixture: ``make(key)`` once per key, on one intra-op thread (the tensors
+    are tiny, and on a loaded 2-core machine idle worker threads spinning cost more CPU than they save)."""
+    cache: dict[str, Any] = {}
+
+    def get(key: str) -> Any:
+        if key not in cache:
+            cache[key] = make(key)
+        return cache[key]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield get
+    finally:
+        torch.set_num_threads(threads)

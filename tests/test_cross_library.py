@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn as nn
-from masks import bbox, check_node, claimed, node_dims, periodic_unit, seen
+from masks import bbox, cached_on_one_thread, check_node, claimed, node_dims, periodic_unit, seen
 from oracle import Oracle
 
 import rfscope
@@ -200,21 +200,8 @@ class Case:
 
 @pytest.fixture(scope="module")
 def cases() -> Iterator[Callable[[str], Case]]:
-    """Each model built, analysed and run by the oracle once, on one intra-op thread (tiny tensors, a
-    loaded machine: see tests/test_timm_oracle.py)."""
-    cache: dict[str, Case] = {}
-
-    def get(key: str) -> Case:
-        if key not in cache:
-            cache[key] = Case(key)
-        return cache[key]
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield get
-    finally:
-        torch.set_num_threads(threads)
+    """Each model built, analysed and run by the oracle once (masks.cached_on_one_thread)."""
+    yield from cached_on_one_thread(Case)
 
 
 # -- helpers ----------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn as nn
-from masks import box_of, check_node, seen
+from masks import box_of, cached_on_one_thread, check_node, seen
 from oracle import Oracle
 
 import rfscope
@@ -277,21 +277,8 @@ class Case:
 
 @pytest.fixture(scope="module")
 def cases() -> Iterator[Callable[[str], Case]]:
-    """Each model built, analysed and run by the oracle once.  One intra-op thread: the tensors are tiny, and
-    on a loaded 2-core machine idle worker threads spinning cost more CPU than they save."""
-    cache: dict[str, Case] = {}
-
-    def get(key: str) -> Case:
-        if key not in cache:
-            cache[key] = Case(key)
-        return cache[key]
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield get
-    finally:
-        torch.set_num_threads(threads)
+    """Each model built, analysed and run by the oracle once (masks.cached_on_one_thread)."""
+    yield from cached_on_one_thread(Case)
 
 
 @pytest.mark.parametrize("key,node,what,local", _params())
