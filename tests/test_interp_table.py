@@ -106,3 +106,20 @@ def test_linear_over_a_token_axis() -> None:
         assert torch.equal(got, want), (k, r.table.boxes((0, 0, k)))
         seen_any = seen_any or not bool(want.any())
     assert seen_any  # some outputs blend only the class token: they see nothing
+
+
+def test_nearest_resize_of_a_table_in_an_aten_graph() -> None:
+    """``aten.upsample_nearest2d`` (a ``torch.export`` graph: MONAI's AutoencoderKL) on a table: the
+    translated call must not pass ``align_corners`` to a nearest resize (it raised ValueError)."""
+    model = Resize(scale_factor=2, mode="nearest").eval()
+    rep = rfscope.analyze(model, input_shape=(1, 1, 16, 16), trace="export")
+    assert not rep.errors, rep.errors
+    r = rep.rf("output")
+    assert r.table is not None, r
+    o = Oracle(model, (1, 1, 16, 16), module="out")
+    for i, j in [(0, 0), (3, 7), (7, 0), (5, 5)]:
+        (g,) = torch.autograd.grad(o.out[0, 1, i, j], o.x, retain_graph=True)
+        got = torch.zeros(16, 16, dtype=torch.bool)
+        for box in r.table.boxes((0, 1, i, j)):
+            got[tuple(slice(lo, hi + 1) for lo, hi in box)] = True
+        assert torch.equal(got, g[0, 0].ne(0)), (i, j)

@@ -239,8 +239,9 @@ def _upsample(mode: str) -> Translator:
             sf = [float(s) for s in sf]
             if len(sf) != n:
                 raise Unsupported(f"{len(sf)} scale factors for {n} spatial dims")
+        corners = None if mode.startswith("nearest") else ac  # F.interpolate refuses it for nearest
         return Call(F.interpolate, ["input" if "input" in a.index else "self", Lit(None), Lit(sf), Lit(mode),
-                                    Lit(ac), Lit(False)])
+                                    Lit(corners), Lit(False)])
 
     return tr
 
