@@ -69,3 +69,35 @@ def test_copy_into_a_tensor_read_again_is_unknown(trace: str) -> None:
         assert torch.equal(mask_of(r, (0, 1, 2, 7)), g[0, 0].ne(0))
     else:
         assert r.status == "unknown" and "in place" in (r.reason or ""), r
+
+
+class Scatter(nn.Module):
+    """A functionalised slice / select assignment (``torch.slice_scatter``, ``torch.select_scatter``,
+    as ``make_fx`` and export graphs write ``base[:, :, 1:] = src``): rows 1.. (or row 2) take the
+    conv rolled by one column."""
+
+    def __init__(self, select: bool) -> None:
+        super().__init__()
+        self.select = select
+        self.conv = nn.Conv2d(1, 2, 2, stride=2)
+        self.out = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        r = torch.roll(y, 1, 3)
+        if self.select:
+            return self.out(torch.select_scatter(y, r[:, :, 2], dim=2, index=2))
+        return self.out(torch.slice_scatter(y, r[:, :, 1:], dim=2, start=1))
+
+
+@pytest.mark.parametrize("select", [False, True], ids=["slice", "select"])
+def test_scatter_into_a_region_matches_the_oracle(select: bool) -> None:
+    model = Scatter(select).eval()
+    rep = rfscope.analyze(model, input_shape=(1, 1, 8, 8))
+    r = rep.rf("out")
+    assert r.status == "exact", r
+    o = Oracle(model, (1, 1, 8, 8), module="out")
+    for i in range(4):
+        for j in range(4):
+            (g,) = torch.autograd.grad(o.out[0, 1, i, j], o.x, retain_graph=True)
+            assert torch.equal(mask_of(r, (0, 1, i, j)), g[0, 0].ne(0)), (i, j)

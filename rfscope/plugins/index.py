@@ -32,6 +32,9 @@ INDEX_OPS: tuple[tuple[str, tuple[object, ...]], ...] = (
     ("tensor_unfold", (M("unfold"),)),
     ("unfold", (nn.Unfold, F.unfold)),
     ("channel_shuffle", (nn.ChannelShuffle, F.channel_shuffle, torch.channel_shuffle)),
+    # a functionalised ``base[..., a:b] = src``: ``src`` replaces that region of ``base``
+    ("slice_scatter", (torch.slice_scatter, M("slice_scatter"), torch.ops.aten.slice_scatter.default,
+                       torch.select_scatter, M("select_scatter"), torch.ops.aten.select_scatter.default)),
 )
 
 
