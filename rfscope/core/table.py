@@ -328,6 +328,8 @@ class Table:
                 raise
             # parts that only make boxes together (one was merged into another where it could be)
             both = _stacked(self.parts)
+            if max(_core(c).numel() for c in both.cols) > 4 * RASTER_BUDGET:  # a cost bound: say why alone
+                raise TableError(f"{alone} (the parts together are too large to check)") from None
             drop = [0] if keepdim else [0, *(d + 1 for d in dims)]
             try:
                 parts = _reduce_part(both, [0, *(d + 1 for d in dims)], keepdim=False, squeeze=drop)
@@ -559,7 +561,7 @@ def _reduce_part(p: Part, dims: Sequence[int], keepdim: bool, squeeze: Sequence[
     if not var:
         return [finish(bounds)]
     g = _Groups(bounds, var)
-    if _covered(g.m_lo, g.m_hi, [x.amin(1) for x in g.m_lo], [x.amax(1) for x in g.m_hi]):
+    if not _gapped(g) and _covered(g.m_lo, g.m_hi, [x.amin(1) for x in g.m_lo], [x.amax(1) for x in g.m_hi]):
         return [finish([(lo.amin(dim=var, keepdim=True), hi.amax(dim=var, keepdim=True)) for lo, hi in bounds])]
     return [finish([(g.back(lo), g.back(hi)) for lo, hi in box]) for box in _split(g)]
 
@@ -590,6 +592,18 @@ class _Groups:
         for d in self.var:
             y = y.unsqueeze(d)
         return y.expand(self.shape)
+
+
+def _gapped(g: _Groups) -> bool:
+    """Some group's boxes leave a gap along some axis (their projection is not one interval): the
+    union cannot fill its bounding box, so no raster is needed to say so."""
+    for lo, hi in zip(g.m_lo, g.m_hi, strict=True):
+        order = lo.argsort(1)
+        slo, shi = lo.gather(1, order), hi.gather(1, order)
+        cm = shi.cummax(1).values
+        if bool(((slo[:, 1:] > cm[:, :-1] + 1) & (slo[:, 1:] < _INF)).any()):
+            return True
+    return False
 
 
 def _split(g: _Groups) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
