@@ -17,11 +17,12 @@ import torch
 
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.rf import Axis, MisalignedError, select
-from rfscope.core.state import DimTag, Global, Merged, TensorRF, make_global, map_axis, merge, unknown
+from rfscope.core.state import CONST, DimTag, Global, Merged, TensorRF, make_global, map_axis, merge, unknown
 
 __all__ = [
     "as_tuple",
     "elementwise",
+    "self_state",
     "local",
     "reduce_dims",
     "global_over",
@@ -76,6 +77,17 @@ def axes_of(tags: Iterable[DimTag]) -> list[int]:
 def same_state(ctx: OpContext) -> TensorRF:
     """Output has the first input's RF and layout (shape-preserving unary op)."""
     st = ctx.first
+    if len(st.dims) != len(ctx.out_shape):
+        raise Unsupported("output rank differs from input rank")
+    return st
+
+
+def self_state(ctx: OpContext) -> Any:
+    """Output holds its first argument's values (``x.to(...)``, ``x.type_as(other)``, ``clone``):
+    that argument's state; the others give a dtype or a device (``const.type_as(x)`` is a constant)."""
+    st = ctx.args[0] if ctx.args else None
+    if not isinstance(st, TensorRF):
+        return CONST
     if len(st.dims) != len(ctx.out_shape):
         raise Unsupported("output rank differs from input rank")
     return st

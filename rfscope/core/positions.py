@@ -33,7 +33,7 @@ from rfscope.core.table import Part, Table, TableError, _assemble, compress
 __all__ = [
     "to_table", "from_table", "index_rule", "elementwise_rule", "contract_rule",
     "matmul_rule", "sdpa_rule", "sdpa_like", "sliding_rule", "softmax_rule", "reduce_table_rule", "group_rule",
-    "as_table", "table_rule",
+    "as_table", "table_rule", "self_rule",
 ]
 
 # -- periodic -> table ----------------------------------------------------------
@@ -490,6 +490,24 @@ def elementwise_rule(ctx: OpContext) -> Any:
         if out is not None:
             return out
     return _elementwise(ctx)
+
+
+@_guard(mixing=False)
+def _self(ctx: OpContext) -> Any:
+    return _tables(ctx, ctx.args[0], ctx.arg_values[0]).union(shape=ctx.out_shape)
+
+
+def self_rule(ctx: OpContext) -> Any:
+    """The output is its first input's values (``x.to(...)``, ``x.type_as(other)``, ``clone``): its
+    table; the other arguments give a dtype or a device, not values (a constant ``x`` stays one)."""
+    st = ctx.args[0] if ctx.args else None
+    if not isinstance(st, TensorRF):
+        return CONST
+    if st.table is not None:
+        out = _broadcast_state(st, ctx.out_shape)
+        if out is not None:
+            return out
+    return _self(ctx)
 
 
 def _only_table_state(ctx: OpContext) -> TensorRF | None:

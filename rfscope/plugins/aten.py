@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.geometry import Geometry
 from rfscope.core.initview import InitContext, WeightView
-from rfscope.core.ops import elementwise, norm_dim, reduce_dims, same_state
-from rfscope.core.positions import elementwise_rule, index_rule
+from rfscope.core.ops import elementwise, norm_dim, reduce_dims, same_state, self_state
+from rfscope.core.positions import elementwise_rule, index_rule, self_rule
 from rfscope.core.registry import Method, Plugin, Registry
 from rfscope.core.state import CONST, TensorRF, make_global
 from rfscope.core.traits import CHANNELWISE, FLATTEN, NORM, POINTWISE, RELU
@@ -558,7 +558,7 @@ def register(reg: Registry) -> None:
     reg.add("aten_elementwise", overloads([n for n in _ELEMENTWISE if n not in grouped], inplace=True),
             rf=_elementwise, table=ew)
     reg.add("aten_multi_elementwise", overloads(["log_sigmoid_forward"]), rf=_multi_elementwise, table=ew)
-    reg.add("aten_copy", overloads(_SELF_ONLY), rf=same_state, traits={POINTWISE, CHANNELWISE}, table=ew)
+    reg.add("aten_copy", overloads(_SELF_ONLY), rf=self_state, traits={POINTWISE, CHANNELWISE}, table=self_rule)
     # ops that only move values: PyTorch runs them on the per-position tables themselves
     reg.add("aten_index_ops", overloads(["roll", "flip", "repeat", "repeat_interleave", "index_select", "gather",
                                          "take_along_dim", "unfold", "im2col", "channel_shuffle", "index",

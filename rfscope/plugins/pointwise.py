@@ -14,8 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rfscope.core.context import OpContext, Unsupported
-from rfscope.core.ops import elementwise, same_state
-from rfscope.core.positions import elementwise_rule
+from rfscope.core.ops import elementwise, same_state, self_state
+from rfscope.core.positions import elementwise_rule, self_rule
 from rfscope.core.registry import Method, Registry
 from rfscope.core.state import TensorRF
 from rfscope.core.traits import BATCHNORM, CHANNELWISE, NORM, POINTWISE, RELU
@@ -112,8 +112,8 @@ def register(reg: Registry) -> None:
     reg.add("batch_norm", _NORM_FUNCS, rf=_elementwise, table=elementwise_rule, traits={POINTWISE, NORM})
     reg.add("elementwise", tuple(dict.fromkeys(f for f in funcs if f not in grouped)), rf=_elementwise,
             table=elementwise_rule)
-    reg.add("self_only", tuple(Method(m) for m in _SELF_ONLY) + (torch.clone,), rf=same_state,
-            traits={POINTWISE, CHANNELWISE}, table=elementwise_rule)
+    reg.add("self_only", tuple(Method(m) for m in _SELF_ONLY) + (torch.clone,), rf=self_state,
+            traits={POINTWISE, CHANNELWISE}, table=self_rule)
     # ``z.real`` / ``z.imag`` of a complex input (an STFT front end): the same positions, element by element
     reg.add("complex_part", (getattr, torch.real, torch.imag, torch.ops.aten.real.default,
                              torch.ops.aten.imag.default), rf=_complex_part, traits={POINTWISE, CHANNELWISE},
