@@ -18,6 +18,7 @@ again (:func:`from_table`).  See docs/design.md, "Token layouts".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -28,7 +29,7 @@ import torch.fx as fx
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.rf import MAX_PERIOD, Axis, Window
 from rfscope.core.state import CONST, Global, Merged, TensorRF
-from rfscope.core.table import Part, Table, TableError, _assemble, compress
+from rfscope.core.table import MAX_VALUES, Part, Table, TableError, _assemble, compress
 
 __all__ = [
     "to_table", "from_table", "index_rule", "elementwise_rule", "contract_rule",
@@ -427,8 +428,21 @@ def index_rule(ctx: OpContext) -> Any:
         return x
 
     n_axes = len(ctx.input_size)
+    def meta(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+        if isinstance(x, (list, tuple)):
+            return type(x)(meta(v) for v in x)
+        if isinstance(x, dict):
+            return {k: meta(v) for k, v in x.items()}
+        return x
+
     outs = []
     for p in range(n_parts):
+        held = _values_held(fn, meta(column(args, p, 0, torch.int64)), meta(column(kwargs, p, 0, torch.int64)))
+        if held > MAX_VALUES:  # found on meta tensors first: the op would copy that many values per column
+            raise TableError(f"the per-position table would hold {held:,} values per bound "
+                             f"(more than {MAX_VALUES:,})")
         cols = []
         for c in range(2 * n_axes):
             try:
@@ -444,6 +458,19 @@ def index_rule(ctx: OpContext) -> Any:
         outs.append(cols)
     res = _assemble(outs, n_axes)
     return res.expanded(grow) if grow is not None else res
+
+
+def _values_held(fn: Callable[..., Any], args: Any, kwargs: Any) -> int:
+    """How many values the op's result holds (dims of stride 0 are free), run on meta tensors with
+    the columns' shapes and strides; 0 when it cannot be told that way (an index tensor on the CPU)."""
+    try:
+        r = fn(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - only an estimate; the real run reports its own errors
+        return 0
+    outs = [r] if isinstance(r, torch.Tensor) else [x for x in r if isinstance(x, torch.Tensor)] \
+        if isinstance(r, (tuple, list)) else []
+    return max((math.prod(n for n, st in zip(t.shape, t.stride(), strict=True) if st != 0) for t in outs),
+               default=0)
 
 
 _CAT = {torch.cat, torch.concat, torch.concatenate}

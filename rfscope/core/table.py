@@ -24,6 +24,7 @@ conv across the rows of a flattened grid), the op is ``unknown``.  See docs/desi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
@@ -31,12 +32,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["Part", "Table", "TableError", "BIG", "MAX_PARTS", "RASTER_BUDGET"]
+__all__ = ["Part", "Table", "TableError", "BIG", "MAX_PARTS", "MAX_VALUES", "RASTER_BUDGET"]
 
 #: offset of the stored bounds: a stored ``0`` is an element that sees nothing
 BIG = 1 << 40
 #: more parts than this: the union is no longer tracked (``unknown``)
 MAX_PARTS = 8
+#: values one bound of one part may hold (stride-0 dims not counted): beyond, the op is ``unknown``
+#: rather than a memory hog (SAM ViT-H's relative-position logits: 4096 x 64 x 64 per head)
+MAX_VALUES = 1 << 25
 #: cells rasterised at once when checking that a union of boxes is a box
 RASTER_BUDGET = 1 << 22
 #: cells rasterised in all for one op: beyond, the op is ``unknown`` (bounds the time and memory
@@ -123,6 +127,10 @@ class Part:
         if shape is None:
             shape = torch.broadcast_shapes(*(b.shape for pair in bounds for b in pair))
         shape = tuple(shape)
+        core = torch.broadcast_shapes(*(b.shape for pair in bounds for b in pair))
+        if math.prod(core) > MAX_VALUES:
+            raise TableError(f"the per-position table would hold {math.prod(core):,} values per bound "
+                             f"(more than {MAX_VALUES:,})")
         e = None
         for lo, hi in bounds:
             ea = lo > hi
@@ -481,7 +489,10 @@ def _contains(a: list[tuple[torch.Tensor, torch.Tensor]], b: list[tuple[torch.Te
 
 def _merge_pair(a: Part, b: Part) -> tuple[Part, Part | None]:
     """``a ∪ b`` as one part wherever it is one box, and what is left of ``b`` elsewhere
-    (``None`` when nothing is left)."""
+    (``None`` when nothing is left); the two kept apart when merging would exceed :data:`MAX_VALUES`."""
+    both = torch.broadcast_shapes(*(c.shape for c in a.core()), *(c.shape for c in b.core()))
+    if math.prod(both) > MAX_VALUES:
+        return a, b
     ba, bb = a.bounds(), b.bounds()
     ea, eb = a.empty(), b.empty()
     a_in_b = ea | _contains(bb, ba)
