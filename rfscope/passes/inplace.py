@@ -67,6 +67,8 @@ def _returns_written(n: fx.Node) -> bool:
 def follow_writes(gm: fx.GraphModule) -> None:
     """Rewire or mark the reads that follow an in-place write (module docstring)."""
     nodes = list(gm.graph.nodes)
+    if not any(_written(n) for n in nodes if n.op == "call_function"):
+        return  # no in-place op (every graph symbolic_trace makes): nothing to do
     order = {n: i for i, n in enumerate(nodes)}
     live: set[fx.Node] = set()  # nodes whose values depend on an input
     for n in nodes:
