@@ -140,14 +140,13 @@ def _axes_of_tag(tag: Any) -> frozenset[int]:
 
 
 # -- table -> periodic ------------------------------------------------------------
-def _period(lo: torch.Tensor, hi: torch.Tensor) -> Axis | None:
-    """The smallest periodic axis that reproduces the windows ``[lo[i], hi[i]]`` (seen twice at least,
+def _period(tlo: torch.Tensor, thi: torch.Tensor) -> Axis | None:
+    """The smallest periodic axis that reproduces the windows ``[tlo[i], thi[i]]`` (seen twice at least,
     period at most :data:`rfscope.core.rf.MAX_PERIOD`); ``lo > hi`` is an empty window."""
-    n = len(lo)
+    n = len(tlo)
     if n == 1:
-        a, b = int(lo[0]), int(hi[0])
+        a, b = int(tlo[0]), int(thi[0])
         return Axis(1, 0, (Window(a, (1 << (b - a + 1)) - 1) if b >= a else Window(0, 0),))
-    tlo, thi = lo, hi
     empty = tlo > thi
     width = torch.where(empty, -1, thi - tlo)
     top = min(n // 2, MAX_PERIOD)
@@ -438,8 +437,10 @@ def index_rule(ctx: OpContext) -> Any:
         return x
 
     outs = []
+    big = _numel(ctx.out) > MAX_VALUES  # only then can a column of the result exceed the bound
     for p in range(n_parts):
-        held = _values_held(fn, meta(column(args, p, 0, torch.int64)), meta(column(kwargs, p, 0, torch.int64)))
+        held = _values_held(fn, meta(column(args, p, 0, torch.int64)), meta(column(kwargs, p, 0, torch.int64))) \
+            if big else 0
         if held > MAX_VALUES:  # found on meta tensors first: the op would copy that many values per column
             raise TableError(f"the per-position table would hold {held:,} values per bound "
                              f"(more than {MAX_VALUES:,})")
@@ -473,6 +474,15 @@ def _values_held(fn: Callable[..., Any], args: Any, kwargs: Any) -> int:
                default=0)
 
 
+def _numel(out: Any) -> int:
+    """The largest number of elements of the op's tensor outputs."""
+    if isinstance(out, torch.Tensor):
+        return out.numel()
+    if isinstance(out, (tuple, list)):
+        return max((_numel(o) for o in out), default=0)
+    return 0
+
+
 _CAT = {torch.cat, torch.concat, torch.concatenate}
 
 
@@ -487,8 +497,7 @@ def _cat_narrowed(args: Any, kwargs: Any, out_shape: Any) -> tuple[Any, Any, Any
         return args, kwargs, None
     nd = len(seq[0].shape)
     dim %= nd
-    free = [d for d in range(nd) if d != dim and all(
-        c.shape[d] == 1 or c.stride(d) == 0 for t in seq for p in t.parts for c in p.cols)]
+    free = [d for d in range(nd) if d != dim and not any(t.varies_along(d) for t in seq)]
     if not free:
         return args, kwargs, None
     narrowed = [t.reduce(free, keepdim=True) for t in seq]  # nothing varies there: a narrowing
@@ -576,15 +585,7 @@ def _broadcast_state(st: TensorRF, shape: Any, narrow: Sequence[int] = ()) -> Te
 
 def _constant_along(t: Table, dims: Sequence[int]) -> bool:
     """No part of ``t`` (nor of its local part) varies along ``dims``."""
-    for tab in (t, t.local):
-        if not isinstance(tab, Table):
-            continue
-        for p in tab.parts:
-            for c in p.cols:
-                for d in dims:
-                    if c.shape[d] > 1 and c.stride(d) != 0:
-                        return False
-    return True
+    return not any(tab.varies_along(d) for tab in (t, t.local) if isinstance(tab, Table) for d in dims)
 
 
 def as_table(ctx: OpContext, st: TensorRF, value: Any) -> Table:
@@ -669,7 +670,7 @@ def group_rule(ctx: OpContext) -> Any:
     exact here when the table does not change along the channels (then groups do not matter)."""
     t = _first_table(ctx)
     nd = len(t.shape)
-    if nd > 1 and t.shape[1] > 1 and any(c.stride(1) != 0 for p in t.parts for c in p.cols):
+    if nd > 1 and t.varies_along(1):
         raise Unsupported("group norm over channels that carry positions")
     return t.reduce(list(range(1, nd)), keepdim=True).union(shape=ctx.out_shape)  # the element is one of them
 
@@ -759,12 +760,11 @@ def _transposed(ctx: OpContext, t: Table, g: Any, mixes_channels: bool) -> Table
             r = [(o + p - j * dil) // s for j in range(k) if (o + p - j * dil) % s == 0
                  and 0 <= (o + p - j * dil) // s < n_in]
             rows.append(r or [n_in])  # n_in: an empty slot appended below
-        m = max(len(r) for r in rows)
 
         def with_empty(c: torch.Tensor, d: int = d) -> torch.Tensor:
             return torch.cat([c, torch.zeros_like(c.narrow(d, 0, 1))], d)
 
-        t = t.apply(with_empty).pick(d, torch.tensor([r + [r[0]] * (m - len(r)) for r in rows], dtype=torch.int64))
+        t = t.apply(with_empty).pick(d, rows)
     return t.union(shape=ctx.out_shape)
 
 
@@ -787,9 +787,7 @@ def sliding_rule(geometry: Callable[[OpContext], Any], mixes_channels: bool) -> 
         if t.full and all(p < d * (k - 1) + 1 for p, k, d in zip(pads, g.kernel, g.dilation, strict=True)):
             return Table.whole(ctx.out_shape, ctx.input_size)  # every window reads an element that sees it all
         # batch and channels along which nothing varies: slide one of them (padding would copy them all)
-        free = [d for d in range(len(t.shape) - n) if t.shape[d] > 1 and _constant_along(t, [d])]
-        if free:
-            t = t.reduce(free, keepdim=True)
+        t = t.narrowed_where_constant(range(len(t.shape) - n))
         groups = int(getattr(g, "groups", 1) or 1)
         mix = [len(t.shape) - n - 1] if mixes_channels else []
         if mixes_channels and groups > 1:

@@ -320,8 +320,7 @@ class Table:
         return memo[key]  # type: ignore[no-any-return]
 
     def _reduce(self, dims: list[int], keepdim: bool) -> Table:
-        if keepdim and not any(self.shape[d] > 1 and c.stride(d) != 0 for p in self.parts for c in p.cols
-                               for d in dims):
+        if keepdim and not any(self.varies_along(d) for d in dims):
             # nothing varies along ``dims`` (channels of a token): the table, narrowed to size 1 there
             idx = tuple(slice(0, 1) if d in dims else slice(None) for d in range(len(self.shape)))
             shape = tuple(1 if d in dims else n for d, n in enumerate(self.shape))
@@ -346,11 +345,17 @@ class Table:
         shape = parts[0].shape
         return Table(_simplify(parts), shape, self.n_axes, full=self.full)
 
-    def pick(self, dim: int, members: torch.Tensor) -> Table:
+    def varies_along(self, d: int) -> bool:
+        """Some part's bounds change along dim ``d`` (a dim of stride 0 everywhere does not)."""
+        return self.shape[d] > 1 and any(c.stride(d) != 0 for p in self.parts for c in p.cols)
+
+    def pick(self, dim: int, rows: Sequence[Sequence[int]]) -> Table:
         """Along ``dim`` (non-negative), output index ``o`` sees the union of what input indices
-        ``members[o]`` saw (an ``(n_out, m)`` index tensor; a short row repeats a member).  Resizing
-        and adaptive pooling, one axis at a time."""
-        n_out, m = members.shape
+        ``rows[o]`` saw (each row non-empty).  Resizing, adaptive pooling and transposed convs, one
+        axis at a time."""
+        m = max(len(r) for r in rows)
+        members = torch.tensor([[*r, *[r[0]] * (m - len(r))] for r in rows], dtype=torch.int64)
+        n_out = len(rows)
         flat = members.flatten()
         t = self.apply(lambda c: c.index_select(dim, flat).unflatten(dim, (n_out, m)))
         return t.reduce([dim + 1], keepdim=True).apply(lambda c: c.squeeze(dim + 1))  # type: ignore[no-any-return]
@@ -398,7 +403,7 @@ class Table:
     def narrowed_where_constant(self, dims: Sequence[int]) -> Table:
         """Narrowed to size 1 along those of ``dims`` where nothing varies (batch, channels of a
         token): an op then reads one of them, not all; broadcast the result back."""
-        free = [d for d in dims if self.shape[d] > 1 and all(c.stride(d) == 0 for p in self.parts for c in p.cols)]
+        free = [d for d in dims if self.shape[d] > 1 and not self.varies_along(d)]
         return self.reduce(free, keepdim=True) if free else self
 
     def sliding(self, n_dims: int, k: Sequence[int], s: Sequence[int], p: Sequence[int], d: Sequence[int],

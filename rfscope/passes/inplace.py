@@ -22,9 +22,9 @@ See docs/design.md §3, step 4 ("In-place writes").
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.fx as fx
+
+from rfscope.trace.aliasing import input_dependent, is_view, returns_written, written_args
 
 __all__ = ["follow_writes", "UNKNOWN_META"]
 
@@ -32,64 +32,29 @@ __all__ = ["follow_writes", "UNKNOWN_META"]
 UNKNOWN_META = "rfscope_unknown"
 
 
-def _schema(n: fx.Node) -> Any:
-    return getattr(n.target, "_schema", None) if n.op == "call_function" else None
-
-
-def _is_view(n: fx.Node) -> bool:
-    s = _schema(n)
-    return bool(s is not None and s.returns and s.returns[0].alias_info is not None
-                and not s.returns[0].alias_info.is_write)
-
-
-def _written(n: fx.Node) -> list[fx.Node]:
-    """The node arguments ``n`` writes (its schema marks them ``Tensor(a!)``)."""
-    s = _schema(n)
-    if s is None:
-        return []
-    out = []
-    for i, arg in enumerate(s.arguments):
-        info = arg.alias_info
-        if info is None or not info.is_write:
-            continue
-        v = n.args[i] if i < len(n.args) else n.kwargs.get(arg.name)
-        if isinstance(v, fx.Node):
-            out.append(v)
-    return out
-
-
-def _returns_written(n: fx.Node) -> bool:
-    s = _schema(n)
-    return bool(s is not None and len(s.returns) == 1 and s.returns[0].alias_info is not None
-                and s.returns[0].alias_info.is_write)
-
-
 def follow_writes(gm: fx.GraphModule) -> None:
     """Rewire or mark the reads that follow an in-place write (module docstring)."""
     nodes = list(gm.graph.nodes)
-    if not any(_written(n) for n in nodes if n.op == "call_function"):
+    if not any(written_args(n) for n in nodes):
         return  # no in-place op (every graph symbolic_trace makes): nothing to do
     order = {n: i for i, n in enumerate(nodes)}
-    live: set[fx.Node] = set()  # nodes whose values depend on an input
+    live = input_dependent(gm)
     for n in nodes:
-        if n.op == "placeholder" or any(a in live for a in n.all_input_nodes):
-            live.add(n)
-    for n in nodes:
-        for dst in _written(n):
+        for dst in written_args(n):
             base = dst
-            while _is_view(base) and base.args and isinstance(base.args[0], fx.Node):
+            while is_view(base) and base.args and isinstance(base.args[0], fx.Node):
                 base = base.args[0]
             family, todo = {base}, [base]
             while todo:  # every view of the base shares its memory
                 for u in todo.pop().users:
-                    if u not in family and _is_view(u):
+                    if u not in family and is_view(u):
                         family.add(u)
                         todo.append(u)
             for m in family:
                 for u in list(m.users):
                     if u is n or order.get(u, -1) <= order[n]:
                         continue
-                    if m is dst and _returns_written(n):
+                    if m is dst and returns_written(n):
                         u.replace_input_with(dst, n)  # n returns dst itself, now written
                     elif n in live or base in live:  # constants written into constants stay constants
                         u.meta.setdefault(UNKNOWN_META, f"reads {m.name} after {n.name} ({n.target}) "

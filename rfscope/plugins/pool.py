@@ -7,7 +7,6 @@ from functools import partial
 from math import gcd
 from typing import Any, Literal
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -149,12 +148,7 @@ def _adaptive_table(ctx: OpContext) -> Any:
         n, o = ins[d], outs[d]
         if o == 0:
             raise Unsupported("adaptive pooling to size 0")
-        rows = []
-        for i in range(o):
-            lo, hi = (i * n) // o, -((-(i + 1) * n) // o)
-            rows.append(list(range(lo, hi)))
-        m = max(len(r) for r in rows)
-        t = t.pick(d, torch.tensor([r + [r[0]] * (m - len(r)) for r in rows], dtype=torch.int64))
+        t = t.pick(d, [range((i * n) // o, -((-(i + 1) * n) // o)) for i in range(o)])
     t = t.union(shape=outs)
     return (t, t) if isinstance(ctx.out, (tuple, list)) else t
 

@@ -41,14 +41,20 @@ def _module(ctx: OpContext) -> nn.RNNBase:
     return m
 
 
-def _rnn_rf(ctx: OpContext) -> tuple[Any, Any]:
+def _sequence(ctx: OpContext) -> tuple[nn.RNNBase, TensorRF, torch.Tensor]:
+    """The module, the input's state and value; raises for what the rules do not handle."""
     m = _module(ctx)
-    x = ctx.state(0, "input")
-    if not isinstance(x, TensorRF) or not isinstance(ctx.arg(0, "input"), torch.Tensor):
+    x, v = ctx.state(0, "input"), ctx.arg(0, "input")
+    if not isinstance(x, TensorRF) or not isinstance(v, torch.Tensor):
         raise Unsupported("recurrent layer over a PackedSequence or a constant")
     hx = ctx.state(1, "hx")
     if any(isinstance(h, TensorRF) for h in (hx if isinstance(hx, tuple) else (hx,))):
         raise Unsupported("recurrent layer with an initial state that depends on the input")
+    return m, x, v
+
+
+def _rnn_rf(ctx: OpContext) -> tuple[Any, Any]:
+    m, x, _ = _sequence(ctx)
     nd = len(x.dims)
     batched = nd == 3
     t_dim = 1 if (m.batch_first and batched) else 0
@@ -77,14 +83,7 @@ def _rnn_rf(ctx: OpContext) -> tuple[Any, Any]:
 def _rnn_table(ctx: OpContext) -> Any:
     """Per position: step ``t`` sees steps ``0..t`` (unidirectional) or every step (bidirectional),
     each step all features; the final states see every step of their sample."""
-    m = _module(ctx)
-    x = ctx.state(0, "input")
-    v = ctx.arg(0, "input")
-    if not isinstance(x, TensorRF) or not isinstance(v, torch.Tensor):
-        raise Unsupported("recurrent layer over a PackedSequence or a constant")
-    hx = ctx.state(1, "hx")
-    if any(isinstance(h, TensorRF) for h in (hx if isinstance(hx, tuple) else (hx,))):
-        raise Unsupported("recurrent layer with an initial state that depends on the input")
+    m, x, v = _sequence(ctx)
     t = as_table(ctx, x, v)
     batched = v.dim() == 3
     t_dim = 1 if (m.batch_first and batched) else 0

@@ -13,7 +13,6 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -201,8 +200,7 @@ def _blend_table(ctx: OpContext) -> Any:
         d = 2 + i
         s_i = None if sf is None else float(sf[i] if isinstance(sf, (tuple, list)) else sf)
         taps = _taps(mode, x[d], out[d], _scale(x[d], out[d], s_i, ac, rec), ac)
-        m = max(len(ts) for ts, _ in taps)
-        t = t.pick(d, torch.tensor([ts + [ts[0]] * (m - len(ts)) for ts, _ in taps], dtype=torch.int64))
+        t = t.pick(d, [ts for ts, _ in taps])
     return t.union(shape=out)
 
 

@@ -15,6 +15,7 @@ import torch.fx as fx
 
 from rfscope.core.errors import TraceError
 from rfscope.core.locks import TRACE_LOCK, exclusive
+from rfscope.trace.aliasing import input_dependent, is_view, written_args
 from rfscope.trace.copy import _to_meta, clear_hooks, meta_copy, modules, named_modules
 from rfscope.trace.datadep import FLAT_INPUTS, REAL_ATTRS, REAL_INPUTS, _to_real
 from rfscope.trace.runtime import keep_rng_state
@@ -63,34 +64,18 @@ def _aliasing_hazard(gm: fx.GraphModule) -> bool:
     constant before and after it, which is all the analysis says of them.
     """
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    live = _input_dependent(gm)
+    live = input_dependent(gm)
     for n in gm.graph.nodes:
-        schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
-        if schema is None or not schema.is_mutable or n not in live:
+        if n not in live:
             continue
-        for i, arg in enumerate(schema.arguments):
-            if arg.alias_info is None or not arg.alias_info.is_write:
-                continue
-            x = n.args[i] if i < len(n.args) else n.kwargs.get(arg.name)
-            if not isinstance(x, fx.Node):
-                continue
+        for x in written_args(n):
             if any(order[u] > order[n] for u in x.users if u is not n):
                 return True
-            src = getattr(x.target, "_schema", None) if x.op == "call_function" else None
-            if src is not None and any(r.alias_info is not None and not r.alias_info.is_write for r in src.returns):
+            if is_view(x):
                 return True  # a view: its base changes too (in-place ops' results are checked at that op)
             if x.op == "placeholder":
                 return True
     return False
-
-
-def _input_dependent(gm: fx.GraphModule) -> set[fx.Node]:
-    """The nodes whose value may depend on an input (placeholder)."""
-    live: set[fx.Node] = set()
-    for n in gm.graph.nodes:  # graph order: a node's operands come before it
-        if n.op == "placeholder" or any(a in live for a in n.all_input_nodes):
-            live.add(n)
-    return live
 
 
 def _drop_unread_constant_updates(gm: fx.GraphModule) -> None:
@@ -101,7 +86,7 @@ def _drop_unread_constant_updates(gm: fx.GraphModule) -> None:
     graph drops them: MONAI's SwinUNETR builds a shifted-window attention mask in every stage
     (``img_mask[:, h, w] = cnt`` on ``torch.zeros``) that a stage without shifted blocks never reads.
     """
-    live = _input_dependent(gm)
+    live = input_dependent(gm)
     needed: set[fx.Node] = set()
     stack = [a for n in gm.graph.nodes if n in live or n.op == "output" for a in n.all_input_nodes if a not in live]
     while stack:
