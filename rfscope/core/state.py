@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import product
-from math import gcd
 from typing import Any, Literal, TypeAlias
 
 from rfscope.core.rf import IDENTITY, Axis, MisalignedError
@@ -184,53 +182,6 @@ def map_axis(a: AxisState, fn: Callable[[Axis], Axis]) -> AxisState:
 def _empty_units(s: TensorRF) -> bool:
     """Some unit sees no pixel along one exact axis while another axis exists (multi-axis only)."""
     return len(s.axes) > 1 and any(w.empty for a in s.axes if isinstance(a, Axis) for w in a.windows)
-
-
-def _rel(a: AxisState, b: AxisState) -> set[str]:
-    """How unit ``i``'s windows along one axis compare, over all phases: ``eq``, ``ge`` (a holds b),
-    ``le`` (b holds a) or ``other``."""
-    if isinstance(a, Global) or isinstance(b, Global):
-        if isinstance(a, Global) and isinstance(b, Global):
-            return {"eq"}
-        return {"ge"} if isinstance(a, Global) else {"le"}
-    q = a.period * b.period // gcd(a.period, b.period)
-    if q > 4096 or a.stride != b.stride:
-        return {"other"}
-    out = set()
-    for i in range(q):
-        wa, wb = a.window(i), b.window(i)
-        lo = min(wa.lo, wb.lo)
-        ma, mb = wa.mask << (wa.lo - lo), wb.mask << (wb.lo - lo)
-        out.add("eq" if ma == mb else "ge" if ma | mb == ma else "le" if ma | mb == mb else "other")
-    return out
-
-
-def _not_a_product(acc: Sequence[TensorRF], s: TensorRF) -> str | None:
-    """Why the union of ``s`` with the states ``acc`` (already a product of per-axis windows) is
-    not one product of per-axis windows, or ``None`` when it is.  Each unit sees a box per state;
-    two boxes make one box when one holds the other or they differ along one axis only."""
-    if len(s.axes) < 2:
-        return None
-    cur: list[AxisState] = list(acc[0].axes)
-    for t in acc[1:]:
-        for i, x in enumerate(t.axes):
-            try:
-                cur[i] = _union_state(cur[i], x)
-            except MisalignedError:
-                return None  # reported as misaligned by the caller
-    rels = []
-    for x, y in zip(cur, s.axes, strict=False):
-        try:
-            rels.append(_rel(x, y))
-        except MisalignedError:
-            return None
-    for combo in product(*rels):
-        if sum(r != "eq" for r in combo) <= 1:
-            continue
-        if all(r in ("eq", "ge") for r in combo) or all(r in ("eq", "le") for r in combo):
-            continue
-        return "branches whose windows differ along two axes at once (e.g. a shifted copy); per-axis union is inexact"
-    return None
 
 
 def merge(states: Sequence[TensorRF], dims: Sequence[DimTag], what: str = "merge") -> TensorRF:
