@@ -317,6 +317,15 @@ def test_uninitialised_lazy_layers_named(tmp_path):
 _CLI = "import sys; from rfscope.cli import main; sys.exit(main())"
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: Ctrl-C's default action, as a command typed in a terminal has.  A
+    test run started in the background by a shell without job control inherits SIGINT *ignored*,
+    and Python then never raises KeyboardInterrupt (the CLI rightly leaves that choice alone)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(args: list[str], after: float = 0.0, ready: str | None = None) -> tuple[int, str]:
     """Run the CLI in a subprocess and send SIGINT ``after`` seconds (after ``ready`` is printed)."""
     import signal
@@ -325,7 +334,7 @@ def _interrupt(args: list[str], after: float = 0.0, ready: str | None = None) ->
     import time
 
     p = subprocess.Popen([sys.executable, "-c", _CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=_as_from_a_terminal)
     try:
         if ready is not None:
             assert p.stdout is not None
@@ -407,7 +416,7 @@ def test_python_m_rfscope_probe_is_rfscope_probe(tmp_path):
     f = tmp_path / "m.py"
     f.write_text(_SLOW_FORWARD)
     p = subprocess.Popen([sys.executable, "-m", "rfscope.probe", str(f), "--mode", "exact"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal)
     try:
         assert p.stdout is not None and "forward" in p.stdout.readline()
         p.send_signal(__import__("signal").SIGINT)
