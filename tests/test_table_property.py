@@ -4,7 +4,9 @@ Each example is a small ``nn.Module`` built from a list of steps drawn by Hypoth
 patch embed (1 channel, kernel = stride = 2: every token is a 2x2 pixel patch of an 8..16 pixel
 image): window partition and its reverse, roll, flip, zero pad then crop, a class token ``cat``
 and ``x[:, 1:]``, token mixing (mean broadcast back, attention written by hand, SDPA), a Conv1d /
-AvgPool1d over the tokens of one grid row (or column), ``x + f(x)``, pixel unshuffle written with
+AvgPool1d over the tokens of one grid row (or column), attention whose keys are every 2nd or 3rd
+token per axis (a union with holes), an AvgPool1d over the flattened tokens (L-shaped unions
+across row ends), ``x + f(x)``, pixel unshuffle written with
 view/permute/reshape, ``repeat_interleave`` / ``repeat`` then a slice back, ``index_select`` with a
 constant buffer index.  Every program ends in ``(N, C, H', W')`` or ``(N, L, C)``.
 
@@ -51,6 +53,10 @@ class Step(nn.Module):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, C))
         elif kind == "mix" and spec[1] in ("attn", "sdpa"):
             self.q, self.k, self.v = nn.Linear(C, C), nn.Linear(C, C), nn.Linear(C, C)
+        elif kind == "subattn":
+            keys = [r * w + c for r in range(0, h, spec[1]) for c in range(0, w, spec[1])]
+            self.register_buffer("index", torch.tensor(keys, dtype=torch.long))
+            self.q, self.k, self.v = nn.Linear(C, C), nn.Linear(C, C), nn.Linear(C, C)
         elif kind in ("isel", "tisel"):
             self.register_buffer("index", torch.tensor(spec[-1], dtype=torch.long))
         elif kind == "res":
@@ -73,6 +79,17 @@ class Step(nn.Module):
             t = self.conv(t) if s[1] == "conv" else F.avg_pool1d(t, s[2], 1, s[2] // 2)
             g = t.transpose(1, 2).reshape(-1, hh, ww, C)
             return g if s[3] == 2 else g.transpose(1, 2)
+        if kind == "subattn":  # attention whose keys are every s-th token per axis: holes between them
+            b = x.shape[0]
+            t = x.reshape(b, h * w, C)
+            # picked with a constant index (x[:, ::s, ::s] stays periodic, where a mean or attention
+            # over all of it is said 'global': test_mean_over_cropped_grid_is_not_global)
+            kv = t.index_select(1, self.index)
+            # plus x: the oracle's constant weights make all keys equal, which hides the query's own
+            # token from the gradient when it is not among the keys (the model does depend on it)
+            return x + F.scaled_dot_product_attention(self.q(t), self.k(kv), self.v(kv)).reshape(b, h, w, C)
+        if kind == "flatpool":  # a 1-D pool over the flattened tokens: runs across row ends (L-shapes)
+            return F.avg_pool1d(x.transpose(1, 2), s[1], 1, s[1] // 2).transpose(1, 2)
         if kind == "unshuffle":  # pixel_unshuffle by 2 written out, then back to C channels
             b = x.shape[0]
             y = x.view(b, h // 2, 2, w // 2, 2, C).permute(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, 4 * C)
@@ -147,7 +164,7 @@ class Program(nn.Module):
 
 
 # -- the strategy ----------------------------------------------------------------------------------
-GRID_PRESERVING = ("roll", "flip", "padcrop", "tokconv", "rep", "isel")
+GRID_PRESERVING = ("roll", "flip", "padcrop", "tokconv", "rep", "isel", "subattn")
 
 
 @st.composite
@@ -166,6 +183,8 @@ def grid_step(draw: st.DrawFn, h: int, w: int, kinds: Sequence[str]) -> Spec:
     if kind == "rep":
         return ("rep", draw(st.sampled_from(["interleave", "repeat"])), draw(st.sampled_from([1, 2])),
                 draw(st.integers(0, 1)))
+    if kind == "subattn":
+        return ("subattn", draw(st.sampled_from([2, 3])))
     if kind == "isel":
         dim = draw(st.sampled_from([1, 2]))
         n = h if dim == 1 else w
@@ -203,7 +222,7 @@ def programs(draw: st.DrawFn) -> tuple[tuple[int, int], tuple[Spec, ...], str]:
                 steps.append(("tokens",))
                 layout = "tokens"
         elif layout == "tokens":
-            kinds = ["dropcls" if cls else "cls", "mix", "tisel", "res"] + ([] if cls else ["grid"])
+            kinds = ["dropcls" if cls else "cls", "mix", "tisel", "res", "flatpool"] + ([] if cls else ["grid"])
             kind = draw(st.sampled_from(kinds))
             n = h * w + cls
             mix = st.sampled_from(["mean", "attn", "sdpa"])
@@ -213,6 +232,8 @@ def programs(draw: st.DrawFn) -> tuple[tuple[int, int], tuple[Spec, ...], str]:
                 steps.append(("tisel", tuple(draw(st.lists(st.integers(0, n - 1), min_size=n, max_size=n)))))
             elif kind == "res":
                 steps.append(("res", ("mix", draw(mix))))
+            elif kind == "flatpool":
+                steps.append(("flatpool", draw(st.sampled_from([3, 5]))))
             elif kind == "grid":
                 steps.append(("grid",))
                 layout = "grid"
@@ -324,3 +345,17 @@ def test_residual_diagonal_shift_is_not_a_box() -> None:
 
 def test_crop_flip_then_pad_sees_nothing() -> None:
     check((8, 8), [("padcrop", 1, 0, 0), ("flip", (1,)), ("padcrop", 1, 0, 0)], "nchw")
+
+
+@pytest.mark.parametrize("prog", [
+    ((8, 8), (("subattn", 2),), "nchw"),                                         # keys every 2nd token: holes
+    ((12, 12), (("subattn", 2), ("subattn", 2)), "nchw"),                       # holes, mixed again
+    ((16, 8), (("subattn", 2), ("tokconv", "conv", 3, 2)), "nchw"),             # a conv over a union with holes
+    ((12, 12), (("tokens",), ("flatpool", 5)), "nlc"),                          # L-shapes across row ends
+    ((12, 8), (("tokens",), ("flatpool", 3), ("flatpool", 5), ("grid",)), "nchw"),
+    ((12, 12), (("subattn", 2), ("tokens",), ("flatpool", 3)), "nlc"),         # both
+], ids=["holes", "two-strides", "conv-over-holes", "l-shape", "l-shape-twice", "holes-then-l"])
+def test_holes_and_l_shapes_are_stated_exactly(prog: tuple[tuple[int, int], tuple[Spec, ...], str]) -> None:
+    """Unions that are not a box: runs at a step (keys pooled with gaps) and L-shapes (a 1-D op
+    across row ends) are stated exactly (docs/design.md §2b, "Holes"), never ``unknown``."""
+    assert check(*prog) in ("table", "exact")

@@ -238,12 +238,7 @@ NODES: list[tuple[str, ...]] = [
         "periodic tensor keeps the RF literature's convention (a padding position has a window, here the whole "
         "image); the same for F.pad(conv(x) + conv(x).mean((2, 3), keepdim=True), (0, 0, 1, 0)) on NCHW")),
     ("mvitv2", "patch_embed", "patch embed 7x7, stride 4"),
-    ("mvitv2", "stages.0", "pooling attention", XFAIL, (
-        "MultiScaleVit(MultiScaleVitCfg(depths=(1,1,1,1), embed_dim=32, num_heads=1), img_size=(64,64)): "
-        "stages.0 and everything after is 'unknown': the keys are pooled with a 3x3 conv of stride 4 (pool_kv), "
-        "so pixels between their windows are seen by no key, and a query's attention sees its own token's box "
-        "plus a union with holes: not a union of a few boxes (the in-place relative-position bias, aten.copy_, "
-        "is followed since 5b558d6)")),
+    ("mvitv2", "stages.0", "pooling attention: keys pooled 3x3 with stride 4 leave holes (tests/test_holes_oracle.py)"),
 ]
 
 
@@ -287,8 +282,7 @@ def test_node_against_the_oracle(key: str, node: str, what: str, local: bool, ca
     check_node(c.rep, c.oracle(local), node, n=6, local=local)
 
 
-@pytest.mark.parametrize("key", [pytest.param(k, marks=_xfail("pooled keys leave holes (see mvitv2:stages.0)"))
-                                 if k == "mvitv2" else k for k in MODELS])
+@pytest.mark.parametrize("key", list(MODELS))
 def test_no_unknown_node_and_global_output(key: str, cases: Callable[[str], Case]) -> None:
     rep = cases(key).rep
     assert [n for n, r in rep.records.items() if r.rf is not None and r.rf.status == "unknown"] == []

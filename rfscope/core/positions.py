@@ -212,8 +212,8 @@ def _periodic(t: Table, ndim: int) -> TensorRF | None:
 
 
 def _find_periodic(t: Table, ndim: int) -> TensorRF | None:
-    if len(t.parts) != 1:
-        return None
+    if len(t.parts) != 1 or t.parts[0].comb:
+        return None  # (a comb: windows with holes, which the periodic form could hold, not converted yet)
     p = t.parts[0]
     bounds = p.bounds()
     tags: list[Any] = [None] * ndim
@@ -413,11 +413,21 @@ def index_rule(ctx: OpContext) -> Any:
     if fn in _CAT:
         args, kwargs, grow = _cat_narrowed(args, kwargs, ctx.out_shape)
     n_parts = max(len(t.parts) for t in _table_list((args, kwargs)))
+    n_axes = len(ctx.input_size)
+    combed = [any(bool(x.parts[p].comb) for x in _table_list((args, kwargs)) if p < len(x.parts))
+              for p in range(n_parts)]
 
     def column(x: Any, p: int, c: int, dtype: torch.dtype, dense: bool = False) -> Any:
         if isinstance(x, Table):
             part = x.parts[p] if p < len(x.parts) else None
-            col = part.cols[c] if part is not None else torch.zeros((), dtype=torch.int64).expand(x.shape)
+            if part is None:
+                col = torch.zeros((), dtype=torch.int64).expand(x.shape)
+            elif c < 2 * n_axes:
+                col = part.cols[c]
+            elif part.comb:
+                col = part.comb[c - 2 * n_axes]
+            else:  # a box: origin 0, step 1, width 1
+                col = torch.full((), 0 if (c - 2 * n_axes) % 3 == 0 else 1, dtype=torch.int64).expand(x.shape)
             col = col.to(dtype) if dtype != torch.int64 else col
             return col.contiguous() if dense else col
         if isinstance(x, (list, tuple)):
@@ -426,7 +436,6 @@ def index_rule(ctx: OpContext) -> Any:
             return {k: column(v, p, c, dtype, dense) for k, v in x.items()}
         return x
 
-    n_axes = len(ctx.input_size)
     def meta(x: Any) -> Any:
         if isinstance(x, torch.Tensor):
             return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
@@ -445,7 +454,7 @@ def index_rule(ctx: OpContext) -> Any:
             raise TableError(f"the per-position table would hold {held:,} values per bound "
                              f"(more than {MAX_VALUES:,})")
         cols = []
-        for c in range(2 * n_axes):
+        for c in range((5 if combed[p] else 2) * n_axes):
             try:
                 r = fn(*column(args, p, c, torch.int64), **column(kwargs, p, c, torch.int64))
             except (RuntimeError, NotImplementedError, TypeError):

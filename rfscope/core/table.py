@@ -80,9 +80,16 @@ def _core(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class Part:
-    """One box per element: ``cols[2a]``/``cols[2a+1]`` are the encoded bounds along input axis ``a``."""
+    """One box per element: ``cols[2a]``/``cols[2a+1]`` are the encoded bounds along input axis ``a``.
+
+    With ``comb`` (``3 * n_axes`` columns, ``(origin, step, width)`` per axis) the element sees
+    only the pixels ``x`` of its box with ``(x - origin) mod step < width``: runs of ``width``
+    pixels every ``step`` (keys pooled with a stride wider than their window, grid attention over
+    tokens whose windows do not touch).  A box is ``step = width = 1``; see docs/design.md §2b,
+    "Holes"."""
 
     cols: tuple[torch.Tensor, ...]
+    comb: tuple[torch.Tensor, ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -92,12 +99,20 @@ class Part:
     def n_axes(self) -> int:
         return len(self.cols) // 2
 
+    @property
+    def all_cols(self) -> tuple[torch.Tensor, ...]:
+        """Bounds, then the comb columns (what an index op moves)."""
+        return self.cols + self.comb
+
     def core(self) -> tuple[torch.Tensor, ...]:
         """The columns narrowed to size 1 along every dim where none of them varies."""
+        return self._narrow(self.cols)
+
+    def _narrow(self, cols: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         shape = self.shape
-        idx = tuple(slice(0, 1) if shape[d] > 1 and all(c.stride(d) == 0 for c in self.cols) else slice(None)
+        idx = tuple(slice(0, 1) if shape[d] > 1 and all(c.stride(d) == 0 for c in cols) else slice(None)
                     for d in range(len(shape)))
-        return tuple(c[idx] for c in self.cols)
+        return tuple(c[idx] for c in cols)
 
     def empty(self) -> torch.Tensor:
         """Elements that see nothing (on the core: broadcastable to :attr:`shape`)."""
@@ -109,7 +124,7 @@ class Part:
 
     def bounds(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Decoded ``(lo, hi)`` per axis on the core (broadcastable to :attr:`shape`); an empty
-        element has ``lo = +inf``, ``hi = -inf``."""
+        element has ``lo = +inf``, ``hi = -inf``.  With a comb, the first and last pixel seen."""
         cols = self.core()
         e = cols[0] == 0
         for c in cols[1:]:
@@ -121,9 +136,30 @@ class Part:
             out.append((lo, hi))
         return out
 
+    def combs(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+        """``(origin, step, width)`` per axis (broadcastable to :attr:`shape`), ``None`` for boxes."""
+        if not self.comb:
+            return None
+        c = self._narrow(self.comb)
+        return [(c[3 * a], c[3 * a + 1].clamp(min=1), c[3 * a + 2]) for a in range(self.n_axes)]
+
+    def holes(self) -> torch.Tensor:
+        """Elements whose pixels do not fill their bounding box (broadcastable to :attr:`shape`)."""
+        cb = self.combs()
+        if cb is None:
+            return torch.zeros((), dtype=torch.bool)
+        h = torch.zeros((), dtype=torch.bool)
+        for (_o, s, w), (lo, hi) in zip(cb, self.bounds(), strict=True):
+            h = h | ((w < s) & (hi - lo + 1 > w))
+        return h & ~self.empty()
+
     @staticmethod
-    def encode(bounds: Sequence[tuple[torch.Tensor, torch.Tensor]], shape: Sequence[int] | None = None) -> Part:
-        """The part whose element ``e`` sees ``[lo[e], hi[e]]`` per axis, broadcast to ``shape``."""
+    def encode(bounds: Sequence[tuple[torch.Tensor, torch.Tensor]], shape: Sequence[int] | None = None,
+               comb: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None) -> Part:
+        """The part whose element ``e`` sees ``[lo[e], hi[e]]`` per axis (clipped to the comb
+        ``(origin, step, width)`` when given), broadcast to ``shape``."""
+        if comb is not None:
+            bounds, comb = _canonical(bounds, comb)
         if shape is None:
             shape = torch.broadcast_shapes(*(b.shape for pair in bounds for b in pair))
         shape = tuple(shape)
@@ -142,10 +178,48 @@ class Part:
             # (index ops, which may materialise, compress their results in _assemble)
             cols.append(torch.where(e, 0, lo + BIG).expand(shape))
             cols.append(torch.where(e, 0, hi + BIG).expand(shape))
-        return Part(tuple(cols))
+        ccols: tuple[torch.Tensor, ...] = ()
+        if comb is not None:
+            ccols = tuple(compress(x.expand(shape)) for trio in comb for x in trio)
+        return Part(tuple(cols), ccols)
 
     def expand(self, shape: Sequence[int]) -> Part:
-        return Part(tuple(c.expand(tuple(shape)) for c in self.cols))
+        return Part(tuple(c.expand(tuple(shape)) for c in self.cols),
+                    tuple(c.expand(tuple(shape)) for c in self.comb))
+
+
+def _canonical(bounds: Sequence[tuple[torch.Tensor, torch.Tensor]],
+               comb: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+               ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                          list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None]:
+    """Bounds moved onto the first and last pixel of the comb, origins taken modulo the step, and
+    ``(0, 1, 1)`` where the element has no hole; ``None`` when no element has one."""
+    out_b, out_c = [], []
+    any_hole = False
+    for (lo, hi), (o, s, w) in zip(bounds, comb, strict=True):
+        s = s.clamp(min=1)
+        w = torch.minimum(w.clamp(min=1), s)
+        o = torch.remainder(o, s)
+        r = torch.remainder(lo - o, s)
+        lo2 = torch.where(r < w, lo, lo + (s - r))
+        r = torch.remainder(hi - o, s)
+        hi2 = torch.where(r < w, hi, hi - (r - w + 1))
+        live = (lo <= hi) & (lo2 <= hi2)
+        lo2 = torch.where(live, lo2, 1)
+        hi2 = torch.where(live, hi2, 0)
+        # no hole: a full comb, or a box inside one run
+        flat = (w >= s) | (hi2 - lo2 + 1 <= w - torch.remainder(lo2 - o, s)) | ~live
+        any_hole = any_hole or bool((~flat).any())
+        out_b.append((lo2, hi2))
+        out_c.append((torch.where(flat, 0, o), torch.where(flat, 1, s), torch.where(flat, 1, w)))
+    if not any_hole:
+        return out_b, None
+    # an element empty along one axis is empty along all
+    e = None
+    for lo, hi in out_b:
+        e = lo > hi if e is None else e | (lo > hi)
+    assert e is not None
+    return [(torch.where(e, 1, lo), torch.where(e, 0, hi)) for lo, hi in out_b], out_c
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,11 +292,22 @@ class Table:
 
     def boxes(self, index: Sequence[int]) -> list[tuple[tuple[int, int], ...]]:
         """The boxes whose union element ``index`` sees (one per part that is not empty there)."""
-        out = []
+        out: list[tuple[tuple[int, int], ...]] = []
         for p in self.parts:
             if bool(_at(p.empty(), index)):
                 continue
-            out.append(tuple((int(_at(lo, index)), int(_at(hi, index))) for lo, hi in p.bounds()))
+            box = [(int(_at(lo, index)), int(_at(hi, index))) for lo, hi in p.bounds()]
+            cb = p.combs()
+            if cb is None:
+                out.append(tuple(box))
+                continue
+            runs: list[list[tuple[int, int]]] = []  # per axis, the runs of the comb inside the box
+            for (lo, hi), (ot, stt, wt) in zip(box, cb, strict=True):
+                o, st, w = int(_at(ot, index)), int(_at(stt, index)), int(_at(wt, index))
+                start = lo - (lo - o) % st
+                runs.append([(max(x, lo), min(x + w - 1, hi)) for x in range(start, hi + 1, st)
+                             if max(x, lo) <= min(x + w - 1, hi)])
+            out.extend(product(*runs))
         return out
 
     def max_sizes(self) -> tuple[int, ...]:
@@ -260,7 +345,7 @@ class Table:
             return False  # the first element does not: no need to look at the others
         full = None
         for p in self.parts:
-            ok = ~p.empty()
+            ok = ~p.empty() & ~p.holes()
             for (lo, hi), n in zip(p.bounds(), extent, strict=False):
                 ok = ok & (lo <= 0) & (hi >= n - 1)
             full = ok if full is None else full | ok
@@ -284,13 +369,13 @@ class Table:
 
     def nbytes(self) -> int:
         """Memory actually held, local part included (stride-0 dims cost nothing)."""
-        own = sum(_core(c).numel() * 8 for p in self.parts for c in p.cols)
+        own = sum(_core(c).numel() * 8 for p in self.parts for c in p.all_cols)
         return own + (self.local.nbytes() if isinstance(self.local, Table) else 0)
 
     # -- index ops -------------------------------------------------------
     def apply(self, fn: Callable[[torch.Tensor], Any]) -> Any:
         """Run an index op on every column; returns a Table, or a tuple of them for tuple outputs."""
-        outs = [[fn(c) for c in p.cols] for p in self.parts]
+        outs = [[fn(c) for c in p.all_cols] for p in self.parts]
         return _assemble(outs, self.n_axes)
 
     # -- mixing ----------------------------------------------------------
@@ -324,7 +409,8 @@ class Table:
             # nothing varies along ``dims`` (channels of a token): the table, narrowed to size 1 there
             idx = tuple(slice(0, 1) if d in dims else slice(None) for d in range(len(self.shape)))
             shape = tuple(1 if d in dims else n for d, n in enumerate(self.shape))
-            out = Table(tuple(Part(tuple(c[idx] for c in p.cols)) for p in self.parts), shape, self.n_axes,
+            out = Table(tuple(Part(tuple(c[idx] for c in p.cols), tuple(c[idx] for c in p.comb))
+                              for p in self.parts), shape, self.n_axes,
                         full=self.full)
             out.memo["root"] = _root(self)
             return out
@@ -332,7 +418,11 @@ class Table:
             parts = [q for p in self.parts for q in _reduce_part(p, dims, keepdim)]
         except TableError as alone:
             if len(self.parts) == 1:
-                raise
+                try:  # each member a part of its own (an L-shaped union)
+                    parts = _reduce_part(self.parts[0], dims, keepdim, members=True)
+                except TableError:
+                    raise alone from None
+                return Table(_simplify(parts), parts[0].shape, self.n_axes, full=self.full)
             # parts that only make boxes together (one was merged into another where it could be)
             both = _stacked(self.parts)
             if max(_core(c).numel() for c in both.cols) > 4 * RASTER_BUDGET:  # a cost bound: say why alone
@@ -341,13 +431,16 @@ class Table:
             try:
                 parts = _reduce_part(both, [0, *(d + 1 for d in dims)], keepdim=False, squeeze=drop)
             except TableError as together:
-                raise TableError(f"{alone} ({together})") from None
+                try:  # last: each member a part of its own (an L-shaped union)
+                    parts = [q for p in self.parts for q in _reduce_part(p, dims, keepdim, members=True)]
+                except TableError:
+                    raise TableError(f"{alone} ({together})") from None
         shape = parts[0].shape
         return Table(_simplify(parts), shape, self.n_axes, full=self.full)
 
     def varies_along(self, d: int) -> bool:
         """Some part's bounds change along dim ``d`` (a dim of stride 0 everywhere does not)."""
-        return self.shape[d] > 1 and any(c.stride(d) != 0 for p in self.parts for c in p.cols)
+        return self.shape[d] > 1 and any(c.stride(d) != 0 for p in self.parts for c in p.all_cols)
 
     def pick(self, dim: int, rows: Sequence[Sequence[int]]) -> Table:
         """Along ``dim`` (non-negative), output index ``o`` sees the union of what input indices
@@ -366,6 +459,8 @@ class Table:
         must join the box of the steps before it: contain it, lie in it, or extend it along one axis."""
         parts = []
         for p in self.parts:
+            if p.comb:
+                raise TableError("a recurrence over positions seen with holes")
             b = p.bounds()
             cum = [(lo.expand(p.shape).cummin(dim).values, hi.expand(p.shape).cummax(dim).values) for lo, hi in b]
             n = p.shape[dim]
@@ -434,18 +529,27 @@ class Table:
             return c
 
         def slide(part: Part, lead: int) -> list[Part]:
-            cols = tuple(unf(c.contiguous() if mode != "constant" else c, lead) for c in part.cols)
+            cols = tuple(unf(c.contiguous() if mode != "constant" else c, lead) for c in part.all_cols)
             win = list(range(nd + lead, nd + lead + n_dims))
             first = list(range(lead))
-            return _reduce_part(Part(cols), [*first, *(m + lead for m in mix), *win], keepdim=False,
-                                squeeze=[*first, *win])
+            return _reduce_part(_split_cols(cols, self.n_axes), [*first, *(m + lead for m in mix), *win],
+                                keepdim=False, squeeze=[*first, *win], members=members)
 
+        members = False
         try:  # each part alone (the union distributes), else all parts' boxes together
             out_parts = [q for part in self.parts for q in slide(part, 0)]
-        except TableError:
-            if len(self.parts) == 1:
-                raise
-            out_parts = slide(_stacked(self.parts), 1)
+        except TableError as alone:
+            try:
+                if len(self.parts) == 1:
+                    raise
+                out_parts = slide(_stacked(self.parts), 1)
+            except TableError:
+                # last: each member of the window a part of its own (an L-shaped union)
+                members = True
+                try:
+                    out_parts = [q for part in self.parts for q in slide(part, 0)]
+                except TableError:
+                    raise alone from None
         shape = out_parts[0].shape
         return Table(_simplify(out_parts), shape, self.n_axes)
 
@@ -460,11 +564,32 @@ def _root(t: Table) -> Table:
 def _stacked(parts: Sequence[Part]) -> Part:
     """The parts stacked along a new leading dim (stride 0 kept where none of them varies)."""
     shape = parts[0].shape
-    var = [d for d in range(len(shape)) if shape[d] > 1 and any(c.stride(d) != 0 for p in parts for c in p.cols)]
+    n_axes = parts[0].n_axes
+    full = [_with_comb(p) for p in parts] if any(p.comb for p in parts) else [p.all_cols for p in parts]
+    var = [d for d in range(len(shape)) if shape[d] > 1 and any(c.stride(d) != 0 for p in full for c in p)]
     idx = tuple(slice(None) if d in var else slice(0, 1) for d in range(len(shape)))
-    n = len(parts[0].cols)
-    cols = tuple(torch.stack([p.cols[c][idx] for p in parts]).expand(len(parts), *shape) for c in range(n))
-    return Part(cols)
+    n = len(full[0])
+    cols = tuple(torch.stack([p[c][idx] for p in full]).expand(len(parts), *shape) for c in range(n))
+    return _split_cols(cols, n_axes)
+
+
+def _with_comb(p: Part) -> tuple[torch.Tensor, ...]:
+    """All columns of ``p``, with the comb of a box (``0, 1, 1`` per axis) where it has none."""
+    if p.comb:
+        return p.all_cols
+    one = torch.ones((), dtype=torch.int64).expand(p.shape)
+    zero = torch.zeros((), dtype=torch.int64).expand(p.shape)
+    return p.cols + (zero, one, one) * p.n_axes
+
+
+def _split_cols(cols: Sequence[torch.Tensor], n_axes: int) -> Part:
+    """The part of ``2 * n_axes`` bound columns followed (or not) by ``3 * n_axes`` comb columns;
+    a comb of boxes only is dropped."""
+    b, c = tuple(cols[:2 * n_axes]), tuple(cols[2 * n_axes:])
+    if c and all(bool(((_core(c[3 * a + 1]) <= 1) | (_core(c[3 * a + 2]) >= _core(c[3 * a + 1]))).all())
+                 for a in range(n_axes)):
+        c = ()
+    return Part(b, c)
 
 
 def _at(t: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
@@ -478,7 +603,8 @@ def _assemble(outs: list[list[Any]], n_axes: int) -> Any:
         return tuple(_assemble([[c[i] for c in cols] for cols in outs], n_axes) for i in range(len(first)))
     if not isinstance(first, torch.Tensor):
         raise TableError(f"the op returned {type(first).__name__}")
-    parts = tuple(Part(tuple(compress(c.long() if c.dtype != torch.int64 else c) for c in cols)) for cols in outs)
+    parts = tuple(_split_cols([compress(c.long() if c.dtype != torch.int64 else c) for c in cols], n_axes)
+                  for cols in outs)
     return Table(parts, tuple(first.shape), n_axes)
 
 
@@ -493,33 +619,61 @@ def _contains(a: list[tuple[torch.Tensor, torch.Tensor]], b: list[tuple[torch.Te
 
 
 def _merge_pair(a: Part, b: Part) -> tuple[Part, Part | None]:
-    """``a ∪ b`` as one part wherever it is one box, and what is left of ``b`` elsewhere
-    (``None`` when nothing is left); the two kept apart when merging would exceed :data:`MAX_VALUES`."""
+    """``a ∪ b`` as one part wherever it is one box (or one comb clipped to one box), and what is
+    left of ``b`` elsewhere (``None`` when nothing is left); the two kept apart when merging would
+    exceed :data:`MAX_VALUES`."""
     both = torch.broadcast_shapes(*(c.shape for c in a.core()), *(c.shape for c in b.core()))
     if math.prod(both) > MAX_VALUES:
         return a, b
     ba, bb = a.bounds(), b.bounds()
     ea, eb = a.empty(), b.empty()
-    a_in_b = ea | _contains(bb, ba)
-    b_in_a = eb | _contains(ba, bb)
+    ca, cb = a.combs(), b.combs()
+    if ca is None and cb is None:
+        a_in_b = ea | _contains(bb, ba)
+        b_in_a = eb | _contains(ba, bb)
+        same = torch.ones((), dtype=torch.bool)
+    else:
+        # a box holds the other's bounding box; or the same comb on both (then the union of the
+        # boxes clipped to it)
+        ha, hb = a.holes(), b.holes()
+        a_in_b = ea | (~hb & _contains(bb, ba))
+        b_in_a = eb | (~ha & _contains(ba, bb))
+        same = torch.ones((), dtype=torch.bool)
+        for (oa, sa, wa), (ob, sb, wb) in zip(ca or _box_comb(a), cb or _box_comb(b), strict=True):
+            same = same & (sa == sb) & (wa == wb) & (torch.remainder(oa - ob, sa) == 0)
     # boxes equal on all axes but one, overlapping or touching on that one
     diff = torch.zeros_like(ea, dtype=torch.int64)
     touch = torch.ones_like(ea)
-    for (la, ha), (lb, hb) in zip(ba, bb, strict=True):
-        same = (la == lb) & (ha == hb)
-        diff = diff + (~same).long()
-        touch = touch & (same | ((lb <= ha + 1) & (la <= hb + 1)))
-    ok = a_in_b | b_in_a | ((diff <= 1) & touch)
-    merged = [(torch.where(ok, torch.minimum(la, lb), la), torch.where(ok, torch.maximum(ha, hb), ha))
-              for (la, ha), (lb, hb) in zip(ba, bb, strict=True)]
+    for (la, ha_), (lb, hb_) in zip(ba, bb, strict=True):
+        eq = (la == lb) & (ha_ == hb_)
+        diff = diff + (~eq).long()
+        touch = touch & (eq | ((lb <= ha_ + 1) & (la <= hb_ + 1)))
+    joint = same & (_contains(bb, ba) | _contains(ba, bb) | ((diff <= 1) & touch))
+    ok = a_in_b | b_in_a | joint
+    if ca is None and cb is None:
+        merged = [(torch.where(ok, torch.minimum(la, lb), la), torch.where(ok, torch.maximum(ha_, hb_), ha_))
+                  for (la, ha_), (lb, hb_) in zip(ba, bb, strict=True)]
+        comb = None
+    else:
+        take_b = a_in_b & ~b_in_a  # b holds a: b's box (and comb) there
+        merged = [(torch.where(take_b, lb, torch.where(ok & ~b_in_a, torch.minimum(la, lb), la)),
+                   torch.where(take_b, hb_, torch.where(ok & ~b_in_a, torch.maximum(ha_, hb_), ha_)))
+                  for (la, ha_), (lb, hb_) in zip(ba, bb, strict=True)]
+        comb = [tuple(torch.where(take_b, y, x) for x, y in zip(tx, ty, strict=True))
+                for tx, ty in zip(ca or _box_comb(a), cb or _box_comb(b), strict=True)]
     if bool(ok.all()):
-        return Part.encode(merged, a.shape), None
-    rest = [(torch.where(ok, 1, lb), torch.where(ok, 0, hb)) for lb, hb in bb]
-    return Part.encode(merged, a.shape), Part.encode(rest, a.shape)
+        return Part.encode(merged, a.shape, comb), None  # type: ignore[arg-type]
+    rest = [(torch.where(ok, 1, lb), torch.where(ok, 0, hb_)) for lb, hb_ in bb]
+    return Part.encode(merged, a.shape, comb), Part.encode(rest, a.shape, cb)  # type: ignore[arg-type]
+
+
+def _box_comb(p: Part) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    zero, one = torch.zeros((), dtype=torch.int64), torch.ones((), dtype=torch.int64)
+    return [(zero, one, one) for _ in range(p.n_axes)]
 
 
 def _varying(p: Part) -> frozenset[int]:
-    return frozenset(d for d, n in enumerate(p.shape) if n > 1 and any(c.stride(d) != 0 for c in p.cols))
+    return frozenset(d for d, n in enumerate(p.shape) if n > 1 and any(c.stride(d) != 0 for c in p.all_cols))
 
 
 def _simplify(parts: Sequence[Part], nested: bool = True) -> tuple[Part, ...]:
@@ -554,51 +708,275 @@ def _core_all_empty(p: Part) -> bool:
     return bool(p.empty().all())
 
 
-def _reduce_part(p: Part, dims: Sequence[int], keepdim: bool, squeeze: Sequence[int] = ()) -> list[Part]:
-    """Union of the boxes along ``dims`` of one part: one part when it is a box in every group,
-    else up to ``2**n_axes`` parts (a union that wraps around, as a shifted window does)."""
+#: a window of more members than this is not split into one part per member (see ``_reduce_part``)
+MAX_MEMBERS = 256
+#: distinct member patterns rasterised one by one when a union has holes
+MAX_PATTERNS = 4096
+
+
+def _reduce_part(p: Part, dims: Sequence[int], keepdim: bool, squeeze: Sequence[int] = (),
+                 members: bool = False) -> list[Part]:
+    """Union of the boxes along ``dims`` of one part: one part when it is a box (or a comb) in
+    every group, else up to ``2**n_axes`` parts (a union that wraps around, as a shifted window
+    does); with ``members``, when neither, one part per member (an L-shaped union, at most
+    :data:`MAX_MEMBERS` members)."""
     bounds = p.bounds()
-    var = [d for d in dims if p.cols[0].shape[d] > 1 and any(c.stride(d) != 0 for c in p.cols)]
+    comb = p.combs()
+    var = [d for d in dims if p.shape[d] > 1 and any(c.stride(d) != 0 for c in p.all_cols)]
     idx = tuple(slice(0, 1) if i in dims else slice(None) for i in range(len(p.shape)))
     drop = sorted(set(squeeze) if squeeze else set(dims), reverse=True) if not keepdim else []
     out_shape = [1 if i in dims else n for i, n in enumerate(p.shape)]
     for d in drop:
         del out_shape[d]
 
-    def finish(boxes: list[tuple[torch.Tensor, torch.Tensor]]) -> Part:
-        out = []
-        for lo_r, hi_r in boxes:
-            lo_r, hi_r = lo_r[idx], hi_r[idx]
-            for d in drop:
-                lo_r, hi_r = lo_r.squeeze(d), hi_r.squeeze(d)
-            out.append((lo_r, hi_r))
-        return Part.encode(out, out_shape)
+    def cut(x: torch.Tensor, at: tuple[Any, ...] = idx) -> torch.Tensor:
+        x = x[at]
+        for d in drop:
+            x = x.squeeze(d)
+        return x
+
+    def finish(boxes: list[tuple[torch.Tensor, torch.Tensor]],
+               combs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+               at: tuple[Any, ...] = idx) -> Part:
+        out = [(cut(lo, at), cut(hi, at)) for lo, hi in boxes]
+        oc = [tuple(cut(x, at) for x in trio) for trio in combs] if combs is not None else None
+        return Part.encode(out, out_shape, oc)  # type: ignore[arg-type]
 
     if not var:
-        return [finish(bounds)]
-    g = _Groups(bounds, var)
-    if not _gapped(g) and _covered(g.m_lo, g.m_hi, [x.amin(1) for x in g.m_lo], [x.amax(1) for x in g.m_hi]):
-        return [finish([(lo.amin(dim=var, keepdim=True), hi.amax(dim=var, keepdim=True)) for lo, hi in bounds])]
-    return [finish([(g.back(lo), g.back(hi)) for lo, hi in box]) for box in _split(g)]
+        return [finish(bounds, comb)]
+    g = _Groups(bounds, var, comb)
+    if comb is None:
+        if not _gapped(g) and _covered(g.m_lo, g.m_hi, [x.amin(1) for x in g.m_lo], [x.amax(1) for x in g.m_hi]):
+            return [finish([(lo.amin(dim=var, keepdim=True), hi.amax(dim=var, keepdim=True))
+                            for lo, hi in bounds])]
+    first: TableError | None = None
+    if comb is None:
+        try:  # two runs per axis (a shifted window that wrapped): up to 2**n_axes boxes
+            return [finish([(g.back(lo), g.back(hi)) for lo, hi in box]) for box in _split(g)]
+        except TableError as e:
+            first = e
+    try:  # runs of one width at one step per axis, their product filled by the members: one part
+        per_axis = _comb_union(g)
+        return [finish([(g.back(lo), g.back(hi)) for lo, hi, _o, _s, _w in per_axis],
+                       [(g.back(o), g.back(s), g.back(w)) for _lo, _hi, o, s, w in per_axis])]
+    except TableError as e:
+        first = first or e
+    if comb is not None:
+        boxes = _explode(p)
+        if boxes is not None:  # the runs as boxes, each reduced alone (the union distributes)
+            try:
+                return [q for b in boxes for q in _reduce_part(b, dims, keepdim, squeeze, members)]
+            except TableError:
+                pass
+    assert first is not None
+    if not members or g.n_members > MAX_MEMBERS or g.n_members * len(g.m_lo[0]) > RASTER_BUDGET:
+        raise first
+    # one part per member: the union is theirs (simplified by the caller)
+    out = []
+    for k in product(*(range(p.shape[d]) for d in var)):
+        at = list(idx)
+        for d, i in zip(var, k, strict=True):
+            at[d] = slice(i, i + 1)
+        out.append(finish(bounds, comb, tuple(at)))
+    return out
+
+
+def _explode(p: Part) -> list[Part] | None:
+    """A part with holes as box parts, one per run index along each axis (run ``k`` of every
+    element in one part); ``None`` when that would be more than :data:`MAX_PARTS` parts."""
+    cb = p.combs()
+    assert cb is not None
+    per_axis = []
+    for (lo, hi), (o, st, w) in zip(p.bounds(), cb, strict=True):
+        live = lo <= hi
+        first = torch.where(live, lo - torch.remainder(lo - o, st), 0)
+        n_runs = torch.where(live, (hi - first) // st + 1, 0)
+        per_axis.append((lo, hi, first, st, w, int(n_runs.max()) if n_runs.numel() else 0))
+    if math.prod(max(1, a[-1]) for a in per_axis) > MAX_PARTS:
+        return None
+    out = []
+    for ks in product(*(range(max(1, a[-1])) for a in per_axis)):
+        bounds = []
+        for (lo, hi, first, st, w, _n), k in zip(per_axis, ks, strict=True):
+            start = first + k * st
+            bounds.append((torch.maximum(lo, start), torch.minimum(hi, start + w - 1)))
+        out.append(Part.encode(bounds, p.shape))
+    return out
+
+
+def _comb_union(g: _Groups) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per axis ``(lo, hi, origin, step, width)`` of each group's union (``(groups,)`` vectors)
+    when that union is, on every axis, runs of one width at one step (the first and last may be
+    cut), and is the product of those runs; :class:`TableError` otherwise.  Each distinct
+    pattern of members (relative to its group's corner) is rasterised once."""
+    n = len(g.m_lo)
+    G, M = g.m_lo[0].shape
+    valid = g.m_lo[0] <= g.m_hi[0]
+    for a in range(1, n):
+        valid = valid & (g.m_lo[a] <= g.m_hi[a])
+    live = valid.any(1)
+    b_lo = [torch.where(valid, x, _INF).amin(1) for x in g.m_lo]
+    b_hi = [torch.where(valid, x, -_INF).amax(1) for x in g.m_hi]
+    rel: list[torch.Tensor] = []
+    for a in range(n):
+        if g.m_comb is not None:
+            o, s, w = g.m_comb[a]
+        else:
+            o, s, w = (torch.zeros_like(g.m_lo[a]), torch.ones_like(g.m_lo[a]), torch.ones_like(g.m_lo[a]))
+        base = torch.where(live, b_lo[a], 0)[:, None]
+        s = torch.where(valid, s, 1)
+        rel += [torch.where(valid, g.m_lo[a] - base, 0), torch.where(valid, g.m_hi[a] - base, -1),
+                torch.where(valid, torch.remainder(o - base, s), 0), s, torch.where(valid, w, 1)]
+    sep = _separable_union(g, rel, valid, live, b_lo)
+    if sep is not None:
+        return sep
+    rows = torch.stack(rel, 2).flatten(1)
+    rows = torch.cat([rows, live[:, None].long()], 1)
+    inv, first = _unique_rows(rows)
+    if len(first) > MAX_PATTERNS:
+        raise TableError(f"the positions mixed here form more than {MAX_PATTERNS} patterns with holes")
+    ext = [torch.where(live, b_hi[a] - b_lo[a] + 1, 0)[first] for a in range(n)]
+    cells = [math.prod(int(e[u]) for e in ext) for u in range(len(first))]
+    if max(cells) > RASTER_BUDGET or sum(cells) * M > TOTAL_RASTER:
+        raise TableError("the union of the mixed positions is too large to check exactly "
+                         f"(more than {TOTAL_RASTER:,} pixels to rasterise)")
+    outs = torch.zeros((len(first), n, 5), dtype=torch.int64)
+    for u, gi in enumerate(first.tolist()):
+        if not bool(live[gi]):
+            outs[u, :, 0], outs[u, :, 1] = 1, 0  # sees nothing
+            continue
+        e = [int(x[u]) for x in ext]
+        r = rows[gi, :-1].view(M, n, 5)
+        keep = valid[gi]
+        r = r[keep]
+        canvas = torch.zeros(e, dtype=torch.bool)
+        step = max(1, RASTER_BUDGET // max(1, math.prod(e)))
+        for c0 in range(0, len(r), step):
+            rc = r[c0:c0 + step]
+            ind = None
+            for a in range(n):
+                x = torch.arange(e[a])[None, :]
+                lo, hi, o, s, w = (rc[:, a, k][:, None] for k in range(5))
+                ia = (x >= lo) & (x <= hi) & (torch.remainder(x - o, s) < w)
+                ia = ia.view(len(rc), *([1] * a), e[a], *([1] * (n - a - 1)))
+                ind = ia if ind is None else ind & ia
+            assert ind is not None
+            canvas |= ind.any(0)
+        proj = [canvas.any(dim=[d for d in range(n) if d != a]) if n > 1 else canvas for a in range(n)]
+        prod_ = None
+        for a in range(n):
+            pa = proj[a].view(*([1] * a), e[a], *([1] * (n - a - 1)))
+            prod_ = pa if prod_ is None else prod_ & pa
+        if not torch.equal(canvas, prod_.expand(e)):  # type: ignore[union-attr]
+            raise TableError("the positions mixed here are not a union of boxes rfscope can state (an L-shaped "
+                             "or irregular union)")
+        for a in range(n):
+            outs[u, a] = torch.tensor(_runs_as_comb(proj[a]))
+    res = []
+    for a in range(n):
+        v = outs[inv, a]  # (G, 5), relative to the group's corner
+        base = torch.where(live, b_lo[a], 0)
+        res.append((v[:, 0] + base, v[:, 1] + base, v[:, 2] + base, v[:, 3], v[:, 4]))
+    return res
+
+
+def _distinct(ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per row, the number of distinct ids among the valid entries."""
+    x = torch.where(valid, ids, -1).sort(1).values
+    new = torch.ones_like(x, dtype=torch.bool)
+    new[:, 1:] = x[:, 1:] != x[:, :-1]
+    return (new & (x >= 0)).sum(1)
+
+
+def _separable_union(g: _Groups, rel: list[torch.Tensor], valid: torch.Tensor, live: torch.Tensor,
+                     b_lo: list[torch.Tensor]
+                     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] | None:
+    """:func:`_comb_union` when, in every group, the members' per-axis sets pair up in every way
+    (a window or grid of members over a product layout): the union is then the product of each
+    axis's union, found in 1-D; ``None`` when some group is not such a product."""
+    n = len(g.m_lo)
+    G, M = g.m_lo[0].shape
+    ids = []
+    for a in range(n):
+        five = torch.stack(rel[5 * a:5 * a + 5], 2).reshape(G * M, 5)
+        ids.append(torch.unique(five, dim=0, return_inverse=True)[1].view(G, M))
+    pair = torch.unique(torch.stack(ids, 2).reshape(G * M, n), dim=0, return_inverse=True)[1].view(G, M)
+    want = torch.ones(G, dtype=torch.int64)
+    for a in range(n):
+        want = want * _distinct(ids[a], valid)
+    if not bool(((_distinct(pair, valid) == want) | ~live).all()):
+        return None
+    res = []
+    for a in range(n):
+        rows = torch.cat([torch.stack(rel[5 * a:5 * a + 5], 2).flatten(1), live[:, None].long()], 1)
+        inv, first = _unique_rows(rows)
+        if len(first) > MAX_PATTERNS:
+            raise TableError(f"the positions mixed here form more than {MAX_PATTERNS} patterns with holes")
+        outs = torch.zeros((len(first), 5), dtype=torch.int64)
+        for u, gi in enumerate(first.tolist()):
+            if not bool(live[gi]):
+                outs[u, 0], outs[u, 1] = 1, 0
+                continue
+            r = rows[gi, :-1].view(M, 5)[valid[gi]]
+            e = int(r[:, 1].max()) + 1
+            x = torch.arange(e)[None, :]
+            lo, hi, o, s, w = (r[:, k][:, None] for k in range(5))
+            mask = ((x >= lo) & (x <= hi) & (torch.remainder(x - o, s) < w)).any(0)
+            outs[u] = torch.tensor(_runs_as_comb(mask))
+        v = outs[inv]
+        base = torch.where(live, b_lo[a], 0)
+        res.append((v[:, 0] + base, v[:, 1] + base, v[:, 2] + base, v[:, 3], v[:, 4]))
+    return res
+
+
+def _runs_as_comb(v: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """``(lo, hi, origin, step, width)`` of a 1-D mask that is runs of one width at one step (the
+    first and last runs may be shorter); :class:`TableError` otherwise."""
+    d = torch.diff(v.to(torch.int8), prepend=torch.zeros(1, dtype=torch.int8), append=torch.zeros(1, dtype=torch.int8))
+    starts = torch.nonzero(d == 1).flatten().tolist()
+    ends = [x - 1 for x in torch.nonzero(d == -1).flatten().tolist()]
+    k = len(starts)
+    if k == 1:
+        return starts[0], ends[0], 0, 1, 1
+    widths = [b - a + 1 for a, b in zip(starts, ends, strict=True)]
+    if k == 2:
+        if widths[0] >= widths[1]:
+            w, s, o = widths[0], starts[1] - starts[0], starts[0]
+        else:
+            w = widths[1]
+            s, o = starts[1] - (ends[0] - w + 1), starts[1]
+        return starts[0], ends[-1], o, s, w
+    w, s = widths[1], starts[2] - starts[1]
+    ok = all(widths[i] == w for i in range(1, k - 1)) and widths[0] <= w and widths[-1] <= w \
+        and all(starts[i + 1] - starts[i] == s for i in range(1, k - 1)) and ends[0] == starts[1] - s + w - 1
+    if not ok:
+        raise TableError("the positions mixed here form runs of different widths or steps along an axis")
+    return starts[0], ends[-1], starts[1], s, w
 
 
 class _Groups:
     """The boxes of a reduction as ``(groups, members)`` matrices, and the way back to the
     kept-dims shape (groups along which nothing varies are computed once)."""
 
-    def __init__(self, bounds: list[tuple[torch.Tensor, torch.Tensor]], var: Sequence[int]) -> None:
+    def __init__(self, bounds: list[tuple[torch.Tensor, torch.Tensor]], var: Sequence[int],
+                 comb: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None) -> None:
         nd = bounds[0][0].dim()
         keep = [d for d in range(nd) if d not in var]
-        ref = torch.broadcast_shapes(*(b.shape for pair in bounds for b in pair))
-        flat: list[int] = []
-        self.idx = tuple(slice(None) for _ in range(nd))
+        every = [b for pair in bounds for b in pair] + ([x for trio in comb for x in trio] if comb else [])
+        ref = torch.broadcast_shapes(*(b.shape for b in every))
         m = 1
         for d in var:
             m *= ref[d]
         perm = keep + list(var)
-        self.m_lo = [lo.expand(ref)[self.idx].permute(perm).reshape(-1, m) for lo, _ in bounds]
-        self.m_hi = [hi.expand(ref)[self.idx].permute(perm).reshape(-1, m) for _, hi in bounds]
-        self.kept = [1 if d in flat else ref[d] for d in keep]
+        self.n_members = m
+
+        def mat(x: torch.Tensor) -> torch.Tensor:
+            return x.expand(ref).permute(perm).reshape(-1, m)
+
+        self.m_lo = [mat(lo) for lo, _ in bounds]
+        self.m_hi = [mat(hi) for _, hi in bounds]
+        self.m_comb = [(mat(o), mat(s), mat(w)) for o, s, w in comb] if comb else None
+        self.kept = [ref[d] for d in keep]
         self.shape = [1 if d in var else ref[d] for d in range(nd)]
         self.var = sorted(var)
 
