@@ -302,9 +302,18 @@ class Table:
         return out
 
     def nbytes(self) -> int:
-        """Memory actually held, local part included (stride-0 dims cost nothing)."""
-        own = sum(_core(c).numel() * 8 for p in self.parts for c in p.cols)
-        return own + (self.local.nbytes() if isinstance(self.local, Table) else 0)
+        """Memory this table keeps alive, local part included: the storage under each column, counted
+        once (stride-0 dims cost nothing; a view counts the whole storage it keeps, which
+        :func:`owned` bounds by twice the values it shows)."""
+        seen: dict[int, int] = {}
+        t: Any = self
+        while isinstance(t, Table):
+            for p in t.parts:
+                for c in p.cols:
+                    st = c.untyped_storage()
+                    seen[st.data_ptr()] = st.nbytes()
+            t = t.local
+        return sum(seen.values())
 
     # -- index ops -------------------------------------------------------
     def apply(self, fn: Callable[[torch.Tensor], Any]) -> Any:
