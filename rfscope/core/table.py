@@ -72,6 +72,25 @@ def compress(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def owned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of its values (:func:`_core`, broadcast back) when ``t`` is a view that keeps a
+    much larger storage alive: a column compressed after an op materialised it, or a slice of an
+    input's column.  A table outlives the op that built it (the report reads it), so it must hold
+    only its own values (docs/design.md §2b, "Cost")."""
+    if t.device.type == "meta" or t.numel() == 0:
+        return t
+    core = _core(t)
+    need = core.numel() * t.element_size()
+    held = t.untyped_storage().nbytes()
+    if held > 2 * need + _SLACK:
+        return core.clone().expand(t.shape)
+    return t
+
+
+#: a view may keep this many bytes of a larger storage before :func:`owned` copies its values out
+_SLACK = 1 << 16
+
+
 def _core(t: torch.Tensor) -> torch.Tensor:
     """``t`` with every stride-0 dim narrowed to size 1 (what the values really are)."""
     idx = tuple(slice(0, 1) if (t.stride(d) == 0 and t.shape[d] > 1) else slice(None) for d in range(t.dim()))
@@ -368,9 +387,18 @@ class Table:
         return out
 
     def nbytes(self) -> int:
-        """Memory actually held, local part included (stride-0 dims cost nothing)."""
-        own = sum(_core(c).numel() * 8 for p in self.parts for c in p.all_cols)
-        return own + (self.local.nbytes() if isinstance(self.local, Table) else 0)
+        """Memory this table keeps alive, local part included: the storage under each column, counted
+        once (stride-0 dims cost nothing; a view counts the whole storage it keeps, which
+        :func:`owned` bounds by twice the values it shows)."""
+        seen: dict[int, int] = {}
+        t: Any = self
+        while isinstance(t, Table):
+            for p in t.parts:
+                for c in p.all_cols:
+                    st = c.untyped_storage()
+                    seen[st.data_ptr()] = st.nbytes()
+            t = t.local
+        return sum(seen.values())
 
     # -- index ops -------------------------------------------------------
     def apply(self, fn: Callable[[torch.Tensor], Any]) -> Any:
@@ -603,7 +631,7 @@ def _assemble(outs: list[list[Any]], n_axes: int) -> Any:
         return tuple(_assemble([[c[i] for c in cols] for cols in outs], n_axes) for i in range(len(first)))
     if not isinstance(first, torch.Tensor):
         raise TableError(f"the op returned {type(first).__name__}")
-    parts = tuple(_split_cols([compress(c.long() if c.dtype != torch.int64 else c) for c in cols], n_axes)
+    parts = tuple(_split_cols([owned(compress(c.long() if c.dtype != torch.int64 else c)) for c in cols], n_axes)
                   for cols in outs)
     return Table(parts, tuple(first.shape), n_axes)
 
