@@ -5,9 +5,10 @@
 ``AtrousConv2d`` is the kind of layer a project writes for itself: a k x k convolution dilated by
 ``d``, computed the way TensorFlow's ``atrous_conv2d`` does it (pad, fold the ``d*d`` phases of the
 image into the batch, run a dense conv, unfold).  ``torch.fx`` traces that forward into
-pad/reshape/permute/conv2d/reshape/slice, and rfscope, seeing a spatial dim split into
-(blocks, phase), reports the RF ``unknown`` from there on; the inner ``conv2d`` looks like an
-undilated conv on a batch of sub-images, so no gridding warning and no separable block either.
+pad/reshape/permute/conv2d/reshape/slice; rfscope follows that through per-position tables and
+gets the exact pixels, the dilation's holes included, but as a table per position, and the inner
+``conv2d`` looks like an undilated conv on a batch of sub-images: no convolution anatomy, no
+gridding warning and no separable block.
 
 The plugin says what the layer *is*.  Registered for the class, it also keeps the module a leaf of
 the traced graph (rfscope never looks inside).  Each part is optional and gives one thing:

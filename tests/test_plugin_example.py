@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from masks import check_node
 from oracle import Oracle
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -151,15 +152,20 @@ def test_init_view() -> None:
 def test_main_block(capsys: pytest.CaptureFixture[str]) -> None:
     runpy.run_path(str(EX), run_name="__main__")
     out = capsys.readouterr().out
-    assert "without the plugin: RF(status='unknown'" in out
+    assert "without the plugin: RF(status='exact', size<=(19, 19), per-position table)" in out
     assert "warning [gridding] 3.0" in out
     assert "separable block 2.0 ['depthwise', 'dilated'] -> 2.2 ['pointwise']" in out
 
 
 # ---------------------------------------------------------------- negative controls
-def test_without_the_plugin_nothing_is_known() -> None:
-    rep = rfscope.analyze(net(), input_shape=ex.input_shape)
-    assert rep.rf("3.0").status == "unknown"
+def test_without_the_plugin_the_tables_follow_the_space_to_batch() -> None:
+    """No plugin: fx traces the space-to-batch (pad, fold the phases into the batch, conv, unfold)
+    and the per-position tables follow it exactly, the dilation's holes included (against the
+    oracle); but the inner conv looks undilated: no anatomy, separable blocks or gridding warning."""
+    m = net()
+    rep = rfscope.analyze(m, input_shape=ex.input_shape)
+    assert check_node(rep, Oracle(m, ex.input_shape, module=["3.0"]), "3.0", n=8) == "exact"
+    assert rep.rf("3.0").table is not None
     assert rep.separable_blocks == [] and rep.warnings == []
 
 

@@ -38,10 +38,54 @@ def _pads(ctx: OpContext) -> tuple[int, ...]:
     return tuple(int(x) for x in p)
 
 
+_SLIDING_MODULES = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                    nn.modules.pooling._LPPoolNd)
+_SLIDING_FUNCTIONS = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+                      F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+                      F.lp_pool1d, F.lp_pool2d}
+
+
+_ATEN_SLIDING = {f"aten::{n}" for n in (
+    "convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
+    "avg_pool1d", "avg_pool2d", "avg_pool3d")}
+
+
+def _aten_sliding(target: Any) -> bool:
+    schema = getattr(target, "_schema", None)
+    return schema is not None and getattr(schema, "name", None) in _ATEN_SLIDING
+
+
+def _read_by_sliding_windows_only(ctx: OpContext) -> bool:
+    """Every user of the padded tensor is a conv or pool (TF-style 'same' padding).  The periodic
+    form gives a padded position the window of a unit past the border, the RF literature's
+    convention for what a sliding window reads there; any other reader (a reshape into windows, a
+    slice, the output itself) must see that a padded position sees nothing: the per-position form
+    says so (docs/design.md §2b, "Borders")."""
+    users = list(ctx.node.users)
+    if not users:
+        return False
+    root = ctx.node.graph.owning_module
+    for u in users:
+        if u.op == "call_module" and root is not None:
+            try:
+                if isinstance(root.get_submodule(str(u.target)), _SLIDING_MODULES):
+                    continue
+            except AttributeError:
+                return False
+            return False
+        if u.op == "call_function" and (u.target in _SLIDING_FUNCTIONS or _aten_sliding(u.target)):
+            continue
+        return False
+    return True
+
+
 def _rf(ctx: OpContext) -> TensorRF:
     pads = _pads(ctx)
     if len(pads) % 2:
         raise Unsupported(f"odd-length pad {pads}")
+    if any(p > 0 for p in pads) and not _read_by_sliding_windows_only(ctx):
+        raise Unsupported("padded positions read by an op other than a conv or pool (they see nothing)")
     fns = {}
     for i in range(len(pads) // 2):
         left = pads[2 * i]
