@@ -385,6 +385,40 @@ def test_constant_in_place_updates_are_not_functionalised(use, mode, monkeypatch
         assert rep.rf("output").size == (5, 5) and rep.rf("output").status == "exact"
 
 
+class TokenSplit(nn.Module):
+    """Tokens split into the first and the rest (MViT's class token) or into halves, by
+    ``tensor_split`` or by ``split``; then a feature map split along its width."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(x)
+        t = y.permute(0, 2, 3, 1).flatten(1, 2)  # N, H*W, C: a per-position table
+        if self.how == "indices":
+            return (*torch.tensor_split(t, (1,), dim=1), torch.tensor_split(y, (3,), dim=3)[1])
+        if self.how == "sections":
+            return (*t.tensor_split(2, dim=1), y.tensor_split(2, dim=3)[1])
+        if self.how == "split_indices":
+            return (*t.split([1, t.shape[1] - 1], dim=1), y.split([3, y.shape[3] - 3], dim=3)[1])
+        return (*t.split(t.shape[1] // 2, dim=1), y.split(y.shape[3] // 2, dim=3)[1])
+
+
+@pytest.mark.parametrize("mode", ["auto", "export"])
+def test_tensor_split_is_a_split(mode):
+    """``tensor_split`` (by indices or sections) gives each piece the RF of the same ``split``, on
+    per-position tables and on periodic tensors; it used to have no rule (MViT's class token)."""
+    for how, ref in (("indices", "split_indices"), ("sections", "split_halves")):
+        rep = rfscope.analyze(TokenSplit(how), (1, 3, 8, 8), trace=mode).to_dict()
+        exp = rfscope.analyze(TokenSplit(ref), (1, 3, 8, 8), trace=mode).to_dict()
+        got = [o["rf"] for o in rep["outputs"]]
+        assert got == [o["rf"] for o in exp["outputs"]]
+        assert all(r is not None and r["status"] == "exact" for r in got), got
+        assert not rep["unsupported"]
+
+
 class Builtins(nn.Module):
     """Python builtins on traced values: ``len``, ``math.sqrt`` of a size, ``range`` over a size."""
 
