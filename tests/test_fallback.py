@@ -385,6 +385,65 @@ def test_constant_in_place_updates_are_not_functionalised(use, mode, monkeypatch
         assert rep.rf("output").size == (5, 5) and rep.rf("output").status == "exact"
 
 
+class HeadDropout(nn.Module):
+    """MViT's head in miniature: tokens, the first one picked (a view), then an in-place dropout on
+    it (``nn.Dropout(inplace=True)``, or ``F.dropout(training=True, inplace=True)`` when ``train``);
+    ``fresh``: on a copy of it (no hazard)."""
+
+    def __init__(self, inplace: bool = True, train: bool = False, fresh: bool = False):
+        super().__init__()
+        self.train_drop = train
+        self.fresh = fresh
+        self.c = nn.Conv2d(3, 8, 4, stride=4)
+        self.drop = nn.Dropout(0.5, inplace=inplace)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        t = self.c(x).flatten(2).transpose(1, 2)  # N, L, C tokens
+        first = t[:, 0] * 1.0 if self.fresh else t[:, 0]
+        head = F.dropout(first, 0.5, training=True, inplace=True) if self.train_drop else self.drop(first)
+        return self.fc(head)
+
+
+def test_eval_mode_in_place_dropout_is_no_hazard(monkeypatch):
+    """An in-place dropout with ``train=False`` writes nothing: it is dropped from the exported graph
+    rather than functionalising the whole graph for it (3 s of MViT-B's 5.4 s trace).  Same RFs and
+    counts as the out-of-place dropout and as the functionalised graph; with ``train=True`` the
+    update is real and the graph is still functionalised; one that is no hazard stays as it was."""
+    import rfscope.trace.aten as aten
+
+    calls = []
+    real = torch.export.ExportedProgram.run_decompositions
+
+    def spy(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", spy)
+    model = HeadDropout()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rep = rfscope.analyze(model, (1, 3, 16, 16), trace="export")
+    assert not calls
+    assert not [r.target for r in rep.records.values() if "dropout_" in r.target]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items()) and model.drop.inplace
+    plain = rfscope.analyze(HeadDropout(inplace=False), (1, 3, 16, 16), trace="export")
+    monkeypatch.setattr(aten, "_aliasing_hazard", lambda gm: True)  # the functionalised graph, as before
+    ref = rfscope.analyze(HeadDropout(), (1, 3, 16, 16), trace="export")
+    for other in (plain, ref):
+        assert rep.rf("output").to_dict() == other.rf("output").to_dict()
+        assert rep.to_dict()["summary"] == other.to_dict()["summary"]
+    assert rep.rf("output").size == (4, 4)  # the first token: one 4x4 patch
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", spy)
+    calls.clear()
+    rfscope.analyze(HeadDropout(train=True), (1, 3, 16, 16), trace="export")
+    assert calls  # a training-mode dropout writes its operand: still functionalised
+    calls.clear()
+    kept = rfscope.analyze(HeadDropout(fresh=True), (1, 3, 16, 16), trace="export")
+    assert not calls and [r for r in kept.records.values() if r.target == "aten.dropout_.default"]
+    assert kept.rf("output").to_dict() == rep.rf("output").to_dict()
+
+
 class TokenSplit(nn.Module):
     """Tokens split into the first and the rest (MViT's class token) or into halves, by
     ``tensor_split`` or by ``split``; then a feature map split along its width."""
