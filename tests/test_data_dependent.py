@@ -244,3 +244,47 @@ def test_swinunetr_numpy_on_a_shape_is_traced_by_the_fallback() -> None:
     assert rep.trace_path == "torch.export"
     assert rep.trace_fallback and "np.array" in rep.trace_fallback
     assert rep.summary.params_total == n_params(m)
+
+
+class TopkHead(nn.Module):
+    """A detector head's decoding in miniature (RetinaNet, FCOS): per-position scores flattened,
+    the best picked by ``topk`` (or ordered by ``sort``/``argsort``, or ``argmax``), then gathered."""
+
+    def __init__(self, op: str):
+        super().__init__()
+        self.op = op
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        s = self.c(x).permute(0, 2, 3, 1).flatten(1)  # N, H*W*A scores: a per-position table
+        if self.op == "topk":
+            i = s.topk(5, dim=1)[1]
+        elif self.op == "sort":
+            i = torch.sort(s, dim=1, descending=True)[1]
+        elif self.op == "argsort":
+            i = s.argsort(dim=1)
+        else:
+            i = s.argmax(dim=1, keepdim=True)
+        return s, torch.gather(s, 1, i)
+
+
+@pytest.mark.parametrize("trace", ["auto", "export"])
+@pytest.mark.parametrize("op", ["topk", "sort", "argsort", "argmax"])
+def test_selection_by_value_says_the_data_decides(op, trace):
+    """What ``topk`` (``sort``, ``argsort``, ``argmax``) picks depends on the values, as with
+    ``nonzero`` or NMS: the op and what it gathers are ``unknown`` with a reason that says so
+    (it said "no rule for per-position inputs", or "no plugin"); the scores before it are exact."""
+    rep = rfscope.analyze(TopkHead(op).eval(), example_inputs=(torch.rand(1, 3, 8, 8),), trace=trace)
+    sel = next(r for r in rep.records.values() if op in r.target.lower())
+    gathered = next(r for r in rep.records.values() if "gather" in r.target)
+    what = "element" if op == "argmax" else "elements"
+    for rec in (sel, gathered):
+        states = rec.state if isinstance(rec.state, tuple) else (rec.state,)
+        assert states and all(st.reason is not None for st in states)
+        for st in states:
+            assert st.reason.endswith(f"data-dependent selection: the data decides which {what} {op} picks"), st.reason
+            assert "no rule" not in st.reason and "no plugin" not in st.reason
+    outputs = rep.to_dict()["outputs"]
+    assert outputs[0]["rf"]["status"] == "exact" and outputs[1]["rf"]["status"] == "unknown"
+    assert outputs[1]["rf"]["reason"].endswith(f"the data decides which {what} {op} picks")
+    assert not rep.unsupported

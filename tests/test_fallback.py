@@ -385,6 +385,99 @@ def test_constant_in_place_updates_are_not_functionalised(use, mode, monkeypatch
         assert rep.rf("output").size == (5, 5) and rep.rf("output").status == "exact"
 
 
+class HeadDropout(nn.Module):
+    """MViT's head in miniature: tokens, the first one picked (a view), then an in-place dropout on
+    it (``nn.Dropout(inplace=True)``, or ``F.dropout(training=True, inplace=True)`` when ``train``);
+    ``fresh``: on a copy of it (no hazard)."""
+
+    def __init__(self, inplace: bool = True, train: bool = False, fresh: bool = False):
+        super().__init__()
+        self.train_drop = train
+        self.fresh = fresh
+        self.c = nn.Conv2d(3, 8, 4, stride=4)
+        self.drop = nn.Dropout(0.5, inplace=inplace)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        t = self.c(x).flatten(2).transpose(1, 2)  # N, L, C tokens
+        first = t[:, 0] * 1.0 if self.fresh else t[:, 0]
+        head = F.dropout(first, 0.5, training=True, inplace=True) if self.train_drop else self.drop(first)
+        return self.fc(head)
+
+
+def test_eval_mode_in_place_dropout_is_no_hazard(monkeypatch):
+    """An in-place dropout with ``train=False`` writes nothing: it is dropped from the exported graph
+    rather than functionalising the whole graph for it (3 s of MViT-B's 5.4 s trace).  Same RFs and
+    counts as the out-of-place dropout and as the functionalised graph; with ``train=True`` the
+    update is real and the graph is still functionalised; one that is no hazard stays as it was."""
+    import rfscope.trace.aten as aten
+
+    calls = []
+    real = torch.export.ExportedProgram.run_decompositions
+
+    def spy(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", spy)
+    model = HeadDropout()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rep = rfscope.analyze(model, (1, 3, 16, 16), trace="export")
+    assert not calls
+    assert not [r.target for r in rep.records.values() if "dropout_" in r.target]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items()) and model.drop.inplace
+    plain = rfscope.analyze(HeadDropout(inplace=False), (1, 3, 16, 16), trace="export")
+    monkeypatch.setattr(aten, "_aliasing_hazard", lambda gm: True)  # the functionalised graph, as before
+    ref = rfscope.analyze(HeadDropout(), (1, 3, 16, 16), trace="export")
+    for other in (plain, ref):
+        assert rep.rf("output").to_dict() == other.rf("output").to_dict()
+        assert rep.to_dict()["summary"] == other.to_dict()["summary"]
+    assert rep.rf("output").size == (4, 4)  # the first token: one 4x4 patch
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", spy)
+    calls.clear()
+    rfscope.analyze(HeadDropout(train=True), (1, 3, 16, 16), trace="export")
+    assert calls  # a training-mode dropout writes its operand: still functionalised
+    calls.clear()
+    kept = rfscope.analyze(HeadDropout(fresh=True), (1, 3, 16, 16), trace="export")
+    assert not calls and [r for r in kept.records.values() if r.target == "aten.dropout_.default"]
+    assert kept.rf("output").to_dict() == rep.rf("output").to_dict()
+
+
+class TokenSplit(nn.Module):
+    """Tokens split into the first and the rest (MViT's class token) or into halves, by
+    ``tensor_split`` or by ``split``; then a feature map split along its width."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(x)
+        t = y.permute(0, 2, 3, 1).flatten(1, 2)  # N, H*W, C: a per-position table
+        if self.how == "indices":
+            return (*torch.tensor_split(t, (1,), dim=1), torch.tensor_split(y, (3,), dim=3)[1])
+        if self.how == "sections":
+            return (*t.tensor_split(2, dim=1), y.tensor_split(2, dim=3)[1])
+        if self.how == "split_indices":
+            return (*t.split([1, t.shape[1] - 1], dim=1), y.split([3, y.shape[3] - 3], dim=3)[1])
+        return (*t.split(t.shape[1] // 2, dim=1), y.split(y.shape[3] // 2, dim=3)[1])
+
+
+@pytest.mark.parametrize("mode", ["auto", "export"])
+def test_tensor_split_is_a_split(mode):
+    """``tensor_split`` (by indices or sections) gives each piece the RF of the same ``split``, on
+    per-position tables and on periodic tensors; it used to have no rule (MViT's class token)."""
+    for how, ref in (("indices", "split_indices"), ("sections", "split_halves")):
+        rep = rfscope.analyze(TokenSplit(how), (1, 3, 8, 8), trace=mode).to_dict()
+        exp = rfscope.analyze(TokenSplit(ref), (1, 3, 8, 8), trace=mode).to_dict()
+        got = [o["rf"] for o in rep["outputs"]]
+        assert got == [o["rf"] for o in exp["outputs"]]
+        assert all(r is not None and r["status"] == "exact" for r in got), got
+        assert not rep["unsupported"]
+
+
 class Builtins(nn.Module):
     """Python builtins on traced values: ``len``, ``math.sqrt`` of a size, ``range`` over a size."""
 

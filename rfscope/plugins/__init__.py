@@ -19,6 +19,7 @@ BUILTIN = (
     "pool",
     "reduce",
     "rnn",
+    "select",
     "shape",
     "torchvision_ops",
     "upsample",

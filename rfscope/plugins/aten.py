@@ -346,6 +346,11 @@ def _split(a: Args) -> Call:
     return Call(torch.split, ["self", size, "dim"])
 
 
+def _tensor_split(a: Args) -> Call:
+    where = next(k for k in ("indices", "sections", "tensor_indices_or_sections") if k in a.index)
+    return Call(torch.tensor_split, ["self", where, "dim"])
+
+
 def _chunk(a: Args) -> Call:
     return Call(torch.chunk, ["self", "chunks", "dim"])
 
@@ -624,6 +629,8 @@ def register(reg: Registry) -> None:
     d("aten_stack", overloads(["stack"]), _stack)
     d("aten_split", [aten.split.Tensor, aten.split_with_sizes.default, aten.split_copy.Tensor,
                      aten.split_with_sizes_copy.default], _split)
+    d("aten_tensor_split", [aten.tensor_split.indices, aten.tensor_split.sections,
+                            aten.tensor_split.tensor_indices_or_sections], _tensor_split)
     d("aten_chunk", [aten.chunk.default], _chunk)
     d("aten_unbind", [aten.unbind.int, aten.unbind_copy.int], _unbind)
     d("aten_pad", overloads(["constant_pad_nd", "pad", "reflection_pad1d", "reflection_pad2d", "reflection_pad3d",

@@ -351,5 +351,6 @@ def register(reg: Registry) -> None:
     reg.add("narrow", (M("narrow"), torch.narrow), rf=_narrow_rf, table=index_rule)
     reg.add("t", (M("t"), torch.t), rf=_t_rf, table=index_rule)
     reg.add("cat", (torch.cat, torch.concat, torch.concatenate, torch.stack), rf=_cat_rf, table=index_rule)
-    reg.add("split", (M("split"), M("chunk"), M("unbind"), torch.split, torch.chunk, torch.unbind), rf=_split_rf,
+    reg.add("split", (M("split"), M("chunk"), M("unbind"), M("tensor_split"), torch.split, torch.chunk, torch.unbind,
+                      torch.tensor_split), rf=_split_rf,
             table=index_rule)
