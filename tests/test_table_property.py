@@ -308,16 +308,38 @@ def test_random_token_programs_match_the_oracle(prog: tuple[tuple[int, int], tup
 
 
 # -- cases the property found, shrunk: kept as regular tests -------------------------------------------
-# The first two were wrong 'global's (a mean over a cropped grid sees only what is left), the next
-# two wrong windows of padded positions: F.pad's periodic rule gives a padded position the window
-# of a unit past the border, which only a sliding window may read that way; any other reader now
-# gets the per-position form, where a padded position sees nothing (rfscope/plugins/pad.py).
+# The first two were wrong 'global's (a mean over a cropped grid sees only what is left: a periodic
+# 'global' is now checked to cover the input, rfscope/passes/interpret.py), the next two wrong
+# windows of padded positions: F.pad's periodic rule gives a padded position the window of a unit
+# past the border, which only a sliding window may read that way; any other reader now gets the
+# per-position form, where a padded position sees nothing (rfscope/plugins/pad.py).
 def test_mean_over_cropped_grid_is_not_global() -> None:
-    check((8, 8), [("padcrop", 1, 0, 0), ("tokens",), ("mix", "mean")], "nlc")
+    """A mean over the tokens of a grid whose last patch row and column were cropped away sees
+    pixels (0..5, 0..5) only: not 'global' (the periodic form's mixing rules check that the mixed
+    positions cover the input, else the per-position form states the union)."""
+    assert check((8, 8), [("padcrop", 1, 0, 0), ("tokens",), ("mix", "mean")], "nlc") in ("table", "exact")
 
 
 def test_mean_over_cropped_tokens_then_class_token() -> None:
-    check((8, 8), [("padcrop", 1, 0, 0), ("tokens",), ("mix", "mean"), ("cls",)], "nlc")
+    assert check((8, 8), [("padcrop", 1, 0, 0), ("tokens",), ("mix", "mean"), ("cls",)], "nlc") in ("table", "exact")
+
+
+def test_subsampled_map_mean_is_not_global() -> None:
+    """``x[:, :, ::2, ::2]`` stays periodic; a mean over it sees every second patch, not the input."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 2, 2), _Sub(), nn.AdaptiveAvgPool2d(1)).eval()
+    rep = rfscope.analyze(model, input_shape=(1, 1, 8, 8))
+    r = rep.rf("output")
+    assert r.status == "exact", r
+    o = Oracle(model, (1, 1, 8, 8))
+    want = seen(o, o.out, (0, 0, 0, 0), None)
+    assert int(want.sum()) == 16  # four 2x2 patches
+    assert torch.equal(claimed(r, (0, 0, 0, 0), (8, 8)), want)
+
+
+class _Sub(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, ::2, ::2]
 
 
 def test_class_token_after_global_mean() -> None:

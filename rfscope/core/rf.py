@@ -34,6 +34,7 @@ __all__ = [
     "select",
     "union",
     "coverage",
+    "covers",
     "holes",
 ]
 
@@ -224,3 +225,24 @@ def holes(axis: Axis, phase: int = 0) -> list[int]:
     """Offsets (from the window start) inside unit ``phase``'s bounding box that it does not see."""
     w = axis.windows[phase]
     return [b for b in range(w.size) if not (w.mask >> b) & 1]
+
+
+def covers(axis: Axis, n: int, extent: int) -> bool:
+    """Whether units ``0..n-1`` together see every pixel ``0..extent-1``: what an op that mixes all
+    ``n`` of them (a mean, attention, a norm over the axis) must satisfy to be ``global``.
+
+    >>> covers(conv(IDENTITY, k=2, s=2, p=0), 4, 8), covers(conv(IDENTITY, k=2, s=2, p=0), 3, 8)
+    (True, False)
+    >>> covers(conv(IDENTITY, k=1, s=2, p=0), 4, 8)  # every second pixel: holes
+    False
+    """
+    full = (1 << extent) - 1
+    seen = 0
+    for i in range(n):
+        w = axis.window(i)
+        if w.empty:
+            continue
+        seen |= (w.mask << w.lo) if w.lo >= 0 else (w.mask >> -w.lo)
+        if seen & full == full:
+            return True
+    return seen & full == full

@@ -25,7 +25,8 @@ from rfscope.core.errors import RfscopeError
 from rfscope.core.geometry import Geometry
 from rfscope.core.registry import Method, Plugin, PluginError, Registry, node_target_name
 from rfscope.core.result import RF
-from rfscope.core.state import CONST, Const, TensorRF, input_rf, unknown
+from rfscope.core.rf import Axis, covers
+from rfscope.core.state import CONST, Const, Global, Merged, TensorRF, input_rf, unknown
 from rfscope.passes.inplace import UNKNOWN_META, follow_writes
 
 #: ``node.meta`` key: a reason string set by the shape pass on nodes whose values depend on data
@@ -169,6 +170,7 @@ def run_plugins(
     n_spatial = len(input_size)
     size = tuple(input_size)
     rfs: dict[TensorRF, RF] = {}  # equal states give equal (immutable) RFs: most nodes share a few
+    cover_memo: dict[tuple[Any, int, int], bool] = {}  # (axis, positions, extent) -> covered (per analysis)
     modules = dict(gm.named_modules(remove_duplicate=False))
     state_of = states.__getitem__
     map_arg = fx.node.map_arg
@@ -264,6 +266,12 @@ def run_plugins(
                 assert rule is not None
                 retry = not tabled and plugin.table is not None and rule is not plugin.table
                 st = _call_rule(rule, ctx, val, plugin, tname, strict and not retry, errors)
+                uncovered = None if tabled else _uncovered(st, ctx, size, cover_memo)
+                if uncovered is not None:
+                    # 'global' claimed over positions that do not see the whole input (a mean over a
+                    # cropped or subsampled map): the per-position form states the real union
+                    st = _unknown_like(val, f"{tname}: the mixed positions do not cover the whole input "
+                                            f"along axis {uncovered}")
                 if retry and _lost(st):
                     # the periodic form cannot say it: try the per-position form
                     assert plugin.table is not None
@@ -379,6 +387,45 @@ def build_graph(records: dict[str, NodeRecord]) -> nx.DiGraph:
         for a in r.inputs:
             g.add_edge(a, r.name)
     return g
+
+
+def _uncovered(st: Any, ctx: OpContext, size: Sequence[int], memo: dict[tuple[Any, int, int], bool]) -> int | None:
+    """An input axis the periodic result calls global although it was exact in an input whose
+    positions along it, all of them, do not see the whole input; ``None`` when there is none."""
+    outs = [st] if isinstance(st, TensorRF) else [x for x in st if isinstance(x, TensorRF)] \
+        if isinstance(st, tuple) else []
+    new = {a for o in outs if o.reason is None and o.table is None
+           for a, ax in enumerate(o.axes) if isinstance(ax, Global)}
+    if not new:
+        return None
+    for s, v in _pairs((ctx.args, ctx.kwargs), (ctx.arg_values, ctx.kwarg_values)):
+        if s.reason is not None or s.table is not None or s.scrambled:
+            continue
+        for d, tag in enumerate(s.dims):
+            parts = [(tag, v.shape[d])] if isinstance(tag, int) else list(tag.parts) if isinstance(tag, Merged) else []
+            for a, n in parts:
+                if a is None or a not in new or a >= len(s.axes):
+                    continue
+                ax = s.axes[a]
+                if not isinstance(ax, Axis):
+                    continue
+                key = (ax, int(n), int(size[a]))
+                if key not in memo:
+                    memo[key] = covers(ax, int(n), int(size[a]))
+                if not memo[key]:
+                    return a
+    return None
+
+
+def _pairs(states: Any, values: Any) -> list[tuple[TensorRF, torch.Tensor]]:
+    """(state, value) of every tensor argument, walking args/kwargs alike."""
+    if isinstance(states, TensorRF):
+        return [(states, values)] if isinstance(values, torch.Tensor) else []
+    if isinstance(states, (list, tuple)) and isinstance(values, (list, tuple)):
+        return [p for s, v in zip(states, values, strict=False) for p in _pairs(s, v)]
+    if isinstance(states, dict) and isinstance(values, dict):
+        return [p for k, s in states.items() if k in values for p in _pairs(s, values[k])]
+    return []
 
 
 def _lost(st: Any) -> bool:
