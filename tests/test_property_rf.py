@@ -214,6 +214,12 @@ def build_chain(ops: list[Op], n: int, x: torch.Tensor, jumps: list[Fraction]) -
         b = Built(b2.jumps, b.misaligned or b2.misaligned, b.maybe_irregular or b2.maybe_irregular)
         assume(x.numel() <= MAX_NUMEL and min(x.shape[2:]) >= 1)
         mods.append(m)
+    for i, op in enumerate(ops):
+        # padding read by anything but a conv or pool (the next op, a merge, the output): its padded
+        # positions see nothing, which the per-position form states (docs/design.md §2b, "Borders")
+        if op.kind == "pad" and any(v > 0 for pr in op.p["pads"] for v in pr) \
+                and (i + 1 == len(ops) or ops[i + 1].kind not in ("conv", "pool")):
+            b = Built(b.jumps, b.misaligned, True)
     return nn.Sequential(*mods), x, b
 
 
@@ -529,6 +535,14 @@ def check(ops: list[Op], n: int, plain: bool, global_first: bool = False) -> Non
     shape = (1, C, *size)
     rep = rfscope.analyze(model, input_shape=shape)
     r = rep.rf("output")
+    if global_first and r.status == "exact" and r.table is not None and built.maybe_irregular:
+        # padded positions read by something other than a conv or pool see nothing: not every
+        # element sees the whole input, and some element sees none of it
+        t = r.table
+        assert any(t.box(tuple(i)) is None for i in torch.cartesian_prod(*[torch.arange(k) for k in t.shape])
+                   .reshape(-1, len(t.shape)).tolist()), "padding read as it is, but every element sees pixels"
+        event("global op, then padding read as it is -> exact per-position table")
+        return
     if global_first and r.status != "unknown":
         assert r.status == "global", r.status
         assert r.local is not None, "a local path exists, but the report says there is none"

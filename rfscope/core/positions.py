@@ -29,7 +29,7 @@ import torch.fx as fx
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.rf import MAX_PERIOD, Axis, Window
 from rfscope.core.state import CONST, Global, Merged, TensorRF
-from rfscope.core.table import MAX_VALUES, Part, Table, TableError, _assemble, compress
+from rfscope.core.table import MAX_VALUES, Part, Table, TableError, _assemble, _runs_as_comb, compress
 
 __all__ = [
     "to_table", "from_table", "index_rule", "elementwise_rule", "contract_rule",
@@ -53,15 +53,30 @@ def _unit_index(tag: Any, axis: int, shape: Sequence[int], d: int) -> torch.Tens
     return None
 
 
-def _axis_bounds(a: Axis, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _axis_bounds(a: Axis, u: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+    """``lo``, ``hi`` of unit ``u``'s window and, when windows have holes (dilation), its comb
+    ``(origin, step, width)``: runs of one width at one step (else :class:`Unsupported`)."""
+    combs = []
     for w in a.windows:
-        if not w.empty and w.count != w.size:
-            raise Unsupported("windows with holes (dilation) cannot enter a token layout yet")
+        if w.empty or w.count == w.size:
+            combs.append((0, 1, 1))
+            continue
+        bits = torch.tensor([(w.mask >> b) & 1 for b in range(w.size)], dtype=torch.bool)
+        try:
+            _lo, _hi, o, st_, wd = _runs_as_comb(bits)
+        except TableError:
+            raise Unsupported("windows with irregular holes cannot enter a token layout") from None
+        combs.append((o + w.lo, st_, wd))
     lo = torch.tensor([w.lo if not w.empty else 1 for w in a.windows], dtype=torch.int64)
     hi = torch.tensor([w.hi if not w.empty else 0 for w in a.windows], dtype=torch.int64)
     m, ph = torch.div(u, a.period, rounding_mode="floor"), u % a.period
     shift = m * a.step
-    return lo[ph] + shift, hi[ph] + shift
+    comb = None
+    if any(c != (0, 1, 1) for c in combs):
+        co, cs, cw = (torch.tensor([c[k] for c in combs], dtype=torch.int64) for k in range(3))
+        comb = (co[ph] + shift, cs[ph], cw[ph])
+    return lo[ph] + shift, hi[ph] + shift, comb
 
 
 def to_table(st: TensorRF, shape: Sequence[int], input_size: Sequence[int]) -> Table:
@@ -105,10 +120,13 @@ def _boxes(st: TensorRF, shape: tuple[int, ...], input_size: Sequence[int], loca
         return Table(tuple(parts), shape, len(st.axes))
     nd = len(shape)
     bounds = []
+    combs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    holes = False
     for a, ax in enumerate(st.axes):
         if isinstance(ax, Global) and not (local and ax.local is not None):
             z = torch.zeros((1,) * nd, dtype=torch.int64)
             bounds.append((z, z + (input_size[a] - 1)))
+            combs.append((z, z + 1, z + 1))
             continue
         axis = ax.local if isinstance(ax, Global) else ax
         assert axis is not None
@@ -124,11 +142,14 @@ def _boxes(st: TensorRF, shape: tuple[int, ...], input_size: Sequence[int], loca
             u = idx.view(view)
         if u is None:  # every element sees what one unit saw (after select)
             u = torch.zeros((1,) * nd, dtype=torch.int64)
-        lo, hi = _axis_bounds(axis, u)
+        lo, hi, comb = _axis_bounds(axis, u)
         # pixels outside the input do not exist: a padding position of the periodic form (whose
         # window the RF convention extends past the border) sees only what is inside, or nothing
         bounds.append((lo.clamp(min=0), hi.clamp(max=input_size[a] - 1)))  # broadcastable: encode expands
-    return Table((Part.encode(bounds, shape),), shape, len(st.axes))
+        one = torch.ones((1,) * nd, dtype=torch.int64)
+        combs.append(comb if comb is not None else (one * 0, one, one))
+        holes = holes or comb is not None
+    return Table((Part.encode(bounds, shape, combs if holes else None),), shape, len(st.axes))
 
 
 def _axes_of_tag(tag: Any) -> frozenset[int]:
