@@ -554,9 +554,30 @@ def _core_all_empty(p: Part) -> bool:
     return bool(p.empty().all())
 
 
+def _runs_once(p: Part, dims: Sequence[int]) -> Part:
+    """``p`` with each run of equal consecutive slices along a reduced dim kept once (a union does not
+    see repeats): the channels of a space-to-depth concatenation (Swin's patch merging: four runs of C
+    equal channels) reduce as four members, not 4C."""
+    for d in dims:
+        n = p.shape[d]
+        if n < 16 or all(c.stride(d) == 0 for c in p.cols):
+            continue
+        core = p.core()
+        step = torch.zeros(n - 1, dtype=torch.bool)
+        others = tuple(o for o in range(len(p.shape)) if o != d)
+        for c in core:
+            ne = c.narrow(d, 1, n - 1) != c.narrow(d, 0, n - 1)
+            step |= ne.any(dim=others) if others else ne
+        keep = torch.cat([torch.zeros(1, dtype=torch.int64), step.nonzero().flatten() + 1])
+        if 2 * len(keep) <= n:
+            p = Part(tuple(c.index_select(d, keep) for c in p.cols))
+    return p
+
+
 def _reduce_part(p: Part, dims: Sequence[int], keepdim: bool, squeeze: Sequence[int] = ()) -> list[Part]:
     """Union of the boxes along ``dims`` of one part: one part when it is a box in every group,
     else up to ``2**n_axes`` parts (a union that wraps around, as a shifted window does)."""
+    p = _runs_once(p, dims)
     bounds = p.bounds()
     var = [d for d in dims if p.cols[0].shape[d] > 1 and any(c.stride(d) != 0 for c in p.cols)]
     idx = tuple(slice(0, 1) if i in dims else slice(None) for i in range(len(p.shape)))
