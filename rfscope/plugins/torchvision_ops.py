@@ -5,21 +5,28 @@ index maps inside functions that fx keeps as leaves:
 
 * ``shifted_window_attention``: pad H, W on the bottom/right to a multiple of the
   window, cyclic roll by ``-shift`` (shift set to 0 along a dim whose padded size
-  is at most the window), attention within each window, reverse roll, crop.  The
-  attention mask gives the pieces that the roll wrapped around separate regions,
-  so on the infinite lattice output position ``p`` reads exactly
-  ``range(b, b + ws)`` with ``b = floor((p - s) / ws) * ws + s``: the lattice
-  windows clipped to the tensor.  The mask is additive ``-100``, not ``-inf``:
-  a unit's weight on the wrapped piece is about ``exp(-100)`` (~4e-44, a float32
-  subnormal); rfscope treats it as zero, as the Swin paper intends.
+  is at most the window), attention within each window, reverse roll, crop.
+  The attention mask is additive ``-100``, not ``-inf``: it weights the pieces a
+  window gathers from both ends of an axis by about ``exp(-100)`` (~4e-44, a
+  float32 subnormal), which is not zero, so they are part of the exact dependence
+  (the gradient probe, :mod:`rfscope.probe`, shows how little they matter): a
+  token reads every token of its window *of the rolled tensor*.  While the roll
+  wraps no real token into a window with others (no shift, or only padding
+  wraps), that is the lattice window: output position ``p`` reads exactly
+  ``range(b, b + ws)`` with ``b = floor((p - s) / ws) * ws + s``, clipped to the
+  tensor (a periodic RF).  Where it does, the result is not periodic: it is a
+  per-position table, built by running the function's own index ops (pad, roll,
+  window partition, union over the window, reverse partition, reverse roll,
+  crop) on the input's table (:func:`_windows_table`); so is any call whose input
+  is already a table.
 * ``_patch_merging_pad``: pad H, W to even, then the 2x2 space-to-depth
   concatenation; output unit ``i`` reads input units ``2i, 2i+1`` per axis (leading
-  dims, the frames T of video Swin included, are untouched).
+  dims, the frames T of video Swin included, are untouched).  On a table the
+  function itself runs on the table's columns.
 * ``shifted_window_attention_3d`` (video Swin, ``torchvision.models.video``): the same
   over (T, H, W) windows of a (B, T, H, W, C) input.  The model clips window and shift
   to the input beforehand (``_get_window_and_shift_size``); the function itself keeps
-  the shift, and its mask then splits a window that the roll wrapped into two regions,
-  which the same lattice formula gives.
+  the shift (a window that fits the padded axis is then rolled onto itself).
 """
 
 from __future__ import annotations
@@ -29,15 +36,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import local, same_state
-from rfscope.core.positions import elementwise_rule
+from rfscope.core.positions import as_table, elementwise_rule, index_rule, table_rule
 from rfscope.core.registry import Registry
 from rfscope.core.rf import Axis
 from rfscope.core.shape_rules import register_function_rule
 from rfscope.core.state import TensorRF
+from rfscope.core.table import Table
 from rfscope.core.traits import POINTWISE
 
 
@@ -55,18 +64,14 @@ def _spatial_tags(ctx: OpContext, what: str, k: int = 2, leading_spatial: bool =
     lead = st.dims[:-k - 1]
     if c is not None or any(t is not None and not (leading_spatial and isinstance(t, int)) for t in lead):
         raise Unsupported(f"{what}: channel/batch dims carry spatial positions (tags {st.dims!r})")
-    for extra in ctx.args[1:]:
-        if isinstance(extra, TensorRF):
-            raise Unsupported(f"{what}: a weight or bias argument depends on the model input")
+    _constant_weights(ctx, what)
     return st
 
 
-def _window_deps(ws: int, s: int) -> Any:
-    def deps(p: int) -> range:
-        b = (p - s) // ws * ws + s
-        return range(b, b + ws)
-
-    return deps
+def _constant_weights(ctx: OpContext, what: str) -> None:
+    """Only the first argument (the tokens) may depend on the model input."""
+    if any(isinstance(a, TensorRF) for a in (*ctx.args[1:], *ctx.kwargs.values())):
+        raise Unsupported(f"{what}: a weight or bias argument depends on the model input")
 
 
 def _window_geometry(ctx: OpContext, k: int = 2) -> tuple[list[int], list[int], tuple[int, ...]]:
@@ -92,17 +97,82 @@ def _window_geometry(ctx: OpContext, k: int = 2) -> tuple[list[int], list[int], 
     return ws, sh, padded
 
 
+def _window_deps(ws: int, s: int) -> Any:
+    def deps(p: int) -> range:
+        b = (p - s) // ws * ws + s
+        return range(b, b + ws)
+
+    return deps
+
+
 def _window_attention_rf(ctx: OpContext, k: int) -> TensorRF:
-    """Each of the ``k`` window dims (1..k of a (B, *spatial, C) input) reads its lattice window."""
-    st = _spatial_tags(ctx, "shifted_window_attention" + ("_3d" if k == 3 else ""), k=k)
+    """Each of the ``k`` window dims (1..k of a (B, *spatial, C) input) reads its lattice window, while
+    the roll wraps no real token into a window with others; where it does, the table rule says it."""
+    what = "shifted_window_attention" + ("_3d" if k == 3 else "")
+    st = _spatial_tags(ctx, what, k=k)
     if st.reason is not None:
         return st
-    ws, sh, _ = _window_geometry(ctx, k)
+    ws, sh, padded = _window_geometry(ctx, k)
+    size = ctx.in_shape(0)[1:1 + k]
+    # the rolled tensor's last window holds [padded - ws + s, padded) and [0, s): both real (a wrap)
+    # unless the first piece is padding only, and the lattice window [s - ws, s) is then exact
+    if any(sh[i] and size[i] > padded[i] - ws[i] + sh[i] for i in range(k)):
+        raise Unsupported(f"{what}: the roll wraps real tokens: a per-position table")
 
     def along(i: int) -> Any:
         return lambda a: rf.resample(a, _window_deps(ws[i], sh[i]), ws[i], ws[i])
 
     return local(ctx, {1 + i: along(i) for i in range(k)}, st)
+
+
+def _windows_table(t: Table, ws: Sequence[int], sh: Sequence[int], padded: Sequence[int],
+                   out_shape: Sequence[int]) -> Table:
+    """What ``shifted_window_attention(_3d)`` gives each token of a (B, *spatial, C) input whose
+    table is ``t``: the union over its window of the rolled, padded tensor, mapped back.  The
+    function's own index ops run on the table's columns (a stored 0, padding, sees nothing)."""
+    k = len(ws)
+    t = t.reduce([len(t.shape) - 1], keepdim=True)  # q, k and v mix a token's channels
+    b, size = t.shape[0], t.shape[1:1 + k]
+    dims = tuple(range(1, 1 + k))
+    pad = [0, 0]  # F.pad lists the last dim first: C, then W, H (, T)
+    for i in reversed(range(k)):
+        pad += [0, padded[i] - size[i]]
+    split = [b, *(n for i in range(k) for n in (padded[i] // ws[i], ws[i])), 1]
+
+    def partition(c: torch.Tensor) -> torch.Tensor:
+        c = F.pad(c, pad)
+        if any(sh):
+            c = torch.roll(c, [-s for s in sh], dims)
+        return c.reshape(split)
+
+    def reverse(c: torch.Tensor) -> torch.Tensor:
+        c = c.expand(split).reshape(b, *padded, 1)
+        if any(sh):
+            c = torch.roll(c, list(sh), dims)
+        return c[(slice(None), *(slice(0, n) for n in size))]
+
+    t = t.apply(partition).reduce([2 + 2 * i for i in range(k)], keepdim=True)  # attention: the window
+    return t.apply(reverse).union(shape=out_shape)  # type: ignore[no-any-return]
+
+
+def _window_attention_table(ctx: OpContext, k: int) -> Table:
+    what = "shifted_window_attention" + ("_3d" if k == 3 else "")
+    _constant_weights(ctx, what)
+    ws, sh, padded = _window_geometry(ctx, k)
+    t = as_table(ctx, ctx.first, ctx.arg_values[0])
+    if len(t.shape) != k + 2:
+        raise Unsupported(f"{what}: expected a (B, {k} spatial dims, C) input")
+    return _windows_table(t, ws, sh, padded, ctx.out_shape)
+
+
+@table_rule(mixing=False)  # local by design, even where one window holds every token
+def _swin_attention_table(ctx: OpContext) -> Table:
+    return _window_attention_table(ctx, 2)
+
+
+@table_rule(mixing=False)
+def _swin_attention_3d_table(ctx: OpContext) -> Table:
+    return _window_attention_table(ctx, 3)
 
 
 def _swin_attention_rf(ctx: OpContext) -> TensorRF:
@@ -181,16 +251,18 @@ def _register_now(reg: Registry) -> None:
         return
     attn = getattr(swin, "shifted_window_attention", None)
     if attn is not None:
-        reg.add("swin_window_attention", [attn], rf=_swin_attention_rf, macs=_swin_attention_macs)
+        reg.add("swin_window_attention", [attn], rf=_swin_attention_rf, macs=_swin_attention_macs,
+                table=_swin_attention_table)
         register_function_rule(attn, _swin_attention_shape)
     merge = getattr(swin, "_patch_merging_pad", None)
     if merge is not None:
-        reg.add("swin_patch_merging", [merge], rf=_patch_merging_rf)
+        reg.add("swin_patch_merging", [merge], rf=_patch_merging_rf, table=index_rule)
     try:
         from torchvision.models.video import swin_transformer as swin3d
     except Exception:  # noqa: BLE001 - older torchvision without video Swin
         return
     attn3d = getattr(swin3d, "shifted_window_attention_3d", None)
     if attn3d is not None:
-        reg.add("swin3d_window_attention", [attn3d], rf=_swin_attention_3d_rf, macs=_swin_attention_3d_macs)
+        reg.add("swin3d_window_attention", [attn3d], rf=_swin_attention_3d_rf, macs=_swin_attention_3d_macs,
+                table=_swin_attention_3d_table)
         register_function_rule(attn3d, _swin_attention_shape)
