@@ -148,3 +148,24 @@ def test_swin_t_exact() -> None:
     rec = [r for r in rep.records.values() if r.module == "features.1.0.attn" and r.plugin][0]
     # 56*56 tokens, C=96, 49-token windows: qkv 3C^2 + qk and av 2*49*C + proj C^2 per token
     assert rec.macs == 56 * 56 * (4 * 96 * 96 + 2 * 49 * 96)
+
+
+@pytest.mark.parametrize("side", [(6, 6), (7, 5)])
+def test_patch_merging_table_is_the_function_on_the_columns(side: tuple[int, int]) -> None:
+    """The merging table rule works on one channel and widens the result: element by element it is
+    ``_patch_merging_pad`` run on every column of the table (odd sizes padded), boxes and parts alike."""
+    from torchvision.models.swin_transformer import _patch_merging_pad
+
+    from rfscope.core.table import Table
+    from rfscope.plugins.torchvision_ops import _merged_table
+
+    h, w = side
+    rows = [(4 * i, 4 * i + 3) for i in range(h)]
+    cols = [(4 * j, 4 * j + 3) for j in range(w)]
+    a = Table.grid((1, h, w, 3), (None, 0, 1, None), [rows, cols])
+    b = Table.grid((1, h, w, 3), (None, 0, 1, None), [[(0, hi) for _, hi in rows], [(lo, 99) for lo, _ in cols]])
+    t = a.union(b.apply(lambda c: torch.roll(c, 1, dims=1)))  # two parts, not periodic
+    got, want = _merged_table(t, _patch_merging_pad), t.apply(_patch_merging_pad)
+    assert got.shape == want.shape == (1, (h + 1) // 2, (w + 1) // 2, 12)
+    for idx in itertools.product(*(range(n) for n in want.shape)):
+        assert sorted(got.boxes(idx)) == sorted(want.boxes(idx)), idx

@@ -334,7 +334,7 @@ class Table:
             if len(self.parts) == 1:
                 raise
             # parts that only make boxes together (one was merged into another where it could be)
-            both = _stacked(self.parts)
+            both = _stacked(_runs_once_all(self.parts, dims))
             if max(_core(c).numel() for c in both.cols) > 4 * RASTER_BUDGET:  # a cost bound: say why alone
                 raise TableError(f"{alone} (the parts together are too large to check)") from None
             drop = [0] if keepdim else [0, *(d + 1 for d in dims)]
@@ -552,6 +552,26 @@ def _simplify(parts: Sequence[Part], nested: bool = True) -> tuple[Part, ...]:
 
 def _core_all_empty(p: Part) -> bool:
     return bool(p.empty().all())
+
+
+def _runs_once_all(parts: Sequence[Part], dims: Sequence[int]) -> Sequence[Part]:
+    """:func:`_runs_once` for parts about to be stacked: a slice is dropped where it equals the one
+    before it in every part."""
+    for d in dims:
+        n = parts[0].shape[d]
+        if n < 16 or all(c.stride(d) == 0 for p in parts for c in p.cols):
+            continue
+        others = tuple(o for o in range(len(parts[0].shape)) if o != d)
+        step = torch.zeros(n - 1, dtype=torch.bool)
+        for p in parts:
+            for c in p.core():
+                if c.shape[d] == n:
+                    ne = c.narrow(d, 1, n - 1) != c.narrow(d, 0, n - 1)
+                    step |= ne.any(dim=others) if others else ne
+        keep = torch.cat([torch.zeros(1, dtype=torch.int64), step.nonzero().flatten() + 1])
+        if 2 * len(keep) <= n:
+            parts = [Part(tuple(c.index_select(d, keep) for c in p.cols)) for p in parts]
+    return parts
 
 
 def _runs_once(p: Part, dims: Sequence[int]) -> Part:

@@ -22,7 +22,8 @@ index maps inside functions that fx keeps as leaves:
 * ``_patch_merging_pad``: pad H, W to even, then the 2x2 space-to-depth
   concatenation; output unit ``i`` reads input units ``2i, 2i+1`` per axis (leading
   dims, the frames T of video Swin included, are untouched).  On a table the
-  function itself runs on the table's columns.
+  function itself runs on the table's columns (on one channel when no channel
+  carries a position, then widened back: :func:`_merged_table`).
 * ``shifted_window_attention_3d`` (video Swin, ``torchvision.models.video``): the same
   over (T, H, W) windows of a (B, T, H, W, C) input.  The model clips window and shift
   to the input beforehand (``_get_window_and_shift_size``); the function itself keeps
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import local, same_state
-from rfscope.core.positions import as_table, elementwise_rule, index_rule, table_rule
+from rfscope.core.positions import as_table, elementwise_rule, table_rule
 from rfscope.core.registry import Registry
 from rfscope.core.rf import Axis
 from rfscope.core.shape_rules import register_function_rule
@@ -175,6 +176,28 @@ def _swin_attention_3d_table(ctx: OpContext) -> Table:
     return _window_attention_table(ctx, 3)
 
 
+def _merged_table(t: Table, merge: Any) -> Table:
+    """``merge`` (``_patch_merging_pad``) run on the columns of ``t``; when no channel carries a
+    position, on one channel (four out: channel block ``q`` of the output reads position ``q``),
+    then widened back: the same table without padding and concatenating every channel."""
+    last = len(t.shape) - 1
+    if t.varies_along(last):
+        return t.apply(merge)  # type: ignore[no-any-return]
+    c = t.shape[last]
+
+    def widen(col: torch.Tensor) -> torch.Tensor:
+        four = merge(col)  # (..., 4)
+        return four.unsqueeze(-1).expand(*four.shape, c).reshape(*four.shape[:-1], 4 * c)
+
+    return t.reduce([last]).apply(widen)  # type: ignore[no-any-return]
+
+
+@table_rule(mixing=False)
+def _patch_merging_table(ctx: OpContext) -> Table:
+    _constant_weights(ctx, "_patch_merging_pad")
+    return _merged_table(as_table(ctx, ctx.first, ctx.arg_values[0]), ctx.node.target)
+
+
 def _swin_attention_rf(ctx: OpContext) -> TensorRF:
     return _window_attention_rf(ctx, 2)
 
@@ -256,7 +279,7 @@ def _register_now(reg: Registry) -> None:
         register_function_rule(attn, _swin_attention_shape)
     merge = getattr(swin, "_patch_merging_pad", None)
     if merge is not None:
-        reg.add("swin_patch_merging", [merge], rf=_patch_merging_rf, table=index_rule)
+        reg.add("swin_patch_merging", [merge], rf=_patch_merging_rf, table=_patch_merging_table)
     try:
         from torchvision.models.video import swin_transformer as swin3d
     except Exception:  # noqa: BLE001 - older torchvision without video Swin
