@@ -8,6 +8,7 @@ pad/roll/partition/mask/reverse index maps are PyTorch's, not rfscope's.
 from __future__ import annotations
 
 import itertools
+from fractions import Fraction
 
 import pytest
 import torch
@@ -135,37 +136,19 @@ def test_swin_t_exact() -> None:
     # stage 1: 4x4 patches, 7x7 windows (28 px), then windows shifted by 3: an interior token
     # sees two windows, 14 tokens = 56 px ...
     r = rep.rf("features.1")
-    assert r.window((0, 20, 20, 0)) == ((56, 111), (56, 111))
+    assert r.table is None  # periodic: the rolled window is a product of per-axis sets
+    assert r.window((20, 20)) == ((56, 111), (56, 111))
     # ... and a token whose rolled window wrapped (56 = 8 windows of 7: always) sees both ends
-    # of the image, weighted ~exp(-100) by the mask: its bounding box is the whole image
-    assert sorted(r.table.boxes((0, 0, 20, 0))) == [((0, 27), (56, 111)), ((196, 223), (56, 111))]
-    assert sorted(r.table.boxes((0, 0, 0, 0))) == [((0, 27), (0, 27)), ((0, 27), (196, 223)),
-                                                   ((196, 223), (0, 27)), ((196, 223), (196, 223))]
-    assert r.size == (224, 224)
-    # from stage 3 on every token sees the whole image through its windows: the pooling adds nothing
-    assert rep.rf("features.5").table is None and rep.rf("features.5").size == (224, 224)
-    assert rep.rf("output").status == "exact" and rep.rf("output").size == (224, 224)
+    # of the image, weighted ~exp(-100) by the mask: its bounding box is the whole image, with a hole
+    ends = [*range(0, 28), *range(196, 224)]
+    assert r.pixels((0, 20)) == (ends, list(range(56, 112)))
+    assert r.pixels((0, 0)) == (ends, ends)
+    assert r.size == (224, 224) and r.coverage == (Fraction(1, 4), Fraction(1, 4))
+    # from stage 3 on every token sees the whole image through its windows
+    r5 = rep.rf("features.5")
+    assert r5.table is None and r5.size == (224, 224) and r5.coverage == (1, 1)
+    assert rep.rf("output").status == "global" and rep.rf("output").size == (224, 224)
     rec = [r for r in rep.records.values() if r.module == "features.1.0.attn" and r.plugin][0]
     # 56*56 tokens, C=96, 49-token windows: qkv 3C^2 + qk and av 2*49*C + proj C^2 per token
     assert rec.macs == 56 * 56 * (4 * 96 * 96 + 2 * 49 * 96)
 
-
-@pytest.mark.parametrize("side", [(6, 6), (7, 5)])
-def test_patch_merging_table_is_the_function_on_the_columns(side: tuple[int, int]) -> None:
-    """The merging table rule works on one channel and widens the result: element by element it is
-    ``_patch_merging_pad`` run on every column of the table (odd sizes padded), boxes and parts alike."""
-    from torchvision.models.swin_transformer import _patch_merging_pad
-
-    from rfscope.core.table import Table
-    from rfscope.plugins.torchvision_ops import _merged_table
-
-    h, w = side
-    rows = [(4 * i, 4 * i + 3) for i in range(h)]
-    cols = [(4 * j, 4 * j + 3) for j in range(w)]
-    a = Table.grid((1, h, w, 3), (None, 0, 1, None), [rows, cols])
-    b = Table.grid((1, h, w, 3), (None, 0, 1, None), [[(0, hi) for _, hi in rows], [(lo, 99) for lo, _ in cols]])
-    t = a.union(b.apply(lambda c: torch.roll(c, 1, dims=1)))  # two parts, not periodic
-    got, want = _merged_table(t, _patch_merging_pad), t.apply(_patch_merging_pad)
-    assert got.shape == want.shape == (1, (h + 1) // 2, (w + 1) // 2, 12)
-    for idx in itertools.product(*(range(n) for n in want.shape)):
-        assert sorted(got.boxes(idx)) == sorted(want.boxes(idx)), idx

@@ -123,10 +123,11 @@ def test_swin3d_t_analyses_exactly() -> None:
     # H, W as in 2-D Swin-T: 7-token windows, then windows shifted by 3 -> 14 tokens = 56 px for an
     # interior token; a token whose rolled window wrapped also sees the far side of the image
     r = rep.rf("features.0")
-    assert r.window((0, 3, 20, 20, 0)) == ((0, 15), (56, 111), (56, 111))
-    assert sorted(r.table.boxes((0, 3, 0, 20, 0))) == [((0, 15), (0, 27), (56, 111)),
-                                                       ((0, 15), (196, 223), (56, 111))]
+    assert r.table is None
+    assert r.window((3, 20, 20)) == ((0, 15), (56, 111), (56, 111))
+    assert r.pixels((3, 0, 20)) == (list(range(16)), [*range(0, 28), *range(196, 224)], list(range(56, 112)))
     assert r.size == (16, 224, 224)
+    assert rep.rf("output").status == "global"
     rec = [r for r in rep.records.values() if r.module == "features.0.0.attn"
            and r.plugin == "swin3d_window_attention"][0]
     # 8*56*56 tokens, C=96, 8*7*7-token windows: qkv 3C^2 + qk and av 2*392*C + proj C^2 per token

@@ -14,16 +14,14 @@ index maps inside functions that fx keeps as leaves:
   wraps no real token into a window with others (no shift, or only padding
   wraps), that is the lattice window: output position ``p`` reads exactly
   ``range(b, b + ws)`` with ``b = floor((p - s) / ws) * ws + s``, clipped to the
-  tensor (a periodic RF).  Where it does, the result is not periodic: it is a
-  per-position table, built by running the function's own index ops (pad, roll,
-  window partition, union over the window, reverse partition, reverse roll,
-  crop) on the input's table (:func:`_windows_table`); so is any call whose input
-  is already a table.
+  tensor.  Where it does, position ``p`` reads the real tokens
+  ``(r' + s) mod n`` of the window of ``r = (p - s) mod n`` in the rolled axis
+  of padded size ``n``: a periodic RF of period ``n`` (:func:`_rolled_deps`),
+  whose wrapped windows have holes.  Pad, roll and window partition act per
+  axis, so the window is a product of per-axis sets and stays periodic.
 * ``_patch_merging_pad``: pad H, W to even, then the 2x2 space-to-depth
   concatenation; output unit ``i`` reads input units ``2i, 2i+1`` per axis (leading
-  dims, the frames T of video Swin included, are untouched).  On a table the
-  function itself runs on the table's columns (on one channel when no channel
-  carries a position, then widened back: :func:`_merged_table`).
+  dims, the frames T of video Swin included, are untouched).
 * ``shifted_window_attention_3d`` (video Swin, ``torchvision.models.video``): the same
   over (T, H, W) windows of a (B, T, H, W, C) input.  The model clips window and shift
   to the input beforehand (``_get_window_and_shift_size``); the function itself keeps
@@ -37,17 +35,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from rfscope.core import rf
 from rfscope.core.context import OpContext, Unsupported
 from rfscope.core.ops import local, same_state
-from rfscope.core.positions import as_table, elementwise_rule, table_rule
+from rfscope.core.positions import elementwise_rule
 from rfscope.core.registry import Registry
 from rfscope.core.rf import Axis
 from rfscope.core.shape_rules import register_function_rule
 from rfscope.core.state import TensorRF
-from rfscope.core.table import Table
 from rfscope.core.traits import POINTWISE
 
 
@@ -106,96 +102,45 @@ def _window_deps(ws: int, s: int) -> Any:
     return deps
 
 
+def _rolled_deps(size: int, n: int, ws: int, s: int) -> Any:
+    """Token ``i`` of an axis of ``size`` real tokens padded to ``n``, rolled by ``-s``: the real
+    tokens of its window of the rolled tensor, ``j = (r' + s) mod n`` for ``r'`` in the window of
+    ``r = (i - s) mod n``.  Periodic with period ``n`` (token ``i + n`` reads ``j + n``: the lattice
+    beyond the tensor).  A padding token (``size <= i < n``, cropped) reads what token ``size - 1``
+    reads whenever the roll wraps real tokens: both lie in the rolled tensor's last window."""
+    seen = []
+    for i in range(n):
+        lo = (i - s) % n // ws * ws
+        seen.append([j for j in ((r + s) % n for r in range(lo, lo + ws)) if j < size])
+
+    def deps(p: int) -> list[int]:
+        m, i = divmod(p, n)
+        return [j + m * n for j in seen[i]]
+
+    return deps
+
+
 def _window_attention_rf(ctx: OpContext, k: int) -> TensorRF:
-    """Each of the ``k`` window dims (1..k of a (B, *spatial, C) input) reads its lattice window, while
-    the roll wraps no real token into a window with others; where it does, the table rule says it."""
+    """Each of the ``k`` window dims (1..k of a (B, *spatial, C) input) reads its window of the rolled
+    tensor: the lattice window while the roll wraps no real token into a window with others, else the
+    rolled window per position, periodic with the padded size as period.  The window is a product of
+    per-axis sets (pad, roll and partition act per axis), so each axis says it alone."""
     what = "shifted_window_attention" + ("_3d" if k == 3 else "")
     st = _spatial_tags(ctx, what, k=k)
     if st.reason is not None:
         return st
     ws, sh, padded = _window_geometry(ctx, k)
     size = ctx.in_shape(0)[1:1 + k]
-    # the rolled tensor's last window holds [padded - ws + s, padded) and [0, s): both real (a wrap)
-    # unless the first piece is padding only, and the lattice window [s - ws, s) is then exact
-    if any(sh[i] and size[i] > padded[i] - ws[i] + sh[i] for i in range(k)):
-        raise Unsupported(f"{what}: the roll wraps real tokens: a per-position table")
 
     def along(i: int) -> Any:
+        # the rolled tensor's last window holds [padded - ws + s, padded) and [0, s): both real (a wrap)
+        # unless the first piece is padding only, and the lattice window [s - ws, s) is then exact
+        if sh[i] and size[i] > padded[i] - ws[i] + sh[i]:
+            deps = _rolled_deps(size[i], padded[i], ws[i], sh[i])
+            return lambda a: rf.resample(a, deps, padded[i], padded[i])
         return lambda a: rf.resample(a, _window_deps(ws[i], sh[i]), ws[i], ws[i])
 
     return local(ctx, {1 + i: along(i) for i in range(k)}, st)
-
-
-def _windows_table(t: Table, ws: Sequence[int], sh: Sequence[int], padded: Sequence[int],
-                   out_shape: Sequence[int]) -> Table:
-    """What ``shifted_window_attention(_3d)`` gives each token of a (B, *spatial, C) input whose
-    table is ``t``: the union over its window of the rolled, padded tensor, mapped back.  The
-    function's own index ops run on the table's columns (a stored 0, padding, sees nothing)."""
-    k = len(ws)
-    t = t.reduce([len(t.shape) - 1], keepdim=True)  # q, k and v mix a token's channels
-    b, size = t.shape[0], t.shape[1:1 + k]
-    dims = tuple(range(1, 1 + k))
-    pad = [0, 0]  # F.pad lists the last dim first: C, then W, H (, T)
-    for i in reversed(range(k)):
-        pad += [0, padded[i] - size[i]]
-    split = [b, *(n for i in range(k) for n in (padded[i] // ws[i], ws[i])), 1]
-
-    def partition(c: torch.Tensor) -> torch.Tensor:
-        c = F.pad(c, pad)
-        if any(sh):
-            c = torch.roll(c, [-s for s in sh], dims)
-        return c.reshape(split)
-
-    def reverse(c: torch.Tensor) -> torch.Tensor:
-        c = c.expand(split).reshape(b, *padded, 1)
-        if any(sh):
-            c = torch.roll(c, list(sh), dims)
-        return c[(slice(None), *(slice(0, n) for n in size))]
-
-    t = t.apply(partition).reduce([2 + 2 * i for i in range(k)], keepdim=True)  # attention: the window
-    return t.apply(reverse).union(shape=out_shape)  # type: ignore[no-any-return]
-
-
-def _window_attention_table(ctx: OpContext, k: int) -> Table:
-    what = "shifted_window_attention" + ("_3d" if k == 3 else "")
-    _constant_weights(ctx, what)
-    ws, sh, padded = _window_geometry(ctx, k)
-    t = as_table(ctx, ctx.first, ctx.arg_values[0])
-    if len(t.shape) != k + 2:
-        raise Unsupported(f"{what}: expected a (B, {k} spatial dims, C) input")
-    return _windows_table(t, ws, sh, padded, ctx.out_shape)
-
-
-@table_rule(mixing=False)  # local by design, even where one window holds every token
-def _swin_attention_table(ctx: OpContext) -> Table:
-    return _window_attention_table(ctx, 2)
-
-
-@table_rule(mixing=False)
-def _swin_attention_3d_table(ctx: OpContext) -> Table:
-    return _window_attention_table(ctx, 3)
-
-
-def _merged_table(t: Table, merge: Any) -> Table:
-    """``merge`` (``_patch_merging_pad``) run on the columns of ``t``; when no channel carries a
-    position, on one channel (four out: channel block ``q`` of the output reads position ``q``),
-    then widened back: the same table without padding and concatenating every channel."""
-    last = len(t.shape) - 1
-    if t.varies_along(last):
-        return t.apply(merge)  # type: ignore[no-any-return]
-    c = t.shape[last]
-
-    def widen(col: torch.Tensor) -> torch.Tensor:
-        four = merge(col)  # (..., 4)
-        return four.unsqueeze(-1).expand(*four.shape, c).reshape(*four.shape[:-1], 4 * c)
-
-    return t.reduce([last]).apply(widen)  # type: ignore[no-any-return]
-
-
-@table_rule(mixing=False)
-def _patch_merging_table(ctx: OpContext) -> Table:
-    _constant_weights(ctx, "_patch_merging_pad")
-    return _merged_table(as_table(ctx, ctx.first, ctx.arg_values[0]), ctx.node.target)
 
 
 def _swin_attention_rf(ctx: OpContext) -> TensorRF:
@@ -274,18 +219,16 @@ def _register_now(reg: Registry) -> None:
         return
     attn = getattr(swin, "shifted_window_attention", None)
     if attn is not None:
-        reg.add("swin_window_attention", [attn], rf=_swin_attention_rf, macs=_swin_attention_macs,
-                table=_swin_attention_table)
+        reg.add("swin_window_attention", [attn], rf=_swin_attention_rf, macs=_swin_attention_macs)
         register_function_rule(attn, _swin_attention_shape)
     merge = getattr(swin, "_patch_merging_pad", None)
     if merge is not None:
-        reg.add("swin_patch_merging", [merge], rf=_patch_merging_rf, table=_patch_merging_table)
+        reg.add("swin_patch_merging", [merge], rf=_patch_merging_rf)
     try:
         from torchvision.models.video import swin_transformer as swin3d
     except Exception:  # noqa: BLE001 - older torchvision without video Swin
         return
     attn3d = getattr(swin3d, "shifted_window_attention_3d", None)
     if attn3d is not None:
-        reg.add("swin3d_window_attention", [attn3d], rf=_swin_attention_3d_rf, macs=_swin_attention_3d_macs,
-                table=_swin_attention_3d_table)
+        reg.add("swin3d_window_attention", [attn3d], rf=_swin_attention_3d_rf, macs=_swin_attention_3d_macs)
         register_function_rule(attn3d, _swin_attention_shape)
