@@ -152,3 +152,39 @@ def test_swin_t_exact() -> None:
     # 56*56 tokens, C=96, 49-token windows: qkv 3C^2 + qk and av 2*49*C + proj C^2 per token
     assert rec.macs == 56 * 56 * (4 * 96 * 96 + 2 * 49 * 96)
 
+
+
+def test_wrapped_windows_enter_a_table() -> None:
+    """A class token ``cat`` after torchvision's Swin needs a table; the wrapped windows (periodic,
+    with holes) enter it as several boxes, each token's the same pixels as its periodic unit.
+    60 px: 15x15 tokens padded to 16, shift 2: the roll wraps real token 14 next to tokens 0, 1."""
+    side = 60
+
+    class WithClassToken(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = _tiny().features[:2]
+            self.cls = torch.nn.Parameter(torch.zeros(1, 1, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.features(x).flatten(1, 2)
+            return torch.cat([self.cls.expand(y.shape[0], -1, -1), y], 1)
+
+    rep = rfscope.analyze(WithClassToken(), input_shape=(1, 3, side, side))
+    per, tab = rep.rf("features.1"), rep.rf("output")
+    assert per.table is None and tab.status == "exact" and tab.table is not None
+    several = 0
+    for i, j in itertools.product(range(15), range(15)):
+        ph, pw = per.pixels((i, j))
+        rows, cols = torch.zeros(side, dtype=torch.bool), torch.zeros(side, dtype=torch.bool)
+        rows[[p for p in ph if 0 <= p < side]] = True
+        cols[[p for p in pw if 0 <= p < side]] = True
+        want = rows[:, None] & cols[None, :]
+        boxes = tab.table.boxes((0, 1 + 15 * i + j, 5))
+        got = torch.zeros(side, side, dtype=torch.bool)
+        for box in boxes:
+            got[tuple(slice(max(lo, 0), max(hi + 1, 0)) for lo, hi in box)] = True
+        assert torch.equal(got, want), ((i, j), bbox(got), bbox(want))
+        several += len(boxes) > 1
+    assert several > 0  # the tokens whose window wrapped: more than one box
+    assert tab.table.boxes((0, 0, 5)) == []  # the class token sees nothing

@@ -18,6 +18,7 @@ again (:func:`from_table`).  See docs/design.md, "Token layouts".
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -53,15 +54,33 @@ def _unit_index(tag: Any, axis: int, shape: Sequence[int], d: int) -> torch.Tens
     return None
 
 
-def _axis_bounds(a: Axis, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    for w in a.windows:
-        if not w.empty and w.count != w.size:
-            raise Unsupported("windows with holes (dilation) cannot enter a token layout yet")
-    lo = torch.tensor([w.lo if not w.empty else 1 for w in a.windows], dtype=torch.int64)
-    hi = torch.tensor([w.hi if not w.empty else 0 for w in a.windows], dtype=torch.int64)
+#: at most this many boxes per element when periodic windows with holes enter a table
+MAX_HOLE_PARTS = 16
+
+
+def _runs(w: Window) -> list[tuple[int, int]]:
+    """The maximal runs ``(lo, hi)`` of pixels of a window (one for a window without holes)."""
+    out: list[tuple[int, int]] = []
+    for p in w.pixels():
+        if out and out[-1][1] == p - 1:
+            out[-1] = (out[-1][0], p)
+        else:
+            out.append((p, p))
+    return out
+
+
+def _axis_bounds(a: Axis, u: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per run index ``k``, the bounds of run ``k`` of each unit's window (empty where a window has
+    fewer runs): a window with holes (dilation, a wrapped shifted window) is several boxes."""
+    runs = [_runs(w) for w in a.windows]
     m, ph = torch.div(u, a.period, rounding_mode="floor"), u % a.period
     shift = m * a.step
-    return lo[ph] + shift, hi[ph] + shift
+    out = []
+    for k in range(max(1, *(len(r) for r in runs))):
+        lo = torch.tensor([r[k][0] if k < len(r) else 1 for r in runs], dtype=torch.int64)
+        hi = torch.tensor([r[k][1] if k < len(r) else 0 for r in runs], dtype=torch.int64)
+        out.append((lo[ph] + shift, hi[ph] + shift))
+    return out
 
 
 def to_table(st: TensorRF, shape: Sequence[int], input_size: Sequence[int]) -> Table:
@@ -104,11 +123,11 @@ def _boxes(st: TensorRF, shape: tuple[int, ...], input_size: Sequence[int], loca
             parts.extend(_boxes(replace(st, dims=only), shape, input_size, local).parts)
         return Table(tuple(parts), shape, len(st.axes))
     nd = len(shape)
-    bounds = []
+    bounds: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per axis, per run
     for a, ax in enumerate(st.axes):
         if isinstance(ax, Global) and not (local and ax.local is not None):
             z = torch.zeros((1,) * nd, dtype=torch.int64)
-            bounds.append((z, z + (input_size[a] - 1)))
+            bounds.append([(z, z + (input_size[a] - 1))])
             continue
         axis = ax.local if isinstance(ax, Global) else ax
         assert axis is not None
@@ -124,11 +143,15 @@ def _boxes(st: TensorRF, shape: tuple[int, ...], input_size: Sequence[int], loca
             u = idx.view(view)
         if u is None:  # every element sees what one unit saw (after select)
             u = torch.zeros((1,) * nd, dtype=torch.int64)
-        lo, hi = _axis_bounds(axis, u)
         # pixels outside the input do not exist: a padding position of the periodic form (whose
         # window the RF convention extends past the border) sees only what is inside, or nothing
-        bounds.append((lo.clamp(min=0), hi.clamp(max=input_size[a] - 1)))  # broadcastable: encode expands
-    return Table((Part.encode(bounds, shape),), shape, len(st.axes))
+        bounds.append([(lo.clamp(min=0), hi.clamp(max=input_size[a] - 1))  # broadcastable: encode expands
+                       for lo, hi in _axis_bounds(axis, u)])
+    if math.prod(len(b) for b in bounds) > MAX_HOLE_PARTS:
+        raise Unsupported(f"windows with holes would make more than {MAX_HOLE_PARTS} boxes per element")
+    # one part per choice of a run along each axis: the element's window is their union
+    return Table(tuple(Part.encode(list(pick), shape) for pick in itertools.product(*bounds)),
+                 shape, len(st.axes))
 
 
 def _axes_of_tag(tag: Any) -> frozenset[int]:
