@@ -161,20 +161,11 @@ MOBILEVIT: dict[str, tuple[str, str, str]] = {
 }
 MV_PATCH, MV_GRID = 2, 8  # 2x2 patches of the 8x8 map
 
-TV_SWIN_SHIFTED = (
-    "torchvision SwinTransformer(patch_size=[4,4], embed_dim=16, depths=[2,1], num_heads=[1,2], window_size=[4,4]), "
-    "features.1.1 (shifted block, shift 2): the 112 of 256 tokens whose rolled window wraps (rows or columns 0, 1, "
-    "14, 15) see "
-    "only their mask region in rfscope (e.g. (0,0,0,0): rows 0..15 x cols 0..15, periodic window (-16..15)), "
-    "while the oracle, and rfscope on the same block written by hand in HF SwinModel, timm and MONAI SwinUNETR, "
-    "see the whole rolled window (rows 0..15 and 48..63 x the same cols, 1024 px): the -100 additive mask "
-    "leaves weights of ~exp(-100); the torchvision plugin drops them by design (README 'Swin Transformer', "
-    "tests/test_swin.py), the per-position table path keeps them")
 #: (model, node): every node checked against the oracle; the third entry: why it is an xfail
 NODES: list[tuple[str, str] | tuple[str, str, str]] = [
     *[(k, n) for k, (tok, blk, _) in VIT.items() for n in (tok, blk)],
     *[(k, n) for k, (emb, b0, _b1, *_r) in SWIN.items() for n in (emb, b0)],
-    *[(k, b1) if k != "tv_swin" else (k, b1, TV_SWIN_SHIFTED) for k, (_e, _b0, b1, *_r) in SWIN.items()],
+    *[(k, b1) for k, (_e, _b0, b1, *_r) in SWIN.items()],
     *[(k, n) for k, nodes in MOBILEVIT.items() for n in nodes],
 ]
 
@@ -430,14 +421,6 @@ def _swin_expected(key: str, which: int, masked: bool = False) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _swin_params(which: int) -> list[Any]:
-    out = []
-    for k in SWIN:
-        marks = [_xfail(TV_SWIN_SHIFTED)] if (k, which) == ("tv_swin", 2) else []
-        out.append(pytest.param(k, marks=marks, id=k))
-    return out
-
-
 @pytest.mark.parametrize("which", [0, 1, 2], ids=["patch_embed", "window", "shifted"])
 @pytest.mark.parametrize("key", list(SWIN))
 def test_swin_expectation_against_the_oracle(key: str, which: int, cases: Callable[[str], Case]) -> None:
@@ -463,7 +446,7 @@ def test_swin_windows_by_hand(key: str, which: int, cases: Callable[[str], Case]
     assert bad == [], (key, which, [(divmod(t, SWIN[key][6]), bbox(got[t]), bbox(want[t])) for t in bad[:4]])
 
 
-@pytest.mark.parametrize("key", _swin_params(2))
+@pytest.mark.parametrize("key", list(SWIN))
 def test_swin_shifted_windows_by_hand(key: str, cases: Callable[[str], Case]) -> None:
     """Every token of the shifted block: rfscope = the rolled window (the oracle's support)."""
     got, want = _swin_masks(key, 2, cases), _swin_expected(key, 2)
@@ -471,30 +454,30 @@ def test_swin_shifted_windows_by_hand(key: str, cases: Callable[[str], Case]) ->
     assert bad == [], (key, len(bad), [(divmod(t, SWIN[key][6]), bbox(got[t]), bbox(want[t])) for t in bad[:4]])
 
 
-def test_tv_swin_shifted_windows_drop_the_masked_leak(cases: Callable[[str], Case]) -> None:
-    """What torchvision's shifted block gives instead: every token sees its mask region only (the -100 mask
-    as -inf), which is the oracle's support once gradients below 1e-30 of the largest (the exp(-100) leak)
-    are dropped."""
-    got, want = _swin_masks("tv_swin", 2, cases), _swin_expected("tv_swin", 2, masked=True)
+def test_tv_swin_wrapped_pieces_weigh_exp_minus_100(cases: Callable[[str], Case]) -> None:
+    """The rolled window's wrapped pieces are in the exact RF (test_swin_shifted_windows_by_hand), but
+    the -100 mask weighs them ~exp(-100): in the oracle's gradient they sit below 1e-30 of the largest,
+    and what is left above is the mask region alone (what the effective RF, ``rfscope.probe``, shows)."""
+    got, want = _swin_masks("tv_swin", 2, cases), _swin_expected("tv_swin", 2)
+    region = _swin_expected("tv_swin", 2, masked=True)
     assert all(torch.equal(got[t], want[t]) for t in range(len(got)))
+    assert any(not torch.equal(want[t], region[t]) for t in range(len(want)))  # some window wrapped
     c = cases("tv_swin")
     node, grid = SWIN["tv_swin"][2], SWIN["tv_swin"][6]
     y = c.oracle.outs[node]
     for i, j in _probe(grid):
         mag = _magnitude(c.oracle, y, _index("nhwc", i, j, grid, 1))
-        assert torch.equal(mag > 1e-30 * mag.max(), want[grid * i + j]), (i, j)
+        assert torch.equal(mag != 0, want[grid * i + j]), (i, j)
+        assert torch.equal(mag > 1e-30 * mag.max(), region[grid * i + j]), (i, j)
 
 
 @pytest.mark.parametrize("which", [
     pytest.param(0, id="patch_embed"), pytest.param(1, id="window"),
     pytest.param(2, id="shifted")])
 @pytest.mark.parametrize("trio", [pytest.param("64", id="64"), pytest.param("56", id="56_padded")])
-def test_swin_same_windows_across_libraries(trio: str, which: int, request: pytest.FixtureRequest,
-                                            cases: Callable[[str], Case]) -> None:
+def test_swin_same_windows_across_libraries(trio: str, which: int, cases: Callable[[str], Case]) -> None:
     """HF, torchvision and timm Swin (patch 4, window 4, shift 2): per token, the same pixels; at 64x64
     (16x16 tokens) and at 56x56 (14x14 tokens padded to 16x16: only padding wraps, and all three agree)."""
-    if (trio, which) == ("64", 2):
-        request.applymarker(_xfail(TV_SWIN_SHIFTED))
     keys = SWIN_TRIOS[trio]
     masks = {k: _swin_masks(k, which, cases) for k in keys}
     ref, grid = masks[keys[2]], SWIN[keys[2]][6]

@@ -615,3 +615,29 @@ def test_grid_partition_attention_is_never_overstated() -> None:
         assert r.status != "global", (name, r)
         if r.status == "exact":
             agree(r, o, o.outs[name], idx, clip_free=False, unit=unit, chan=-1)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_dilated_windows_enter_a_table_as_several_boxes(d: int) -> None:
+    """A periodic window with holes (a dilated conv) enters a table as one box per run of pixels: a
+    class token ``cat`` after it, every element against the oracle."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, dilation=d, padding=d)
+            self.cls = nn.Parameter(torch.zeros(1, 1, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x).flatten(2).transpose(1, 2)
+            return torch.cat([self.cls.expand(y.shape[0], -1, -1), y], 1)
+
+    model = Net().eval()
+    rep = rfscope.analyze(model, input_shape=(1, 1, 8, 8))
+    r = rep.rf("output")
+    assert r.status == "exact" and r.table is not None, r
+    o = Oracle(model, (1, 1, 8, 8))
+    y = o.out
+    for t in range(y.shape[1]):
+        assert torch.equal(claimed(r, (0, t, 1), (8, 8)), seen(o, y, (0, t, 1), None)), (t, r.table.boxes((0, t, 1)))
+    assert len(r.table.boxes((0, 1 + 8 * 4 + 4, 1))) == 9  # an interior unit: 3 x 3 one-pixel boxes

@@ -18,6 +18,7 @@ again (:func:`from_table`).  See docs/design.md, "Token layouts".
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -53,10 +54,31 @@ def _unit_index(tag: Any, axis: int, shape: Sequence[int], d: int) -> torch.Tens
     return None
 
 
-def _axis_bounds(a: Axis, u: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
-    """``lo``, ``hi`` of unit ``u``'s window and, when windows have holes (dilation), its comb
-    ``(origin, step, width)``: runs of one width at one step (else :class:`Unsupported`)."""
+#: at most this many boxes per element when periodic windows with irregular holes enter a table
+MAX_HOLE_PARTS = 16
+
+
+def _runs(w: Window) -> list[tuple[int, int]]:
+    """The maximal runs ``(lo, hi)`` of pixels of a window (one for a window without holes)."""
+    out: list[tuple[int, int]] = []
+    for p in w.pixels():
+        if out and out[-1][1] == p - 1:
+            out[-1] = (out[-1][0], p)
+        else:
+            out.append((p, p))
+    return out
+
+
+_Run = tuple[torch.Tensor, torch.Tensor, "tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None"]
+
+
+def _axis_bounds(a: Axis, u: torch.Tensor) -> list[_Run]:
+    """Unit ``u``'s window along one axis as ``(lo, hi, comb)`` pieces whose union it is: one piece
+    (with the comb ``(origin, step, width)`` when its holes are regular: runs of one width at one
+    step, as one dilated conv leaves), else one box per run index ``k`` (empty where a window has
+    fewer runs: irregular holes, a wrapped shifted window)."""
+    m, ph = torch.div(u, a.period, rounding_mode="floor"), u % a.period
+    shift = m * a.step
     combs = []
     for w in a.windows:
         if w.empty or w.count == w.size:
@@ -66,17 +88,23 @@ def _axis_bounds(a: Axis, u: torch.Tensor
         try:
             _lo, _hi, o, st_, wd = _runs_as_comb(bits)
         except TableError:
-            raise Unsupported("windows with irregular holes cannot enter a token layout") from None
+            break
         combs.append((o + w.lo, st_, wd))
-    lo = torch.tensor([w.lo if not w.empty else 1 for w in a.windows], dtype=torch.int64)
-    hi = torch.tensor([w.hi if not w.empty else 0 for w in a.windows], dtype=torch.int64)
-    m, ph = torch.div(u, a.period, rounding_mode="floor"), u % a.period
-    shift = m * a.step
-    comb = None
-    if any(c != (0, 1, 1) for c in combs):
-        co, cs, cw = (torch.tensor([c[k] for c in combs], dtype=torch.int64) for k in range(3))
-        comb = (co[ph] + shift, cs[ph], cw[ph])
-    return lo[ph] + shift, hi[ph] + shift, comb
+    else:
+        lo = torch.tensor([w.lo if not w.empty else 1 for w in a.windows], dtype=torch.int64)
+        hi = torch.tensor([w.hi if not w.empty else 0 for w in a.windows], dtype=torch.int64)
+        comb = None
+        if any(c != (0, 1, 1) for c in combs):
+            co, cs, cw = (torch.tensor([c[k] for c in combs], dtype=torch.int64) for k in range(3))
+            comb = (co[ph] + shift, cs[ph], cw[ph])
+        return [(lo[ph] + shift, hi[ph] + shift, comb)]
+    runs = [_runs(w) for w in a.windows]
+    out: list[_Run] = []
+    for k in range(max(1, *(len(r) for r in runs))):
+        lo = torch.tensor([r[k][0] if k < len(r) else 1 for r in runs], dtype=torch.int64)
+        hi = torch.tensor([r[k][1] if k < len(r) else 0 for r in runs], dtype=torch.int64)
+        out.append((lo[ph] + shift, hi[ph] + shift, None))
+    return out
 
 
 def to_table(st: TensorRF, shape: Sequence[int], input_size: Sequence[int]) -> Table:
@@ -119,14 +147,11 @@ def _boxes(st: TensorRF, shape: tuple[int, ...], input_size: Sequence[int], loca
             parts.extend(_boxes(replace(st, dims=only), shape, input_size, local).parts)
         return Table(tuple(parts), shape, len(st.axes))
     nd = len(shape)
-    bounds = []
-    combs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    holes = False
+    bounds: list[list[_Run]] = []  # per axis, the pieces
     for a, ax in enumerate(st.axes):
         if isinstance(ax, Global) and not (local and ax.local is not None):
             z = torch.zeros((1,) * nd, dtype=torch.int64)
-            bounds.append((z, z + (input_size[a] - 1)))
-            combs.append((z, z + 1, z + 1))
+            bounds.append([(z, z + (input_size[a] - 1), None)])
             continue
         axis = ax.local if isinstance(ax, Global) else ax
         assert axis is not None
@@ -142,14 +167,20 @@ def _boxes(st: TensorRF, shape: tuple[int, ...], input_size: Sequence[int], loca
             u = idx.view(view)
         if u is None:  # every element sees what one unit saw (after select)
             u = torch.zeros((1,) * nd, dtype=torch.int64)
-        lo, hi, comb = _axis_bounds(axis, u)
         # pixels outside the input do not exist: a padding position of the periodic form (whose
         # window the RF convention extends past the border) sees only what is inside, or nothing
-        bounds.append((lo.clamp(min=0), hi.clamp(max=input_size[a] - 1)))  # broadcastable: encode expands
-        one = torch.ones((1,) * nd, dtype=torch.int64)
-        combs.append(comb if comb is not None else (one * 0, one, one))
-        holes = holes or comb is not None
-    return Table((Part.encode(bounds, shape, combs if holes else None),), shape, len(st.axes))
+        bounds.append([(lo.clamp(min=0), hi.clamp(max=input_size[a] - 1), comb)  # encode broadcasts
+                       for lo, hi, comb in _axis_bounds(axis, u)])
+    if math.prod(len(b) for b in bounds) > MAX_HOLE_PARTS:
+        raise Unsupported(f"windows with holes would make more than {MAX_HOLE_PARTS} boxes per element")
+    # one part per choice of a piece along each axis: the element's window is their union
+    one = torch.ones((1,) * nd, dtype=torch.int64)
+    parts = []
+    for pick in itertools.product(*bounds):
+        holes = any(c is not None for _, _, c in pick)
+        combs = [c if c is not None else (one * 0, one, one) for _, _, c in pick]
+        parts.append(Part.encode([(lo, hi) for lo, hi, _ in pick], shape, combs if holes else None))
+    return Table(tuple(parts), shape, len(st.axes))
 
 
 def _axes_of_tag(tag: Any) -> frozenset[int]:

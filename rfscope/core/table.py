@@ -452,7 +452,7 @@ class Table:
                     raise alone from None
                 return Table(_simplify(parts), parts[0].shape, self.n_axes, full=self.full)
             # parts that only make boxes together (one was merged into another where it could be)
-            both = _stacked(self.parts)
+            both = _stacked(_runs_once_all(self.parts, dims))
             if max(_core(c).numel() for c in both.cols) > 4 * RASTER_BUDGET:  # a cost bound: say why alone
                 raise TableError(f"{alone} (the parts together are too large to check)") from None
             drop = [0] if keepdim else [0, *(d + 1 for d in dims)]
@@ -736,6 +736,47 @@ def _core_all_empty(p: Part) -> bool:
     return bool(p.empty().all())
 
 
+def _runs_once_all(parts: Sequence[Part], dims: Sequence[int]) -> Sequence[Part]:
+    """:func:`_runs_once` for parts about to be stacked: a slice is dropped where it equals the one
+    before it in every part."""
+    for d in dims:
+        n = parts[0].shape[d]
+        if n < 16 or all(c.stride(d) == 0 for p in parts for c in p.all_cols):
+            continue
+        others = tuple(o for o in range(len(parts[0].shape)) if o != d)
+        step = torch.zeros(n - 1, dtype=torch.bool)
+        for p in parts:
+            for c in p._narrow(p.all_cols):
+                if c.shape[d] == n:
+                    ne = c.narrow(d, 1, n - 1) != c.narrow(d, 0, n - 1)
+                    step |= ne.any(dim=others) if others else ne
+        keep = torch.cat([torch.zeros(1, dtype=torch.int64), step.nonzero().flatten() + 1])
+        if 2 * len(keep) <= n:
+            parts = [Part(tuple(c.index_select(d, keep) for c in p.cols),
+                          tuple(c.index_select(d, keep) for c in p.comb)) for p in parts]
+    return parts
+
+
+def _runs_once(p: Part, dims: Sequence[int]) -> Part:
+    """``p`` with each run of equal consecutive slices along a reduced dim kept once (a union does not
+    see repeats): the channels of a space-to-depth concatenation (Swin's patch merging: four runs of C
+    equal channels) reduce as four members, not 4C."""
+    for d in dims:
+        n = p.shape[d]
+        if n < 16 or all(c.stride(d) == 0 for c in p.all_cols):
+            continue
+        core = p._narrow(p.all_cols)
+        step = torch.zeros(n - 1, dtype=torch.bool)
+        others = tuple(o for o in range(len(p.shape)) if o != d)
+        for c in core:
+            ne = c.narrow(d, 1, n - 1) != c.narrow(d, 0, n - 1)
+            step |= ne.any(dim=others) if others else ne
+        keep = torch.cat([torch.zeros(1, dtype=torch.int64), step.nonzero().flatten() + 1])
+        if 2 * len(keep) <= n:
+            p = Part(tuple(c.index_select(d, keep) for c in p.cols), tuple(c.index_select(d, keep) for c in p.comb))
+    return p
+
+
 #: a window of more members than this is not split into one part per member (see ``_reduce_part``)
 MAX_MEMBERS = 256
 #: distinct member patterns rasterised one by one when a union has holes
@@ -748,6 +789,7 @@ def _reduce_part(p: Part, dims: Sequence[int], keepdim: bool, squeeze: Sequence[
     every group, else up to ``2**n_axes`` parts (a union that wraps around, as a shifted window
     does); with ``members``, when neither, one part per member (an L-shaped union, at most
     :data:`MAX_MEMBERS` members)."""
+    p = _runs_once(p, dims)
     bounds = p.bounds()
     comb = p.combs()
     var = [d for d in dims if p.shape[d] > 1 and any(c.stride(d) != 0 for c in p.all_cols)]

@@ -5,21 +5,27 @@ index maps inside functions that fx keeps as leaves:
 
 * ``shifted_window_attention``: pad H, W on the bottom/right to a multiple of the
   window, cyclic roll by ``-shift`` (shift set to 0 along a dim whose padded size
-  is at most the window), attention within each window, reverse roll, crop.  The
-  attention mask gives the pieces that the roll wrapped around separate regions,
-  so on the infinite lattice output position ``p`` reads exactly
-  ``range(b, b + ws)`` with ``b = floor((p - s) / ws) * ws + s``: the lattice
-  windows clipped to the tensor.  The mask is additive ``-100``, not ``-inf``:
-  a unit's weight on the wrapped piece is about ``exp(-100)`` (~4e-44, a float32
-  subnormal); rfscope treats it as zero, as the Swin paper intends.
+  is at most the window), attention within each window, reverse roll, crop.
+  The attention mask is additive ``-100``, not ``-inf``: it weights the pieces a
+  window gathers from both ends of an axis by about ``exp(-100)`` (~4e-44, a
+  float32 subnormal), which is not zero, so they are part of the exact dependence
+  (the gradient probe, :mod:`rfscope.probe`, shows how little they matter): a
+  token reads every token of its window *of the rolled tensor*.  While the roll
+  wraps no real token into a window with others (no shift, or only padding
+  wraps), that is the lattice window: output position ``p`` reads exactly
+  ``range(b, b + ws)`` with ``b = floor((p - s) / ws) * ws + s``, clipped to the
+  tensor.  Where it does, position ``p`` reads the real tokens
+  ``(r' + s) mod n`` of the window of ``r = (p - s) mod n`` in the rolled axis
+  of padded size ``n``: a periodic RF of period ``n`` (:func:`_rolled_deps`),
+  whose wrapped windows have holes.  Pad, roll and window partition act per
+  axis, so the window is a product of per-axis sets and stays periodic.
 * ``_patch_merging_pad``: pad H, W to even, then the 2x2 space-to-depth
   concatenation; output unit ``i`` reads input units ``2i, 2i+1`` per axis (leading
   dims, the frames T of video Swin included, are untouched).
 * ``shifted_window_attention_3d`` (video Swin, ``torchvision.models.video``): the same
   over (T, H, W) windows of a (B, T, H, W, C) input.  The model clips window and shift
   to the input beforehand (``_get_window_and_shift_size``); the function itself keeps
-  the shift, and its mask then splits a window that the roll wrapped into two regions,
-  which the same lattice formula gives.
+  the shift (a window that fits the padded axis is then rolled onto itself).
 """
 
 from __future__ import annotations
@@ -55,18 +61,14 @@ def _spatial_tags(ctx: OpContext, what: str, k: int = 2, leading_spatial: bool =
     lead = st.dims[:-k - 1]
     if c is not None or any(t is not None and not (leading_spatial and isinstance(t, int)) for t in lead):
         raise Unsupported(f"{what}: channel/batch dims carry spatial positions (tags {st.dims!r})")
-    for extra in ctx.args[1:]:
-        if isinstance(extra, TensorRF):
-            raise Unsupported(f"{what}: a weight or bias argument depends on the model input")
+    _constant_weights(ctx, what)
     return st
 
 
-def _window_deps(ws: int, s: int) -> Any:
-    def deps(p: int) -> range:
-        b = (p - s) // ws * ws + s
-        return range(b, b + ws)
-
-    return deps
+def _constant_weights(ctx: OpContext, what: str) -> None:
+    """Only the first argument (the tokens) may depend on the model input."""
+    if any(isinstance(a, TensorRF) for a in (*ctx.args[1:], *ctx.kwargs.values())):
+        raise Unsupported(f"{what}: a weight or bias argument depends on the model input")
 
 
 def _window_geometry(ctx: OpContext, k: int = 2) -> tuple[list[int], list[int], tuple[int, ...]]:
@@ -92,14 +94,50 @@ def _window_geometry(ctx: OpContext, k: int = 2) -> tuple[list[int], list[int], 
     return ws, sh, padded
 
 
+def _window_deps(ws: int, s: int) -> Any:
+    def deps(p: int) -> range:
+        b = (p - s) // ws * ws + s
+        return range(b, b + ws)
+
+    return deps
+
+
+def _rolled_deps(size: int, n: int, ws: int, s: int) -> Any:
+    """Token ``i`` of an axis of ``size`` real tokens padded to ``n``, rolled by ``-s``: the real
+    tokens of its window of the rolled tensor, ``j = (r' + s) mod n`` for ``r'`` in the window of
+    ``r = (i - s) mod n``.  Periodic with period ``n`` (token ``i + n`` reads ``j + n``: the lattice
+    beyond the tensor).  A padding token (``size <= i < n``, cropped) reads what token ``size - 1``
+    reads whenever the roll wraps real tokens: both lie in the rolled tensor's last window."""
+    seen = []
+    for i in range(n):
+        lo = (i - s) % n // ws * ws
+        seen.append([j for j in ((r + s) % n for r in range(lo, lo + ws)) if j < size])
+
+    def deps(p: int) -> list[int]:
+        m, i = divmod(p, n)
+        return [j + m * n for j in seen[i]]
+
+    return deps
+
+
 def _window_attention_rf(ctx: OpContext, k: int) -> TensorRF:
-    """Each of the ``k`` window dims (1..k of a (B, *spatial, C) input) reads its lattice window."""
-    st = _spatial_tags(ctx, "shifted_window_attention" + ("_3d" if k == 3 else ""), k=k)
+    """Each of the ``k`` window dims (1..k of a (B, *spatial, C) input) reads its window of the rolled
+    tensor: the lattice window while the roll wraps no real token into a window with others, else the
+    rolled window per position, periodic with the padded size as period.  The window is a product of
+    per-axis sets (pad, roll and partition act per axis), so each axis says it alone."""
+    what = "shifted_window_attention" + ("_3d" if k == 3 else "")
+    st = _spatial_tags(ctx, what, k=k)
     if st.reason is not None:
         return st
-    ws, sh, _ = _window_geometry(ctx, k)
+    ws, sh, padded = _window_geometry(ctx, k)
+    size = ctx.in_shape(0)[1:1 + k]
 
     def along(i: int) -> Any:
+        # the rolled tensor's last window holds [padded - ws + s, padded) and [0, s): both real (a wrap)
+        # unless the first piece is padding only, and the lattice window [s - ws, s) is then exact
+        if sh[i] and size[i] > padded[i] - ws[i] + sh[i]:
+            deps = _rolled_deps(size[i], padded[i], ws[i], sh[i])
+            return lambda a: rf.resample(a, deps, padded[i], padded[i])
         return lambda a: rf.resample(a, _window_deps(ws[i], sh[i]), ws[i], ws[i])
 
     return local(ctx, {1 + i: along(i) for i in range(k)}, st)
