@@ -393,9 +393,11 @@ def test_global_pool_after_se_has_no_local_rf():
     assert pooled.status == "global" and pooled.local is None
 
 
-def test_cross_attention_to_a_coarser_map_is_global_not_misaligned():
+def test_cross_attention_to_a_coarser_map_sees_every_key_and_its_query():
     """Queries from a stride-2 map attend to keys/values from a stride-4 map: every output
-    position sees every key position, so the result is global (not a misaligned merge)."""
+    position sees every key position and its own query (not a misaligned merge).  The keys' 3x3
+    windows at stride 4 miss every pixel ``4i + 2`` and the last two, so the result is not global: a token sees
+    those pixels only where its own query's window holds them (hand-derived below)."""
 
     class Cross(nn.Module):
         def __init__(self):
@@ -423,10 +425,21 @@ def test_cross_attention_to_a_coarser_map_is_global_not_misaligned():
         def forward(self, x):
             return sdpa(x, self.convs)
 
+    def seen(t: int) -> set[tuple[int, int]]:
+        """Pixels output token ``t`` (query (i, j) of the 16x16 map) sees, by hand."""
+        i, j = divmod(t, 16)
+        keys = {x for k in range(8) for x in range(4 * k - 1, 4 * k + 2) if 0 <= x < 32}  # 8 keys per axis
+        own_r = {x for x in range(2 * i - 1, 2 * i + 2) if 0 <= x < 32}
+        own_c = {x for x in range(2 * j - 1, 2 * j + 2) if 0 <= x < 32}
+        return {(a, b) for a in keys for b in keys} | {(a, b) for a in own_r for b in own_c}
+
     for net in (Cross(), CrossF()):
         r = rfscope.analyze(net, input_shape=(1, 3, 32, 32)).rf("output")
-        assert r.status == "global", r.reason
-        assert r.size == (32, 32)
+        assert r.status == "exact" and r.table is not None, r.reason
+        for t in (0, 1, 17, 255):
+            got = {(a, b) for (ra, rb) in r.table.boxes((0, t, 0)) for a in range(ra[0], ra[1] + 1)
+                   for b in range(rb[0], rb[1] + 1)}
+            assert got == seen(t), t
 
 
 def test_adaptive_pool_subclass_gets_the_same_rf() -> None:

@@ -231,12 +231,8 @@ NODES: list[tuple[str, ...]] = [
     ("coat", "cpe1", "class token kept aside, depthwise conv over the token grid, cat back"),
     ("coat", "crpe1", "depthwise convs over the value grid per head group, class row zero-padded"),
     ("coat", "serial_blocks1.0", "factorised attention: global"),
-    ("coat", "crpe3", "conv relative position encoding on global tokens", XFAIL, (
-        "coat_lite_tiny(img_size=64, serial_depths=(1,1,1,1)), crpe3 (ConvRelPosEnc after stage 2): the class row "
-        "of its output is F.pad zeros (it sees nothing: element (0, 0, 0, 0) oracle mask empty), rfscope says "
-        "'global' for the whole tensor: its input is periodic 'global' (no table), and a zero row padded onto a "
-        "periodic tensor keeps the RF literature's convention (a padding position has a window, here the whole "
-        "image); the same for F.pad(conv(x) + conv(x).mean((2, 3), keepdim=True), (0, 0, 1, 0)) on NCHW")),
+    ("coat", "crpe3", "conv relative position encoding on global tokens; the class row is F.pad zeros (sees "
+     "nothing: the pad is read by a cat, not a conv, so it goes to the per-position form)"),
     ("mvitv2", "patch_embed", "patch embed 7x7, stride 4"),
     ("mvitv2", "stages.0", "pooling attention: keys pooled 3x3 with stride 4 leave holes (tests/test_holes_oracle.py)"),
 ]

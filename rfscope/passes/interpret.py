@@ -396,9 +396,12 @@ def _uncovered(st: Any, ctx: OpContext, size: Sequence[int], memo: dict[tuple[An
         if isinstance(st, tuple) else []
     new = {a for o in outs if o.reason is None and o.table is None
            for a, ax in enumerate(o.axes) if isinstance(ax, Global)}
+    pairs = _pairs((ctx.args, ctx.kwargs), (ctx.arg_values, ctx.kwarg_values))
+    # an axis some input already sees whole stays global whatever the others add (a residual sum)
+    new -= {a for s, _ in pairs if s.reason is None for a, ax in enumerate(s.axes) if isinstance(ax, Global)}
     if not new:
         return None
-    for s, v in _pairs((ctx.args, ctx.kwargs), (ctx.arg_values, ctx.kwarg_values)):
+    for s, v in pairs:
         if s.reason is not None or s.table is not None or s.scrambled:
             continue
         for d, tag in enumerate(s.dims):
