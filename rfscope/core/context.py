@@ -50,6 +50,9 @@ class OpContext:
     #: the registry of this analysis (a plugin that hands a call to another plugin looks it up here,
     #: so per-analysis overrides reach it)
     registry: PluginLookup | None = None
+    #: the graph's own node when ``node`` stands for it (an ATen call handed to a torch-level plugin
+    #: gets a one-node graph): where its users are
+    origin: fx.Node | None = None
 
     # -- convenience ----------------------------------------------------
     @property

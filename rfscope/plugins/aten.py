@@ -106,7 +106,7 @@ def translate(ctx: OpContext, call: Call, a: Args | None = None) -> OpContext:
         node, None,
         tuple(st(r) for r in call.args), {k: st(r) for k, r in call.kwargs.items()},
         tuple(val(r) for r in call.args), {k: val(r) for k, r in call.kwargs.items()},
-        out, ctx.input_size, registry=ctx.registry,
+        out, ctx.input_size, registry=ctx.registry, origin=ctx.origin or ctx.node,
     )
 
 

@@ -62,10 +62,11 @@ def _read_by_sliding_windows_only(ctx: OpContext) -> bool:
     convention for what a sliding window reads there; any other reader (a reshape into windows, a
     slice, the output itself) must see that a padded position sees nothing: the per-position form
     says so (docs/design.md §2b, "Borders")."""
-    users = list(ctx.node.users)
+    node = ctx.origin or ctx.node
+    users = list(node.users)
     if not users:
         return False
-    root = ctx.node.graph.owning_module
+    root = node.graph.owning_module
     for u in users:
         if u.op == "call_module" and root is not None:
             try:
