@@ -512,3 +512,28 @@ class Factory(nn.Module):
 def test_make_fx_factory_calls_run_on_meta():
     rep = rfscope.analyze(Factory(), (1, 3, 16, 16), trace="make_fx")
     assert rep.rf("output").size == (3, 3) and not rep.errors
+
+
+class _SamePad(nn.Module):
+    """TF-style 'same' padding before a strided conv, then a pad read by the output itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(F.pad(x, (0, 1, 0, 1)))
+        return F.pad(y, (1, 0, 1, 0))
+
+
+def test_pad_read_by_a_conv_keeps_the_periodic_form_on_every_path() -> None:
+    """On both tracers the pad before the conv keeps the periodic convention (periodic result, its
+    reader is a conv, also when an ATen call is handed to the torch-level plugin), and the pad read
+    by the output goes to the per-position form, where the padded row and column see nothing."""
+    for trace in ("symbolic_trace", "export"):
+        rep = rfscope.analyze(_SamePad(), (1, 3, 16, 16), trace=trace)
+        conv = next(r for r in rep.records.values() if "conv" in str(r.target).lower() and r.rf is not None)
+        assert conv.rf is not None and conv.rf.table is None and conv.rf.size == (3, 3), (trace, conv.rf)
+        out = rep.rf("output")
+        assert out.table is not None, trace
+        assert out.table.box((0, 0, 0, 0)) is None and out.table.box((0, 0, 1, 1)) == ((0, 2), (0, 2)), trace
