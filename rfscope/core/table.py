@@ -736,6 +736,17 @@ def _core_all_empty(p: Part) -> bool:
     return bool(p.empty().all())
 
 
+def _pick_rows(c: torch.Tensor, d: int, keep: torch.Tensor) -> torch.Tensor:
+    """``c.index_select(d, keep)`` keeping stride 0 along the other dims where ``c`` has it (the
+    select runs on the values that differ, then broadcasts back)."""
+    core = _core(c)
+    shape = list(c.shape)
+    shape[d] = len(keep)
+    if core.shape[d] == 1:
+        return core.expand(shape)
+    return core.index_select(d, keep).expand(shape)
+
+
 def _runs_once_all(parts: Sequence[Part], dims: Sequence[int]) -> Sequence[Part]:
     """:func:`_runs_once` for parts about to be stacked: a slice is dropped where it equals the one
     before it in every part."""
@@ -752,8 +763,8 @@ def _runs_once_all(parts: Sequence[Part], dims: Sequence[int]) -> Sequence[Part]
                     step |= ne.any(dim=others) if others else ne
         keep = torch.cat([torch.zeros(1, dtype=torch.int64), step.nonzero().flatten() + 1])
         if 2 * len(keep) <= n:
-            parts = [Part(tuple(c.index_select(d, keep) for c in p.cols),
-                          tuple(c.index_select(d, keep) for c in p.comb)) for p in parts]
+            parts = [Part(tuple(_pick_rows(c, d, keep) for c in p.cols),
+                          tuple(_pick_rows(c, d, keep) for c in p.comb)) for p in parts]
     return parts
 
 
@@ -773,7 +784,7 @@ def _runs_once(p: Part, dims: Sequence[int]) -> Part:
             step |= ne.any(dim=others) if others else ne
         keep = torch.cat([torch.zeros(1, dtype=torch.int64), step.nonzero().flatten() + 1])
         if 2 * len(keep) <= n:
-            p = Part(tuple(c.index_select(d, keep) for c in p.cols), tuple(c.index_select(d, keep) for c in p.comb))
+            p = Part(tuple(_pick_rows(c, d, keep) for c in p.cols), tuple(_pick_rows(c, d, keep) for c in p.comb))
     return p
 
 
