@@ -238,11 +238,13 @@ def covers(axis: Axis, n: int, extent: int) -> bool:
     """
     full = (1 << extent) - 1
     seen = 0
-    for i in range(n):
-        w = axis.window(i)
-        if w.empty:
+    for i in range(n):  # no Window objects: this runs for every op that makes an axis global
+        m, ph = divmod(i, axis.period)
+        w = axis.windows[ph]
+        if not w.mask:
             continue
-        seen |= (w.mask << w.lo) if w.lo >= 0 else (w.mask >> -w.lo)
+        lo = w.lo + m * axis.step
+        seen |= (w.mask << lo) if lo >= 0 else (w.mask >> -lo)
         if seen & full == full:
             return True
     return seen & full == full

@@ -266,7 +266,7 @@ def run_plugins(
                 assert rule is not None
                 retry = not tabled and plugin.table is not None and rule is not plugin.table
                 st = _call_rule(rule, ctx, val, plugin, tname, strict and not retry, errors)
-                uncovered = None if tabled else _uncovered(st, ctx, size, cover_memo)
+                uncovered = None if tabled else _uncovered(st, ctx, tensors, size, cover_memo)
                 if uncovered is not None:
                     # 'global' claimed over positions that do not see the whole input (a mean over a
                     # cropped or subsampled map): the per-position form states the real union
@@ -389,19 +389,19 @@ def build_graph(records: dict[str, NodeRecord]) -> nx.DiGraph:
     return g
 
 
-def _uncovered(st: Any, ctx: OpContext, size: Sequence[int], memo: dict[tuple[Any, int, int], bool]) -> int | None:
+def _uncovered(st: Any, ctx: OpContext, inputs: Sequence[TensorRF], size: Sequence[int],
+               memo: dict[tuple[Any, int, int], bool]) -> int | None:
     """An input axis the periodic result calls global although it was exact in an input whose
     positions along it, all of them, do not see the whole input; ``None`` when there is none."""
     outs = [st] if isinstance(st, TensorRF) else [x for x in st if isinstance(x, TensorRF)] \
         if isinstance(st, tuple) else []
     new = {a for o in outs if o.reason is None and o.table is None
            for a, ax in enumerate(o.axes) if isinstance(ax, Global)}
-    pairs = _pairs((ctx.args, ctx.kwargs), (ctx.arg_values, ctx.kwarg_values))
     # an axis some input already sees whole stays global whatever the others add (a residual sum)
-    new -= {a for s, _ in pairs if s.reason is None for a, ax in enumerate(s.axes) if isinstance(ax, Global)}
+    new -= {a for s in inputs if s.reason is None for a, ax in enumerate(s.axes) if isinstance(ax, Global)}
     if not new:
         return None
-    for s, v in pairs:
+    for s, v in _pairs((ctx.args, ctx.kwargs), (ctx.arg_values, ctx.kwarg_values)):
         if s.reason is not None or s.table is not None or s.scrambled:
             continue
         for d, tag in enumerate(s.dims):
