@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
 import threading
 import time
 import warnings
@@ -62,11 +63,33 @@ class Interrupted(click.ClickException):
         click.echo("rfscope: interrupted", err=True)
 
 
+#: set once this CLI process received Ctrl-C.  A Ctrl-C that lands inside a C extension's import
+#: (numpy, torch) can surface later as an unrelated error ("cannot load module more than once per
+#: process") instead of KeyboardInterrupt; the error handler then still says "interrupted".  CLI
+#: process state only (the library never reads it).
+SIGINT_SEEN = threading.Event()
+
+
+def _watch_sigint() -> None:
+    """Note Ctrl-C before raising KeyboardInterrupt as usual; an inherited choice (SIGINT ignored
+    under ``nohup``, or a handler of the caller's) is left alone."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        SIGINT_SEEN.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, note)
+
+
 class InterruptibleGroup(click.Group):
     """A group in which a Ctrl-C anywhere in a command (importing torch, building the model,
     tracing, probing) is :class:`Interrupted`."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        _watch_sigint()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -77,6 +100,7 @@ class InterruptibleCommand(click.Command):
     """A command that is :class:`Interrupted` by a Ctrl-C, also when run on its own (not in a group)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        _watch_sigint()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -157,6 +181,8 @@ def handle_errors(fn: F) -> F:
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as e:
+            if SIGINT_SEEN.is_set():  # what a Ctrl-C inside an import left behind
+                raise Interrupted() from None
             if debug:
                 raise
             known = _user_error(e)
