@@ -772,20 +772,7 @@ def _runs_once(p: Part, dims: Sequence[int]) -> Part:
     """``p`` with each run of equal consecutive slices along a reduced dim kept once (a union does not
     see repeats): the channels of a space-to-depth concatenation (Swin's patch merging: four runs of C
     equal channels) reduce as four members, not 4C."""
-    for d in dims:
-        n = p.shape[d]
-        if n < 16 or all(c.stride(d) == 0 for c in p.all_cols):
-            continue
-        core = p._narrow(p.all_cols)
-        step = torch.zeros(n - 1, dtype=torch.bool)
-        others = tuple(o for o in range(len(p.shape)) if o != d)
-        for c in core:
-            ne = c.narrow(d, 1, n - 1) != c.narrow(d, 0, n - 1)
-            step |= ne.any(dim=others) if others else ne
-        keep = torch.cat([torch.zeros(1, dtype=torch.int64), step.nonzero().flatten() + 1])
-        if 2 * len(keep) <= n:
-            p = Part(tuple(_pick_rows(c, d, keep) for c in p.cols), tuple(_pick_rows(c, d, keep) for c in p.comb))
-    return p
+    return _runs_once_all([p], dims)[0]
 
 
 #: a window of more members than this is not split into one part per member (see ``_reduce_part``)
@@ -826,12 +813,11 @@ def _reduce_part(p: Part, dims: Sequence[int], keepdim: bool, squeeze: Sequence[
     if not var:
         return [finish(bounds, comb)]
     g = _Groups(bounds, var, comb)
+    first: TableError | None = None
     if comb is None:
         if not _gapped(g) and _covered(g.m_lo, g.m_hi, [x.amin(1) for x in g.m_lo], [x.amax(1) for x in g.m_hi]):
             return [finish([(lo.amin(dim=var, keepdim=True), hi.amax(dim=var, keepdim=True))
                             for lo, hi in bounds])]
-    first: TableError | None = None
-    if comb is None:
         try:  # two runs per axis (a shifted window that wrapped): up to 2**n_axes boxes
             return [finish([(g.back(lo), g.back(hi)) for lo, hi in box]) for box in _split(g)]
         except TableError as e:
@@ -938,7 +924,7 @@ def _comb_union(g: _Groups) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tens
             for a in range(n):
                 x = torch.arange(e[a])[None, :]
                 lo, hi, o, s, w = (rc[:, a, k][:, None] for k in range(5))
-                ia = (x >= lo) & (x <= hi) & (torch.remainder(x - o, s) < w)
+                ia = _in_runs(x, lo, hi, o, s, w)
                 ia = ia.view(len(rc), *([1] * a), e[a], *([1] * (n - a - 1)))
                 ind = ia if ind is None else ind & ia
             assert ind is not None
@@ -1002,12 +988,18 @@ def _separable_union(g: _Groups, rel: list[torch.Tensor], valid: torch.Tensor, l
             e = int(r[:, 1].max()) + 1
             x = torch.arange(e)[None, :]
             lo, hi, o, s, w = (r[:, k][:, None] for k in range(5))
-            mask = ((x >= lo) & (x <= hi) & (torch.remainder(x - o, s) < w)).any(0)
+            mask = _in_runs(x, lo, hi, o, s, w).any(0)
             outs[u] = torch.tensor(_runs_as_comb(mask))
         v = outs[inv]
         base = torch.where(live, b_lo[a], 0)
         res.append((v[:, 0] + base, v[:, 1] + base, v[:, 2] + base, v[:, 3], v[:, 4]))
     return res
+
+
+def _in_runs(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, o: torch.Tensor, s: torch.Tensor,
+             w: torch.Tensor) -> torch.Tensor:
+    """Whether pixel ``x`` is in the box ``[lo, hi]`` clipped to the comb ``(o, s, w)`` (broadcast)."""
+    return (x >= lo) & (x <= hi) & (torch.remainder(x - o, s) < w)
 
 
 def _runs_as_comb(v: torch.Tensor) -> tuple[int, int, int, int, int]:
