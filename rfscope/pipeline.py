@@ -315,7 +315,7 @@ def _n_spatial(m: torch.nn.Module) -> int | None:
 
 def _unbatched_call(gm: Any) -> str | None:
     """The first conv or pool layer that gets an unbatched input (``C, *spatial``), in words."""
-    mods = dict(gm.named_modules())
+    mods = dict(named_modules(gm))
     for n in gm.graph.nodes:
         if n.op != "call_module" or not n.args or not isinstance(n.args[0], torch.fx.Node):
             continue

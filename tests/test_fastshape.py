@@ -28,6 +28,12 @@ CASES = [
     (nn.Sigmoid(), (2, 3)),
     (nn.Tanh(), (2, 3)),
     (nn.GELU(approximate="tanh"), (2, 3, 4)),
+    (nn.Dropout(0.1), (2, 3, 4)),
+    (nn.Dropout(0.5, inplace=True), (2, 3)),
+    (nn.AdaptiveAvgPool2d(1), (2, 8, 7, 5)),
+    (nn.AdaptiveAvgPool2d((3, None)), (8, 7, 5)),
+    (nn.AdaptiveAvgPool1d(4), (2, 8, 9)),
+    (nn.AdaptiveAvgPool3d((1, 2, 3)), (1, 2, 3, 5, 7)),
     (nn.Conv2d(4, 6, 3, stride=2, padding=1), (2, 4, 9, 7)),
     (nn.Conv1d(4, 8, 5, dilation=2, groups=4), (4, 20)),
     (nn.Conv3d(2, 3, (1, 3, 3), padding="same", bias=False), (1, 2, 3, 5, 5)),
@@ -330,3 +336,112 @@ def test_shortcuts_match_or_decline_on_odd_strides(shape, perm_seed, which):
         ref = m(x)
     if fast is not None:
         assert (fast.shape, fast.stride(), fast.dtype) == (ref.shape, ref.stride(), ref.dtype)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shapes=st.lists(st.lists(st.sampled_from([1, 2, 3]), min_size=0, max_size=4), min_size=1, max_size=2),
+       perm_seed=st.integers(0, 1000), scalar=st.sampled_from([None, 2, 0.5]),
+       fn=st.sampled_from(["add", "sub", "mul", "truediv", "torch.add", "torch.mul"]),
+       dtype=st.sampled_from([torch.float32, torch.float16]), swap=st.booleans(), param=st.booleans())
+def test_broadcast_shortcut_matches_or_declines(shapes, perm_seed, scalar, fn, dtype, swap, param):
+    """``a + b``, ``a * b``... on meta tensors of any sizes (broadcast or not, size-1 dims, permuted
+    strides, a Python scalar, a parameter), without grad as in the shape pass: the shortcut gives the
+    kernel's shape, strides and dtype, or declines."""
+    import operator
+    import random
+
+    from rfscope.trace.shortcuts import _broadcast_output
+
+    rng = random.Random(perm_seed)
+    args = []
+    for s in shapes:
+        perm = list(range(len(s)))
+        if rng.random() < 0.3:
+            rng.shuffle(perm)
+        args.append(torch.empty([s[p] for p in perm], device="meta", dtype=dtype).permute(
+            [perm.index(i) for i in perm]))
+    if scalar is not None and len(args) == 1:
+        args.append(scalar)
+    if len(args) == 1:
+        args.append(args[0])
+    if param:
+        args[0] = nn.Parameter(args[0])
+    if swap:
+        args.reverse()
+    f = getattr(operator, fn) if "." not in fn else getattr(torch, fn.split(".")[1])
+    with torch.no_grad():
+        try:
+            ref = f(*args)
+        except RuntimeError:
+            assert _broadcast_output(tuple(args), {}) is None  # shapes that do not broadcast: the kernel raises
+            return
+        fast = _broadcast_output(tuple(args), {})
+    if fast is not None:
+        assert (fast.shape, fast.stride(), fast.dtype, fast.requires_grad) == \
+            (ref.shape, ref.stride(), ref.dtype, ref.requires_grad)
+        assert type(fast) is type(ref)
+
+
+@pytest.mark.parametrize("module", [nn.Linear(8, 5), nn.Linear(8, 5, bias=False), nn.Dropout(0.1),
+                                    nn.Dropout(0.1, inplace=True)], ids=str)
+@pytest.mark.parametrize("make", [lambda: torch.empty(2, 10, 8, device="meta")[:, 0],  # a class token
+                                  lambda: torch.empty(8, 3, device="meta").t(),
+                                  lambda: torch.empty(4, 16, device="meta")[:, ::2],
+                                  lambda: torch.empty(1, 8, device="meta").expand(3, 8),
+                                  lambda: torch.empty(2, 8, 3, device="meta").transpose(1, 2)])
+def test_layout_free_shortcuts_match_meta_kernel(module, make):
+    """Linear on a 2-D input of any layout, eval dropout on any input: the kernel's output exactly
+    (a 3-D permuted input to Linear is left to the kernel)."""
+    m, x = _meta(module), make()
+    with torch.no_grad():
+        fast = fast_module_output(m, (x,), {})
+        ref = m(x)
+    if isinstance(m, nn.Linear) and x.dim() != 2:
+        assert fast is None
+        return
+    assert fast is not None
+    assert (fast.shape, fast.stride(), fast.dtype, fast is x) == (ref.shape, ref.stride(), ref.dtype, ref is x)
+
+
+def test_broadcast_shortcut_takes_the_common_cases():
+    """The calls it is for: a squeeze-excitation scale (N, C, H, W) * (N, C, 1, 1), residual adds,
+    a tensor and a Python number."""
+    from rfscope.trace.shortcuts import _broadcast_output
+
+    x, s = torch.empty(1, 8, 7, 7, device="meta"), torch.empty(1, 8, 1, 1, device="meta")
+    pos = nn.Parameter(torch.empty(1, 8, 7, 7, device="meta"))  # a position embedding
+    with torch.no_grad():
+        for args in [(x, s), (s, x), (x, x), (x, 3.0), (2, x), (x, pos)]:
+            fast = _broadcast_output(args, {})
+            assert fast is not None and fast.shape == x.shape and fast.stride() == x.stride()
+        assert _broadcast_output((x, x.to(torch.float16)), {}) is None  # dtype promotion: left to the kernel
+    assert _broadcast_output((x, s), {}) is None  # with grad the output would need autograd: left to the kernel
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.sampled_from([1, 2, 3]), batched=st.booleans(), data=st.data(), perm_seed=st.integers(0, 1000))
+def test_adaptive_pool_shortcut_matches_or_declines(n, batched, data, perm_seed):
+    """``nn.AdaptiveAvgPool{1,2,3}d`` with any output size (an int, a tuple, ``None`` entries) on any
+    input (sizes 1-5, permuted strides): the shortcut gives the kernel's output or declines, and it
+    takes every input with standard strides the kernel accepts."""
+    import random
+
+    shape = data.draw(st.lists(st.sampled_from([1, 2, 3, 5]), min_size=n + batched, max_size=n + batched + 1))
+    out = data.draw(st.one_of(st.sampled_from([1, 2, 3]),
+                              st.tuples(*[st.sampled_from([1, 2, 3, None])] * n)))
+    perm = list(range(len(shape)))
+    if perm_seed % 3 == 0:
+        random.Random(perm_seed).shuffle(perm)
+    x = torch.empty([shape[p] for p in perm], device="meta").permute([perm.index(i) for i in perm])
+    m = _meta({1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[n](out))
+    try:
+        with torch.no_grad():
+            ref = m(x)
+    except Exception:  # noqa: BLE001 - any refusal of the kernel: the shortcut must decline too
+        assert fast_module_output(m, (x,), {}) is None
+        return
+    fast = fast_module_output(m, (x,), {})
+    if fast is not None:
+        assert (fast.shape, fast.stride(), fast.dtype) == (ref.shape, ref.stride(), ref.dtype)
+    elif x.dim() in (n + 1, n + 2):  # (a 1x1 output takes any rank: the kernel takes a mean first)
+        assert x.stride() != torch.empty(x.shape).stride()  # the plain case is the one it is for

@@ -28,6 +28,7 @@ from rfscope.core.result import RF
 from rfscope.core.rf import Axis, covers
 from rfscope.core.state import CONST, Const, Global, Merged, TensorRF, input_rf, unknown
 from rfscope.passes.inplace import UNKNOWN_META, follow_writes
+from rfscope.trace.copy import named_modules
 
 #: ``node.meta`` key: a reason string set by the shape pass on nodes whose values depend on data
 #: (after ``nonzero``, a boolean mask, ``.item()``...); the interpreter makes them ``unknown`` with it.
@@ -78,18 +79,15 @@ class NodeRecord:
         return f"{self.call}/{self.name}" if self.call else self.name
 
 
-def _module_of(n: fx.Node) -> tuple[str | None, str | None]:
+def _module_of(n: fx.Node, stack: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """The module path and class a node belongs to (``stack``: its ``nn_module_stack``)."""
     if n.op == "call_module":
-        stack = n.meta.get("nn_module_stack") or {}
         cls = None
-        for path, c in stack.values():
+        for path, c in (stack or {}).values():
             if path == n.target:
                 cls = c
         return str(n.target), (cls.__qualname__ if isinstance(cls, type) else None)
-    if n.op == "output":
-        return None, None
-    stack = n.meta.get("nn_module_stack")
-    if not stack:
+    if n.op == "output" or not stack:
         return None, None
     path, cls = next(reversed(stack.values()))
     return path, cls.__qualname__ if isinstance(cls, type) else str(cls)
@@ -97,7 +95,7 @@ def _module_of(n: fx.Node) -> tuple[str | None, str | None]:
 
 def _shape(v: Any) -> tuple[int, ...] | None:
     if isinstance(v, torch.Tensor):
-        return tuple(int(s) for s in v.shape)
+        return tuple(map(int, v.shape))
     return None
 
 
@@ -113,6 +111,21 @@ def _flat_states(x: Any) -> list[Any]:
     if isinstance(x, slice):
         return _flat_states([x.start, x.stop, x.step])
     return [x]
+
+
+def _tensor_states(x: Any, out: list[TensorRF]) -> list[TensorRF]:
+    """The :class:`TensorRF` s among ``x``'s leaves, in :func:`_flat_states` order, appended to ``out``."""
+    if isinstance(x, TensorRF):
+        out.append(x)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            _tensor_states(v, out)
+    elif isinstance(x, dict):
+        for v in x.values():
+            _tensor_states(v, out)
+    elif isinstance(x, slice):
+        _tensor_states((x.start, x.stop, x.step), out)
+    return out
 
 
 def _dims_like(v: Any) -> tuple[None, ...]:
@@ -169,9 +182,9 @@ def run_plugins(
     errors: list[str] = []
     n_spatial = len(input_size)
     size = tuple(input_size)
-    rfs: dict[TensorRF, RF] = {}  # equal states give equal (immutable) RFs: most nodes share a few
+    rfs: dict[Any, Any] = {}  # equal states give equal (immutable) RFs: most nodes share a few
     cover_memo: dict[tuple[Any, int, int], bool] = {}  # (axis, positions, extent) -> covered (per analysis)
-    modules = dict(gm.named_modules(remove_duplicate=False))
+    modules = dict(named_modules(gm, remove_duplicate=False))
     state_of = states.__getitem__
     map_arg = fx.node.map_arg
     placeholders = 0
@@ -196,8 +209,7 @@ def run_plugins(
         else:
             args = map_arg(n.args, state_of)
             kwargs = map_arg(n.kwargs, state_of)
-            flat = _flat_states([args, kwargs])
-            tensors = [s for s in flat if isinstance(s, TensorRF)]
+            tensors = _tensor_states(kwargs, _tensor_states(args, []))
             if n.op == "call_module":
                 plugin = registry.lookup_module(module)
             elif n.op == "call_method":
@@ -281,9 +293,9 @@ def run_plugins(
                     elif strict:
                         raise StrictError(f"node {n.name!r}: {next(iter(_reasons(st)), tname)}")
         states[n] = st
-        mpath, mcls = _module_of(n)
-        stack = n.meta.get("nn_module_stack") or {}
-        call = next(reversed(stack.keys())) if stack else None
+        stack = n.meta.get("nn_module_stack")
+        mpath, mcls = _module_of(n, stack)
+        call = next(reversed(stack)) if stack else None
         records[n.name] = NodeRecord(
             name=n.name,
             op=n.op,
@@ -295,7 +307,7 @@ def run_plugins(
             state=st,
             plugin=plugin.name if plugin is not None else None,
             macs=macs,
-            inputs=tuple(a.name for a in n.all_input_nodes),
+            inputs=tuple([a.name for a in n.all_input_nodes]),
             call=call,
             geometry=geometry,
             traits=plugin.traits if plugin is not None else frozenset(),
@@ -367,13 +379,19 @@ def _given_state(val: Any, states: Sequence[Any], k: int, n: fx.Node) -> Any:
     return st
 
 
-def _rf_memo(memo: dict[TensorRF, RF], st: TensorRF, input_size: tuple[int, ...]) -> RF:
+def _rf_memo(memo: dict[Any, Any], st: TensorRF, input_size: tuple[int, ...]) -> RF:
+    """``RF.from_state(st, input_size)``, once per distinct state: looked up by identity first (a
+    pointwise op passes its input's state object on), then by value."""
+    hit = memo.get(id(st))
+    if hit is not None and hit[0] is st:
+        return hit[1]  # type: ignore[no-any-return]
     try:
         rf = memo.get(st)
     except TypeError:  # a plugin put something unhashable in the state
         return RF.from_state(st, input_size)
     if rf is None:
         rf = memo[st] = RF.from_state(st, input_size)
+    memo[id(st)] = (st, rf)  # holds st, so its id stays its own for this analysis
     return rf
 
 

@@ -13,6 +13,7 @@ returns ``None`` and the module runs as usual (so errors are unchanged).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from types import BuiltinFunctionType, FunctionType
 from typing import Any
@@ -106,7 +107,9 @@ def _layer_norm_output(x: Any, normalized_shape: Any, weight: Any = None, bias: 
 
 
 def _linear(m: Any, x: torch.Tensor) -> torch.Tensor | None:
-    if x.dim() < 1 or x.shape[-1] != m.in_features or x.numel() == 0:
+    # a plain input, or a 2-D one of any layout (a class token x[:, 0]): the matrix product's
+    # output is a fresh contiguous tensor either way
+    if x.dim() < 1 or x.shape[-1] != m.in_features or x.numel() == 0 or not (_plain(x) or x.dim() == 2):
         return None
     if not _same_dtype(x, m.weight, m.bias):
         return None
@@ -162,7 +165,33 @@ def _gelu(m: Any, x: torch.Tensor) -> torch.Tensor | None:
 
 
 _RULES[nn.GELU] = _gelu
-_ANY_LAYOUT = frozenset({nn.LayerNorm})  # rules that read the input's layout themselves
+
+
+def _dropout(m: Any, x: torch.Tensor) -> torch.Tensor | None:
+    return x if not m.training else None  # eval-mode dropout returns its input itself
+
+
+_RULES[nn.Dropout] = _dropout
+
+
+def _adaptive_avg(m: Any, x: torch.Tensor) -> torch.Tensor | None:
+    """``nn.AdaptiveAvgPool{1,2,3}d``: the last n sizes become ``output_size`` (``None`` keeps one, 2-D and
+    3-D only); a plain input gives a fresh tensor with standard strides (the kernel keeps the input's
+    memory format)."""
+    n = _ADAPTIVE_DIMS[type(m)]
+    o = m.output_size
+    o = (o,) * n if isinstance(o, int) else tuple(o)
+    if x.dim() not in (n + 1, n + 2) or len(o) != n or 0 in x.shape:
+        return None
+    if any(not (v is None and n > 1 or type(v) is int and v >= 1) for v in o):
+        return None
+    sizes = tuple(int(s) if v is None else v for s, v in zip(x.shape[-n:], o, strict=True))
+    return torch.empty((*x.shape[:-n], *sizes), dtype=x.dtype, device="meta")
+
+
+_ADAPTIVE_DIMS = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}
+_RULES.update(dict.fromkeys(_ADAPTIVE_DIMS, _adaptive_avg))
+_ANY_LAYOUT = frozenset({nn.LayerNorm, nn.Linear, nn.Dropout})  # rules that read the input's layout themselves
 
 
 def _global_hooks() -> bool:
@@ -250,6 +279,46 @@ def _tensors_in(x: Any, out: dict[int, Any]) -> list[Any]:
 register_function_rule(F.layer_norm, _layer_norm_output)
 
 
+def _broadcast_output(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """``a + b``, ``a * b``... on meta tensors: a fresh tensor of the broadcast shape with standard strides,
+    in the one case where PyTorch's layout rule for elementwise outputs gives exactly that.
+
+    The rule (``torch._prims_common.compute_elementwise_output_logical_to_physical_perm``) orders the
+    output's dims by the inputs' strides, broadcast dims (stride 0) left out, ties broken by size.
+    When every input has standard strides and one input already has the output's shape with no
+    size-1 dim after the first (so its strides are all distinct), every comparison it makes agrees
+    with the standard order and the output is contiguous.  Same floating dtype throughout, Python
+    ``int``/``float`` operands and parameters allowed, under ``torch.no_grad`` (as the shape pass runs);
+    anything else (other layouts, dtype promotion, a shape
+    that does not broadcast) returns ``None`` and the kernel runs.
+    """
+    if kwargs or len(args) != 2:
+        return None
+    ts = [a for a in args if type(a) in (torch.Tensor, nn.Parameter)]
+    if not ts or any(type(a) not in (int, float) for a in args if type(a) not in (torch.Tensor, nn.Parameter)):
+        return None
+    x = ts[0]
+    if torch.is_grad_enabled() or not all(_plain(t.detach()) and t.dtype == x.dtype for t in ts):
+        return None  # (the shape pass runs without grad: a parameter operand gives a plain tensor)
+    nd = max(t.dim() for t in ts)
+    shape = [1] * nd
+    for t in ts:
+        for i, s in enumerate(t.shape, nd - t.dim()):
+            if s != shape[i]:
+                if shape[i] != 1 and s != 1:
+                    return None  # does not broadcast: the kernel raises
+                shape[i] = max(shape[i], int(s))
+    if 0 in shape or 1 in shape[1:]:
+        return None
+    if not any(tuple(t.shape) == tuple(shape) for t in ts):
+        return None
+    return torch.empty(shape, dtype=x.dtype, device="meta")
+
+
+#: functions whose meta output :func:`_broadcast_output` gives (their meta kernels are Python references)
+_BINARY = (operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div)
+
+
 class ModuleCallCache:
     """Reuse the meta output of a ``torch.nn`` module call identical to an earlier one.
 
@@ -273,6 +342,10 @@ class ModuleCallCache:
         self._outs: dict[Any, Any] = {}
 
     def call_function(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], run: Callable[[], Any]) -> Any:
+        if fn in _BINARY:
+            out = _broadcast_output(args, kwargs)
+            if out is not None:
+                return out
         checked = _FN_RULES.get(fn)
         if checked is not None:
             return checked(args, kwargs, run)
