@@ -313,9 +313,10 @@ def _n_spatial(m: torch.nn.Module) -> int | None:
     return None
 
 
-def _unbatched_call(gm: Any) -> str | None:
-    """The first conv or pool layer that gets an unbatched input (``C, *spatial``), in words."""
-    mods = dict(named_modules(gm))
+def _unbatched_call(gm: Any, mods: dict[str, torch.nn.Module] | None = None) -> str | None:
+    """The first conv or pool layer that gets an unbatched input (``C, *spatial``), in words
+    (``mods``: ``gm``'s modules by path, when the caller has them)."""
+    mods = mods if mods is not None else dict(named_modules(gm, remove_duplicate=False))
     for n in gm.graph.nodes:
         if n.op != "call_module" or not n.args or not isinstance(n.args[0], torch.fx.Node):
             continue
@@ -327,13 +328,14 @@ def _unbatched_call(gm: Any) -> str | None:
     return None
 
 
-def _unbatched_error(gm: Any, inputs: Sequence[Any], failed: bool) -> None:
+def _unbatched_error(gm: Any, inputs: Sequence[Any], failed: bool,
+                     mods: dict[str, torch.nn.Module] | None = None) -> None:
     """Raise a one-line error when the single input looks unbatched: the model runs on it only as an
     unbatched sample (``failed=False``: a conv or pool gets a ``(C, *spatial)`` input) or not at all
     (``failed=True``), and with a batch dim of 1 added it runs batched."""
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
         return
-    site = _unbatched_call(gm)  # after a failure, from the nodes that ran before it
+    site = _unbatched_call(gm, mods)  # after a failure, from the nodes that ran before it
     if not failed and site is None:
         return
     x = inputs[0]
@@ -341,7 +343,7 @@ def _unbatched_error(gm: Any, inputs: Sequence[Any], failed: bool) -> None:
     batched = (1, *shape)
     try:
         propagate_shapes(gm, (torch.empty(batched, dtype=x.dtype, device="meta"),))
-        fits = _unbatched_call(gm) is None
+        fits = _unbatched_call(gm, mods) is None
     except Exception:  # noqa: BLE001 - with a batch dim it fails too: not an unbatched-input problem
         fits = False
     if not failed:
@@ -366,9 +368,10 @@ def _holds_tensor(v: Any) -> bool:
     return False
 
 
-def _check_materialised(model: torch.nn.Module) -> None:
-    """Lazy layers (``nn.LazyConv2d``...) have no shapes until a first forward pass fills them in."""
-    lazy = [(name, type(m).__name__) for name, m in named_modules(model)
+def _check_materialised(tree: list[tuple[str, torch.nn.Module]]) -> None:
+    """Lazy layers (``nn.LazyConv2d``...) have no shapes until a first forward pass fills them in
+    (``tree``: the model's ``named_modules``)."""
+    lazy = [(name, type(m).__name__) for name, m in tree
             if any(p is not None and is_lazy(p)
                    for p in (*m._parameters.values(), *m._buffers.values()))]
     if lazy:
@@ -508,12 +511,13 @@ def analyze(
         from rfscope.weights import load_weights
 
         model = load_weights(model, weights)
-    _check_materialised(model)
+    tree = named_modules(model)  # one walk of the module tree for the checks and the copy
+    _check_materialised(tree)
     reg = registry if registry is not None else default_registry()
     plugins = list(plugins)
     reg = reg.with_overrides(plugins) if plugins else reg
     reg.ensure_loaded()
-    copy = structural_copy(model)
+    copy = structural_copy(model, [m for _, m in tree])
     gm, trace_path, trace_why = trace_model(model, reg, example_inputs, leaf_modules, trace, copy=copy)
     symbolic_auto = trace == "auto" and trace_path == PATH_NAMES["symbolic_trace"]
     try:
@@ -529,17 +533,19 @@ def analyze(
         gm, trace_path, trace_why = fallback_paths(model, example_inputs, why, list(leaf_modules))
         _shapes(gm, example_inputs)
     else:
-        if symbolic_auto and tests_tensor_types(model):
+        if symbolic_auto and tests_tensor_types(model, [m for _, m in tree]):
             gm, trace_path, trace_why = _type_tested(gm, model, example_inputs, list(leaf_modules))
+    gm_modules = dict(named_modules(gm, remove_duplicate=False))
     if main_layout.inferred:
-        _unbatched_error(gm, example_inputs, failed=False)
+        _unbatched_error(gm, example_inputs, failed=False, mods=gm_modules)
     real_shapes = gm.meta.get(REAL_SHAPES)  # a data-dependent op: shapes on real tensors (rfscope.trace.datadep)
     if real_shapes:
         trace_why = f"{trace_why}; {real_shapes}" if trace_why else real_shapes
     input_size = tuple(shape[d] for d in input_axes)
     symbolic = trace_path == PATH_NAMES["symbolic_trace"]
     states = input_states if symbolic else _flat_states(example_inputs, input_states)
-    records, unsupported, errors = run_plugins(gm, reg, input_size, strict=strict, input_states=states)
+    records, unsupported, errors = run_plugins(gm, reg, input_size, strict=strict, input_states=states,
+                                               modules=gm_modules)
     modules: dict[str, str] = {}
     containers: dict[str, str] = {}  # call key -> last node whose value holds tensors (a tuple, a dict)
     for n in gm.graph.nodes:

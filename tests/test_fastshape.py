@@ -445,3 +445,40 @@ def test_adaptive_pool_shortcut_matches_or_declines(n, batched, data, perm_seed)
         assert (fast.shape, fast.stride(), fast.dtype) == (ref.shape, ref.stride(), ref.dtype)
     elif x.dim() in (n + 1, n + 2):  # (a 1x1 output takes any rank: the kernel takes a mean first)
         assert x.stride() != torch.empty(x.shape).stride()  # the plain case is the one it is for
+
+
+@settings(max_examples=150, deadline=None)
+@given(e=st.sampled_from([4, 8]), heads=st.sampled_from([1, 2, 4]), batch_first=st.booleans(), bias=st.booleans(),
+       n=st.sampled_from([1, 2, 3]), tgt=st.sampled_from([1, 2, 5]), src=st.sampled_from([1, 3, 5]),
+       kv=st.sampled_from(["self", "same", "different"]), permuted=st.booleans(),
+       need=st.sampled_from([None, True, False]), average=st.sampled_from([None, True, False]),
+       mask=st.booleans())
+def test_mha_shortcut_matches_the_module(e, heads, batch_first, bias, n, tgt, src, kv, permuted, need, average, mask):
+    """``nn.MultiheadAttention`` on meta tensors (self- or cross-attention, either batch layout, with or
+    without the weights, a permuted query): the shortcut gives the module's outputs exactly, or
+    declines (masks are left to the module)."""
+    m = _meta(nn.MultiheadAttention(e, heads, batch_first=batch_first, bias=bias))
+
+    def make(a, b):
+        return torch.empty((a, b, e) if batch_first else (b, a, e), device="meta")
+
+    q = make(n, tgt)
+    if permuted:
+        q = q.transpose(0, 1).contiguous().transpose(0, 1)
+    k = q if kv == "self" else make(n, src)
+    v = k if kv != "different" else make(n, src)
+    kw = {k_: v_ for k_, v_ in (("need_weights", need), ("average_attn_weights", average)) if v_ is not None}
+    if mask:
+        kw["attn_mask"] = torch.zeros(tgt, k.shape[1 if batch_first else 0], device="meta", dtype=torch.bool)
+    with torch.no_grad():
+        ref = m(q, k, v, **kw)
+        fast = fast_module_output(m, (q, k, v), kw)
+    if mask:
+        assert fast is None
+        return
+    assert fast is not None
+
+    def sig(t):
+        return None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.storage_offset())
+
+    assert (sig(fast[0]), sig(fast[1])) == (sig(ref[0]), sig(ref[1]))

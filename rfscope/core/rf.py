@@ -205,12 +205,14 @@ def union(a: Axis, b: Axis) -> Axis:
 
     Raises :class:`MisalignedError` when the strides differ.
     """
-    if a.stride != b.stride:
+    if a.step * b.period != b.step * a.period:  # the strides step/period differ (no Fractions: this runs per merge)
         raise MisalignedError(f"strides differ ({a.stride} vs {b.stride})")
+    if a == b:
+        return _normalize(a)  # a map united with itself
     q = a.period * b.period // gcd(a.period, b.period)
     if q > MAX_PERIOD:
         raise MisalignedError(f"period {q} exceeds {MAX_PERIOD}")
-    step = int(a.stride * q)
+    step = a.step * q // a.period
     wins = tuple(_union_windows((a.window(i), b.window(i))) for i in range(q))
     return _normalize(Axis(q, step, wins))
 

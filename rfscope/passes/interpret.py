@@ -167,13 +167,15 @@ def run_plugins(
     input_size: Sequence[int],
     strict: bool = False,
     input_states: Sequence[Any] | None = None,
+    modules: dict[str, torch.nn.Module] | None = None,
 ) -> tuple[dict[str, NodeRecord], list[str], list[str]]:
     """Annotate every node; returns (records, unsupported targets, plugin errors).
 
     ``input_size``: the extents of the input axes.  ``input_states``: the state of each
     positional input, in order (:func:`rfscope.pipeline.analyze` builds them from the layouts);
     a placeholder past them (an argument left to its default) is a constant.  Without it, a float
-    input of 3 dims or more is ``(N, C, *spatial)`` and anything else a constant.
+    input of 3 dims or more is ``(N, C, *spatial)`` and anything else a constant.  ``modules``:
+    ``gm``'s modules by path (every path), when the caller has them.
     """
     follow_writes(gm)  # reads after an in-place write see it (ATen graphs from torch.export)
     records: dict[str, NodeRecord] = {}
@@ -184,7 +186,8 @@ def run_plugins(
     size = tuple(input_size)
     rfs: dict[Any, Any] = {}  # equal states give equal (immutable) RFs: most nodes share a few
     cover_memo: dict[tuple[Any, int, int], bool] = {}  # (axis, positions, extent) -> covered (per analysis)
-    modules = dict(named_modules(gm, remove_duplicate=False))
+    if modules is None:
+        modules = dict(named_modules(gm, remove_duplicate=False))
     state_of = states.__getitem__
     map_arg = fx.node.map_arg
     placeholders = 0
@@ -411,6 +414,9 @@ def _uncovered(st: Any, ctx: OpContext, inputs: Sequence[TensorRF], size: Sequen
                memo: dict[tuple[Any, int, int], bool]) -> int | None:
     """An input axis the periodic result calls global although it was exact in an input whose
     positions along it, all of them, do not see the whole input; ``None`` when there is none."""
+    if isinstance(st, TensorRF) and (st.reason is not None or st.table is not None
+                                     or not any(isinstance(ax, Global) for ax in st.axes)):
+        return None  # no global axis claimed (most nodes)
     outs = [st] if isinstance(st, TensorRF) else [x for x in st if isinstance(x, TensorRF)] \
         if isinstance(st, tuple) else []
     new = {a for o in outs if o.reason is None and o.table is None

@@ -41,7 +41,7 @@ def own_tensors(m: torch.nn.Module) -> list[torch.Tensor]:
             if isinstance(t, torch.Tensor)]
 
 
-def structural_copy(model: torch.nn.Module) -> torch.nn.Module:
+def structural_copy(model: torch.nn.Module, tree: list[torch.nn.Module] | None = None) -> torch.nn.Module:
     """A deep copy of the module tree for tracing and shape rules.
 
     ``copy.deepcopy`` semantics (new module objects, copied attributes, references between
@@ -50,9 +50,10 @@ def structural_copy(model: torch.nn.Module) -> torch.nn.Module:
     metadata), buffers and tensor attributes are clones (real values, so a forward that
     branches on a flag buffer traces as it runs, and updates them in place on the copy);
     tied tensors stay tied.  The copy has no hooks and is in eval mode.  A class with its own
-    copy protocol makes the whole tree a :func:`meta_copy`.
+    copy protocol makes the whole tree a :func:`meta_copy`.  ``tree``: ``modules(model)``, when the
+    caller has walked it already.
     """
-    tree = modules(model)
+    tree = modules(model) if tree is None else tree
     if not all(_plain(type(m)) for m in tree):
         return meta_copy(model)
     memo: dict[int, Any] = {}

@@ -200,8 +200,50 @@ def _global_hooks() -> bool:
     return bool(_m._global_forward_hooks or _m._global_forward_pre_hooks)
 
 
-def fast_module_output(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+_MHA_OPTIONS = {"key_padding_mask": None, "need_weights": True, "attn_mask": None, "average_attn_weights": True,
+                "is_causal": False}
+
+
+def _mha(m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``nn.MultiheadAttention`` (eval, batched inputs, no masks, no extra key/value bias): the output
+    is the output projection of a ``(L·N, E)`` matrix viewed as ``(L, N, E)``, transposed to
+    ``(N, L, E)`` when ``batch_first``; the weights, when asked for, a fresh ``(N, L, S)`` (or
+    ``(N, heads, L, S)``) tensor.  The tensors' own layouts do not matter (they are projected first)."""
+    if m.training or not m._qkv_same_embed_dim or m.bias_k is not None or m.bias_v is not None or m.add_zero_attn:
+        return None
+    if len(args) != 3 or any(k not in _MHA_OPTIONS for k in kwargs):
+        return None
+    opt = {**_MHA_OPTIONS, **kwargs}
+    if opt["key_padding_mask"] is not None or opt["attn_mask"] is not None or opt["is_causal"] is not False:
+        return None
+    if type(opt["need_weights"]) is not bool or type(opt["average_attn_weights"]) is not bool:
+        return None
+    q, k, v = args
+    if not all(_meta_float(t) and t.dim() == 3 and t.dtype == m.in_proj_weight.dtype for t in (q, k, v)):
+        return None
+    if k.shape != v.shape or not _same_dtype(q, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias):
+        return None
+    e = m.embed_dim
+    b = 0 if m.batch_first else 1
+    if q.shape[-1] != e or k.shape[-1] != e or q.shape[b] != k.shape[b] or 0 in q.shape or 0 in k.shape:
+        return None
+    n, tgt, src = int(q.shape[b]), int(q.shape[1 - b]), int(k.shape[1 - b])
+    out = torch.empty((tgt, n, e), dtype=q.dtype, device="meta")
+    if m.batch_first:
+        out = out.transpose(0, 1)
+    w = None
+    if opt["need_weights"]:
+        shape = (n, tgt, src) if opt["average_attn_weights"] else (n, m.num_heads, tgt, src)
+        w = torch.empty(shape, dtype=q.dtype, device="meta")
+    return out, w
+
+
+def fast_module_output(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The meta output of ``module(*args, **kwargs)`` when it is known cheaply, else ``None``."""
+    if type(module) is nn.MultiheadAttention:
+        if module._forward_hooks or module._forward_pre_hooks or _global_hooks():
+            return None
+        return _mha(module, args, kwargs)
     rule = _RULES.get(type(module))
     if rule is None or kwargs or len(args) != 1:
         return None

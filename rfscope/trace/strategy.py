@@ -245,10 +245,11 @@ _TYPE_TEST = re.compile(r"\bisinstance\(\s*[\w.\[\]]+\s*,\s*\(?\s*(torch\.)?Tens
 _type_test_cache: dict[type, bool] = {}
 
 
-def tests_tensor_types(model: torch.nn.Module) -> bool:
+def tests_tensor_types(model: torch.nn.Module, tree: list[torch.nn.Module] | None = None) -> bool:
     """A module class of ``model`` (outside torch) whose ``forward`` tests ``isinstance(..., Tensor)``:
-    a cheap screen for code that branches on the type of a traced value (a Proxy under fx)."""
-    for cls in {type(m) for m in modules(model)}:
+    a cheap screen for code that branches on the type of a traced value (a Proxy under fx).
+    ``tree``: ``modules(model)``, when the caller has walked it already."""
+    for cls in {type(m) for m in (modules(model) if tree is None else tree)}:
         hit = _type_test_cache.get(cls)
         if hit is None:
             hit = False
