@@ -199,6 +199,7 @@ class RF:
             return cls("unknown", dims, st.why)
         infos: list[AxisInfo] = []
         local_infos: list[AxisInfo] = []
+        made: dict[Axis, AxisInfo] = {}  # equal axes (a square RF) share one frozen info
         has_local = True
         local_why = next((a.local_why for a in st.axes if isinstance(a, Global) and a.local_why), None)
         for a, ext in zip(st.axes, input_size, strict=False):
@@ -216,9 +217,9 @@ class RF:
                 if loc is None:
                     has_local = False
                 else:
-                    local_infos.append(_info(loc))
+                    local_infos.append(_info(loc, made))
             else:
-                info = _info(a)  # frozen: one object serves both lists
+                info = _info(a, made)  # frozen: one object serves both lists
                 infos.append(info)
                 local_infos.append(info)
         status = st.status
@@ -229,8 +230,11 @@ class RF:
         return cls(status, tuple(infos), None, local)
 
 
-def _info(a: Axis) -> AxisInfo:
-    return AxisInfo(a.size, a.stride, a.padding, a.center, a)
+def _info(a: Axis, made: dict[Axis, AxisInfo]) -> AxisInfo:
+    info = made.get(a)
+    if info is None:
+        info = made[a] = AxisInfo(a.size, a.stride, a.padding, a.center, a)
+    return info
 
 
 def _fmt(x: Fraction | int | None, none: str = "-") -> str:

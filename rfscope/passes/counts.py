@@ -400,7 +400,7 @@ def _separable_blocks(records: dict[str, NodeRecord], gm: fx.GraphModule, mods: 
     blocks: list[SeparableBlock] = []
     for name, rec in records.items():
         g = rec.geometry
-        if g is None or g.kind != "conv" or g.transposed or g.weight_shape is None \
+        if g is None or g.kind != "conv" or g.transposed or g.weight_shape is None or g.groups <= 1 \
                 or not rec.conv_kind or rec.conv_kind[0] != "depthwise" or name not in nodes:
             continue
         c_in = g.groups
