@@ -330,9 +330,9 @@ def _broadcast_output(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Te
     When every input has standard strides and one input already has the output's shape with no
     size-1 dim after the first (so its strides are all distinct), every comparison it makes agrees
     with the standard order and the output is contiguous.  Same floating dtype throughout, Python
-    ``int``/``float`` operands and parameters allowed, under ``torch.no_grad`` (as the shape pass runs);
-    anything else (other layouts, dtype promotion, a shape
-    that does not broadcast) returns ``None`` and the kernel runs.
+    ``int``/``float`` operands and parameters allowed, under ``torch.no_grad`` (as the shape pass
+    runs); anything else (other layouts, dtype promotion, a shape that does not broadcast) returns
+    ``None`` and the kernel runs.
     """
     if kwargs or len(args) != 2:
         return None
