@@ -537,3 +537,30 @@ def test_pad_read_by_a_conv_keeps_the_periodic_form_on_every_path() -> None:
         out = rep.rf("output")
         assert out.table is not None, trace
         assert out.table.box((0, 0, 0, 0)) is None and out.table.box((0, 0, 1, 1)) == ((0, 2), (0, 2)), trace
+
+
+class _ChannelPadResidual(nn.Module):
+    """MONAI HighResNet's residual block: a dilated conv widens the channels, the identity branch is
+    zero-padded along the channel dim to match, and the two are added."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=2, dilation=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + F.pad(x, (0, 0, 0, 0, 1, 1))
+
+
+def test_a_channel_pad_adds_no_position_and_stays_periodic() -> None:
+    """Padding only the channel dim adds no position, whoever reads it: the periodic form holds (an
+    exact 5x5 window with holes, never the per-position form or unknown), and the gradient oracle
+    sees the same pixels at an interior unit."""
+    from oracle import Oracle
+
+    shape = (1, 4, 16, 16)
+    for trace in ("symbolic_trace", "export"):
+        rep = rfscope.analyze(_ChannelPadResidual(), shape, trace=trace)
+        out = rep.rf("output")
+        assert out.status == "exact" and out.table is None and out.size == (5, 5), (trace, out)
+        rows, cols = Oracle(_ChannelPadResidual(), shape).support((7, 9))
+        assert (sorted(rows), sorted(cols)) == (out.pixels((7, 9))[0], out.pixels((7, 9))[1]), trace

@@ -85,7 +85,12 @@ def _rf(ctx: OpContext) -> TensorRF:
     pads = _pads(ctx)
     if len(pads) % 2:
         raise Unsupported(f"odd-length pad {pads}")
-    if any(p > 0 for p in pads) and not _read_by_sliding_windows_only(ctx):
+    dims = ctx.first.dims
+    # positions are added only along padded positional dims (padding the channels of a residual
+    # branch, as MONAI's HighResNet does, adds none)
+    adds = any((pads[2 * i] > 0 or pads[2 * i + 1] > 0) and i < len(dims) and dims[-1 - i] is not None
+               for i in range(len(pads) // 2))
+    if adds and not _read_by_sliding_windows_only(ctx):
         raise Unsupported("padded positions read by an op other than a conv or pool (they see nothing)")
     fns = {}
     for i in range(len(pads) // 2):
