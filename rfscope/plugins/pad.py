@@ -86,10 +86,13 @@ def _rf(ctx: OpContext) -> TensorRF:
     if len(pads) % 2:
         raise Unsupported(f"odd-length pad {pads}")
     dims = ctx.first.dims
-    # positions are added only along padded positional dims (padding the channels of a residual
-    # branch, as MONAI's HighResNet does, adds none)
-    adds = any((pads[2 * i] > 0 or pads[2 * i + 1] > 0) and i < len(dims) and dims[-1 - i] is not None
-               for i in range(len(pads) // 2))
+    padded = [len(dims) - 1 - i for i in range(len(pads) // 2) if pads[2 * i] > 0 or pads[2 * i + 1] > 0]
+    # A unit is one position along the positional dims, and sees the union over the other dims (its
+    # channels): padding only those (a residual branch's channels, MONAI's HighResNet) adds no unit.
+    # Without a positional dim every element is a unit (tokens after a global op): a padded one
+    # sees nothing (CoaT's class row).
+    adds = bool(padded) and (any(dims[d] is not None for d in padded if d >= 0)
+                             or all(t is None for t in dims))
     if adds and not _read_by_sliding_windows_only(ctx):
         raise Unsupported("padded positions read by an op other than a conv or pool (they see nothing)")
     fns = {}
