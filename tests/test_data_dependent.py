@@ -288,3 +288,31 @@ def test_selection_by_value_says_the_data_decides(op, trace):
     assert outputs[0]["rf"]["status"] == "exact" and outputs[1]["rf"]["status"] == "unknown"
     assert outputs[1]["rf"]["reason"].endswith(f"the data decides which {what} {op} picks")
     assert not rep.unsupported
+
+
+class Unpool(nn.Module):
+    """SegNet's (and MONAI Quicknat's) decoder step: max pool with indices, then unpool with them."""
+
+    def __init__(self, functional: bool):
+        super().__init__()
+        self.functional = functional
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2)
+
+    def forward(self, x):
+        y, i = self.pool(self.c(x))
+        return nn.functional.max_unpool2d(y, i, 2) if self.functional else self.unpool(y, i)
+
+
+@pytest.mark.parametrize("trace", ["auto", "export"])
+@pytest.mark.parametrize("functional", [False, True])
+def test_max_unpool_says_the_data_decides(functional, trace):
+    """Where max unpooling puts each value is where its window's maximum was: ``unknown``, with a
+    reason that says the data decides (it said "no plugin"); the pooled map before it is exact."""
+    rep = rfscope.analyze(Unpool(functional).eval(), input_shape=(1, 3, 8, 8), trace=trace)
+    out = rep.rf("output")
+    assert out.status == "unknown" and out.reason.endswith(
+        "the data decides where max_unpool puts each value (the pooling indices)"), out.reason
+    assert not rep.unsupported
+    assert rep.rf("c").status == "exact" and rep.rf("c").size == (3, 3)
