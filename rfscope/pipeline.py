@@ -512,12 +512,13 @@ def analyze(
 
         model = load_weights(model, weights)
     tree = named_modules(model)  # one walk of the module tree for the checks and the copy
+    tree_modules = [m for _, m in tree]
     _check_materialised(tree)
     reg = registry if registry is not None else default_registry()
     plugins = list(plugins)
     reg = reg.with_overrides(plugins) if plugins else reg
     reg.ensure_loaded()
-    copy = structural_copy(model, [m for _, m in tree])
+    copy = structural_copy(model, tree_modules)
     gm, trace_path, trace_why = trace_model(model, reg, example_inputs, leaf_modules, trace, copy=copy)
     symbolic_auto = trace == "auto" and trace_path == PATH_NAMES["symbolic_trace"]
     try:
@@ -533,7 +534,7 @@ def analyze(
         gm, trace_path, trace_why = fallback_paths(model, example_inputs, why, list(leaf_modules))
         _shapes(gm, example_inputs)
     else:
-        if symbolic_auto and tests_tensor_types(model, [m for _, m in tree]):
+        if symbolic_auto and tests_tensor_types(model, tree_modules):
             gm, trace_path, trace_why = _type_tested(gm, model, example_inputs, list(leaf_modules))
     gm_modules = dict(named_modules(gm, remove_duplicate=False))
     if main_layout.inferred:

@@ -104,27 +104,21 @@ def _value_of(a: fx.Node) -> Any:
 
 
 def _flat_states(x: Any) -> list[Any]:
+    """The leaves of nested lists, tuples, dicts and slices, in order."""
+    return _leaves(x, [])
+
+
+def _leaves(x: Any, out: list[Any]) -> list[Any]:
     if isinstance(x, (list, tuple)):
-        return [s for v in x for s in _flat_states(v)]
-    if isinstance(x, dict):
-        return [s for v in x.values() for s in _flat_states(v)]
-    if isinstance(x, slice):
-        return _flat_states([x.start, x.stop, x.step])
-    return [x]
-
-
-def _tensor_states(x: Any, out: list[TensorRF]) -> list[TensorRF]:
-    """The :class:`TensorRF` s among ``x``'s leaves, in :func:`_flat_states` order, appended to ``out``."""
-    if isinstance(x, TensorRF):
-        out.append(x)
-    elif isinstance(x, (list, tuple)):
         for v in x:
-            _tensor_states(v, out)
+            _leaves(v, out)
     elif isinstance(x, dict):
         for v in x.values():
-            _tensor_states(v, out)
+            _leaves(v, out)
     elif isinstance(x, slice):
-        _tensor_states((x.start, x.stop, x.step), out)
+        _leaves((x.start, x.stop, x.step), out)
+    else:
+        out.append(x)
     return out
 
 
@@ -212,7 +206,7 @@ def run_plugins(
         else:
             args = map_arg(n.args, state_of)
             kwargs = map_arg(n.kwargs, state_of)
-            tensors = _tensor_states(kwargs, _tensor_states(args, []))
+            tensors = [s for s in _leaves(kwargs, _leaves(args, [])) if isinstance(s, TensorRF)]
             if n.op == "call_module":
                 plugin = registry.lookup_module(module)
             elif n.op == "call_method":

@@ -70,14 +70,13 @@ def _read_by_sliding_windows_only(ctx: OpContext) -> bool:
     for u in users:
         if u.op == "call_module" and root is not None:
             try:
-                if isinstance(root.get_submodule(str(u.target)), _SLIDING_MODULES):
-                    continue
+                sliding = isinstance(root.get_submodule(str(u.target)), _SLIDING_MODULES)
             except AttributeError:
-                return False
+                sliding = False
+        else:
+            sliding = u.op == "call_function" and (u.target in _SLIDING_FUNCTIONS or _aten_sliding(u.target))
+        if not sliding:
             return False
-        if u.op == "call_function" and (u.target in _SLIDING_FUNCTIONS or _aten_sliding(u.target)):
-            continue
-        return False
     return True
 
 

@@ -238,12 +238,16 @@ def _mha(m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[torch.T
     return out, w
 
 
+#: rules that take the whole call (several tensors, keyword options): ``rule(module, args, kwargs)``
+_CALL_RULES: dict[type, Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]] = {nn.MultiheadAttention: _mha}
+
+
 def fast_module_output(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The meta output of ``module(*args, **kwargs)`` when it is known cheaply, else ``None``."""
-    if type(module) is nn.MultiheadAttention:
-        if module._forward_hooks or module._forward_pre_hooks or _global_hooks():
-            return None
-        return _mha(module, args, kwargs)
+    call_rule = _CALL_RULES.get(type(module))
+    if call_rule is not None:
+        hooked = module._forward_hooks or module._forward_pre_hooks or _global_hooks()
+        return None if hooked else call_rule(module, args, kwargs)
     rule = _RULES.get(type(module))
     if rule is None or kwargs or len(args) != 1:
         return None
@@ -358,7 +362,8 @@ def _broadcast_output(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Te
 
 
 #: functions whose meta output :func:`_broadcast_output` gives (their meta kernels are Python references)
-_BINARY = (operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div)
+_BINARY = frozenset({operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul,
+                     torch.div})
 
 
 class ModuleCallCache:
